@@ -1,0 +1,212 @@
+"""The event contract (SPEC section 1): one validating decoder for every adapter.
+
+A Kafka message (or a JSON-lines line) holds one event object or a JSON array of them
+(a batch envelope). `decode_message` turns its bytes into valid `Event`s plus
+`Rejection`s that carry the original bytes and a reason, so nothing is ever lost.
+
+The fast path decodes a whole envelope with one typed msgspec call; only when that
+fails do we fall back to decoding element by element to find out which ones are bad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final
+
+import msgspec
+
+MAX_MESSAGE_BYTES: Final = 1024 * 1024
+MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_MS: Final = 24 * 3600 * 1000
+
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ItemId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+EVENT_TYPES: Final = ("post", "reply", "like", "view", "join", "leave")
+
+# Default topic name -> event types it may carry.
+DEFAULT_TOPICS: Final[dict[str, frozenset[str]]] = {
+    "community.posts": frozenset({"post"}),
+    "community.replies": frozenset({"reply"}),
+    "community.likes": frozenset({"like"}),
+    "community.views": frozenset({"view"}),
+    "community.memberships": frozenset({"join", "leave"}),
+}
+DEAD_LETTER_TOPIC: Final = "community.dead-letter"
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
+class Event(msgspec.Struct, omit_defaults=True, gc=False):
+    """One validated event. After `decode_message`, `ts` is always epoch milliseconds."""
+
+    event_id: EventId
+    type: str
+    community_id: Name
+    user_id: Name
+    ts: int | AwareTime
+    post_id: ItemId | None = None
+    content_kind: str | None = None
+    reply_id: ItemId | None = None
+    parent_id: ItemId | None = None
+    parent_type: str | None = None
+    target_id: ItemId | None = None
+    target_type: str | None = None
+
+    @property
+    def ts_ms(self) -> int:
+        assert isinstance(self.ts, int), "ts is normalised by decode_message"
+        return self.ts
+
+
+class Reason:
+    """Stable dead-letter reason codes (used as a bounded metric label)."""
+
+    OVERSIZED = "oversized"
+    INVALID_JSON = "invalid_json"
+    INVALID_FIELD = "invalid_field"
+    MISSING_FIELD = "missing_field"
+    WRONG_TOPIC = "wrong_topic"
+    BAD_TIME = "bad_time"
+    KEY_MISMATCH = "key_mismatch"
+
+    ALL: Final = (OVERSIZED, INVALID_JSON, INVALID_FIELD, MISSING_FIELD, WRONG_TOPIC,
+                  BAD_TIME, KEY_MISMATCH)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Input that failed validation: the original bytes and why."""
+
+    raw: bytes
+    reason: str  # one of Reason.ALL
+    detail: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+_REQUIRED: Final[dict[str, tuple[str, ...]]] = {
+    "post": ("post_id",),
+    "reply": ("post_id", "reply_id", "parent_id", "parent_type"),
+    "like": ("target_id", "target_type"),
+    "view": ("target_id", "target_type"),
+    "join": (),
+    "leave": (),
+}
+_ITEM_TYPES: Final = frozenset({"post", "reply"})
+_CONTENT_KINDS: Final = frozenset({"ugc", "managed"})
+
+_batch_decoder = msgspec.json.Decoder(Event | list[Event])
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw | list[msgspec.Raw])
+_one_decoder = msgspec.json.Decoder(Event)
+
+
+def decode_message(
+    value: bytes | None,
+    allowed_types: frozenset[str],
+    now_ms: int,
+    key: bytes | None = None,
+) -> tuple[list[Event], list[Rejection]]:
+    """Decode one message into valid events and rejections.
+
+    `allowed_types` are the event types the source topic may carry; `now_ms` bounds
+    how far in the future an event may lie; `key`, when given, must equal every
+    event's `community_id` so that one community's events meet in one worker.
+    """
+    raw = value or b""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return [], [Rejection(raw, Reason.OVERSIZED, f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")]
+    try:
+        decoded = _batch_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return _decode_elementwise(raw, allowed_types, now_ms, key)
+    if not isinstance(decoded, list):
+        return _check_all([decoded], allowed_types, now_ms, key, raw)
+    events, rejections = _check_all(decoded, allowed_types, now_ms, key, raw)
+    if rejections:
+        # Rare: redo element by element so each rejection carries its original bytes.
+        return _decode_elementwise(raw, allowed_types, now_ms, key)
+    return events, rejections
+
+
+def _decode_elementwise(
+    raw: bytes, allowed_types: frozenset[str], now_ms: int, key: bytes | None
+) -> tuple[list[Event], list[Rejection]]:
+    try:
+        parts = _raw_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        return [], [Rejection(raw, Reason.INVALID_JSON, str(exc))]
+    items = parts if isinstance(parts, list) else [parts]
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    for item in items:
+        item_bytes = bytes(item)
+        try:
+            event = _one_decoder.decode(item_bytes)
+        except msgspec.ValidationError as exc:
+            reason = Reason.MISSING_FIELD if "missing required" in str(exc) else Reason.INVALID_FIELD
+            rejections.append(Rejection(item_bytes, reason, str(exc)))
+            continue
+        ok, bad = _check_all([event], allowed_types, now_ms, key, item_bytes)
+        events.extend(ok)
+        rejections.extend(bad)
+    return events, rejections
+
+
+def _check_all(
+    candidates: list[Event],
+    allowed_types: frozenset[str],
+    now_ms: int,
+    key: bytes | None,
+    raw: bytes,
+) -> tuple[list[Event], list[Rejection]]:
+    key_text = key.decode("utf-8", "replace") if key is not None else None
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    for event in candidates:
+        problem = _check(event, allowed_types, now_ms, key_text)
+        if problem is None:
+            events.append(event)
+        else:
+            rejections.append(Rejection(raw, *problem))
+    return events, rejections
+
+
+def _check(
+    event: Event, allowed_types: frozenset[str], now_ms: int, key_text: str | None
+) -> tuple[str, str] | None:
+    """Cross-field rules msgspec cannot express; normalises `ts` to epoch ms."""
+    if event.type not in allowed_types:
+        if event.type not in _REQUIRED:
+            return Reason.INVALID_FIELD, f"unknown type {event.type!r}"
+        return Reason.WRONG_TOPIC, f"type {event.type!r} not allowed on this topic"
+    for name in _REQUIRED[event.type]:
+        if getattr(event, name) is None:
+            return Reason.MISSING_FIELD, f"{event.type} needs {name}"
+    if event.type == "reply" and event.parent_type not in _ITEM_TYPES:
+        return Reason.INVALID_FIELD, f"parent_type must be post or reply, got {event.parent_type!r}"
+    if event.type in ("like", "view") and event.target_type not in _ITEM_TYPES:
+        return Reason.INVALID_FIELD, f"target_type must be post or reply, got {event.target_type!r}"
+    if event.type == "post" and event.content_kind not in (None, *_CONTENT_KINDS):
+        return Reason.INVALID_FIELD, f"content_kind must be ugc or managed, got {event.content_kind!r}"
+    ts = event.ts
+    ts_ms = (ts - _EPOCH) // _ONE_MS if isinstance(ts, datetime) else ts
+    if ts_ms < MIN_TS_MS:
+        return Reason.BAD_TIME, f"ts {ts_ms} is before 2000-01-01"
+    if ts_ms > now_ms + MAX_FUTURE_MS:
+        return Reason.BAD_TIME, f"ts {ts_ms} is more than 1 day in the future"
+    if key_text is not None and key_text != event.community_id:
+        return Reason.KEY_MISMATCH, "community_id does not match the message key"
+    event.ts = ts_ms
+    return None
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """Encode events as one batch envelope (what producers that batch should send)."""
+    return msgspec.json.encode(events)

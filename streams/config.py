@@ -1,0 +1,134 @@
+"""Metric parameters (SPEC sections 2-3) and where the pipeline runs.
+
+Defaults come from the SPEC; a TOML file (`--config FILE` or `PULSE_CONFIG`) overrides
+them, and `PULSE_<FIELD>` environment variables override the file. See docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Everything the domain core needs to turn events into snapshot rows."""
+
+    windows_days: tuple[int, ...] = (7, 28)
+    sla_hours: float = 24.0
+    sla_hours_by_community: dict[str, float] = field(default_factory=dict)
+    membership_horizon_days: int = 90
+    tier_medium_share: float = 0.15
+    tier_high_share: float = 0.30
+    stagnation_quiet_days: int = 7
+    stagnation_compare_days: int = 14
+    stagnation_drop_ratio: float = 0.75
+    weight_retention: float = 1.0
+    weight_continuity: float = 1.0
+    weight_responsiveness: float = 1.0
+    weight_participation: float = 1.0
+    weight_reciprocity: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.windows_days or any(w <= 0 for w in self.windows_days):
+            raise ConfigError("windows_days must be positive whole days")
+        if not 0 < self.tier_medium_share <= self.tier_high_share <= 1:
+            raise ConfigError("need 0 < tier_medium_share <= tier_high_share <= 1")
+        if self.membership_horizon_days < max(self.windows_days):
+            raise ConfigError("membership_horizon_days must be at least the longest window")
+        if self.sla_hours <= 0 or any(v <= 0 for v in self.sla_hours_by_community.values()):
+            raise ConfigError("sla_hours must be positive")
+
+    def sla_ms(self, community_id: str) -> int:
+        hours = self.sla_hours_by_community.get(community_id, self.sla_hours)
+        return int(hours * HOUR_MS)
+
+    @property
+    def retention_ms(self) -> int:
+        """How far back from the newest snapshot time state must reach to stay exact."""
+        longest = max(self.windows_days)
+        return DAY_MS * max(
+            2 * longest,
+            self.membership_horizon_days,
+            2 * self.stagnation_compare_days,
+            self.stagnation_quiet_days,
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the pipeline runs: broker, topics, outputs, cadence."""
+
+    broker: str = "kafka://127.0.0.1:9092"
+    app_id: str = "community-pulse"
+    data_dir: Path = Path("data")
+    partitions: int = 4
+    metrics_port: int = 9464
+    snapshot_interval_s: float = 10.0
+    min_members_exported: int = 5
+    topic_prefix: str = ""
+
+
+def _coerce(current: Any, raw: Any, name: str) -> Any:
+    try:
+        if isinstance(current, tuple):
+            items = raw.split(",") if isinstance(raw, str) else raw
+            return tuple(int(x) for x in items)
+        if isinstance(current, dict):
+            if isinstance(raw, str):
+                pairs = (item.split("=", 1) for item in raw.split(",") if item)
+                return {k: float(v) for k, v in pairs}
+            return {str(k): float(v) for k, v in raw.items()}
+        if isinstance(current, Path):
+            return Path(raw)
+        return type(current)(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {name}: {raw!r}") from exc
+
+
+def _apply(obj: Any, values: dict[str, Any], origin: str) -> Any:
+    known = {f.name for f in fields(obj)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {origin}: {', '.join(sorted(unknown))}")
+    changes = {k: _coerce(getattr(obj, k), v, k) for k, v in values.items()}
+    return replace(obj, **changes)
+
+
+def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
+    """Defaults <- TOML file ([metrics] and [runtime] tables) <- PULSE_* environment."""
+    metrics, runtime = MetricConfig(), RuntimeConfig()
+    path = path or os.environ.get("PULSE_CONFIG")
+    if path:
+        try:
+            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+        metrics = _apply(metrics, doc.get("metrics", {}), str(path))
+        runtime = _apply(runtime, doc.get("runtime", {}), str(path))
+    for obj_name in ("metrics", "runtime"):
+        obj = metrics if obj_name == "metrics" else runtime
+        env = {
+            f.name: os.environ[f"PULSE_{f.name.upper()}"]
+            for f in fields(obj)
+            if f"PULSE_{f.name.upper()}" in os.environ
+        }
+        if env:
+            obj = _apply(obj, env, "environment")
+        if obj_name == "metrics":
+            metrics = obj
+        else:
+            runtime = obj
+    return metrics, runtime

@@ -1,0 +1,480 @@
+"""The pure domain core: events in -> per-community state -> snapshot rows out.
+
+No Kafka, no I/O, no clock. The Faust agents and the replay command are thin adapters
+that feed `CommunityState.apply` and call `CommunityState.snapshot(as_of)`.
+
+Design for exactness under any arrival order: state keeps the (deduplicated) timestamps
+it needs, sorted lazily, and every query at `as_of = t` only looks at events with
+`ts <= t`. So a snapshot at `t` is a function of the *set* of events, never of the
+order they came in, and events from the future (a producer's clock running ahead)
+simply wait until `t` reaches them. `expire(before)` drops what no snapshot at or
+after `before + retention` can see, which keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import statistics
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas.events import Event
+from streams.config import DAY_MS, MetricConfig
+
+# Activity categories, in ladder order: the lowest code a user holds is their role.
+POST, REPLY_TO_REPLY, REPLY_TO_POST, LIKE, VIEW = range(5)
+ROLES = ("creators", "conversationalists", "critics", "joiners", "spectators")
+CONTRIBUTING = (POST, REPLY_TO_REPLY, REPLY_TO_POST)
+TIERS = ("low", "medium", "high")
+
+_CAT_BITS = 3  # activity entries are packed as ts << 3 | category, so one sort orders both
+_CAT_MASK = (1 << _CAT_BITS) - 1
+
+
+def _upper(ts: int) -> int:
+    """Packed key just above every entry at `ts`: bisect_right(x, _upper(t)) counts ts <= t."""
+    return (ts << _CAT_BITS) | _CAT_MASK
+
+
+class _SortedLog:
+    """Append-mostly list of ints, sorted on first read (timsort is linear on runs)."""
+
+    __slots__ = ("_dirty", "items")
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self._dirty = False
+
+    def add(self, value: int) -> None:
+        if self.items and value < self.items[-1]:
+            self._dirty = True
+        self.items.append(value)
+
+    def view(self) -> list[int]:
+        if self._dirty:
+            self.items.sort()
+            self._dirty = False
+        return self.items
+
+    def count_between(self, low: int, high: int) -> int:
+        """Entries with low < value <= high."""
+        items = self.view()
+        return bisect_right(items, high) - bisect_right(items, low)
+
+    def drop_through(self, value: int) -> None:
+        items = self.view()
+        del items[: bisect_right(items, value)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _User:
+    """One user's retained activity (packed ts/category) and membership events."""
+
+    __slots__ = ("activity", "memberships")
+
+    def __init__(self) -> None:
+        self.activity = _SortedLog()  # ts << 3 | category
+        self.memberships = _SortedLog()  # ts << 1 | is_leave: a leave sorts after a join
+
+    def best_role(self, low: int, high: int) -> int | None:
+        """Lowest category with low < ts <= high, or None."""
+        items = self.activity.view()
+        start = bisect_right(items, _upper(low))
+        end = bisect_right(items, _upper(high))
+        if start == end:
+            return None
+        return min(entry & _CAT_MASK for entry in items[start:end])
+
+    def contributed(self, low: int, high: int) -> bool:
+        items = self.activity.view()
+        start = bisect_right(items, _upper(low))
+        end = bisect_right(items, _upper(high))
+        return any((entry & _CAT_MASK) in CONTRIBUTING for entry in items[start:end])
+
+    def is_member(self, t: int, horizon_ms: int) -> bool:
+        joins = self.memberships.view()
+        idx = bisect_right(joins, (t << 1) | 1)
+        last_membership = joins[idx - 1] if idx else None
+        if last_membership is not None and not last_membership & 1:
+            return True  # last membership event at or before t is a join
+        acts = self.activity.view()
+        idx = bisect_right(acts, _upper(t))
+        if not idx:
+            return False
+        last_activity = acts[idx - 1] >> _CAT_BITS
+        if last_activity <= t - horizon_ms:
+            return False
+        return last_membership is None or (last_membership >> 1) <= last_activity
+
+
+class _Thread:
+    """A post and the earliest reply/like by two distinct users (enough to find
+    the earliest one by someone other than the author, whoever the author is)."""
+
+    __slots__ = ("author", "likes", "newest", "post_ts", "replies")
+
+    def __init__(self) -> None:
+        self.post_ts: int | None = None
+        self.author: str | None = None
+        self.replies: list[tuple[int, str]] = []  # at most 2, distinct users, earliest first
+        self.likes: list[tuple[int, str]] = []
+        self.newest = 0  # newest timestamp touching this thread, for expiry
+
+    def first_by_other(self, entries: list[tuple[int, str]], t: int) -> int | None:
+        for ts, user in entries:
+            if user != self.author:
+                return ts if ts <= t else None
+        return None
+
+
+def _keep_two_earliest(entries: list[tuple[int, str]], ts: int, user: str) -> None:
+    """Keep the earliest entry, and the earliest entry by a different user than it."""
+    candidate = (ts, user)
+    if not entries:
+        entries.append(candidate)
+    elif candidate < entries[0]:
+        if user != entries[0][1]:
+            entries[:] = [candidate, entries[0]]
+        else:
+            entries[0] = candidate
+    elif user != entries[0][1] and (len(entries) == 1 or candidate < entries[1]):
+        entries[1:] = [candidate]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    """One row of the snapshot table (SPEC section 4). No user ids, ever."""
+
+    community_id: str
+    as_of_ms: int
+    window_days: int
+    members: int
+    creators: int
+    conversationalists: int
+    critics: int
+    joiners: int
+    spectators: int
+    inactives: int
+    contributors: int
+    contributor_share: float
+    tier: str
+    posts: int
+    replies: int
+    likes: int
+    views: int
+    posts_eligible: int
+    posts_answered_in_sla: int
+    unanswered_posts: int
+    median_first_reply_seconds: float | None
+    retention: float | None
+    continuity: float
+    responsiveness: float | None
+    participation: float | None
+    reciprocity: float | None
+    sustainability: float
+    stagnating: bool
+    last_activity_ms: int | None
+
+    @property
+    def tier_level(self) -> int:
+        return TIERS.index(self.tier)
+
+
+class CommunityState:
+    """Everything one community's snapshots need; fed in any order, any batch size."""
+
+    __slots__ = ("_seen_by_day", "community_id", "config", "kinds", "threads", "users")
+
+    def __init__(self, community_id: str, config: MetricConfig) -> None:
+        self.community_id = community_id
+        self.config = config
+        self.users: dict[str, _User] = {}
+        self.threads: dict[str, _Thread] = {}
+        # Community-wide timestamps per event type (for counts and continuity).
+        self.kinds = {kind: _SortedLog() for kind in ("post", "reply", "like", "view")}
+        # event ids bucketed by the UTC day of their ts, so expiry drops whole days.
+        self._seen_by_day: dict[int, set[str]] = {}
+
+    # ---- ingest ---------------------------------------------------------------------
+
+    def apply(self, events: Iterable[Event]) -> int:
+        """Apply events of this community; return how many were duplicates."""
+        duplicates = 0
+        for event in events:
+            ts = event.ts_ms
+            seen = self._seen_by_day.setdefault(ts // DAY_MS, set())
+            if event.event_id in seen:
+                duplicates += 1
+                continue
+            seen.add(event.event_id)
+            self._apply_one(event, ts)
+        return duplicates
+
+    def _apply_one(self, event: Event, ts: int) -> None:
+        kind = event.type
+        user = self.users.get(event.user_id)
+        if user is None:
+            user = self.users[event.user_id] = _User()
+        if kind == "join" or kind == "leave":
+            user.memberships.add((ts << 1) | (kind == "leave"))
+            return
+        self.kinds[kind].add(ts)
+        if kind == "post":
+            category = POST
+            thread = self._thread(event.post_id, ts)
+            thread.post_ts, thread.author = ts, event.user_id
+        elif kind == "reply":
+            category = REPLY_TO_REPLY if event.parent_type == "reply" else REPLY_TO_POST
+            _keep_two_earliest(self._thread(event.post_id, ts).replies, ts, event.user_id)
+        elif kind == "like":
+            category = LIKE
+            if event.target_type == "post":
+                _keep_two_earliest(self._thread(event.target_id, ts).likes, ts, event.user_id)
+        else:
+            category = VIEW
+        user.activity.add((ts << _CAT_BITS) | category)
+
+    def _thread(self, post_id: str | None, ts: int) -> _Thread:
+        assert post_id is not None, "validated by schemas.events"
+        thread = self.threads.get(post_id)
+        if thread is None:
+            thread = self.threads[post_id] = _Thread()
+        thread.newest = max(thread.newest, ts)
+        return thread
+
+    # ---- expiry ---------------------------------------------------------------------
+
+    def expire(self, before_ms: int) -> None:
+        """Forget what only matters to snapshots earlier than `before_ms + retention`.
+
+        Call with `newest_snapshot_time - config.retention_ms`. Events at or before
+        `before_ms` that arrive later are still deduplicated only if their day is kept.
+        """
+        for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= before_ms]:
+            del self._seen_by_day[day]
+        for log in self.kinds.values():
+            log.drop_through(before_ms)
+        for post_id in [p for p, th in self.threads.items() if th.newest <= before_ms]:
+            del self.threads[post_id]
+        for user_id in list(self.users):
+            user = self.users[user_id]
+            user.activity.drop_through(_upper(before_ms))
+            joins = user.memberships.view()
+            # Keep the last membership event at or before the cut, it still decides.
+            keep_from = max(bisect_right(joins, (before_ms << 1) | 1) - 1, 0)
+            del joins[:keep_from]
+            if not user.activity and (not joins or joins[-1] & 1 and len(joins) == 1):
+                del self.users[user_id]
+
+    def is_empty(self) -> bool:
+        return not self.users
+
+    # ---- snapshot -------------------------------------------------------------------
+
+    def snapshot(self, as_of_ms: int) -> list[SnapshotRow]:
+        """One row per configured window, exactly as SPEC sections 2-3 define them."""
+        t = as_of_ms
+        cfg = self.config
+        horizon = cfg.membership_horizon_days * DAY_MS
+        members = [u for u in self.users.values() if u.is_member(t, horizon)]
+        stagnating = self._stagnating(t, bool(members))
+        last_activity = self._last_activity(t)
+        return [
+            self._window_row(t, days * DAY_MS, days, members, stagnating, last_activity)
+            for days in cfg.windows_days
+        ]
+
+    def _window_row(
+        self,
+        t: int,
+        w: int,
+        days: int,
+        members: list[_User],
+        stagnating: bool,
+        last_activity: int | None,
+    ) -> SnapshotRow:
+        cfg = self.config
+        role_counts = [0] * len(ROLES)
+        for user in members:
+            role = user.best_role(t - w, t)
+            if role is not None:
+                role_counts[role] += 1
+        n_members = len(members)
+        contributors = sum(role_counts[c] for c in CONTRIBUTING)
+        share = contributors / n_members if n_members else 0.0
+        if share < cfg.tier_medium_share:
+            tier = "low"
+        elif share < cfg.tier_high_share:
+            tier = "medium"
+        else:
+            tier = "high"
+
+        listening = self._listening(t, w)
+        retention = self._retention(t, w)
+        continuity = self._continuity(t, days)
+        responsiveness = (
+            listening.answered / listening.eligible if listening.eligible else None
+        )
+        participation = min(1.0, share / cfg.tier_high_share) if n_members else None
+        components = (
+            (retention, cfg.weight_retention),
+            (continuity, cfg.weight_continuity),
+            (responsiveness, cfg.weight_responsiveness),
+            (participation, cfg.weight_participation),
+            (listening.reciprocity, cfg.weight_reciprocity),
+        )
+        defined = [(value, weight) for value, weight in components if value is not None]
+        total_weight = sum(weight for _, weight in defined)
+        score = (
+            100.0 * sum(v * wt for v, wt in defined) / total_weight if total_weight else 0.0
+        )
+        return SnapshotRow(
+            community_id=self.community_id,
+            as_of_ms=t,
+            window_days=days,
+            members=n_members,
+            creators=role_counts[POST],
+            conversationalists=role_counts[REPLY_TO_REPLY],
+            critics=role_counts[REPLY_TO_POST],
+            joiners=role_counts[LIKE],
+            spectators=role_counts[VIEW],
+            inactives=n_members - sum(role_counts),
+            contributors=contributors,
+            contributor_share=share,
+            tier=tier,
+            posts=self.kinds["post"].count_between(t - w, t),
+            replies=self.kinds["reply"].count_between(t - w, t),
+            likes=self.kinds["like"].count_between(t - w, t),
+            views=self.kinds["view"].count_between(t - w, t),
+            posts_eligible=listening.eligible,
+            posts_answered_in_sla=listening.answered,
+            unanswered_posts=listening.unanswered,
+            median_first_reply_seconds=listening.median_first_reply_s,
+            retention=retention,
+            continuity=continuity,
+            responsiveness=responsiveness,
+            participation=participation,
+            reciprocity=listening.reciprocity,
+            sustainability=score,
+            stagnating=stagnating,
+            last_activity_ms=last_activity,
+        )
+
+    def _listening(self, t: int, w: int) -> _Listening:
+        sla = self.config.sla_ms(self.community_id)
+        eligible = answered = unanswered = with_response = posts = 0
+        delays: list[int] = []
+        for thread in self.threads.values():
+            post_ts = thread.post_ts
+            if post_ts is None or not t - w < post_ts <= t:
+                continue
+            posts += 1
+            first_reply = thread.first_by_other(thread.replies, t)
+            if first_reply is not None:
+                delays.append(first_reply - post_ts)
+            if first_reply is not None or thread.first_by_other(thread.likes, t) is not None:
+                with_response += 1
+            if post_ts <= t - sla:
+                eligible += 1
+                if first_reply is None:
+                    unanswered += 1
+                elif first_reply - post_ts <= sla:
+                    answered += 1
+        return _Listening(
+            eligible=eligible,
+            answered=answered,
+            unanswered=unanswered,
+            median_first_reply_s=statistics.median(delays) / 1000 if delays else None,
+            reciprocity=with_response / posts if posts else None,
+        )
+
+    def _contributors(self, low: int, high: int) -> set[str]:
+        return {uid for uid, user in self.users.items() if user.contributed(low, high)}
+
+    def _retention(self, t: int, w: int) -> float | None:
+        previous = self._contributors(t - 2 * w, t - w)
+        if not previous:
+            return None
+        current = self._contributors(t - w, t)
+        return len(previous & current) / len(previous)
+
+    def _continuity(self, t: int, days: int) -> float:
+        replies = self.kinds["reply"].view()
+        start = bisect_right(replies, t - days * DAY_MS)
+        end = bisect_right(replies, t)
+        periods = {(t - ts) // DAY_MS for ts in replies[start:end]}
+        return len(periods) / days
+
+    def _stagnating(self, t: int, has_members: bool) -> bool:
+        if not has_members:
+            return False
+        cfg = self.config
+        quiet = cfg.stagnation_quiet_days * DAY_MS
+        if not (
+            self.kinds["post"].count_between(t - quiet, t)
+            or self.kinds["reply"].count_between(t - quiet, t)
+        ):
+            return True
+        span = cfg.stagnation_compare_days * DAY_MS
+        recent = len(self._contributors(t - span, t))
+        before = len(self._contributors(t - 2 * span, t - span))
+        return recent < cfg.stagnation_drop_ratio * before
+
+    def _last_activity(self, t: int) -> int | None:
+        newest = None
+        for log in self.kinds.values():
+            items = log.view()
+            idx = bisect_right(items, t)
+            if idx and (newest is None or items[idx - 1] > newest):
+                newest = items[idx - 1]
+        return newest
+
+
+@dataclass(frozen=True, slots=True)
+class _Listening:
+    eligible: int
+    answered: int
+    unanswered: int
+    median_first_reply_s: float | None
+    reciprocity: float | None
+
+
+class PulseCore:
+    """All communities one process owns; the adapters' single entry point."""
+
+    def __init__(self, config: MetricConfig) -> None:
+        self.config = config
+        self.communities: dict[str, CommunityState] = {}
+
+    def apply(self, events: Iterable[Event]) -> int:
+        """Apply events of any communities; return the number of duplicates."""
+        by_community: dict[str, list[Event]] = {}
+        for event in events:
+            by_community.setdefault(event.community_id, []).append(event)
+        return sum(self.state(cid).apply(batch) for cid, batch in by_community.items())
+
+    def state(self, community_id: str) -> CommunityState:
+        state = self.communities.get(community_id)
+        if state is None:
+            state = self.communities[community_id] = CommunityState(community_id, self.config)
+        return state
+
+    def snapshot(self, as_of_ms: int) -> list[SnapshotRow]:
+        rows: list[SnapshotRow] = []
+        for community_id in sorted(self.communities):
+            rows.extend(self.communities[community_id].snapshot(as_of_ms))
+        return rows
+
+    def expire(self, before_ms: int) -> None:
+        for community_id in list(self.communities):
+            state = self.communities[community_id]
+            state.expire(before_ms)
+            if state.is_empty():
+                del self.communities[community_id]
+
+    def forget(self, community_ids: Iterable[str]) -> None:
+        """Drop communities this process no longer owns (after a rebalance)."""
+        for community_id in community_ids:
+            self.communities.pop(community_id, None)
