@@ -103,7 +103,8 @@ _ITEM_TYPES: Final = frozenset({"post", "reply"})
 _CONTENT_KINDS: Final = frozenset({"ugc", "managed"})
 
 _batch_decoder = msgspec.json.Decoder(Event | list[Event])
-_raw_decoder = msgspec.json.Decoder(msgspec.Raw | list[msgspec.Raw])
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _one_decoder = msgspec.json.Decoder(Event)
 
 
@@ -139,10 +140,12 @@ def _decode_elementwise(
     raw: bytes, allowed_types: frozenset[str], now_ms: int, key: bytes | None
 ) -> tuple[list[Event], list[Rejection]]:
     try:
-        parts = _raw_decoder.decode(raw)
+        if raw.lstrip().startswith(b"["):
+            items = _raw_list_decoder.decode(raw)
+        else:
+            items = [_raw_decoder.decode(raw)]
     except msgspec.DecodeError as exc:
         return [], [Rejection(raw, Reason.INVALID_JSON, str(exc))]
-    items = parts if isinstance(parts, list) else [parts]
     events: list[Event] = []
     rejections: list[Rejection] = []
     for item in items:

@@ -185,7 +185,15 @@ class SnapshotRow:
 class CommunityState:
     """Everything one community's snapshots need; fed in any order, any batch size."""
 
-    __slots__ = ("_seen_by_day", "community_id", "config", "kinds", "threads", "users")
+    __slots__ = (
+        "_expired_last_activity",
+        "_seen_by_day",
+        "community_id",
+        "config",
+        "kinds",
+        "threads",
+        "users",
+    )
 
     def __init__(self, community_id: str, config: MetricConfig) -> None:
         self.community_id = community_id
@@ -196,6 +204,9 @@ class CommunityState:
         self.kinds = {kind: _SortedLog() for kind in ("post", "reply", "like", "view")}
         # event ids bucketed by the UTC day of their ts, so expiry drops whole days.
         self._seen_by_day: dict[int, set[str]] = {}
+        # Newest activity timestamp that expiry dropped: it still is the last activity of
+        # a community that has been quiet for longer than the retention.
+        self._expired_last_activity: int | None = None
 
     # ---- ingest ---------------------------------------------------------------------
 
@@ -255,6 +266,13 @@ class CommunityState:
         for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= before_ms]:
             del self._seen_by_day[day]
         for log in self.kinds.values():
+            items = log.view()
+            idx = bisect_right(items, before_ms)
+            if idx and (
+                self._expired_last_activity is None
+                or items[idx - 1] > self._expired_last_activity
+            ):
+                self._expired_last_activity = items[idx - 1]
             log.drop_through(before_ms)
         for post_id in [p for p, th in self.threads.items() if th.newest <= before_ms]:
             del self.threads[post_id]
@@ -267,6 +285,23 @@ class CommunityState:
             del joins[:keep_from]
             if not user.activity and (not joins or joins[-1] & 1 and len(joins) == 1):
                 del self.users[user_id]
+
+    def memberships_through(self, cut_ms: int) -> list[Event]:
+        """Retained membership events at or before the cut, as events to re-apply.
+
+        After `expire`, these are what a rebuild from recent events would miss: the
+        join (or leave) that still decides a user's membership.
+        """
+        kept = []
+        for user_id, user in self.users.items():
+            for entry in user.memberships.view():
+                ts = entry >> 1
+                if ts > cut_ms:
+                    break
+                kind = "leave" if entry & 1 else "join"
+                kept.append(Event(f"carry:{kind}:{ts}:{user_id}"[:128], kind,
+                                  self.community_id, user_id, ts))
+        return kept
 
     def is_empty(self) -> bool:
         return not self.users
@@ -423,7 +458,8 @@ class CommunityState:
         return recent < cfg.stagnation_drop_ratio * before
 
     def _last_activity(self, t: int) -> int | None:
-        newest = None
+        expired = self._expired_last_activity
+        newest = expired if expired is not None and expired <= t else None
         for log in self.kinds.values():
             items = log.view()
             idx = bisect_right(items, t)

@@ -1,0 +1,160 @@
+"""Snapshot history as Hive-partitioned Parquet, plus a DuckDB catalogue over it.
+
+Layout: DATA_DIR/snapshots/date=YYYY-MM-DD/<as_of>-<digest>.parquet. Files are written
+under a hidden temporary name and renamed into place, so readers never see half a file.
+The name is derived from the content's key (as_of + communities + windows), so writing
+the same snapshot again replaces the file instead of adding rows. DATA_DIR may be a
+local folder or any URI pyarrow.fs understands (s3://, gs://, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from streams.core import SnapshotRow
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+SNAPSHOT_SCHEMA = pa.schema(
+    [
+        pa.field("community_id", pa.string(), nullable=False),
+        pa.field("as_of", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("window_days", pa.int32(), nullable=False),
+        *(
+            pa.field(name, pa.int64(), nullable=False)
+            for name in (
+                "members", "creators", "conversationalists", "critics", "joiners",
+                "spectators", "inactives", "contributors",
+            )
+        ),
+        pa.field("contributor_share", pa.float64(), nullable=False),
+        pa.field("tier", pa.string(), nullable=False),
+        *(
+            pa.field(name, pa.int64(), nullable=False)
+            for name in (
+                "posts", "replies", "likes", "views", "posts_eligible",
+                "posts_answered_in_sla", "unanswered_posts",
+            )
+        ),
+        pa.field("median_first_reply_seconds", pa.float64()),
+        pa.field("retention", pa.float64()),
+        pa.field("continuity", pa.float64(), nullable=False),
+        pa.field("responsiveness", pa.float64()),
+        pa.field("participation", pa.float64()),
+        pa.field("reciprocity", pa.float64()),
+        pa.field("sustainability", pa.float64(), nullable=False),
+        pa.field("stagnating", pa.bool_(), nullable=False),
+        pa.field("last_activity", pa.timestamp("ms", tz="UTC")),
+    ],
+    metadata={"community_pulse.schema_version": SCHEMA_VERSION},
+)
+
+_ROW_FIELDS = [f.name for f in fields(SnapshotRow)]
+_RENAMED = {"as_of_ms": "as_of", "last_activity_ms": "last_activity"}
+
+
+def rows_to_table(rows: Sequence[SnapshotRow]) -> pa.Table:
+    columns = {_RENAMED.get(name, name): [getattr(r, name) for r in rows] for name in _ROW_FIELDS}
+    return pa.Table.from_pydict(columns, schema=SNAPSHOT_SCHEMA)
+
+
+class SnapshotWriter:
+    """Writes snapshot rows; one file per (as_of, set of communities) written."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.fs, root = pafs.FileSystem.from_uri(_as_uri(data_dir))
+        self.root = root.rstrip("/")
+        self.data_dir = str(data_dir)
+        self._catalogue_ready = False
+
+    @property
+    def snapshots_dir(self) -> str:
+        return f"{self.root}/snapshots"
+
+    def write(self, rows: Sequence[SnapshotRow]) -> list[str]:
+        """Write rows grouped by the UTC date of their as_of; return the file paths."""
+        by_as_of: dict[int, list[SnapshotRow]] = {}
+        for row in rows:
+            by_as_of.setdefault(row.as_of_ms, []).append(row)
+        paths = [self._write_one(as_of, group) for as_of, group in sorted(by_as_of.items())]
+        if paths and not self._catalogue_ready:
+            self._catalogue_ready = ensure_catalogue(self.data_dir)
+        return paths
+
+    def _write_one(self, as_of_ms: int, rows: list[SnapshotRow]) -> str:
+        as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
+        digest = hashlib.blake2b(digest_size=8)
+        for key in sorted({(r.community_id, r.window_days) for r in rows}):
+            digest.update(repr(key).encode())
+        folder = f"{self.snapshots_dir}/date={as_of:%Y-%m-%d}"
+        name = f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z-{digest.hexdigest()}.parquet"
+        self.fs.create_dir(folder, recursive=True)
+        final, temporary = f"{folder}/{name}", f"{folder}/.{name}.tmp"
+        with self.fs.open_output_stream(temporary) as sink:
+            pq.write_table(rows_to_table(rows), sink, compression="zstd")
+        self.fs.move(temporary, final)
+        return final
+
+
+def _as_uri(data_dir: str | Path) -> str:
+    text = str(data_dir)
+    return text if "://" in text else str(Path(text).resolve())
+
+
+def snapshots_glob(data_dir: str | Path) -> str:
+    return f"{_as_uri(data_dir).rstrip('/')}/snapshots/*/*.parquet"
+
+
+def catalogue_sql(data_dir: str | Path) -> list[str]:
+    """The views of DATA_DIR/pulse.duckdb; also usable on any DuckDB connection."""
+    source = snapshots_glob(data_dir).replace("'", "''")
+    return [
+        # Deduplicate defensively: the newest file wins for a (community, window, as_of).
+        f"""CREATE OR REPLACE VIEW snapshots AS
+        SELECT * EXCLUDE (filename) FROM read_parquet('{source}',
+            hive_partitioning = true, union_by_name = true, filename = true)
+        QUALIFY row_number() OVER (
+            PARTITION BY community_id, window_days, as_of ORDER BY filename DESC) = 1""",
+        """CREATE OR REPLACE VIEW latest_snapshots AS
+        SELECT * FROM snapshots
+        QUALIFY row_number() OVER (
+            PARTITION BY community_id, window_days ORDER BY as_of DESC) = 1""",
+        """CREATE OR REPLACE VIEW tier_changes AS
+        SELECT community_id, window_days, as_of, previous_tier, tier FROM (
+            SELECT community_id, window_days, as_of, tier,
+                   lag(tier) OVER (PARTITION BY community_id, window_days ORDER BY as_of)
+                       AS previous_tier
+            FROM snapshots)
+        WHERE previous_tier IS DISTINCT FROM tier AND previous_tier IS NOT NULL""",
+    ]
+
+
+def ensure_catalogue(data_dir: str | Path) -> bool:
+    """(Re)create the views in DATA_DIR/pulse.duckdb; False when another process holds it.
+
+    Only local data dirs get a DuckDB file; the worker opens it once and closes it at
+    once, so analysts can keep it open read-only while the worker runs.
+    """
+    if "://" in str(data_dir):
+        return True
+    path = Path(data_dir) / "pulse.duckdb"
+    try:
+        with duckdb.connect(str(path)) as con:
+            for statement in catalogue_sql(data_dir):
+                con.execute(statement)
+    except duckdb.Error as exc:  # e.g. a reader holds the file; retried on the next write
+        log.warning("could not update %s: %s", path, exc)
+        return False
+    return True

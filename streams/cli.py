@@ -1,0 +1,185 @@
+"""`community-pulse`: worker, replay, generate, demo, compact, grafana push.
+
+Bad arguments and bad files end with one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from streams import config as config_module
+from streams.config import ConfigError, MetricConfig, RuntimeConfig
+
+PROG = "community-pulse"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class UsageError(Exception):
+    """Expected failure: reported as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="TOML config file (see docs/metrics.md)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    worker = sub.add_parser("worker", help="run the streaming worker (Faust)")
+    worker.add_argument("--broker", help="kafka://host:port (default from config)")
+    worker.add_argument("--data-dir", help="snapshot output folder or URI")
+    worker.add_argument("--metrics-port", type=int)
+    worker.add_argument("--partitions", type=int)
+    worker.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
+    worker.add_argument("--loglevel", default="warning")
+
+    replay = sub.add_parser("replay", help="compute snapshots from event files")
+    replay.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    replay.add_argument("--data-dir", required=True)
+    replay.add_argument("--as-of", help="RFC 3339 time of the snapshot")
+    replay.add_argument("--snapshot-every", help="e.g. 1h, 1d: snapshots through the history")
+
+    gen = sub.add_parser("generate", help="synthetic community activity")
+    target = gen.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="write JSON lines to this file")
+    target.add_argument("--bootstrap", help="produce to Kafka at host:port")
+    gen.add_argument("--communities", type=int, default=40)
+    gen.add_argument("--users", type=int, default=5000)
+    gen.add_argument("--days", type=int, default=35)
+    gen.add_argument("--batch-size", type=int, default=1, help="events per message")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--no-bad", action="store_true", help="omit the malformed messages")
+    gen.add_argument("--now", help="RFC 3339 end of the history (default: now)")
+
+    demo = sub.add_parser("demo", help="run the whole pipeline locally")
+    demo.add_argument("--communities", type=int, default=60)
+    demo.add_argument("--rate", type=float, default=200.0, help="live events per second")
+    demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
+    demo.add_argument("--data-dir", default="data/demo")
+    demo.add_argument("--metrics-port", type=int, default=9464)
+
+    compact = sub.add_parser("compact", help="merge small snapshot files per date")
+    compact.add_argument("--data-dir", required=True)
+
+    grafana = sub.add_parser("grafana", help="Grafana tooling")
+    grafana.add_argument("action", choices=["push"])
+    grafana.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        metrics, runtime = config_module.load(args.config)
+        return _COMMANDS[args.command](args, metrics, runtime)
+    except (ConfigError, UsageError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from dataclasses import replace
+
+    from streams.worker import run
+
+    overrides = {
+        "broker": args.broker,
+        "data_dir": Path(args.data_dir) if args.data_dir else None,
+        "metrics_port": args.metrics_port,
+        "partitions": args.partitions,
+        "snapshot_interval_s": args.snapshot_interval,
+    }
+    runtime = replace(runtime, **{k: v for k, v in overrides.items() if v is not None})
+    if "://" not in runtime.broker:
+        runtime = replace(runtime, broker=f"kafka://{runtime.broker}")
+    run(metrics, runtime, loglevel=args.loglevel)
+    return 0
+
+
+def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from streams.replay import parse_duration, parse_time, replay
+
+    as_of = parse_time(args.as_of) if args.as_of else None
+    every = parse_duration(args.snapshot_every) if args.snapshot_every else None
+    started = time.monotonic()
+    result = replay(args.files, args.data_dir, metrics, as_of, every,
+                    show_progress=sys.stderr.isatty())
+    s = result.stats
+    seconds = time.monotonic() - started
+    bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
+    print(f"replayed {s.consumed:,} events in {seconds:.1f}s: {s.processed:,} processed, "
+          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}); "
+          f"{len(result.snapshot_times)} snapshot time(s), {result.rows_written:,} rows "
+          f"in {args.data_dir}")
+    return 0
+
+
+def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from streams import generate as gen
+    from streams.replay import parse_time
+
+    if args.communities < 1 or args.users < 1 or args.days < 1 or args.batch_size < 1:
+        raise UsageError("--communities, --users, --days and --batch-size must be positive")
+    now_ms = parse_time(args.now) if args.now else int(time.time() * 1000)
+    rng = random.Random(args.seed)
+    communities = gen.plan(args.communities, args.users, rng)
+    events = [e for c in communities for e in gen.history(c, now_ms, args.days, rng)]
+    events = gen.messy_order(events, rng)
+    messages = list(gen.to_messages(events, args.batch_size))
+    if not args.no_bad:
+        step = len(messages) // (len(gen.BAD_MESSAGES) + 1)
+        for i, (topic, value) in enumerate(gen.BAD_MESSAGES):
+            messages.insert((i + 1) * step, (topic, b"x", value))
+    if args.out:
+        with args.out.open("wb") as out:
+            for _, _, value in messages:
+                out.write(value + b"\n")
+    else:
+        gen.produce(args.bootstrap, messages)
+    print(f"generated {len(events):,} events in {len(messages):,} messages for "
+          f"{len(communities)} communities -> {args.out or args.bootstrap}")
+    return 0
+
+
+def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
+                    args.metrics_port)
+
+
+def _compact(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from sinks.compact import compact
+
+    report = compact(args.data_dir)
+    print(report)
+    return 0
+
+
+def _grafana(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from sinks import grafana
+
+    return grafana.main([args.action, *args.rest])
+
+
+_COMMANDS = {
+    "worker": _worker,
+    "replay": _replay,
+    "generate": _generate,
+    "demo": _demo,
+    "compact": _compact,
+    "grafana": _grafana,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

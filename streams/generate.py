@@ -1,0 +1,231 @@
+"""Synthetic community activity: healthy, medium, low and stagnating communities.
+
+History is generated for the last `days` days up to `now` (so stagnation is visible at
+once), emitted in a realistic, messy order: most events a little late, some very late,
+about 1% duplicated, and a few bad messages that must end up in the dead-letter topic.
+A live phase can follow, producing events stamped "now" at a steady rate.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from streams.config import DAY_MS, HOUR_MS
+
+TOPIC_OF = {
+    "post": "community.posts",
+    "reply": "community.replies",
+    "like": "community.likes",
+    "view": "community.views",
+    "join": "community.memberships",
+    "leave": "community.memberships",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    weight: float
+    creators: float  # share of members who post
+    critics: float  # share who reply to posts
+    conversationalists: float  # share who reply to replies
+    joiners: float  # share who like
+    spectators: float  # share who only view
+    posts_per_member_day: float
+    reply_delay_hours: float
+    quiet_last_days: int = 0  # stops posting and replying this many days before now
+    decline: float = 1.0  # activity factor over the last 14 days
+
+
+PROFILES = (
+    Profile("healthy", 0.35, 0.18, 0.25, 0.10, 0.25, 0.15, 0.05, 3.0),
+    Profile("medium", 0.30, 0.08, 0.12, 0.04, 0.30, 0.25, 0.03, 12.0),
+    Profile("low", 0.15, 0.03, 0.05, 0.01, 0.25, 0.35, 0.02, 40.0),
+    Profile("stagnating", 0.10, 0.10, 0.15, 0.05, 0.25, 0.20, 0.03, 8.0, quiet_last_days=10),
+    Profile("declining", 0.10, 0.15, 0.20, 0.08, 0.25, 0.15, 0.04, 6.0, decline=0.3),
+)
+
+BAD_MESSAGES: tuple[tuple[str, bytes], ...] = (
+    ("community.posts", b"{not json"),
+    ("community.posts", b'{"event_id": "bad-1", "type": "post"}'),
+    ("community.replies", b'{"event_id":"bad-2","type":"post","community_id":"x",'
+                          b'"user_id":"u","ts":1795000000000,"post_id":"p"}'),
+    ("community.likes", b'{"event_id":"bad-3","type":"like","community_id":"x",'
+                        b'"user_id":"u","ts":"1999-12-31T23:00:00Z","target_id":"p",'
+                        b'"target_type":"post"}'),
+    ("community.views", b'{"event_id":"bad-4","type":"view","community_id":"x",'
+                        b'"user_id":"u","ts":"yesterday","target_id":"p","target_type":"post"}'),
+)
+
+
+@dataclass
+class Community:
+    community_id: str
+    profile: Profile
+    members: list[str]
+
+
+def plan(n_communities: int, n_users: int, rng: random.Random) -> list[Community]:
+    weights = [p.weight for p in PROFILES]
+    communities = []
+    for i in range(n_communities):
+        profile = rng.choices(PROFILES, weights)[0] if i >= len(PROFILES) else PROFILES[i]
+        size = max(8, min(n_users, int(rng.lognormvariate(math.log(60), 0.8))))
+        members = [f"user-{rng.randrange(n_users)}" for _ in range(size)]
+        communities.append(Community(f"{profile.name}-{i:04d}", profile, sorted(set(members))))
+    return communities
+
+
+def history(community: Community, now_ms: int, days: int, rng: random.Random) -> Iterator[dict]:
+    """All events of one community over the last `days` days, in time order per kind."""
+    p, cid, members = community.profile, community.community_id, community.members
+    seq = 0
+
+    def event(kind: str, user: str, ts: int, **fields: Any) -> dict:
+        nonlocal seq
+        seq += 1
+        return {"event_id": f"{cid}-{seq}", "type": kind, "community_id": cid,
+                "user_id": user, "ts": ts, **fields}
+
+    def pick(share: float) -> list[str]:
+        return [m for m in members if rng.random() < share] or members[:1]
+
+    creators, critics, talkers = pick(p.creators), pick(p.critics), pick(p.conversationalists)
+    joiners, spectators = pick(p.joiners), pick(p.spectators)
+    start = now_ms - days * DAY_MS
+    for member in members:
+        if rng.random() < 0.6:
+            yield event("join", member, start - rng.randrange(60 * DAY_MS))
+    posts_per_day = max(0.3, p.posts_per_member_day * len(members))
+    for day in range(days):
+        day_start = start + day * DAY_MS
+        recent = day >= days - 14
+        factor = p.decline if recent else 1.0
+        quiet = day >= days - p.quiet_last_days
+        n_posts = 0 if quiet else _poisson(rng, posts_per_day * factor)
+        for _ in range(n_posts):
+            author = rng.choice(creators[: max(1, int(len(creators) * factor))])
+            post_ts = day_start + rng.randrange(DAY_MS)
+            post_id = f"{cid}-p{seq}"
+            yield event("post", author, post_ts, post_id=post_id,
+                        content_kind="managed" if rng.random() < 0.1 else "ugc")
+            reply_ts = post_ts
+            for _ in range(_poisson(rng, 2.0 * factor)):
+                reply_ts += int(rng.expovariate(1 / p.reply_delay_hours) * HOUR_MS) + 1000
+                if reply_ts >= now_ms:
+                    break
+                reply_id = f"{cid}-r{seq}"
+                yield event("reply", rng.choice(critics), reply_ts, post_id=post_id,
+                            reply_id=reply_id, parent_id=post_id, parent_type="post")
+                if rng.random() < 0.4 and reply_ts + HOUR_MS < now_ms:
+                    yield event("reply", rng.choice(talkers), reply_ts + rng.randrange(HOUR_MS),
+                                post_id=post_id, reply_id=f"{cid}-rr{seq}", parent_id=reply_id,
+                                parent_type="reply")
+            for _ in range(_poisson(rng, 3.0)):
+                like_ts = post_ts + rng.randrange(2 * DAY_MS)
+                if like_ts < now_ms:
+                    yield event("like", rng.choice(joiners), like_ts, target_id=post_id,
+                                target_type="post")
+            for _ in range(_poisson(rng, 4.0)):
+                view_ts = post_ts + rng.randrange(3 * DAY_MS)
+                if view_ts < now_ms:
+                    yield event("view", rng.choice(spectators), view_ts, target_id=post_id,
+                                target_type="post")
+    for member in members:
+        if rng.random() < 0.02:
+            yield event("leave", member, now_ms - rng.randrange(days * DAY_MS))
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    if lam <= 0:
+        return 0
+    if lam > 30:
+        return max(0, int(rng.gauss(lam, math.sqrt(lam))))
+    threshold, k, product = math.exp(-lam), 0, rng.random()
+    while product > threshold:
+        k += 1
+        product *= rng.random()
+    return k
+
+
+def messy_order(events: list[dict], rng: random.Random) -> list[dict]:
+    """Arrival order: events a little late, some very late, ~1% duplicated."""
+    def arrival(e: dict) -> float:
+        lateness = rng.expovariate(1 / 60_000)
+        if rng.random() < 0.03:
+            lateness += rng.randrange(2 * DAY_MS)
+        return float(e["ts"]) + lateness
+
+    ordered = sorted(events, key=arrival)
+    for i in range(0, len(ordered), 97):
+        ordered.insert(min(len(ordered), i + rng.randrange(50)), ordered[i])
+    return ordered
+
+
+def to_messages(events: list[dict], batch_size: int) -> Iterator[tuple[str, bytes, bytes]]:
+    """(topic, key, value) messages; batch_size > 1 groups per topic and community."""
+    encode = msgspec.json.encode
+    if batch_size <= 1:
+        for e in events:
+            yield TOPIC_OF[e["type"]], e["community_id"].encode(), encode(e)
+        return
+    pending: dict[tuple[str, str], list[dict]] = {}
+    for e in events:
+        slot = (TOPIC_OF[e["type"]], e["community_id"])
+        group = pending.setdefault(slot, [])
+        group.append(e)
+        if len(group) >= batch_size:
+            yield slot[0], slot[1].encode(), encode(group)
+            del pending[slot]
+    for (topic, cid), group in pending.items():
+        yield topic, cid.encode(), encode(group)
+
+
+def live_events(
+    communities: list[Community], now_ms: int, count: int, rng: random.Random, seq: int
+) -> list[dict]:
+    """`count` fresh events stamped `now_ms` in active (not stagnating) communities."""
+    active = [c for c in communities if c.profile.quiet_last_days == 0]
+    out = []
+    for i in range(count):
+        c = rng.choice(active)
+        cid, user = c.community_id, rng.choice(c.members)
+        base = {"event_id": f"{cid}-live-{seq + i}", "community_id": cid, "user_id": user,
+                "ts": now_ms}
+        post_id = f"{cid}-live-p{rng.randrange(max(1, (seq + i) // 20 + 1))}"
+        roll = rng.random()
+        if roll < 0.1:
+            out.append({**base, "type": "post", "post_id": f"{cid}-live-p{(seq + i) // 20}"})
+        elif roll < 0.4:
+            out.append({**base, "type": "reply", "post_id": post_id, "reply_id": base["event_id"],
+                        "parent_id": post_id, "parent_type": "post"})
+        elif roll < 0.8:
+            out.append({**base, "type": "like", "target_id": post_id, "target_type": "post"})
+        else:
+            out.append({**base, "type": "view", "target_id": post_id, "target_type": "post"})
+    return out
+
+
+def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+    """Send messages to Kafka (kafka-python), keyed by community, and wait for acks."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap.removeprefix("kafka://"),
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        acks=1,
+    )
+    try:
+        for topic, key, value in messages:
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
