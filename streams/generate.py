@@ -44,11 +44,11 @@ class Profile:
 
 
 PROFILES = (
-    Profile("healthy", 0.35, 0.18, 0.25, 0.10, 0.25, 0.15, 0.05, 3.0),
-    Profile("medium", 0.30, 0.08, 0.12, 0.04, 0.30, 0.25, 0.03, 12.0),
-    Profile("low", 0.15, 0.03, 0.05, 0.01, 0.25, 0.35, 0.02, 40.0),
-    Profile("stagnating", 0.10, 0.10, 0.15, 0.05, 0.25, 0.20, 0.03, 8.0, quiet_last_days=10),
-    Profile("declining", 0.10, 0.15, 0.20, 0.08, 0.25, 0.15, 0.04, 6.0, decline=0.3),
+    Profile("healthy", 0.35, 0.15, 0.20, 0.08, 0.30, 0.15, 0.05, 3.0),
+    Profile("medium", 0.30, 0.07, 0.10, 0.04, 0.30, 0.25, 0.04, 12.0),
+    Profile("low", 0.15, 0.02, 0.04, 0.01, 0.25, 0.35, 0.03, 40.0),
+    Profile("stagnating", 0.10, 0.08, 0.12, 0.04, 0.25, 0.20, 0.04, 8.0, quiet_last_days=10),
+    Profile("declining", 0.10, 0.12, 0.16, 0.06, 0.25, 0.15, 0.05, 6.0, decline=0.3),
 )
 
 BAD_MESSAGES: tuple[tuple[str, bytes], ...] = (
@@ -69,22 +69,36 @@ class Community:
     community_id: str
     profile: Profile
     members: list[str]
+    creators: list[str]
+    critics: list[str]
+    conversationalists: list[str]
+    joiners: list[str]
+    spectators: list[str]
 
 
 def plan(n_communities: int, n_users: int, rng: random.Random) -> list[Community]:
+    """Communities with members and the members' habits (who posts, replies, likes)."""
     weights = [p.weight for p in PROFILES]
     communities = []
     for i in range(n_communities):
         profile = rng.choices(PROFILES, weights)[0] if i >= len(PROFILES) else PROFILES[i]
-        size = max(8, min(n_users, int(rng.lognormvariate(math.log(60), 0.8))))
-        members = [f"user-{rng.randrange(n_users)}" for _ in range(size)]
-        communities.append(Community(f"{profile.name}-{i:04d}", profile, sorted(set(members))))
+        size = max(12, min(n_users, int(rng.lognormvariate(math.log(60), 0.8))))
+        members = sorted({f"user-{rng.randrange(n_users)}" for _ in range(size)})
+
+        def pick(share: float, members: list[str] = members) -> list[str]:
+            return [m for m in members if rng.random() < share] or members[:1]
+
+        communities.append(Community(
+            f"{profile.name}-{i:04d}", profile, members, pick(profile.creators),
+            pick(profile.critics), pick(profile.conversationalists), pick(profile.joiners),
+            pick(profile.spectators)))
     return communities
 
 
 def history(community: Community, now_ms: int, days: int, rng: random.Random) -> Iterator[dict]:
     """All events of one community over the last `days` days, in time order per kind."""
-    p, cid, members = community.profile, community.community_id, community.members
+    c = community
+    p, cid, members = c.profile, c.community_id, c.members
     seq = 0
 
     def event(kind: str, user: str, ts: int, **fields: Any) -> dict:
@@ -93,14 +107,11 @@ def history(community: Community, now_ms: int, days: int, rng: random.Random) ->
         return {"event_id": f"{cid}-{seq}", "type": kind, "community_id": cid,
                 "user_id": user, "ts": ts, **fields}
 
-    def pick(share: float) -> list[str]:
-        return [m for m in members if rng.random() < share] or members[:1]
-
-    creators, critics, talkers = pick(p.creators), pick(p.critics), pick(p.conversationalists)
-    joiners, spectators = pick(p.joiners), pick(p.spectators)
+    creators, critics, talkers = c.creators, c.critics, c.conversationalists
+    joiners, spectators = c.joiners, c.spectators
     start = now_ms - days * DAY_MS
     for member in members:
-        if rng.random() < 0.6:
+        if rng.random() < 0.9:
             yield event("join", member, start - rng.randrange(60 * DAY_MS))
     posts_per_day = max(0.3, p.posts_per_member_day * len(members))
     for day in range(days):
@@ -195,20 +206,24 @@ def live_events(
     out = []
     for i in range(count):
         c = rng.choice(active)
-        cid, user = c.community_id, rng.choice(c.members)
-        base = {"event_id": f"{cid}-live-{seq + i}", "community_id": cid, "user_id": user,
-                "ts": now_ms}
-        post_id = f"{cid}-live-p{rng.randrange(max(1, (seq + i) // 20 + 1))}"
+        cid = c.community_id
+        n = seq + i
+        base = {"event_id": f"{cid}-live-{n}", "community_id": cid, "ts": now_ms}
+        post_id = f"{cid}-live-p{rng.randrange(n // 20 + 1)}"
         roll = rng.random()
         if roll < 0.1:
-            out.append({**base, "type": "post", "post_id": f"{cid}-live-p{(seq + i) // 20}"})
+            out.append({**base, "type": "post", "user_id": rng.choice(c.creators),
+                        "post_id": f"{cid}-live-p{n // 20}"})
         elif roll < 0.4:
-            out.append({**base, "type": "reply", "post_id": post_id, "reply_id": base["event_id"],
+            out.append({**base, "type": "reply", "user_id": rng.choice(c.critics),
+                        "post_id": post_id, "reply_id": base["event_id"],
                         "parent_id": post_id, "parent_type": "post"})
         elif roll < 0.8:
-            out.append({**base, "type": "like", "target_id": post_id, "target_type": "post"})
+            out.append({**base, "type": "like", "user_id": rng.choice(c.joiners),
+                        "target_id": post_id, "target_type": "post"})
         else:
-            out.append({**base, "type": "view", "target_id": post_id, "target_type": "post"})
+            out.append({**base, "type": "view", "user_id": rng.choice(c.spectators),
+                        "target_id": post_id, "target_type": "post"})
     return out
 
 
