@@ -153,7 +153,8 @@ def _decode_elementwise(
         try:
             event = _one_decoder.decode(item_bytes)
         except msgspec.ValidationError as exc:
-            reason = Reason.MISSING_FIELD if "missing required" in str(exc) else Reason.INVALID_FIELD
+            missing = "missing required" in str(exc)
+            reason = Reason.MISSING_FIELD if missing else Reason.INVALID_FIELD
             rejections.append(Rejection(item_bytes, reason, str(exc)))
             continue
         ok, bad = _check_all([event], allowed_types, now_ms, key, item_bytes)
@@ -193,11 +194,11 @@ def _check(
         if getattr(event, name) is None:
             return Reason.MISSING_FIELD, f"{event.type} needs {name}"
     if event.type == "reply" and event.parent_type not in _ITEM_TYPES:
-        return Reason.INVALID_FIELD, f"parent_type must be post or reply, got {event.parent_type!r}"
+        return Reason.INVALID_FIELD, f"parent_type must be post or reply: {event.parent_type!r}"
     if event.type in ("like", "view") and event.target_type not in _ITEM_TYPES:
-        return Reason.INVALID_FIELD, f"target_type must be post or reply, got {event.target_type!r}"
+        return Reason.INVALID_FIELD, f"target_type must be post or reply: {event.target_type!r}"
     if event.type == "post" and event.content_kind not in (None, *_CONTENT_KINDS):
-        return Reason.INVALID_FIELD, f"content_kind must be ugc or managed, got {event.content_kind!r}"
+        return Reason.INVALID_FIELD, f"content_kind must be ugc or managed: {event.content_kind!r}"
     ts = event.ts
     ts_ms = (ts - _EPOCH) // _ONE_MS if isinstance(ts, datetime) else ts
     if ts_ms < MIN_TS_MS:

@@ -6,6 +6,7 @@ Bad arguments and bad files end with one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -85,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless asked
+        if os.environ.get("PULSE_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+              "(set PULSE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
 
 
 def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:

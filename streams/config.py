@@ -10,8 +10,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T", "MetricConfig", "RuntimeConfig")
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
@@ -118,17 +119,14 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
         metrics = _apply(metrics, doc.get("metrics", {}), str(path))
         runtime = _apply(runtime, doc.get("runtime", {}), str(path))
-    for obj_name in ("metrics", "runtime"):
-        obj = metrics if obj_name == "metrics" else runtime
-        env = {
-            f.name: os.environ[f"PULSE_{f.name.upper()}"]
-            for f in fields(obj)
-            if f"PULSE_{f.name.upper()}" in os.environ
-        }
-        if env:
-            obj = _apply(obj, env, "environment")
-        if obj_name == "metrics":
-            metrics = obj
-        else:
-            runtime = obj
-    return metrics, runtime
+    return _with_env(metrics), _with_env(runtime)
+
+
+def _with_env(obj: T) -> T:
+    """Apply PULSE_<FIELD> environment overrides to a config dataclass."""
+    env = {
+        f.name: os.environ[f"PULSE_{f.name.upper()}"]
+        for f in fields(obj)
+        if f"PULSE_{f.name.upper()}" in os.environ
+    }
+    return _apply(obj, env, "environment") if env else obj

@@ -14,7 +14,7 @@ after `before + retention` can see, which keeps memory bounded.
 from __future__ import annotations
 
 import statistics
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -283,7 +283,7 @@ class CommunityState:
             # Keep the last membership event at or before the cut, it still decides.
             keep_from = max(bisect_right(joins, (before_ms << 1) | 1) - 1, 0)
             del joins[:keep_from]
-            if not user.activity and (not joins or joins[-1] & 1 and len(joins) == 1):
+            if not user.activity and (not joins or (joins[-1] & 1 and len(joins) == 1)):
                 del self.users[user_id]
 
     def memberships_through(self, cut_ms: int) -> list[Event]:

@@ -14,18 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
+from schemas.producer import envelopes as to_messages
 from streams.config import DAY_MS, HOUR_MS
 
-TOPIC_OF = {
-    "post": "community.posts",
-    "reply": "community.replies",
-    "like": "community.likes",
-    "view": "community.views",
-    "join": "community.memberships",
-    "leave": "community.memberships",
-}
+__all__ = ["PROFILES", "Community", "history", "live_events", "messy_order", "plan",
+           "produce", "to_messages"]
+
 
 
 @dataclass(frozen=True)
@@ -177,25 +171,6 @@ def messy_order(events: list[dict], rng: random.Random) -> list[dict]:
     for i in range(0, len(ordered), 97):
         ordered.insert(min(len(ordered), i + rng.randrange(50)), ordered[i])
     return ordered
-
-
-def to_messages(events: list[dict], batch_size: int) -> Iterator[tuple[str, bytes, bytes]]:
-    """(topic, key, value) messages; batch_size > 1 groups per topic and community."""
-    encode = msgspec.json.encode
-    if batch_size <= 1:
-        for e in events:
-            yield TOPIC_OF[e["type"]], e["community_id"].encode(), encode(e)
-        return
-    pending: dict[tuple[str, str], list[dict]] = {}
-    for e in events:
-        slot = (TOPIC_OF[e["type"]], e["community_id"])
-        group = pending.setdefault(slot, [])
-        group.append(e)
-        if len(group) >= batch_size:
-            yield slot[0], slot[1].encode(), encode(group)
-            del pending[slot]
-    for (topic, cid), group in pending.items():
-        yield topic, cid.encode(), encode(group)
 
 
 def live_events(

@@ -25,7 +25,7 @@ from typing import Any
 
 import faust
 import msgspec
-from faust.types import TP, EventT
+from faust.types import TP, EventT, StreamT, TableT
 from prometheus_client import start_http_server
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection
@@ -61,7 +61,7 @@ class DeltaLog:
     is where Faust recovers them from when that partition is assigned to a worker.
     """
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: TableT) -> None:
         self.table = table
         # community -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[str, list[tuple[int, bytes]]] = {}
@@ -261,8 +261,10 @@ def build_app(worker: PulseWorker) -> faust.App:
     source_topics = set(worker.topics)
 
     @app.agent(source, name="ingest")
-    async def ingest(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S):
+    async def ingest(stream: StreamT) -> None:
+        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
+            BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S)
+        async for batch in batches:
             worker.handle_batch(batch)
 
     @app.task
@@ -273,7 +275,7 @@ def build_app(worker: PulseWorker) -> faust.App:
     async def on_recover() -> None:
         worker.recover()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
         worker.revoke({tp.partition for tp in revoked if tp.topic in source_topics})
 

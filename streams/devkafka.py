@@ -1,0 +1,502 @@
+"""A real single-node Apache Kafka broker (KRaft mode) on 127.0.0.1, for tests and the demo.
+
+The jars come from Maven Central (pinned in ``deploy/kafka/pom.xml``) and are cached outside
+the repository in ``${PULSE_CACHE_DIR:-~/.cache/community-pulse}/kafka-<version>/libs``.
+
+Library use::
+
+    with LocalKafka() as kafka:          # free ports, fresh temp dir
+        print(kafka.bootstrap)           # "127.0.0.1:PORT"
+
+Command line::
+
+    python -m streams.devkafka fetch                       # resolve and cache the jars
+    python -m streams.devkafka run --port 9092 --dir DIR   # foreground until Ctrl-C
+
+Requires Java 17+ on PATH (or JAVA_HOME) and, for the first fetch, Maven (``mvn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+KAFKA_VERSION = "4.1.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+MARKER = ".complete"
+# Quick JVM start for short-lived brokers (tests, demo): C1 only, serial GC. Pass
+# jvm_opts=() (or G1 options) to LocalKafka for long throughput runs.
+FAST_START_JVM_OPTS: tuple[str, ...] = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+
+
+class DevKafkaError(RuntimeError):
+    """An expected failure (no Java, no Maven, port busy, broker did not start); one line."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("PULSE_CACHE_DIR") or "~/.cache/community-pulse"
+    return Path(base).expanduser() / f"kafka-{KAFKA_VERSION}"
+
+
+def libs_dir() -> Path:
+    return cache_dir() / "libs"
+
+
+def _libs_complete(libs: Path) -> bool:
+    return (libs / MARKER).is_file()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fetch_jars(quiet: bool = False) -> Path:
+    """Resolve the Kafka jars into the cache (once); returns the libs directory."""
+    libs = libs_dir()
+    if _libs_complete(libs):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DevKafkaError(
+            "Maven (mvn) not found on PATH; it is needed once to fetch the Kafka jars"
+        )
+    if not POM.is_file():
+        raise DevKafkaError(f"missing {POM}")
+    # Several processes (a test run beside a demo) may fetch at once: serialise them.
+    with _file_lock(cache_dir() / ".fetch.lock"):
+        if _libs_complete(libs):
+            return libs
+        tmp = cache_dir() / f"libs.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not quiet:
+            print(f"devkafka: fetching Kafka {KAFKA_VERSION} jars into {libs}", file=sys.stderr)
+        cmd = [
+            mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        jars = list(tmp.glob("*.jar")) if tmp.is_dir() else []
+        if proc.returncode != 0 or not any(j.name.startswith("kafka_2.13-") for j in jars):
+            shutil.rmtree(tmp, ignore_errors=True)
+            out = (proc.stdout + proc.stderr).strip().splitlines()
+            last = [ln.strip() for ln in out if ln.strip()]
+            detail = last[-1] if last else "no output"
+            raise DevKafkaError(f"mvn could not fetch the Kafka jars (exit {proc.returncode}): "
+                                f"{detail}")
+        shutil.rmtree(libs, ignore_errors=True)  # a half copy from an older run
+        tmp.rename(libs)
+        (libs / MARKER).write_text(f"kafka {KAFKA_VERSION}\n")
+    return libs
+
+
+def find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise DevKafkaError("Java (java) not found on PATH or in JAVA_HOME; Kafka needs Java 17+")
+    return java
+
+
+_ports_lock = threading.Lock()
+_ports_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1, never the same one twice in this process."""
+    with _ports_lock:
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _ports_handed_out:
+                _ports_handed_out.add(port)
+                return port
+    raise DevKafkaError("could not find a free TCP port")
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise DevKafkaError(f"port 127.0.0.1:{port} is busy") from None
+
+
+def _cluster_id() -> str:
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+_live: weakref.WeakSet[LocalKafka] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for k in list(_live):
+        with contextlib.suppress(Exception):
+            k.stop()
+
+
+class LocalKafka:
+    """One KRaft broker+controller process with its own ports and data directory."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        controller_port: int | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        heap: str = "512m",
+        start_timeout: float = 90.0,
+        num_partitions: int = 4,
+        extra_config: dict[str, str] | None = None,
+        jvm_opts: Sequence[str] = FAST_START_JVM_OPTS,
+    ) -> None:
+        self._want_port = port
+        self._want_cport = controller_port
+        self._run_dir = Path(run_dir) if run_dir is not None else None
+        self.heap = heap
+        self.start_timeout = start_timeout
+        self.num_partitions = num_partitions
+        self.extra_config = dict(extra_config or {})
+        self.jvm_opts = list(jvm_opts)
+        self.port = 0
+        self.controller_port = 0
+        self.dir: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        if not self.port:
+            raise DevKafkaError("LocalKafka is not started")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_file(self) -> Path:
+        if self.dir is None:
+            raise DevKafkaError("LocalKafka is not started")
+        return self.dir / "logs" / "server.log"
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> LocalKafka:
+        if self._proc is not None:
+            raise DevKafkaError("LocalKafka already started")
+        java = find_java()
+        libs = fetch_jars()
+        for p in (self._want_port, self._want_cport):
+            if p:
+                _check_port_free(p)
+        self.port = self._want_port or free_port()
+        self.controller_port = self._want_cport or free_port()
+        if self.port == self.controller_port:
+            raise DevKafkaError("broker and controller ports must differ")
+        self._make_dir()
+        assert self.dir is not None
+        props = self._write_config()
+        log4j = self._write_log4j()
+        base = [java, f"-Xmx{self.heap}", "-Xms128m", *self.jvm_opts,
+                "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
+                f"-Dkafka.logs.dir={self.dir / 'logs'}", "-cp", str(libs / "*")]
+        fmt = subprocess.run(
+            [*base, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )
+        if fmt.returncode != 0:
+            lines = [ln for ln in (fmt.stdout + fmt.stderr).splitlines() if ln.strip()]
+            raise DevKafkaError(
+                f"kafka storage format failed: {lines[-1] if lines else fmt.returncode}"
+            )
+        stdout_log = open(self.dir / "logs" / "stdout.log", "ab")  # noqa: SIM115
+        main_thread = threading.current_thread() is threading.main_thread()
+        try:
+            self._proc = subprocess.Popen(
+                [*base, "kafka.Kafka", str(props)],
+                stdin=subprocess.DEVNULL, stdout=stdout_log, stderr=subprocess.STDOUT,
+                cwd=self.dir, start_new_session=True,
+                # PDEATHSIG fires when the *thread* that forked dies; only use it from main.
+                preexec_fn=_die_with_parent if main_thread and sys.platform == "linux" else None,
+            )
+        finally:
+            stdout_log.close()
+        _live.add(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the broker's process group, wait, then SIGKILL; idempotent."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        # Anything else left in the group (there should be nothing).
+        self._signal_group(proc.pid, signal.SIGKILL)
+        self._proc = None
+        _live.discard(self)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def create_topics(
+        self, names: Sequence[str], partitions: int | None = None, timeout: float = 30.0
+    ) -> None:
+        """Create topics (ignoring ones that exist) and wait until they have leaders."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        n = partitions or self.num_partitions
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="devkafka-admin")
+        try:
+            for name in names:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([NewTopic(name, n, 1)])
+            deadline = time.monotonic() + timeout
+            while True:
+                desc = admin.describe_topics(list(names))
+                if all(
+                    not t.get("error_code") and t.get("partitions")
+                    and all(p.get("leader_id", -1) >= 0 for p in t["partitions"])
+                    for t in desc
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise DevKafkaError(f"topics {list(names)} not ready after {timeout}s")
+                time.sleep(0.2)
+        finally:
+            admin.close()
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _make_dir(self) -> None:
+        if self._run_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="devkafka-")
+            self.dir = Path(self._tmp.name)
+        else:
+            self._run_dir.mkdir(parents=True, exist_ok=True)
+            # A fresh sub-directory each start, so two brokers never share data.
+            self.dir = Path(tempfile.mkdtemp(prefix=f"kafka-{self.port}-", dir=self._run_dir))
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def _write_config(self) -> Path:
+        assert self.dir is not None
+        cfg = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.dir / "data"),
+            "num.partitions": str(self.num_partitions),
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+            "log.retention.hours": "168",
+            "log.flush.interval.messages": "9223372036854775807",
+            **self.extra_config,
+        }
+        path = self.dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
+        return path
+
+    def _write_log4j(self) -> Path:
+        assert self.dir is not None
+        path = self.dir / "log4j.properties"
+        path.write_text(
+            "log4j.rootLogger=INFO, file\n"
+            "log4j.appender.file=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.file.File={self.dir / 'logs' / 'server.log'}\n"
+            "log4j.appender.file.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.kafka=INFO\n"
+            "log4j.logger.org.apache.kafka=INFO\n"
+        )
+        return path
+
+    def _wait_ready(self) -> None:
+        from kafka.admin import KafkaAdminClient
+
+        deadline = time.monotonic() + self.start_timeout
+        last_err = "not reachable"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise DevKafkaError(
+                    f"Kafka broker exited with code {self._proc.returncode} during start; "
+                    f"log {self.log_file}:\n{self._log_tail()}"
+                )
+            if self._port_open():
+                try:
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap, client_id="devkafka-probe",
+                        request_timeout_ms=5000,
+                    )
+                    try:
+                        cluster = admin.describe_cluster()
+                    finally:
+                        admin.close()
+                    if cluster.get("brokers"):
+                        return
+                    last_err = "no registered brokers yet"
+                except Exception as e:  # the broker is still coming up
+                    last_err = f"{type(e).__name__}: {e}"
+            time.sleep(0.25)
+        raise DevKafkaError(
+            f"Kafka broker on {self.bootstrap} not ready after {self.start_timeout:.0f}s "
+            f"({last_err}); log {self.log_file}:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        tail = _tail(self.log_file)
+        assert self.dir is not None
+        out = _tail(self.dir / "logs" / "stdout.log", 5)
+        return tail if out in ("(empty log)", "(no log)") else f"{tail}\n--- stdout ---\n{out}"
+
+    def _port_open(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str) -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap)
+    try:
+        kafka.start()
+        print(f"devkafka: Kafka {KAFKA_VERSION} ready on {kafka.bootstrap} "
+              f"(dir {kafka.dir}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        while not stop.wait(1.0):
+            if not kafka.running():
+                raise DevKafkaError(f"Kafka broker exited unexpectedly; see {kafka.log_file}")
+    finally:
+        kafka.stop()
+    print("devkafka: stopped", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams.devkafka", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch", help="resolve and cache the Kafka jars")
+    run = sub.add_parser("run", help="run a broker in the foreground until Ctrl-C")
+    run.add_argument("--port", type=int, default=9092, help="broker port (0 = pick a free one)")
+    run.add_argument("--controller-port", type=int, default=None, help="default: a free port")
+    run.add_argument("--dir", default=None, help="run directory (default: a temp dir)")
+    run.add_argument("--heap", default="512m", help="JVM max heap (default 512m)")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "fetch":
+            print(fetch_jars())
+        else:
+            _run(args.port or 0, args.controller_port, args.dir, args.heap)
+    except DevKafkaError as e:
+        print(f"devkafka: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
