@@ -1,0 +1,57 @@
+"""Shared fixtures: one real Kafka broker per test session (see streams/devkafka.py).
+
+Tests that use the `kafka` fixture are marked `kafka` automatically, so
+`pytest -m "not kafka"` runs only the tests that need no broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from streams.devkafka import LocalKafka
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kafka: needs the session's real local Kafka broker (fixture `kafka`)"
+    )
+    # kafka-python loads its protocol schemas with deprecated importlib.resources calls.
+    for msg in ("read_text is deprecated", "open_text is deprecated"):
+        config.addinivalue_line("filterwarnings", f"ignore:{msg}:DeprecationWarning")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kafka" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A started single-node broker on free ports; its logs stay under pytest's tmp dir."""
+    with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture
+def unique_topic() -> Callable[[str], str]:
+    """`unique_topic("posts")` gives a topic name no other test uses (tests share one broker)."""
+
+    def name(prefix: str = "test") -> str:
+        return f"{prefix}.{uuid.uuid4().hex[:12]}"
+
+    return name
+
+
+@pytest.fixture
+def create_topics(kafka: LocalKafka) -> Callable[..., list[str]]:
+    """`create_topics("a", "b", partitions=4)` creates the topics and waits for leaders."""
+
+    def make(*names: str, partitions: int = 4) -> list[str]:
+        kafka.create_topics(list(names), partitions=partitions)
+        return list(names)
+
+    return make
