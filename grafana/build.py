@@ -1,0 +1,497 @@
+"""Build the Grafana dashboards and Grafana-managed alert rules from code.
+
+    python grafana/build.py          # (re)write grafana/dashboards/*.json and the alert rules
+    python grafana/build.py --check  # exit 1 when a generated file is out of date
+
+Dashboards use a datasource variable (`datasource`); the alert rules are derived from the
+Prometheus alerts in deploy/prometheus/rules/alerts.yml (same names, expressions, `for`,
+labels and annotations), so Prometheus and Grafana alert on exactly the same logic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DASHBOARD_DIR = HERE / "dashboards"
+ALERT_RULES_FILE = HERE / "provisioning" / "alerting" / "community-pulse-rules.yml"
+PROMETHEUS_ALERTS = REPO / "deploy" / "prometheus" / "rules" / "alerts.yml"
+
+FOLDER_UID = "community-pulse"
+FOLDER_TITLE = "Community Pulse"
+DATASOURCE_UID = "community-pulse-prometheus"  # provisioned in provisioning/datasources/
+RULE_GROUP = "community-pulse"
+RULE_GROUP_INTERVAL = "1m"
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+Json = dict[str, Any]
+
+TIER_MAPPING = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "low (<15%)", "color": "red", "index": 0},
+            "1": {"text": "medium (15-30%)", "color": "yellow", "index": 1},
+            "2": {"text": "high (>=30%)", "color": "green", "index": 2},
+        },
+    }
+]
+STAGNATING_MAPPING = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "no", "color": "green", "index": 0},
+            "1": {"text": "STAGNATING", "color": "red", "index": 1},
+        },
+    }
+]
+
+ACTIONS_MD = """\
+### What to do, per tier (share of members active as creator or critic)
+
+**Low — below 15%.** The information shared is not representative of the whole group.
+- Focus on a group where 15% or more of the users act as creator or critic.
+- Merge similar communities (the small ones too) and explain why the group is made larger.
+- Stimulate more users to act as critic or creator: apply *talking*, or provoke
+  reactions as a creator yourself.
+- And/or bring in a content expert and let them act as critic.
+
+**Medium — 15% to 30%.** If it is large and its topics relate to your responsibilities,
+be part of it: listening (and talking) shows what people need and what valuable
+knowledge lives there.
+- Bring similar communities (the small ones too) together and explain why.
+- Stimulate even more users to act as critic or creator.
+- And/or bring in a content expert who acts as critic.
+
+**High — 30% or more.** A community of practice you must be part of: much information is
+brought in and judged, and it leads sooner to usable hard content.
+- Bring in a content expert and let them act as critic.
+
+**Any tier — "stilstand is achteruitgang" (standing still is decline).** Keep it sustainable:
+talk *with* people, not at them; keep conversations going; listen and show you listen;
+bring creators and critics together and ask for their input; use storytelling; respond
+within the agreed service level (who notices, who responds within what time).
+"""
+
+
+# --------------------------------------------------------------------------- panels
+
+
+def target(expr: str, legend: str = "", ref: str = "A", *, table: bool = False) -> Json:
+    t: Json = {"datasource": DS, "expr": expr, "refId": ref, "legendFormat": legend}
+    if table:
+        t.update(format="table", instant=True, range=False)
+    return t
+
+
+def panel(kind: str, title: str, grid: tuple[int, int, int, int], targets: list[Json],
+          **extra: Any) -> Json:
+    x, y, w, h = grid
+    p: Json = {
+        "type": kind,
+        "title": title,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "datasource": DS,
+        "targets": targets,
+    }
+    p.update(extra)
+    return p
+
+
+def field_config(unit: str = "short", *, mappings: list[Json] | None = None, min_: float | None
+                 = None, max_: float | None = None, stack: bool = False,
+                 thresholds: list[tuple[float | None, str]] | None = None) -> Json:
+    defaults: Json = {"unit": unit}
+    if mappings:
+        defaults["mappings"] = mappings
+    if min_ is not None:
+        defaults["min"] = min_
+    if max_ is not None:
+        defaults["max"] = max_
+    if thresholds:
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"value": v, "color": c} for v, c in thresholds],
+        }
+    if stack:
+        defaults["custom"] = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 60,
+                              "lineWidth": 1}
+    return {"defaults": defaults, "overrides": []}
+
+
+def stat(title: str, grid: tuple[int, int, int, int], expr: str, unit: str = "short",
+         **fc: Any) -> Json:
+    return panel("stat", title, grid, [target(expr)], fieldConfig=field_config(unit, **fc),
+                 options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+                          "colorMode": "background", "graphMode": "none"})
+
+
+def timeseries(title: str, grid: tuple[int, int, int, int], targets: list[Json],
+               unit: str = "short", **fc: Any) -> Json:
+    return panel("timeseries", title, grid, targets, fieldConfig=field_config(unit, **fc),
+                 options={"legend": {"displayMode": "table", "placement": "right",
+                                     "calcs": ["lastNotNull"]},
+                          "tooltip": {"mode": "multi", "sort": "desc"}})
+
+
+def text(title: str, grid: tuple[int, int, int, int], content: str) -> Json:
+    x, y, w, h = grid
+    return {"type": "text", "title": title, "gridPos": {"x": x, "y": y, "w": w, "h": h},
+            "options": {"mode": "markdown", "content": content}}
+
+
+def refs(targets: list[Json]) -> list[Json]:
+    for i, t in enumerate(targets):
+        t["refId"] = chr(ord("A") + i)
+    return targets
+
+
+def datasource_var() -> Json:
+    return {"name": "datasource", "label": "Prometheus", "type": "datasource",
+            "query": "prometheus", "current": {}, "hide": 0, "refresh": 1}
+
+
+def window_var() -> Json:
+    return {"name": "window", "label": "Window", "type": "query", "datasource": DS,
+            "query": {"query": "label_values(community_pulse_members, window)",
+                      "refId": "window"},
+            "definition": "label_values(community_pulse_members, window)",
+            "current": {"text": "28d", "value": "28d"}, "refresh": 2, "sort": 1, "hide": 0}
+
+
+def dashboard(uid: str, title: str, panels: list[Json], variables: list[Json],
+              tags: list[str], description: str) -> Json:
+    for i, p in enumerate(panels, start=1):
+        p["id"] = i
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["community-pulse", *tags],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "1m",
+        "time": {"from": "now-7d", "to": "now"},
+        "templating": {"list": variables},
+        "annotations": {"list": []},
+        "links": [{"type": "dashboards", "tags": ["community-pulse"], "asDropdown": True,
+                   "title": "Community Pulse", "includeVars": True, "keepTime": True}],
+        "panels": panels,
+    }
+
+
+# ------------------------------------------------------------------------ dashboards
+
+
+def overview() -> Json:
+    w = 'window="$window"'
+    tier = f"max by (community) (community_pulse_tier{{{w}}})"
+    table_targets = refs([
+        target(tier, table=True),
+        target(f"max by (community) (community_pulse_contributor_share_ratio{{{w}}})",
+               table=True),
+        target(f"max by (community) (community_pulse_sustainability_score{{{w}}})", table=True),
+        target("max by (community) (community_pulse_stagnating)", table=True),
+        target(f"max by (community) (community_pulse_members{{{w}}})", table=True),
+        target(f"max by (community) (community_pulse_unanswered_posts{{{w}}})", table=True),
+        target(f"max by (community) (community:community_pulse_sustainability_score:change_7d"
+               f"{{{w}}})", table=True),
+    ])
+    names = ["Tier", "Creator+critic share", "Score", "Stagnating", "Members", "Unanswered",
+             "Score Δ 7d"]
+    rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
+    overrides = [
+        {"matcher": {"id": "byName", "options": "Tier"},
+         "properties": [{"id": "mappings", "value": TIER_MAPPING},
+                        {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
+        {"matcher": {"id": "byName", "options": "Creator+critic share"},
+         "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}]},
+        {"matcher": {"id": "byName", "options": "Score"},
+         "properties": [{"id": "decimals", "value": 0}, {"id": "max", "value": 100},
+                        {"id": "custom.cellOptions",
+                         "value": {"type": "gauge", "mode": "basic"}}]},
+        {"matcher": {"id": "byName", "options": "Stagnating"},
+         "properties": [{"id": "mappings", "value": STAGNATING_MAPPING},
+                        {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
+        {"matcher": {"id": "byName", "options": "community"},
+         "properties": [{"id": "links", "value": [{
+             "title": "Open community",
+             "url": "/d/community-pulse-community/?var-community=${__value.raw}"
+                    "&var-window=${window}&var-datasource=${datasource}"}]}]},
+    ]
+    table = panel(
+        "table", "Communities (tier, share, score, stagnating)", (0, 13, 16, 14), table_targets,
+        fieldConfig={"defaults": {"custom": {"align": "auto"},
+                                  "thresholds": {"mode": "absolute", "steps": [
+                                      {"value": None, "color": "red"},
+                                      {"value": 40, "color": "yellow"},
+                                      {"value": 70, "color": "green"}]}},
+                     "overrides": overrides},
+        options={"showHeader": True, "sortBy": [{"displayName": "Score", "desc": False}]},
+        transformations=[
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                           "renameByName": rename}},
+        ],
+    )
+    panels = [
+        stat("Low tier (<15%)", (0, 0, 4, 4),
+             f"count(max by (community) (community_pulse_tier{{{w}}}) == 0) or vector(0)",
+             thresholds=[(None, "green"), (1, "red")]),
+        stat("Medium tier (15-30%)", (4, 0, 4, 4),
+             f"count(max by (community) (community_pulse_tier{{{w}}}) == 1) or vector(0)",
+             thresholds=[(None, "yellow")]),
+        stat("High tier (>=30%)", (8, 0, 4, 4),
+             f"count(max by (community) (community_pulse_tier{{{w}}}) == 2) or vector(0)",
+             thresholds=[(None, "green")]),
+        stat("Stagnating communities", (12, 0, 4, 4), "job:community_pulse_stagnating:count",
+             thresholds=[(None, "green"), (1, "red")]),
+        stat("Average sustainability", (16, 0, 4, 4),
+             f"window:community_pulse_sustainability_score:avg{{{w}}}", min_=0, max_=100,
+             thresholds=[(None, "red"), (40, "yellow"), (70, "green")]),
+        stat("Members (exported communities)", (20, 0, 4, 4),
+             f"window:community_pulse_members:sum{{{w}}}", thresholds=[(None, "blue")]),
+        timeseries("Communities per tier", (0, 4, 12, 9),
+                   [target(f"window:community_pulse_communities_by_tier:count{{{w}}}",
+                           "{{tier}}")], stack=True),
+        panel("bargauge", "Sustainability score by community", (12, 4, 12, 9),
+              [target(f"sort_desc(max by (community) "
+                      f"(community_pulse_sustainability_score{{{w}}}))", "{{community}}")],
+              fieldConfig=field_config("none", min_=0, max_=100, thresholds=[
+                  (None, "red"), (40, "yellow"), (70, "green")]),
+              options={"orientation": "horizontal", "displayMode": "gradient",
+                       "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
+        table,
+        text("Recommended actions per tier", (16, 13, 8, 14), ACTIONS_MD),
+    ]
+    return dashboard("community-pulse-overview", "Community Pulse — overview", panels,
+                     [datasource_var(), window_var()], ["overview"],
+                     "All communities by tier and sustainability score.")
+
+
+def community() -> Json:
+    c = 'community="$community"'
+    cw = 'community="$community", window="$window"'
+    community_var = {
+        "name": "community", "label": "Community", "type": "query", "datasource": DS,
+        "query": {"query": "label_values(community_pulse_members, community)",
+                  "refId": "community"},
+        "definition": "label_values(community_pulse_members, community)",
+        "refresh": 2, "sort": 1, "hide": 0, "current": {},
+    }
+    panels = [
+        stat("Tier", (0, 0, 4, 4), f"max(community_pulse_tier{{{cw}}})",
+             mappings=TIER_MAPPING),
+        stat("Members", (4, 0, 3, 4), f"max(community_pulse_members{{{cw}}})",
+             thresholds=[(None, "blue")]),
+        stat("Creator+critic share", (7, 0, 4, 4),
+             f"max(community_pulse_contributor_share_ratio{{{cw}}})", "percentunit",
+             thresholds=[(None, "red"), (0.15, "yellow"), (0.3, "green")]),
+        stat("Sustainability", (11, 0, 3, 4),
+             f"max(community_pulse_sustainability_score{{{cw}}})", min_=0, max_=100,
+             thresholds=[(None, "red"), (40, "yellow"), (70, "green")]),
+        stat("Score change 7d", (14, 0, 3, 4),
+             f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
+             thresholds=[(None, "red"), (-15, "yellow"), (0, "green")]),
+        stat("Stagnating", (17, 0, 3, 4), f"max(community_pulse_stagnating{{{c}}})",
+             mappings=STAGNATING_MAPPING),
+        stat("Last activity", (20, 0, 4, 4),
+             f"max(community_pulse_last_activity_timestamp_seconds{{{c}}}) * 1000",
+             "dateTimeFromNow", thresholds=[(None, "text")]),
+        timeseries("Role ladder (primary role per member)", (0, 4, 12, 10), [target(
+            f"max by (role) (community_pulse_role_users{{{cw}}})", "{{role}}")], stack=True),
+        timeseries("Sustainability components", (12, 4, 12, 10), [target(
+            f"max by (component) (community_pulse_sustainability_component_ratio{{{cw}}})",
+            "{{component}}")], "percentunit", min_=0, max_=1),
+        timeseries("Listening: posts past the response SLA", (0, 14, 12, 9), refs([
+            target(f"max(community_pulse_posts_eligible{{{cw}}})", "eligible"),
+            target(f"max(community_pulse_posts_answered_in_sla{{{cw}}})", "answered in SLA"),
+            target(f"max(community_pulse_unanswered_posts{{{cw}}})", "unanswered"),
+        ])),
+        timeseries("Median time to first reply", (12, 14, 12, 9), [target(
+            f"max(community_pulse_median_first_reply_seconds{{{cw}}})", "median first reply")],
+            "s", min_=0),
+        timeseries("Sustainability score", (0, 23, 12, 9), refs([
+            target(f"max(community_pulse_sustainability_score{{{cw}}})", "score"),
+            target(f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
+                   "change over 7 days"),
+        ]), min_=-100, max_=100),
+        timeseries("Activity in the window", (12, 23, 12, 9), [target(
+            f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")]),
+    ]
+    return dashboard("community-pulse-community", "Community Pulse — community", panels,
+                     [datasource_var(), community_var, window_var()], ["community"],
+                     "One community in depth: roles, listening, sustainability.")
+
+
+def pipeline() -> Json:
+    inst = 'instance=~"$instance"'
+    rate = "[$__rate_interval]"
+    instance_var = {
+        "name": "instance", "label": "Worker", "type": "query", "datasource": DS,
+        "query": {"query": "label_values(community_pulse_events_consumed_total, instance)",
+                  "refId": "instance"},
+        "definition": "label_values(community_pulse_events_consumed_total, instance)",
+        "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*", "hide": 0,
+        "current": {"text": "All", "value": "$__all"},
+    }
+    counters = ("consumed", "processed", "duplicates")
+    per_topic = [
+        target(f"sum by (topic) (rate(community_pulse_events_{n}_total{{{inst}}}{rate}))",
+               f"{{{{topic}}}} {n}")
+        for n in counters
+    ]
+    per_topic.append(target(
+        f"sum by (topic) (rate(community_pulse_events_dead_lettered_total{{{inst}}}{rate}))",
+        "{{topic}} dead-lettered"))
+    unaccounted = (
+        f"sum by (topic) (community_pulse_events_consumed_total{{{inst}}})"
+        f" - sum by (topic) (community_pulse_events_processed_total{{{inst}}})"
+        f" - sum by (topic) (community_pulse_events_duplicates_total{{{inst}}})"
+        f" - (sum by (topic) (community_pulse_events_dead_lettered_total{{{inst}}})"
+        f" or 0 * sum by (topic) (community_pulse_events_consumed_total{{{inst}}}))"
+    )
+
+    def quantiles(metric: str, by: str = "") -> list[Json]:
+        grp = f"{by}, le" if by else "le"
+        lbl = f"{{{{{by}}}}} " if by else ""
+        return refs([target(f"histogram_quantile({q}, sum by ({grp}) "
+                            f"(rate({metric}_bucket{{{inst}}}{rate})))", f"{lbl}p{int(q * 100)}")
+                     for q in (0.5, 0.95, 0.99)])
+
+    panels = [
+        stat("Workers up", (0, 0, 4, 4), 'sum(up{job="community-pulse"})',
+             thresholds=[(None, "red"), (1, "green")]),
+        stat("Owned communities", (4, 0, 4, 4),
+             f"sum(community_pulse_owned_communities{{{inst}}})", thresholds=[(None, "blue")]),
+        stat("Unaccounted events (must be 0)", (8, 0, 4, 4), f"sum({unaccounted})",
+             thresholds=[(None, "green"), (1, "red")]),
+        stat("Dead-lettered (range)", (12, 0, 4, 4),
+             f"sum(increase(community_pulse_events_dead_lettered_total{{{inst}}}[$__range]))"
+             " or vector(0)", thresholds=[(None, "green"), (1, "orange")]),
+        stat("Oldest snapshot age", (16, 0, 4, 4),
+             f"time() - min(community_pulse_last_snapshot_timestamp_seconds{{{inst}}})", "s",
+             thresholds=[(None, "green"), (300, "yellow"), (900, "red")]),
+        stat("Max event-time lag", (20, 0, 4, 4),
+             f"max(community_pulse_event_time_lag_seconds{{{inst}}})", "s",
+             thresholds=[(None, "green"), (300, "yellow"), (900, "red")]),
+        timeseries("Throughput per topic", (0, 4, 12, 9), refs(per_topic), "eps"),
+        timeseries("Dead-lettered by reason", (12, 4, 12, 9), [target(
+            f"sum by (topic, reason) (rate(community_pulse_events_dead_lettered_total"
+            f"{{{inst}}}{rate}))", "{{topic}} {{reason}}")], "eps"),
+        timeseries("Event-time lag per topic and worker", (0, 13, 12, 8), [target(
+            f"max by (instance, topic) (community_pulse_event_time_lag_seconds{{{inst}}})",
+            "{{instance}} {{topic}}")], "s"),
+        timeseries("Owned communities per worker", (12, 13, 12, 8), [target(
+            f"community_pulse_owned_communities{{{inst}}}", "{{instance}}")]),
+        timeseries("Snapshot duration", (0, 21, 8, 8),
+                   quantiles("community_pulse_snapshot_duration_seconds"), "s"),
+        timeseries("Sink write duration", (8, 21, 8, 8),
+                   quantiles("community_pulse_sink_duration_seconds", "sink"), "s"),
+        timeseries("Sink errors", (16, 21, 8, 8), [target(
+            f"sum by (instance, sink) (increase(community_pulse_sink_errors_total{{{inst}}}"
+            f"{rate}))", "{{instance}} {{sink}}")]),
+    ]
+    return dashboard("community-pulse-pipeline", "Community Pulse — pipeline health", panels,
+                     [datasource_var(), instance_var], ["pipeline"],
+                     "Kafka consumption, dead letters, event-time lag, snapshots and sinks.")
+
+
+def dashboards() -> dict[str, Json]:
+    """File name -> dashboard model."""
+    return {f"{d['uid']}.json": d for d in (overview(), community(), pipeline())}
+
+
+# ---------------------------------------------------------------------- alert rules
+
+_CONDITION = re.compile(r"^(?P<value>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<thr>-?\d+(?:\.\d+)?)$",
+                        re.DOTALL)
+
+
+def split_condition(expr: str) -> tuple[str, str, str]:
+    """`<value> <op> <number>` -> (value, op, number); the value may hold comparisons."""
+    m = _CONDITION.match(" ".join(expr.split()))
+    if not m:
+        raise ValueError(f"alert expr is not '<value> <op> <number>': {expr!r}")
+    # the non-greedy value plus anchored number picks the last top-level operator
+    return m.group("value"), m.group("op"), m.group("thr")
+
+
+def grafana_rule(rule: Json) -> Json:
+    value, op, thr = split_condition(rule["expr"])
+    annotations = {k: str(v).replace("$value", "$values.B.Value")
+                   for k, v in rule.get("annotations", {}).items()}
+    return {
+        "uid": "cp-" + re.sub(r"(?<!^)(?=[A-Z])", "-", rule["alert"]).lower(),
+        "title": rule["alert"],
+        "condition": "C",
+        "data": [
+            {"refId": "A", "datasourceUid": DATASOURCE_UID,
+             "relativeTimeRange": {"from": 600, "to": 0},
+             "model": {"refId": "A", "expr": value, "instant": True, "range": False,
+                       "datasource": {"type": "prometheus", "uid": DATASOURCE_UID}}},
+            {"refId": "B", "datasourceUid": "__expr__",
+             "model": {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last",
+                       "settings": {"mode": "dropNN"},
+                       "datasource": {"type": "__expr__", "uid": "__expr__"}}},
+            {"refId": "C", "datasourceUid": "__expr__",
+             "model": {"refId": "C", "type": "math", "expression": f"$B {op} {thr}",
+                       "datasource": {"type": "__expr__", "uid": "__expr__"}}},
+        ],
+        "noDataState": "OK",
+        "execErrState": "Error",
+        "for": rule.get("for", "0s"),
+        "labels": dict(rule.get("labels", {})),
+        "annotations": annotations,
+        "isPaused": False,
+    }
+
+
+def alert_rules() -> Json:
+    """Grafana alerting provisioning document (apiVersion 1) derived from Prometheus alerts."""
+    doc = yaml.safe_load(PROMETHEUS_ALERTS.read_text(encoding="utf-8"))
+    rules = [grafana_rule(r) for g in doc["groups"] for r in g["rules"] if "alert" in r]
+    return {"apiVersion": 1, "groups": [{
+        "orgId": 1, "name": RULE_GROUP, "folder": FOLDER_TITLE,
+        "interval": RULE_GROUP_INTERVAL, "rules": rules}]}
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def rendered() -> dict[Path, str]:
+    files = {DASHBOARD_DIR / name: json.dumps(d, indent=2, ensure_ascii=False) + "\n"
+             for name, d in dashboards().items()}
+    header = ("# GENERATED by grafana/build.py from deploy/prometheus/rules/alerts.yml;"
+              " do not edit.\n")
+    files[ALERT_RULES_FILE] = header + yaml.safe_dump(alert_rules(), sort_keys=False,
+                                                      allow_unicode=True, width=100)
+    return files
+
+
+def main(argv: list[str]) -> int:
+    stale = [p for p, text in rendered().items()
+             if not p.exists() or p.read_text(encoding="utf-8") != text]
+    if "--check" in argv:
+        for p in stale:
+            print(f"out of date: {p.relative_to(REPO)} (run python grafana/build.py)")
+        return 1 if stale else 0
+    for p, text in rendered().items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    print(f"wrote {len(stale)} changed file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
