@@ -79,5 +79,5 @@ def _merged(fs: pafs.FileSystem, files: list[str]) -> pa.Table:
         SELECT * EXCLUDE (_file_rank) FROM ({union})
         QUALIFY row_number() OVER (
             PARTITION BY community_id, window_days, as_of ORDER BY _file_rank DESC) = 1
-        ORDER BY as_of, community_id, window_days""").fetch_arrow_table()
+        ORDER BY as_of, community_id, window_days""").to_arrow_table()
     return deduplicated.cast(SNAPSHOT_SCHEMA)
