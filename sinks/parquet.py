@@ -158,3 +158,15 @@ def ensure_catalogue(data_dir: str | Path) -> bool:
         log.warning("could not update %s: %s", path, exc)
         return False
     return True
+
+
+def read_rows(data_dir: str | Path) -> list[SnapshotRow]:
+    """Every stored snapshot row (deduplicated), oldest first, back as SnapshotRow."""
+    con = duckdb.connect()
+    for statement in catalogue_sql(data_dir)[:1]:
+        con.execute(statement)
+    rel = con.sql("""SELECT * EXCLUDE (date, as_of, last_activity),
+                            epoch_ms(as_of) AS as_of_ms, epoch_ms(last_activity) AS last_activity_ms
+                     FROM snapshots ORDER BY as_of, community_id, window_days""")
+    names = rel.columns
+    return [SnapshotRow(**dict(zip(names, values, strict=True))) for values in rel.fetchall()]

@@ -10,12 +10,14 @@ no label ever carries a user id.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from schemas.events import Reason
 from streams.core import SnapshotRow
 from streams.pipeline import TopicStats
 
@@ -36,6 +38,75 @@ def _gauge(name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
 
 
+def community_families(
+    rows: Iterable[SnapshotRow], min_members: int, timestamps: bool = False,
+    extra_labels: Mapping[str, str] | None = None,
+) -> list[Metric]:
+    """Per-community metric families for snapshot rows.
+
+    Live scrapes render the latest snapshot without timestamps; a backfill renders a
+    whole history with each sample stamped with its as_of.
+    """
+    extra = dict(extra_labels or {})
+    cw = ("community", "window", *extra)
+    members = _gauge("members", "Members in the window (SPEC 2).", cw)
+    roles = _gauge("role_users", "Members by primary role on the ladder.", (*cw, "role"))
+    share = _gauge("contributor_share_ratio", "Share of members who are creator, "
+                   "conversationalist or critic.", cw)
+    tier = _gauge("tier", "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).", cw)
+    score = _gauge("sustainability_score", "Sustainability score, 0-100.", cw)
+    component = _gauge("sustainability_component_ratio", "Sustainability component in [0,1] "
+                       "(absent when undefined).", (*cw, "component"))
+    events = _gauge("window_events", "Distinct events in the window.", (*cw, "type"))
+    eligible = _gauge("posts_eligible", "Posts in the window older than the response SLA.", cw)
+    answered = _gauge("posts_answered_in_sla", "Eligible posts first answered within the SLA.",
+                      cw)
+    unanswered = _gauge("unanswered_posts",
+                        "Posts older than the SLA with no reply by another user.", cw)
+    median = _gauge("median_first_reply_seconds",
+                    "Median time to the first reply by another user.", cw)
+    c = ("community", *extra)
+    stagnating = _gauge("stagnating", "1 when the community stagnates (SPEC 3).", c)
+    last_activity = _gauge("last_activity_timestamp_seconds", "Newest activity event time.", c)
+    rows = list(rows)
+    first_window = min((r.window_days for r in rows), default=0)
+    for row in rows:
+        if row.members < min_members:
+            continue
+        ts = row.as_of_ms / 1000 if timestamps else None
+        labels = [row.community_id, f"{row.window_days}d", *extra.values()]
+
+        def put(family: GaugeMetricFamily, value: float, *more: str,
+                labels: list[str] = labels, ts: float | None = ts) -> None:
+            family.add_metric([*labels[:2], *more, *labels[2:]] if more else labels, value,
+                              timestamp=ts)
+
+        put(members, row.members)
+        for role, field in ROLE_FIELDS.items():
+            put(roles, getattr(row, field), role)
+        put(share, row.contributor_share)
+        put(tier, row.tier_level)
+        put(score, row.sustainability)
+        for name in COMPONENTS:
+            if getattr(row, name) is not None:
+                put(component, getattr(row, name), name)
+        for kind, field in EVENT_FIELDS.items():
+            put(events, getattr(row, field), kind)
+        put(eligible, row.posts_eligible)
+        put(answered, row.posts_answered_in_sla)
+        put(unanswered, row.unanswered_posts)
+        if row.median_first_reply_seconds is not None:
+            put(median, row.median_first_reply_seconds)
+        if row.window_days == first_window:  # per-community series, once per snapshot
+            community_labels = [row.community_id, *extra.values()]
+            stagnating.add_metric(community_labels, float(row.stagnating), timestamp=ts)
+            if row.last_activity_ms is not None:
+                last_activity.add_metric(community_labels, row.last_activity_ms / 1000,
+                                         timestamp=ts)
+    return [members, roles, share, tier, score, component, events, eligible, answered,
+            unanswered, median, stagnating, last_activity]
+
+
 class CommunityCollector(Collector):
     """Per-community gauges from the latest snapshot rows (`rows()` returns them)."""
 
@@ -47,60 +118,30 @@ class CommunityCollector(Collector):
         return []  # families depend on live state; skip the registry's collision check
 
     def collect(self) -> Iterator[Metric]:
-        cw = ("community", "window")
-        members = _gauge("members", "Members in the window (SPEC 2).", cw)
-        roles = _gauge("role_users", "Members by primary role on the ladder.", (*cw, "role"))
-        share = _gauge(
-            "contributor_share_ratio", "Share of members who are creator, "
-            "conversationalist or critic.", cw)
-        tier = _gauge("tier", "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).", cw)
-        score = _gauge("sustainability_score", "Sustainability score, 0-100.", cw)
-        component = _gauge(
-            "sustainability_component_ratio", "Sustainability component in [0,1] "
-            "(absent when undefined).", (*cw, "component"))
-        events = _gauge("window_events", "Distinct events in the window.", (*cw, "type"))
-        eligible = _gauge(
-            "posts_eligible", "Posts in the window older than the response SLA.", cw)
-        answered = _gauge(
-            "posts_answered_in_sla", "Eligible posts first answered within the SLA.", cw)
-        unanswered = _gauge(
-            "unanswered_posts", "Posts older than the SLA with no reply by another user.", cw)
-        median = _gauge(
-            "median_first_reply_seconds", "Median time to the first reply by another user.",
-            cw)
-        stagnating = _gauge("stagnating", "1 when the community stagnates (SPEC 3).",
-                            ("community",))
-        last_activity = _gauge(
-            "last_activity_timestamp_seconds", "Newest activity event time.", ("community",))
-        rows = self._rows()
-        first_window = min((r.window_days for r in rows), default=0)
-        for row in rows:
-            if row.members < self._min_members:
-                continue
-            labels = [row.community_id, f"{row.window_days}d"]
-            members.add_metric(labels, row.members)
-            for role, field in ROLE_FIELDS.items():
-                roles.add_metric([*labels, role], getattr(row, field))
-            share.add_metric(labels, row.contributor_share)
-            tier.add_metric(labels, row.tier_level)
-            score.add_metric(labels, row.sustainability)
-            for name in COMPONENTS:
-                value = getattr(row, name)
-                if value is not None:
-                    component.add_metric([*labels, name], value)
-            for kind, field in EVENT_FIELDS.items():
-                events.add_metric([*labels, kind], getattr(row, field))
-            eligible.add_metric(labels, row.posts_eligible)
-            answered.add_metric(labels, row.posts_answered_in_sla)
-            unanswered.add_metric(labels, row.unanswered_posts)
-            if row.median_first_reply_seconds is not None:
-                median.add_metric(labels, row.median_first_reply_seconds)
-            if row.window_days == first_window:  # per-community series, once
-                stagnating.add_metric([row.community_id], float(row.stagnating))
-                if row.last_activity_ms is not None:
-                    last_activity.add_metric([row.community_id], row.last_activity_ms / 1000)
-        yield from (members, roles, share, tier, score, component, events, eligible,
-                    answered, unanswered, median, stagnating, last_activity)
+        yield from community_families(self._rows(), self._min_members)
+
+
+def openmetrics_history(
+    rows: Iterable[SnapshotRow], min_members: int, extra_labels: Mapping[str, str]
+) -> bytes:
+    """A snapshot history as timestamped OpenMetrics text, for
+    `promtool tsdb create-blocks-from openmetrics` (backfilling trend alerts)."""
+    lines = []
+    for family in community_families(rows, min_members, True, extra_labels):
+        # Each series' samples together and in time order, as OpenMetrics requires.
+        family.samples.sort(key=lambda s: (sorted(s.labels.items()), s.timestamp))
+        registry = CollectorRegistry()
+        registry.register(_Fixed(family))
+        lines.append(openmetrics.generate_latest(registry).removesuffix(b"# EOF\n"))
+    return b"".join(lines) + b"# EOF\n"
+
+
+class _Fixed(Collector):
+    def __init__(self, family: Metric) -> None:
+        self._family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family
 
 
 class PipelineCollector(Collector):
@@ -132,8 +173,9 @@ class PipelineCollector(Collector):
             consumed.add_metric([topic], s.consumed)
             processed.add_metric([topic], s.processed)
             duplicates.add_metric([topic], s.duplicates)
-            for reason, count in s.dead_lettered.items():
-                dead.add_metric([topic, reason], count)
+            # Every reason from zero, so the first dead letter shows up as an increase.
+            for reason in Reason.ALL:
+                dead.add_metric([topic, reason], s.dead_lettered[reason])
             if s.newest_event_ms is not None:
                 lag.add_metric([topic], max(0.0, now - s.newest_event_ms / 1000))
         yield from (consumed, processed, duplicates, dead, lag)

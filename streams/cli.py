@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
 
+    backfill = sub.add_parser(
+        "backfill", help="snapshot history as OpenMetrics, for promtool tsdb create-blocks")
+    backfill.add_argument("--data-dir", required=True)
+    backfill.add_argument("--out", type=Path, required=True)
+    backfill.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
+                          help="extra label on every series, e.g. job=community-pulse")
+
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
     grafana.add_argument("rest", nargs=argparse.REMAINDER)
@@ -173,6 +180,20 @@ def _compact(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCo
     return 0
 
 
+def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from sinks.parquet import read_rows
+    from sinks.prometheus import openmetrics_history
+
+    labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    if len(labels) != len(args.label):
+        raise UsageError("--label takes NAME=VALUE")
+    rows = read_rows(args.data_dir)
+    args.out.write_bytes(openmetrics_history(rows, runtime.min_members_exported, labels))
+    print(f"wrote {len(rows):,} snapshot rows to {args.out}; load them with: promtool tsdb "
+          f"create-blocks-from openmetrics {args.out} PROMETHEUS_DATA_DIR")
+    return 0
+
+
 def _grafana(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from sinks import grafana
 
@@ -185,6 +206,7 @@ _COMMANDS = {
     "generate": _generate,
     "demo": _demo,
     "compact": _compact,
+    "backfill": _backfill,
     "grafana": _grafana,
 }
 

@@ -76,7 +76,8 @@ def plan(n_communities: int, n_users: int, rng: random.Random) -> list[Community
     communities = []
     for i in range(n_communities):
         profile = rng.choices(PROFILES, weights)[0] if i >= len(PROFILES) else PROFILES[i]
-        size = max(12, min(n_users, int(rng.lognormvariate(math.log(60), 0.8))))
+        floor = 12 if profile.name == "low" else 30  # tiny communities are all noise
+        size = max(floor, min(n_users, int(rng.lognormvariate(math.log(60), 0.8))))
         members = sorted({f"user-{rng.randrange(n_users)}" for _ in range(size)})
 
         def pick(share: float, members: list[str] = members) -> list[str]:

@@ -35,8 +35,9 @@ def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
 
 class WorkerProcess:
     def __init__(self, bootstrap: str, data_dir: Path, prefix: str, app_id: str,
-                 snapshot_interval: float = 2.0, extra_env: dict[str, str] | None = None):
-        self.port = free_port()
+                 snapshot_interval: float = 2.0, extra_env: dict[str, str] | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-worker.log"
         env = {**os.environ, "PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": app_id,
