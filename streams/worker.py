@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -94,10 +96,20 @@ class DeltaLog:
             self._put(partition, key, None)
         self.index[community_id] = [(n, k) for n, k in entries if n > cut_ms]
 
-    def load(self, skip: set[str]) -> Iterable[tuple[int, str, list[Event]]]:
-        """Every stored delta (after recovery) of communities not in `skip`."""
+    def load(
+        self, partitions: set[int], skip: set[str]
+    ) -> Iterable[tuple[int, str, list[Event]]]:
+        """Stored deltas of the given partitions, except communities in `skip`.
+
+        Deltas of other partitions (no longer ours) are dropped from local memory; their
+        changelog stays for the worker that owns them now.
+        """
         for key, value in list(self.table.data.items()):
             partition, tag, community_id = _parse_key(key)
+            if partition not in partitions:
+                del self.table.data[key]
+                self.index.pop(community_id, None)
+                continue
             if community_id in skip or not value:
                 continue
             events = _decode_events(value)
@@ -105,12 +117,6 @@ class DeltaLog:
                 newest = max(event.ts_ms for event in events)
                 self.index.setdefault(community_id, []).append((newest, key))
             yield partition, community_id, events
-
-    def forget_partitions(self, partitions: set[int]) -> None:
-        for key in [k for k in self.table.data if _parse_key(k)[0] in partitions]:
-            _, _, community_id = _parse_key(key)
-            self.table.data.pop(key, None)
-            self.index.pop(community_id, None)
 
 
 class PulseWorker:
@@ -179,23 +185,29 @@ class PulseWorker:
 
     # ---- ownership --------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Rebuild communities this worker now owns from the recovered table."""
+    def recover(self, partitions: set[int]) -> None:
+        """Rebuild the communities of our partitions from the recovered table."""
         if self.deltas is None:
             return
         known = set(self.core.communities)
-        for partition, community_id, events in self.deltas.load(skip=known):
+        for partition, community_id, events in self.deltas.load(partitions, skip=known):
             self.partition_of[community_id] = partition
             self.core.state(community_id).apply(events)
         log.info("recovered %d communities", len(self.core.communities) - len(known))
+        self.metrics.owned.set(len(self.core.communities))
 
     def revoke(self, partitions: set[int]) -> None:
+        """Stop computing and exporting the communities of revoked partitions.
+
+        Their table data stays until recovery: a partition revoked and assigned back in
+        the same rebalance is not re-read from the changelog.
+        """
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
             del self.partition_of[community_id]
-        if self.deltas is not None:
-            self.deltas.forget_partitions(partitions)
+            if self.deltas is not None:
+                self.deltas.index.pop(community_id, None)
         self.latest = [row for row in self.latest if row.community_id not in gone]
         self.metrics.owned.set(len(self.core.communities))
 
@@ -238,6 +250,8 @@ def build_app(worker: PulseWorker) -> faust.App:
     app = faust.App(
         rt.app_id,
         broker=rt.broker,
+        # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
+        datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{rt.app_id}"),
         store="memory://",
         topic_partitions=rt.partitions,
         table_standby_replicas=0,
@@ -273,7 +287,8 @@ def build_app(worker: PulseWorker) -> faust.App:
 
     @table.on_recover
     async def on_recover() -> None:
-        worker.recover()
+        active = app.assignor.assigned_actives()
+        worker.recover({tp.partition for tp in active if tp.topic in source_topics})
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
