@@ -4,7 +4,6 @@ kept in the changelog after expiry still rebuilds the same numbers."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from schemas.events import Event
 from streams.config import DAY_MS, MetricConfig
