@@ -1,0 +1,60 @@
+"""The Prometheus exposition: names, HELP texts, privacy threshold, cardinality budget."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.events import Event
+from sinks.prometheus import CommunityCollector, WorkerMetrics
+from streams import generate as gen
+from streams.config import MetricConfig
+from streams.core import PulseCore
+from streams.pipeline import TopicStats
+
+NOW = 1_795_000_000_000
+BUDGET_PER_COMMUNITY = 49  # docs/operations.md
+
+
+def rows() -> list:
+    rng = random.Random(4)
+    core = PulseCore(MetricConfig())
+    events = [e for c in gen.plan(6, 200, rng) for e in gen.history(c, NOW, 35, rng)]
+    core.apply(msgspec.convert(e, type=Event) for e in events)
+    core.apply([Event("tiny-1", "post", "tiny", "u1", NOW - 1000, post_id="p")])
+    return core.snapshot(NOW)
+
+
+def test_series_per_community_stay_within_the_budget_and_small_ones_are_hidden() -> None:
+    snapshot = rows()
+    registry = CollectorRegistry()
+    registry.register(CommunityCollector(lambda: snapshot, min_members=5))
+    per_community: dict[str, int] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        assert family.documentation, family.name
+        for sample in family.samples:
+            assert "user" not in "".join(sample.labels.values())
+            per_community[sample.labels["community"]] = (
+                per_community.get(sample.labels["community"], 0) + 1)
+    assert "tiny" not in per_community  # one member: below the privacy threshold
+    assert len(per_community) == 6
+    assert max(per_community.values()) <= BUDGET_PER_COMMUNITY
+    assert min(per_community.values()) >= 37  # every always-defined series is there
+
+
+def test_pipeline_metrics_follow_prometheus_conventions() -> None:
+    stats = {"community.posts": TopicStats(consumed=3, processed=2, duplicates=1)}
+    metrics = WorkerMetrics(lambda: [], stats, min_members=5)
+    text = generate_latest(metrics.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, family in families.items():
+        assert name.startswith("community_pulse_")
+        assert family.documentation
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+    dead = [s for s in families["community_pulse_events_dead_lettered"].samples
+            if s.name.endswith("_total")]
+    assert len(dead) == 7 and all(s.value == 0 for s in dead)  # every reason from zero
