@@ -64,7 +64,8 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
     def total(name: str) -> float:
         return sum(value for _, value in samples.get(name, []))
 
-    lag = max((v for _, v in samples.get("community_pulse_event_time_lag_seconds", [])),
+    # The busiest topic's lag; quiet topics (memberships) say nothing about freshness.
+    lag = min((v for _, v in samples.get("community_pulse_event_time_lag_seconds", [])),
               default=0.0)
     lines.append(f"events consumed {total('community_pulse_events_consumed_total'):,.0f}  "
                  f"processed {total('community_pulse_events_processed_total'):,.0f}  "

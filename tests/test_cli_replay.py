@@ -173,3 +173,27 @@ def test_config_file_and_environment_overrides(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setenv("PULSE_TIER_HIGH_SHARE", "0.1")
     with pytest.raises(ConfigError, match="tier"):
         config_module.load(None)
+
+
+def test_replay_shows_progress_on_a_terminal(events_file: Path, tmp_path: Path) -> None:
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "replay", str(events_file), "--data-dir",
+         str(tmp_path), "--snapshot-every", "1d"], stderr=terminal, stdout=subprocess.PIPE)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    os.close(main)
+    text = output.decode()
+    assert "events" in text and "ev/s" in text and "left" in text
