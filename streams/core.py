@@ -213,10 +213,13 @@ class CommunityState:
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of this community; return how many were duplicates."""
         duplicates = 0
+        seen_by_day = self._seen_by_day
         for event in events:
             ts = event.ts_ms
-            seen = self._seen_by_day.setdefault(ts // DAY_MS, set())
-            if event.event_id in seen:
+            seen = seen_by_day.get(ts // DAY_MS)
+            if seen is None:
+                seen = seen_by_day[ts // DAY_MS] = set()
+            elif event.event_id in seen:
                 duplicates += 1
                 continue
             seen.add(event.event_id)
