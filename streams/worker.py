@@ -6,12 +6,13 @@ Topology (one agent, all event topics co-partitioned by community_id):
         -> ingest agent (batches of messages; decode, validate, apply to PulseCore)
              -> rejected input  -> community.dead-letter (original bytes + reason)
              -> accepted events -> `community-events` table (changelog), one write
-                                   per community per batch
-    snapshot timer -> PulseCore.snapshot(now) -> Parquet files + /metrics gauges
+                                   per partition per batch
+    refresh timer (1 s)    -> communities that changed -> /metrics gauges
+    snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
 
-State: the table holds each community's recent accepted events as per-batch deltas
-(keyed "<partition>\x1f<tag>\x1f<community>"), so its Kafka changelog lets any worker of
-the consumer group rebuild a community exactly after a restart or a rebalance. The
+State: the table holds each partition's recent accepted events as per-batch deltas
+(keyed "<partition>\x1f<tag>"), so its Kafka changelog lets any worker of the consumer
+group rebuild a partition's communities exactly after a restart or a rebalance. The
 in-memory PulseCore is derived from it and rebuilt on recovery.
 """
 
@@ -42,40 +43,42 @@ log = logging.getLogger(__name__)
 BATCH_MAX_MESSAGES = 2000
 BATCH_WITHIN_S = 0.05
 DELTA_MAX_EVENTS = 2000
+DELTA_EXPIRY_EVERY_MS = 3_600_000
+REFRESH_INTERVAL_S = 1.0
 _SEP = "\x1f"
 _encode_events = msgspec.msgpack.Encoder().encode
 _decode_events = msgspec.msgpack.Decoder(list[Event]).decode
 
 
-def _delta_key(partition: int, tag: str, community_id: str) -> bytes:
-    return f"{partition}{_SEP}{tag}{_SEP}{community_id}".encode()
+def _delta_key(partition: int, tag: str) -> bytes:
+    return f"{partition}{_SEP}{tag}".encode()
 
 
-def _parse_key(key: bytes) -> tuple[int, str, str]:
-    partition, tag, community_id = key.decode().split(_SEP, 2)
-    return int(partition), tag, community_id
+def _partition_of_key(key: bytes) -> int:
+    return int(key.split(_SEP.encode(), 1)[0])
 
 
 class DeltaLog:
-    """Accepted events per community and batch, kept in a changelog-backed Faust table.
+    """Accepted events per partition and batch, kept in a changelog-backed Faust table.
 
-    Writes go to the changelog partition of the community's source partition, which
-    is where Faust recovers them from when that partition is assigned to a worker.
+    One table write per source partition per batch, whatever the number of events or
+    communities in it. Writes go to the changelog partition of that source partition,
+    which is where Faust recovers them from when the partition is assigned to a worker.
     """
 
     def __init__(self, table: TableT) -> None:
         self.table = table
-        # community -> [(newest event ts in the delta, key)], to expire whole deltas
-        self.index: dict[str, list[tuple[int, bytes]]] = {}
+        # partition -> [(newest event ts in the delta, key)], to expire whole deltas
+        self.index: dict[int, list[tuple[int, bytes]]] = {}
 
-    def append(self, partition: int, tag: str, community_id: str, events: list[Event]) -> None:
+    def append(self, partition: int, tag: str, events: list[Event]) -> None:
         # Chunked so that one changelog message stays well below Kafka's 1 MiB default.
         for start in range(0, len(events), DELTA_MAX_EVENTS):
             chunk = events[start : start + DELTA_MAX_EVENTS]
-            key = _delta_key(partition, f"{tag}#{start}", community_id)
+            key = _delta_key(partition, f"{tag}#{start}")
             self._put(partition, key, _encode_events(chunk))
             newest = max(event.ts_ms for event in chunk)
-            self.index.setdefault(community_id, []).append((newest, key))
+            self.index.setdefault(partition, []).append((newest, key))
 
     def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
         if value is None:
@@ -84,39 +87,40 @@ class DeltaLog:
             self.table.data[key] = value
         self.table.send_changelog(partition, key, value)
 
-    def expire(self, community_id: str, partition: int, cut_ms: int, carry: list[Event]) -> None:
+    def has_expired(self, partition: int, cut_ms: int) -> bool:
+        return any(newest <= cut_ms for newest, _ in self.index.get(partition, ()))
+
+    def expire(self, partition: int, cut_ms: int, carry: list[Event]) -> None:
         """Delete deltas older than the cut; keep the membership events still in force."""
-        entries = self.index.get(community_id, [])
+        entries = self.index.get(partition, [])
         expired = [key for newest, key in entries if newest <= cut_ms]
         if not expired:
             return
-        carry_key = _delta_key(partition, "carry", community_id)
+        carry_key = _delta_key(partition, "carry")
         self._put(partition, carry_key, _encode_events(carry) if carry else None)
         for key in expired:
             self._put(partition, key, None)
-        self.index[community_id] = [(n, k) for n, k in entries if n > cut_ms]
+        self.index[partition] = [(n, k) for n, k in entries if n > cut_ms]
 
-    def load(
-        self, partitions: set[int], skip: set[str]
-    ) -> Iterable[tuple[int, str, list[Event]]]:
-        """Stored deltas of the given partitions, except communities in `skip`.
+    def load(self, partitions: set[int]) -> Iterable[tuple[int, list[Event]]]:
+        """Stored deltas of the given partitions.
 
         Deltas of other partitions (no longer ours) are dropped from local memory; their
         changelog stays for the worker that owns them now.
         """
+        self.index = {}
         for key, value in list(self.table.data.items()):
-            partition, tag, community_id = _parse_key(key)
+            partition = _partition_of_key(key)
             if partition not in partitions:
                 del self.table.data[key]
-                self.index.pop(community_id, None)
                 continue
-            if community_id in skip or not value:
+            if not value:
                 continue
             events = _decode_events(value)
-            if tag != "carry" and events:
+            if not key.endswith(b"carry") and events:
                 newest = max(event.ts_ms for event in events)
-                self.index.setdefault(community_id, []).append((newest, key))
-            yield partition, community_id, events
+                self.index.setdefault(partition, []).append((newest, key))
+            yield partition, events
 
 
 class PulseWorker:
@@ -135,37 +139,48 @@ class PulseWorker:
         self.core = PulseCore(metric_config)
         self.ingestor = Ingestor(self.core, self.topics)
         self.partition_of: dict[str, int] = {}
-        self.latest: Sequence[SnapshotRow] = ()
+        self.latest: dict[str, list[SnapshotRow]] = {}  # what /metrics shows
+        self.dirty: set[str] = set()  # changed since their rows in `latest` were computed
         self.writer = SnapshotWriter(runtime.data_dir)
-        self.metrics = WorkerMetrics(lambda: self.latest, self.ingestor.stats,
+        self.metrics = WorkerMetrics(self.latest_rows, self.ingestor.stats,
                                      runtime.min_members_exported)
         self.deltas: DeltaLog | None = None
         self.dead_letter: Any = None  # faust Topic, bound in build_app
+        self._deltas_expired_at = 0
+
+    def latest_rows(self) -> list[SnapshotRow]:
+        return [row for rows in list(self.latest.values()) for row in rows]
 
     # ---- ingest -----------------------------------------------------------------------
 
     def handle_batch(self, batch: Sequence[EventT]) -> None:
-        """Apply one batch of Kafka messages; one changelog write per community."""
+        """Apply one batch of Kafka messages: one core call per topic, one changelog
+        write per partition."""
         now_ms = int(self.clock() * 1000)
-        accepted: dict[str, list[Event]] = {}
-        tags: dict[str, str] = {}
+        by_topic: dict[str, list[Event]] = {}
+        by_partition: dict[int, list[Event]] = {}
+        tags: dict[int, str] = {}
         for message_event in batch:
             msg = message_event.message
             # A missing key counts as a mismatch: keys are what keep a community whole.
-            result = self.ingestor.ingest(msg.topic, msg.value, msg.key or b"", now_ms)
+            result = self.ingestor.decode(msg.topic, msg.value, msg.key or b"", now_ms)
             for rejection in result.rejections:
                 self._send_dead_letter(msg, rejection)
-            if not result.events:
+            events = result.events
+            if not events:
                 continue
-            community_id = result.events[0].community_id
+            community_id = events[0].community_id  # one community per message (its key)
             self.partition_of[community_id] = msg.partition
-            accepted.setdefault(community_id, []).extend(result.events)
+            self.dirty.add(community_id)
+            by_topic.setdefault(msg.topic, []).extend(events)
+            by_partition.setdefault(msg.partition, []).extend(events)
             # (topic, offset) of the first message is unique and stable across retries.
-            tags.setdefault(community_id, f"{msg.topic}@{msg.offset}")
+            tags.setdefault(msg.partition, f"{msg.topic}@{msg.offset}")
+        for topic, events in by_topic.items():
+            self.ingestor.apply(topic, events)
         if self.deltas is not None:
-            for community_id, events in accepted.items():
-                partition = self.partition_of[community_id]
-                self.deltas.append(partition, tags[community_id], community_id, events)
+            for partition, events in by_partition.items():
+                self.deltas.append(partition, tags[partition], events)
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
         log.debug("dead letter from %s: %s", msg.topic, rejection.message)
@@ -189,11 +204,15 @@ class PulseWorker:
         """Rebuild the communities of our partitions from the recovered table."""
         if self.deltas is None:
             return
-        known = set(self.core.communities)
-        for partition, community_id, events in self.deltas.load(partitions, skip=known):
-            self.partition_of[community_id] = partition
-            self.core.state(community_id).apply(events)
-        log.info("recovered %d communities", len(self.core.communities) - len(known))
+        self.revoke(set(self.partition_of.values()) - partitions)
+        self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
+        self.partition_of.clear()
+        for partition, events in self.deltas.load(partitions):
+            for event in events:
+                self.partition_of[event.community_id] = partition
+            self.core.apply(events)
+        self.dirty.update(self.core.communities)
+        log.info("recovered %d communities", len(self.core.communities))
         self.metrics.owned.set(len(self.core.communities))
 
     def revoke(self, partitions: set[int]) -> None:
@@ -206,18 +225,30 @@ class PulseWorker:
         self.core.forget(gone)
         for community_id in gone:
             del self.partition_of[community_id]
-            if self.deltas is not None:
-                self.deltas.index.pop(community_id, None)
-        self.latest = [row for row in self.latest if row.community_id not in gone]
+            self.latest.pop(community_id, None)
+        self.dirty -= gone
         self.metrics.owned.set(len(self.core.communities))
 
     # ---- snapshots --------------------------------------------------------------------
 
+    def refresh(self) -> None:
+        """Recompute the gauges of communities that changed (cheap; every second)."""
+        as_of = int(self.clock() * 1000)
+        dirty, self.dirty = self.dirty, set()
+        for community_id in dirty:
+            state = self.core.communities.get(community_id)
+            if state is not None:
+                self.latest[community_id] = state.snapshot(as_of)
+
     def take_snapshot(self) -> list[SnapshotRow]:
+        """Snapshot every owned community (windows slide even without new events)."""
         as_of = int(self.clock() * 1000)
         with self.metrics.snapshot_seconds.time():
             rows = self.core.snapshot(as_of)
-        self.latest = rows
+        self.dirty.clear()
+        self.latest.clear()
+        for row in rows:
+            self.latest.setdefault(row.community_id, []).append(row)
         self.metrics.owned.set(len(self.core.communities))
         self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(as_of - self.config.retention_ms)
@@ -225,14 +256,18 @@ class PulseWorker:
 
     def _expire(self, cut_ms: int) -> None:
         self.core.expire(cut_ms)
-        if self.deltas is None:
+        for community_id in [c for c in self.partition_of if c not in self.core.communities]:
+            del self.partition_of[community_id]
+        # Changelog deltas go hourly: rewriting the carried-over joins costs a pass.
+        if self.deltas is None or cut_ms - self._deltas_expired_at < DELTA_EXPIRY_EVERY_MS:
             return
-        for community_id, partition in list(self.partition_of.items()):
-            state = self.core.communities.get(community_id)
-            carry = state.memberships_through(cut_ms) if state is not None else []
-            self.deltas.expire(community_id, partition, cut_ms, carry)
-            if state is None:
-                del self.partition_of[community_id]
+        self._deltas_expired_at = cut_ms
+        for partition in set(self.partition_of.values()):
+            if not self.deltas.has_expired(partition, cut_ms):
+                continue
+            carry = [event for c, p in self.partition_of.items() if p == partition
+                     for event in self.core.communities[c].memberships_through(cut_ms)]
+            self.deltas.expire(partition, cut_ms, carry)
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
         if not rows:
@@ -293,6 +328,10 @@ def build_app(worker: PulseWorker) -> faust.App:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
         worker.revoke({tp.partition for tp in revoked if tp.topic in source_topics})
+
+    @app.timer(interval=REFRESH_INTERVAL_S)
+    async def refresh() -> None:
+        worker.refresh()
 
     @app.timer(interval=rt.snapshot_interval_s)
     async def snapshot() -> None:

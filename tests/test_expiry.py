@@ -76,17 +76,17 @@ def test_changelog_after_expiry_rebuilds_the_same_snapshot_and_keeps_old_joins()
     for day in range(150):
         events = day_of_activity(day, rng)
         live.apply(events)
-        deltas.append(3, f"batch{day}", "c", events)
+        deltas.append(3, f"batch{day}", events)
         t = START + (day + 1) * DAY_MS
         live.expire(t - config.retention_ms)
         carry = live.communities["c"].memberships_through(t - config.retention_ms)
-        deltas.expire("c", 3, t - config.retention_ms, carry)
+        deltas.expire(3, t - config.retention_ms, carry)
     assert len(table.data) < 100  # old deltas were deleted, only recent ones and the carry
     assert any(value is None for _, _, value in table.changelog)  # tombstones for compaction
 
     rebuilt = PulseCore(config)
-    for _, community_id, events in DeltaLog(table).load({3}, skip=set()):  # type: ignore[arg-type]
-        rebuilt.state(community_id).apply(events)
+    for _, events in DeltaLog(table).load({3}):  # type: ignore[arg-type]
+        rebuilt.apply(events)
     t = START + 150 * DAY_MS
     assert rebuilt.snapshot(t) == live.snapshot(t)
     # The users who joined on day 0 and never acted are still members: their joins were
