@@ -1,21 +1,32 @@
 """Prometheus exposition: per-community gauges and pipeline health.
 
-Community gauges are computed at scrape time from the latest snapshot the worker
-holds (a custom collector, as prometheus/client_python recommends for state that
-lives elsewhere), so a community the worker stops owning disappears at once.
+Community gauges are rendered when a community's snapshot changes and cached, so a
+scrape costs a string join however many communities a worker owns; pipeline counters
+are read live at scrape time (custom collectors, as prometheus/client_python recommends
+for state that lives elsewhere). A community the worker stops owning disappears at once.
 Communities with fewer members than the privacy threshold are never exported, and
 no label ever carries a user id.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from schemas.events import Reason
 from streams.core import SnapshotRow
@@ -107,18 +118,63 @@ def community_families(
             unanswered, median, stagnating, last_activity]
 
 
-class CommunityCollector(Collector):
-    """Per-community gauges from the latest snapshot rows (`rows()` returns them)."""
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
-    def __init__(self, rows: Callable[[], Sequence[SnapshotRow]], min_members: int) -> None:
-        self._rows = rows
+
+def _text_lines(family: Metric) -> list[str]:
+    """Sample lines of one family in the Prometheus text format (0.0.4)."""
+    lines = []
+    for sample in family.samples:
+        labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+        lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}\n")
+    return lines
+
+
+class CommunitySeries:
+    """Per-community gauges, rendered when a community's rows change, not per scrape.
+
+    A scrape then only joins cached lines, so its cost does not grow with how often
+    Prometheus (or a dashboard) asks, and refreshing one community touches only its
+    own lines. Forgetting a community (after a rebalance) removes its series at once.
+    """
+
+    def __init__(self, min_members: int) -> None:
         self._min_members = min_members
+        self._headers = {
+            family.name: f"# HELP {family.name} {family.documentation}\n"
+                         f"# TYPE {family.name} gauge\n"
+            for family in community_families([], min_members)
+        }
+        self._lines: dict[str, dict[str, list[str]]] = {}  # community -> family -> lines
 
-    def describe(self) -> list[Metric]:
-        return []  # families depend on live state; skip the registry's collision check
+    def update(self, community_id: str, rows: Sequence[SnapshotRow]) -> None:
+        families = community_families(rows, self._min_members)
+        lines = {family.name: _text_lines(family) for family in families if family.samples}
+        if lines:
+            self._lines[community_id] = lines
+        else:
+            self._lines.pop(community_id, None)
 
-    def collect(self) -> Iterator[Metric]:
-        yield from community_families(self._rows(), self._min_members)
+    def replace_all(self, rows: Sequence[SnapshotRow]) -> None:
+        by_community: dict[str, list[SnapshotRow]] = {}
+        for row in rows:
+            by_community.setdefault(row.community_id, []).append(row)
+        self._lines = {}
+        for community_id, community_rows in by_community.items():
+            self.update(community_id, community_rows)
+
+    def remove(self, community_id: str) -> None:
+        self._lines.pop(community_id, None)
+
+    def render(self) -> str:
+        per_community = list(self._lines.values())  # a stable copy against updates
+        parts = []
+        for name, header in self._headers.items():
+            parts.append(header)
+            for lines in per_community:
+                parts.extend(lines.get(name, ()))
+        return "".join(parts)
 
 
 def openmetrics_history(
@@ -182,16 +238,11 @@ class PipelineCollector(Collector):
 
 
 class WorkerMetrics:
-    """The registry a worker serves on /metrics, and the instruments it updates."""
+    """What a worker serves on /metrics: cached community series + live pipeline metrics."""
 
-    def __init__(
-        self,
-        rows: Callable[[], Sequence[SnapshotRow]],
-        stats: Mapping[str, TopicStats],
-        min_members: int,
-    ) -> None:
+    def __init__(self, stats: Mapping[str, TopicStats], min_members: int) -> None:
+        self.communities = CommunitySeries(min_members)
         self.registry = CollectorRegistry()
-        self.registry.register(CommunityCollector(rows, min_members))
         self.registry.register(PipelineCollector(stats))
         reg = self.registry
         self.snapshot_seconds = Histogram(
@@ -209,3 +260,31 @@ class WorkerMetrics:
         self.last_snapshot = Gauge(
             f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest snapshot.",
             registry=reg)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry) + self.communities.render().encode()
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+        """Serve /metrics from a daemon thread (what start_http_server does, plus the
+        cached community series)."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                body = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # no access log on stderr
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+        return server

@@ -29,7 +29,6 @@ from typing import Any
 import faust
 import msgspec
 from faust.types import TP, EventT, StreamT, TableT
-from prometheus_client import start_http_server
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection
 from sinks.parquet import SnapshotWriter
@@ -139,17 +138,12 @@ class PulseWorker:
         self.core = PulseCore(metric_config)
         self.ingestor = Ingestor(self.core, self.topics)
         self.partition_of: dict[str, int] = {}
-        self.latest: dict[str, list[SnapshotRow]] = {}  # what /metrics shows
-        self.dirty: set[str] = set()  # changed since their rows in `latest` were computed
+        self.dirty: set[str] = set()  # changed since /metrics last showed them
         self.writer = SnapshotWriter(runtime.data_dir)
-        self.metrics = WorkerMetrics(self.latest_rows, self.ingestor.stats,
-                                     runtime.min_members_exported)
+        self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported)
         self.deltas: DeltaLog | None = None
         self.dead_letter: Any = None  # faust Topic, bound in build_app
         self._deltas_expired_at = 0
-
-    def latest_rows(self) -> list[SnapshotRow]:
-        return [row for rows in list(self.latest.values()) for row in rows]
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -225,7 +219,7 @@ class PulseWorker:
         self.core.forget(gone)
         for community_id in gone:
             del self.partition_of[community_id]
-            self.latest.pop(community_id, None)
+            self.metrics.communities.remove(community_id)
         self.dirty -= gone
         self.metrics.owned.set(len(self.core.communities))
 
@@ -238,7 +232,7 @@ class PulseWorker:
         for community_id in dirty:
             state = self.core.communities.get(community_id)
             if state is not None:
-                self.latest[community_id] = state.snapshot(as_of)
+                self.metrics.communities.update(community_id, state.snapshot(as_of))
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """Snapshot every owned community (windows slide even without new events)."""
@@ -246,9 +240,7 @@ class PulseWorker:
         with self.metrics.snapshot_seconds.time():
             rows = self.core.snapshot(as_of)
         self.dirty.clear()
-        self.latest.clear()
-        for row in rows:
-            self.latest.setdefault(row.community_id, []).append(row)
+        self.metrics.communities.replace_all(rows)
         self.metrics.owned.set(len(self.core.communities))
         self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(as_of - self.config.retention_ms)
@@ -345,6 +337,6 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
     worker = PulseWorker(metric_config, runtime)
     app = build_app(worker)
-    start_http_server(runtime.metrics_port, addr="0.0.0.0", registry=worker.metrics.registry)
+    worker.metrics.serve(runtime.metrics_port)
     log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 
 import msgspec
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import Event
-from sinks.prometheus import CommunityCollector, WorkerMetrics
+from sinks.prometheus import CommunitySeries, WorkerMetrics
 from streams import generate as gen
 from streams.config import MetricConfig
 from streams.core import PulseCore
@@ -29,11 +28,10 @@ def rows() -> list:
 
 
 def test_series_per_community_stay_within_the_budget_and_small_ones_are_hidden() -> None:
-    snapshot = rows()
-    registry = CollectorRegistry()
-    registry.register(CommunityCollector(lambda: snapshot, min_members=5))
+    series = CommunitySeries(min_members=5)
+    series.replace_all(rows())
     per_community: dict[str, int] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(series.render()):
         assert family.documentation, family.name
         for sample in family.samples:
             assert "user" not in "".join(sample.labels.values())
@@ -47,8 +45,8 @@ def test_series_per_community_stay_within_the_budget_and_small_ones_are_hidden()
 
 def test_pipeline_metrics_follow_prometheus_conventions() -> None:
     stats = {"community.posts": TopicStats(consumed=3, processed=2, duplicates=1)}
-    metrics = WorkerMetrics(lambda: [], stats, min_members=5)
-    text = generate_latest(metrics.registry).decode()
+    metrics = WorkerMetrics(stats, min_members=5)
+    text = metrics.exposition().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name, family in families.items():
         assert name.startswith("community_pulse_")
@@ -58,3 +56,20 @@ def test_pipeline_metrics_follow_prometheus_conventions() -> None:
     dead = [s for s in families["community_pulse_events_dead_lettered"].samples
             if s.name.endswith("_total")]
     assert len(dead) == 7 and all(s.value == 0 for s in dead)  # every reason from zero
+
+
+def test_cached_series_follow_updates_and_removals_and_escape_labels() -> None:
+    snapshot = rows()
+    series = CommunitySeries(min_members=5)
+    series.replace_all(snapshot)
+    first = snapshot[0].community_id
+    series.remove(first)
+    names = {s.labels["community"] for f in text_string_to_metric_families(series.render())
+             for s in f.samples}
+    assert first not in names and names
+    odd = [r.__class__(**{**{k: getattr(r, k) for k in r.__slots__},
+                          "community_id": 'a "quoted"\\ name\nx'}) for r in snapshot[:2]]
+    series.update(odd[0].community_id, odd)
+    parsed = {s.labels["community"] for f in text_string_to_metric_families(series.render())
+              for s in f.samples}
+    assert 'a "quoted"\\ name\nx' in parsed
