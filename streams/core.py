@@ -72,11 +72,13 @@ class _SortedLog:
 class _User:
     """One user's retained activity (packed ts/category) and membership events."""
 
-    __slots__ = ("activity", "memberships")
+    __slots__ = ("activity", "contributions", "memberships")
 
     def __init__(self) -> None:
         self.activity = _SortedLog()  # ts << 3 | category
-        self.memberships = _SortedLog()  # ts << 1 | is_leave: a leave sorts after a join
+        # Created on first use: most users never post or reply, many never join.
+        self.contributions: _SortedLog | None = None  # ts of posts and replies
+        self.memberships: _SortedLog | None = None  # ts << 1 | is_leave: leave sorts last
 
     def best_role(self, low: int, high: int) -> int | None:
         """Lowest category with low < ts <= high, or None."""
@@ -88,15 +90,18 @@ class _User:
         return min(entry & _CAT_MASK for entry in items[start:end])
 
     def contributed(self, low: int, high: int) -> bool:
-        items = self.activity.view()
-        start = bisect_right(items, _upper(low))
-        end = bisect_right(items, _upper(high))
-        return any((entry & _CAT_MASK) in CONTRIBUTING for entry in items[start:end])
+        """Posted or replied with low < ts <= high."""
+        if self.contributions is None:
+            return False
+        items = self.contributions.view()
+        return bisect_right(items, high) > bisect_right(items, low)
 
     def is_member(self, t: int, horizon_ms: int) -> bool:
-        joins = self.memberships.view()
-        idx = bisect_right(joins, (t << 1) | 1)
-        last_membership = joins[idx - 1] if idx else None
+        last_membership = None
+        if self.memberships is not None:
+            joins = self.memberships.view()
+            idx = bisect_right(joins, (t << 1) | 1)
+            last_membership = joins[idx - 1] if idx else None
         if last_membership is not None and not last_membership & 1:
             return True  # last membership event at or before t is a join
         acts = self.activity.view()
@@ -232,6 +237,8 @@ class CommunityState:
         if user is None:
             user = self.users[event.user_id] = _User()
         if kind == "join" or kind == "leave":
+            if user.memberships is None:
+                user.memberships = _SortedLog()
             user.memberships.add((ts << 1) | (kind == "leave"))
             return
         self.kinds[kind].add(ts)
@@ -249,6 +256,10 @@ class CommunityState:
         else:
             category = VIEW
         user.activity.add((ts << _CAT_BITS) | category)
+        if category <= REPLY_TO_POST:
+            if user.contributions is None:
+                user.contributions = _SortedLog()
+            user.contributions.add(ts)
 
     def _thread(self, post_id: str | None, ts: int) -> _Thread:
         assert post_id is not None, "validated by schemas.events"
@@ -282,7 +293,9 @@ class CommunityState:
         for user_id in list(self.users):
             user = self.users[user_id]
             user.activity.drop_through(_upper(before_ms))
-            joins = user.memberships.view()
+            if user.contributions is not None:
+                user.contributions.drop_through(before_ms)
+            joins = user.memberships.view() if user.memberships is not None else []
             # Keep the last membership event at or before the cut, it still decides.
             keep_from = max(bisect_right(joins, (before_ms << 1) | 1) - 1, 0)
             del joins[:keep_from]
@@ -297,6 +310,8 @@ class CommunityState:
         """
         kept = []
         for user_id, user in self.users.items():
+            if user.memberships is None:
+                continue
             for entry in user.memberships.view():
                 ts = entry >> 1
                 if ts > cut_ms:
