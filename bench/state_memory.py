@@ -77,7 +77,7 @@ def main(path: str) -> None:
     ids = sum(len(ids) for s in core.communities.values() for ids in s._seen_by_day.values())
     activity = sum(len(u.activity) for s in core.communities.values() for u in s.users.values())
     memberships = sum(len(u.memberships) for s in core.communities.values()
-                      for u in s.users.values())
+                      for u in s.users.values() if u.memberships is not None)
     threads = sum(len(s.threads) for s in core.communities.values())
     seen = {id(config)}
     # Shared small objects (interned strings, small ints) are counted once, by the first.
@@ -97,7 +97,8 @@ def main(path: str) -> None:
     int_seen: set[int] = set()
     for state in core.communities.values():
         for user in state.users.values():
-            for value in (*user.activity.items, *user.memberships.items):
+            logs = (user.activity, user.contributions, user.memberships)
+            for value in (v for log in logs if log is not None for v in log.items):
                 activity_ints += 8  # the list slot
                 if id(value) not in int_seen:
                     int_seen.add(id(value))
@@ -114,7 +115,9 @@ def main(path: str) -> None:
         "walk_parts": parts,
         "bytes_per_pair_all_user_state": parts["users"] / pairs,
         "bytes_per_pair_fixed": (parts["users"] - activity_ints) / pairs,
-        "bytes_per_activity_entry": activity_ints / max(1, activity + memberships),
+        "bytes_per_activity_entry": activity_ints / max(1, activity + memberships + sum(
+            len(u.contributions) for s in core.communities.values() for u in s.users.values()
+            if u.contributions is not None)),
         "bytes_per_event_id": parts["dedup"] / ids,
         "bytes_total_per_pair": traced / pairs,
         "events_processed": ingestor.stats["f"].processed,

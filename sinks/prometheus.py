@@ -24,7 +24,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -45,90 +44,86 @@ COMPONENTS = ("retention", "continuity", "responsiveness", "participation", "rec
 EVENT_FIELDS = {"post": "posts", "reply": "replies", "like": "likes", "view": "views"}
 
 
-def _gauge(name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+# Per-community gauge families, in exposition order: name -> HELP text.
+COMMUNITY_FAMILIES = {
+    f"{NS}_members": "Members in the window (SPEC 2).",
+    f"{NS}_role_users": "Members by primary role on the ladder.",
+    f"{NS}_contributor_share_ratio":
+        "Share of members who are creator, conversationalist or critic.",
+    f"{NS}_tier": "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
+    f"{NS}_sustainability_score": "Sustainability score, 0-100.",
+    f"{NS}_sustainability_component_ratio":
+        "Sustainability component in [0,1] (absent when undefined).",
+    f"{NS}_window_events": "Distinct events in the window.",
+    f"{NS}_posts_eligible": "Posts in the window older than the response SLA.",
+    f"{NS}_posts_answered_in_sla": "Eligible posts first answered within the SLA.",
+    f"{NS}_unanswered_posts": "Posts older than the SLA with no reply by another user.",
+    f"{NS}_median_first_reply_seconds": "Median time to the first reply by another user.",
+    f"{NS}_stagnating": "1 when the community stagnates (SPEC 3).",
+    f"{NS}_last_activity_timestamp_seconds": "Newest activity event time.",
+}
+
+Sample = tuple[str, str, float]  # (family, rendered labels, value)
 
 
-def community_families(
-    rows: Iterable[SnapshotRow], min_members: int, timestamps: bool = False,
-    extra_labels: Mapping[str, str] | None = None,
-) -> list[Metric]:
-    """Per-community metric families for snapshot rows.
-
-    Live scrapes render the latest snapshot without timestamps; a backfill renders a
-    whole history with each sample stamped with its as_of.
-    """
-    extra = dict(extra_labels or {})
-    cw = ("community", "window", *extra)
-    members = _gauge("members", "Members in the window (SPEC 2).", cw)
-    roles = _gauge("role_users", "Members by primary role on the ladder.", (*cw, "role"))
-    share = _gauge("contributor_share_ratio", "Share of members who are creator, "
-                   "conversationalist or critic.", cw)
-    tier = _gauge("tier", "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).", cw)
-    score = _gauge("sustainability_score", "Sustainability score, 0-100.", cw)
-    component = _gauge("sustainability_component_ratio", "Sustainability component in [0,1] "
-                       "(absent when undefined).", (*cw, "component"))
-    events = _gauge("window_events", "Distinct events in the window.", (*cw, "type"))
-    eligible = _gauge("posts_eligible", "Posts in the window older than the response SLA.", cw)
-    answered = _gauge("posts_answered_in_sla", "Eligible posts first answered within the SLA.",
-                      cw)
-    unanswered = _gauge("unanswered_posts",
-                        "Posts older than the SLA with no reply by another user.", cw)
-    median = _gauge("median_first_reply_seconds",
-                    "Median time to the first reply by another user.", cw)
-    c = ("community", *extra)
-    stagnating = _gauge("stagnating", "1 when the community stagnates (SPEC 3).", c)
-    last_activity = _gauge("last_activity_timestamp_seconds", "Newest activity event time.", c)
-    rows = list(rows)
-    first_window = min((r.window_days for r in rows), default=0)
-    for row in rows:
-        if row.members < min_members:
-            continue
-        ts = row.as_of_ms / 1000 if timestamps else None
-        labels = [row.community_id, f"{row.window_days}d", *extra.values()]
-
-        def put(family: GaugeMetricFamily, value: float, *more: str,
-                labels: list[str] = labels, ts: float | None = ts) -> None:
-            family.add_metric([*labels[:2], *more, *labels[2:]] if more else labels, value,
-                              timestamp=ts)
-
-        put(members, row.members)
-        for role, field in ROLE_FIELDS.items():
-            put(roles, getattr(row, field), role)
-        put(share, row.contributor_share)
-        put(tier, row.tier_level)
-        put(score, row.sustainability)
-        for name in COMPONENTS:
-            if getattr(row, name) is not None:
-                put(component, getattr(row, name), name)
-        for kind, field in EVENT_FIELDS.items():
-            put(events, getattr(row, field), kind)
-        put(eligible, row.posts_eligible)
-        put(answered, row.posts_answered_in_sla)
-        put(unanswered, row.unanswered_posts)
-        if row.median_first_reply_seconds is not None:
-            put(median, row.median_first_reply_seconds)
-        if row.window_days == first_window:  # per-community series, once per snapshot
-            community_labels = [row.community_id, *extra.values()]
-            stagnating.add_metric(community_labels, float(row.stagnating), timestamp=ts)
-            if row.last_activity_ms is not None:
-                last_activity.add_metric(community_labels, row.last_activity_ms / 1000,
-                                         timestamp=ts)
-    return [members, roles, share, tier, score, component, events, eligible, answered,
-            unanswered, median, stagnating, last_activity]
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
-def _text_lines(family: Metric) -> list[str]:
-    """Sample lines of one family in the Prometheus text format (0.0.4)."""
-    lines = []
-    for sample in family.samples:
-        labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-        lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}\n")
-    return lines
+def community_samples(
+    rows: Iterable[SnapshotRow], min_members: int, extra_labels: Mapping[str, str] | None = None
+) -> Iterator[tuple[SnapshotRow, Sample]]:
+    """Every per-community sample of the rows (each with the row it came from).
+
+    The one definition of the community series: live /metrics and the backfill both
+    render from it. Rows of communities below the privacy threshold yield nothing.
+    """
+    extra = tuple((extra_labels or {}).items())
+    rows = list(rows)
+    first_window = min((r.window_days for r in rows), default=0)
+    for row in rows:
+        if row.members < min_members:
+            continue
+        base = (("community", row.community_id), ("window", f"{row.window_days}d"))
+        plain = _labels((*base, *extra))
+
+        def sample(family: str, value: float, more: tuple[tuple[str, str], ...] = (),
+                   plain: str = plain, base: tuple = base, row: SnapshotRow = row
+                   ) -> tuple[SnapshotRow, Sample]:
+            labels = _labels((*base, *more, *extra)) if more else plain
+            return row, (f"{NS}_{family}", labels, value)
+
+        yield sample("members", row.members)
+        for role, field in ROLE_FIELDS.items():
+            yield sample("role_users", getattr(row, field), (("role", role),))
+        yield sample("contributor_share_ratio", row.contributor_share)
+        yield sample("tier", row.tier_level)
+        yield sample("sustainability_score", row.sustainability)
+        for name in COMPONENTS:
+            if getattr(row, name) is not None:
+                yield sample("sustainability_component_ratio", getattr(row, name),
+                             (("component", name),))
+        for kind, field in EVENT_FIELDS.items():
+            yield sample("window_events", getattr(row, field), (("type", kind),))
+        yield sample("posts_eligible", row.posts_eligible)
+        yield sample("posts_answered_in_sla", row.posts_answered_in_sla)
+        yield sample("unanswered_posts", row.unanswered_posts)
+        if row.median_first_reply_seconds is not None:
+            yield sample("median_first_reply_seconds", row.median_first_reply_seconds)
+        if row.window_days == first_window:  # per-community series, once per snapshot
+            community = _labels((("community", row.community_id), *extra))
+            yield row, (f"{NS}_stagnating", community, float(row.stagnating))
+            if row.last_activity_ms is not None:
+                yield row, (f"{NS}_last_activity_timestamp_seconds", community,
+                            row.last_activity_ms / 1000)
+
+
+def _header(family: str) -> str:
+    return f"# HELP {family} {COMMUNITY_FAMILIES[family]}\n# TYPE {family} gauge\n"
 
 
 class CommunitySeries:
@@ -141,16 +136,13 @@ class CommunitySeries:
 
     def __init__(self, min_members: int) -> None:
         self._min_members = min_members
-        self._headers = {
-            family.name: f"# HELP {family.name} {family.documentation}\n"
-                         f"# TYPE {family.name} gauge\n"
-            for family in community_families([], min_members)
-        }
         self._lines: dict[str, dict[str, list[str]]] = {}  # community -> family -> lines
 
     def update(self, community_id: str, rows: Sequence[SnapshotRow]) -> None:
-        families = community_families(rows, self._min_members)
-        lines = {family.name: _text_lines(family) for family in families if family.samples}
+        lines: dict[str, list[str]] = {}
+        for _, (family, labels, value) in community_samples(rows, self._min_members):
+            lines.setdefault(family, []).append(
+                f"{family}{{{labels}}} {floatToGoString(value)}\n")
         if lines:
             self._lines[community_id] = lines
         else:
@@ -170,10 +162,10 @@ class CommunitySeries:
     def render(self) -> str:
         per_community = list(self._lines.values())  # a stable copy against updates
         parts = []
-        for name, header in self._headers.items():
-            parts.append(header)
+        for family in COMMUNITY_FAMILIES:
+            parts.append(_header(family))
             for lines in per_community:
-                parts.extend(lines.get(name, ()))
+                parts.extend(lines.get(family, ()))
         return "".join(parts)
 
 
@@ -182,22 +174,19 @@ def openmetrics_history(
 ) -> bytes:
     """A snapshot history as timestamped OpenMetrics text, for
     `promtool tsdb create-blocks-from openmetrics` (backfilling trend alerts)."""
-    lines = []
-    for family in community_families(rows, min_members, True, extra_labels):
+    by_family: dict[str, dict[str, list[str]]] = {family: {} for family in COMMUNITY_FAMILIES}
+    ordered = sorted(rows, key=lambda r: r.as_of_ms)
+    for row, (family, labels, value) in community_samples(ordered, min_members, extra_labels):
         # Each series' samples together and in time order, as OpenMetrics requires.
-        family.samples.sort(key=lambda s: (sorted(s.labels.items()), s.timestamp))
-        registry = CollectorRegistry()
-        registry.register(_Fixed(family))
-        lines.append(openmetrics.generate_latest(registry).removesuffix(b"# EOF\n"))
-    return b"".join(lines) + b"# EOF\n"
-
-
-class _Fixed(Collector):
-    def __init__(self, family: Metric) -> None:
-        self._family = family
-
-    def collect(self) -> Iterator[Metric]:
-        yield self._family
+        by_family[family].setdefault(labels, []).append(
+            f"{family}{{{labels}}} {floatToGoString(value)} {row.as_of_ms / 1000}\n")
+    parts = []
+    for family, series in by_family.items():
+        parts.append(_header(family))
+        for lines in series.values():
+            parts.extend(lines)
+    parts.append("# EOF\n")
+    return "".join(parts).encode()
 
 
 class PipelineCollector(Collector):

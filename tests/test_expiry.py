@@ -92,3 +92,17 @@ def test_changelog_after_expiry_rebuilds_the_same_snapshot_and_keeps_old_joins()
     # The users who joined on day 0 and never acted are still members: their joins were
     # carried over when the day-0 delta expired.
     assert live.snapshot(t)[0].inactives > 0
+
+
+def test_an_event_older_than_the_expiry_cut_changes_nothing() -> None:
+    config = MetricConfig()
+    core = PulseCore(config)
+    t = START + 400 * DAY_MS
+    join = Event("j", "join", "c", "gone", START)
+    core.apply([join, Event("l", "leave", "c", "gone", START + 50 * DAY_MS),
+                Event("k", "join", "c", "stays", START)])
+    before = core.snapshot(t)
+    core.expire(t - config.retention_ms)
+    core.apply([join])  # redelivered long after its day expired
+    assert core.snapshot(t) == before
+    assert core.too_late == 1
