@@ -80,21 +80,15 @@ class _User:
         self.contributions: _SortedLog | None = None  # ts of posts and replies
         self.memberships: _SortedLog | None = None  # ts << 1 | is_leave: leave sorts last
 
-    def best_role(self, low: int, high: int) -> int | None:
-        """Lowest category with low < ts <= high, or None."""
+    def best_roles(self, t: int, windows_ms: list[int]) -> list[int | None]:
+        """Per window W, the lowest category with t - W < ts <= t (None: no activity)."""
         items = self.activity.view()
-        start = bisect_right(items, _upper(low))
-        end = bisect_right(items, _upper(high))
-        if start == end:
-            return None
-        return min(entry & _CAT_MASK for entry in items[start:end])
-
-    def contributed(self, low: int, high: int) -> bool:
-        """Posted or replied with low < ts <= high."""
-        if self.contributions is None:
-            return False
-        items = self.contributions.view()
-        return bisect_right(items, high) > bisect_right(items, low)
+        end = bisect_right(items, _upper(t))
+        roles: list[int | None] = []
+        for w in windows_ms:
+            start = bisect_right(items, _upper(t - w), 0, end)
+            roles.append(min([e & _CAT_MASK for e in items[start:end]]) if start < end else None)
+        return roles
 
     def is_member(self, t: int, horizon_ms: int) -> bool:
         last_membership = None
@@ -192,6 +186,7 @@ class CommunityState:
 
     __slots__ = (
         "_expired_last_activity",
+        "_posters",
         "_seen_by_day",
         "community_id",
         "config",
@@ -212,6 +207,8 @@ class CommunityState:
         # Newest activity timestamp that expiry dropped: it still is the last activity of
         # a community that has been quiet for longer than the retention.
         self._expired_last_activity: int | None = None
+        # Per snapshot: (user, contribution times) of everyone who posted or replied.
+        self._posters: list[tuple[str, list[int]]] = []
 
     # ---- ingest ---------------------------------------------------------------------
 
@@ -332,11 +329,21 @@ class CommunityState:
         cfg = self.config
         horizon = cfg.membership_horizon_days * DAY_MS
         members = [u for u in self.users.values() if u.is_member(t, horizon)]
+        windows_ms = [days * DAY_MS for days in cfg.windows_days]
+        roles_by_window: list[list[int]] = [[0] * len(ROLES) for _ in windows_ms]
+        for user in members:
+            for counts, role in zip(roles_by_window, user.best_roles(t, windows_ms), strict=True):
+                if role is not None:
+                    counts[role] += 1
+        # Users who ever posted or replied (in retention), for retention and stagnation.
+        self._posters = [(uid, u.contributions.view()) for uid, u in self.users.items()
+                         if u.contributions]
         stagnating = self._stagnating(t, bool(members))
         last_activity = self._last_activity(t)
         return [
-            self._window_row(t, days * DAY_MS, days, members, stagnating, last_activity)
-            for days in cfg.windows_days
+            self._window_row(t, w, days, len(members), counts, stagnating, last_activity)
+            for w, days, counts in zip(windows_ms, cfg.windows_days, roles_by_window,
+                                       strict=True)
         ]
 
     def _window_row(
@@ -344,17 +351,12 @@ class CommunityState:
         t: int,
         w: int,
         days: int,
-        members: list[_User],
+        n_members: int,
+        role_counts: list[int],
         stagnating: bool,
         last_activity: int | None,
     ) -> SnapshotRow:
         cfg = self.config
-        role_counts = [0] * len(ROLES)
-        for user in members:
-            role = user.best_role(t - w, t)
-            if role is not None:
-                role_counts[role] += 1
-        n_members = len(members)
         contributors = sum(role_counts[c] for c in CONTRIBUTING)
         share = contributors / n_members if n_members else 0.0
         if share < cfg.tier_medium_share:
@@ -444,7 +446,9 @@ class CommunityState:
         )
 
     def _contributors(self, low: int, high: int) -> set[str]:
-        return {uid for uid, user in self.users.items() if user.contributed(low, high)}
+        """Users who posted or replied with low < ts <= high (uses `snapshot`'s list)."""
+        return {uid for uid, times in self._posters
+                if bisect_right(times, high) > bisect_right(times, low)}
 
     def _retention(self, t: int, w: int) -> float | None:
         previous = self._contributors(t - 2 * w, t - w)
