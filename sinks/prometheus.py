@@ -246,6 +246,9 @@ class WorkerMetrics:
         self.owned = Gauge(
             f"{NS}_owned_communities", "Communities whose partitions this worker owns.",
             registry=reg)
+        self.consumer_lag = Gauge(
+            f"{NS}_consumer_lag_seconds", "Now minus the Kafka timestamp of the newest "
+            "message processed: how far behind the producers the worker is.", registry=reg)
         self.last_snapshot = Gauge(
             f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest snapshot.",
             registry=reg)

@@ -45,6 +45,7 @@ DELTA_MAX_EVENTS = 2000
 DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 5  # refreshing may take a fifth of the time
+BEHIND_S = 5.0  # consumer lag above which we are catching up, not live
 _SEP = "\x1f"
 _encode_events = msgspec.msgpack.Encoder().encode
 _decode_events = msgspec.msgpack.Decoder(list[Event]).decode
@@ -146,6 +147,7 @@ class PulseWorker:
         self.dead_letter: Any = None  # faust Topic, bound in build_app
         self._deltas_expired_at = 0
         self._next_refresh = 0.0
+        self.behind = False  # consuming a backlog: skip the fast refresh
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -172,6 +174,11 @@ class PulseWorker:
             by_partition.setdefault(msg.partition, []).extend(events)
             # (topic, offset) of the first message is unique and stable across retries.
             tags.setdefault(msg.partition, f"{msg.topic}@{msg.offset}")
+        if batch:
+            # Kafka timestamp of the newest message: how far behind the producers we are.
+            lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp)
+            self.metrics.consumer_lag.set(lag)
+            self.behind = lag > BEHIND_S
         for topic, events in by_topic.items():
             self.ingestor.apply(topic, events)
         if self.deltas is not None:
@@ -235,8 +242,8 @@ class PulseWorker:
         starving ingestion.
         """
         started = time.monotonic()
-        if started < self._next_refresh:
-            return
+        if started < self._next_refresh or self.behind:
+            return  # while catching up, gauges wait for the full snapshot
         as_of = int(self.clock() * 1000)
         dirty, self.dirty = self.dirty, set()
         for community_id in dirty:

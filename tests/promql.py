@@ -41,6 +41,7 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_events_duplicates_total", "community_pulse_events_dead_lettered_total",
     "community_pulse_event_time_lag_seconds", "community_pulse_sink_errors_total",
     "community_pulse_owned_communities", "community_pulse_last_snapshot_timestamp_seconds",
+    "community_pulse_consumer_lag_seconds",
 })
 EXPORTED_HISTOGRAMS = frozenset({
     "community_pulse_snapshot_duration_seconds", "community_pulse_sink_duration_seconds"})
