@@ -16,7 +16,7 @@ import pstats
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class _Message:
     offset: int
     key: bytes
     value: bytes
+    timestamp: float = field(default_factory=time.time)  # Kafka's, in seconds
 
 
 @dataclass
