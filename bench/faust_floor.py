@@ -13,24 +13,13 @@ import sys
 import faust
 
 from bench.common import Status
-from streams.worker import BATCH_MAX_MESSAGES, BATCH_WITHIN_S
+from streams.worker import BATCH_MAX_MESSAGES, BATCH_WITHIN_S, faust_app
 
 
 def main(bootstrap: str, app_id: str, status_path: str, partitions: int,
          topics: list[str]) -> None:
     status = Status(status_path)
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        topic_partitions=partitions,
-        table_standby_replicas=0,
-        web_enabled=False,
-        key_serializer="raw",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=BATCH_MAX_MESSAGES * 2,
-    )
+    app = faust_app(app_id, f"kafka://{bootstrap}", partitions)  # the worker's settings
     source = app.topic(*topics, key_type=bytes, value_type=bytes, partitions=partitions)
     counted = [0]
 

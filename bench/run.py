@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 import msgspec  # noqa: E402
 
 from bench.common import read_status  # noqa: E402
+from schemas import producer  # noqa: E402
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS  # noqa: E402
 from streams import generate as gen  # noqa: E402
 from streams.devkafka import KAFKA_VERSION, LocalKafka, free_port  # noqa: E402
@@ -60,19 +61,8 @@ QUIX_REQUIREMENTS = ("quixstreams==3.28.1", "msgspec==0.22.0")
 PARTITIONS = 4
 ENVELOPE_SIZE = 100
 MARKER = "bench-marker"
-TOPIC_OF = {kind: topic for topic, kinds in DEFAULT_TOPICS.items() for kind in kinds}
-# Malformed input the worker must dead-letter (as `community-pulse generate` mixes in).
-BAD_MESSAGES: tuple[tuple[str, bytes], ...] = (
-    ("community.posts", b"{not json"),
-    ("community.posts", b'{"event_id": "bad-1", "type": "post"}'),
-    ("community.replies", b'{"event_id":"bad-2","type":"post","community_id":"x",'
-                          b'"user_id":"u","ts":1795000000000,"post_id":"p"}'),
-    ("community.likes", b'{"event_id":"bad-3","type":"like","community_id":"x",'
-                        b'"user_id":"u","ts":"1999-12-31T23:00:00Z","target_id":"p",'
-                        b'"target_type":"post"}'),
-    ("community.views", b'{"event_id":"bad-4","type":"view","community_id":"x",'
-                        b'"user_id":"u","ts":"yesterday","target_id":"p","target_type":"post"}'),
-)
+TOPIC_OF = producer.TOPIC_OF
+BAD_MESSAGES = gen.BAD_MESSAGES  # what `community-pulse generate` mixes in
 TARGETS = {
     "single_vs_faust": 0.8,
     "envelope_vs_quix": 2.0,
@@ -241,26 +231,8 @@ def make_events(n_events: int, n_communities: int, n_users: int, seed: int,
         days = math.ceil(days * n_events / len(events)) + 1
 
 
-def to_messages(events: list[dict[str, Any]], batch_size: int
-                ) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value): single events, or envelopes per topic and community."""
-    encode = msgspec.json.encode
-    if batch_size <= 1:
-        return [(TOPIC_OF[e["type"]], e["community_id"].encode(), encode(e)) for e in events]
-    out = []
-    pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for e in events:
-        slot = (TOPIC_OF[e["type"]], e["community_id"])
-        group = pending.setdefault(slot, [])
-        group.append(e)
-        if len(group) >= batch_size:
-            out.append((slot[0], slot[1].encode(), encode(pending.pop(slot))))
-    out += [(t, c.encode(), encode(group)) for (t, c), group in pending.items()]
-    return out
-
-
 def messages_of(events: list[dict[str, Any]], batch_size: int) -> list[tuple[str, bytes, bytes]]:
-    messages = to_messages(events, batch_size)
+    messages = list(producer.envelopes(events, batch_size))  # what producers should do
     step = len(messages) // (len(BAD_MESSAGES) + 1)
     for i, (topic, value) in enumerate(BAD_MESSAGES):
         messages.insert((i + 1) * step, (topic, b"x", value))

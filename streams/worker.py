@@ -291,15 +291,15 @@ class PulseWorker:
             log.exception("writing %d snapshot rows failed", len(rows))
 
 
-def build_app(worker: PulseWorker) -> faust.App:
-    rt = worker.runtime
-    app = faust.App(
-        rt.app_id,
-        broker=rt.broker,
+def faust_app(app_id: str, broker: str, partitions: int) -> faust.App:
+    """The Faust settings the worker runs with (the benchmark's floor uses them too)."""
+    return faust.App(
+        app_id,
+        broker=broker,
         # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
-        datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{rt.app_id}"),
+        datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
         store="memory://",
-        topic_partitions=rt.partitions,
+        topic_partitions=partitions,
         table_standby_replicas=0,
         web_enabled=False,
         key_serializer="raw",
@@ -307,6 +307,11 @@ def build_app(worker: PulseWorker) -> faust.App:
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=BATCH_MAX_MESSAGES * 2,
     )
+
+
+def build_app(worker: PulseWorker) -> faust.App:
+    rt = worker.runtime
+    app = faust_app(rt.app_id, rt.broker, rt.partitions)
     source = app.topic(
         *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions, internal=True
     )
