@@ -20,7 +20,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import generate as gen
-from streams.devkafka import LocalKafka, free_port
+from streams.devkafka import LocalKafka, die_with_parent, free_port
 
 TIER_NAMES = {0: "low (<15%)", 1: "medium (15-30%)", 2: "high (>=30%)"}
 TIER_ACTIONS = {
@@ -92,6 +92,7 @@ def run_demo(
              "--data-dir", str(data_dir), "--metrics-port", str(metrics_port),
              "--snapshot-interval", "5"],
             stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,  # no orphaned worker if the demo is killed hard
         )
         try:
             return _drive(kafka.bootstrap, worker, n_communities, rate, duration, data_dir,

@@ -165,7 +165,8 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:]) or "(empty log)"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when its parent dies (preexec_fn of Popen)."""
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -269,7 +270,7 @@ class LocalKafka:
                 stdin=subprocess.DEVNULL, stdout=stdout_log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True,
                 # PDEATHSIG fires when the *thread* that forked dies; only use it from main.
-                preexec_fn=_die_with_parent if main_thread and sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if main_thread and sys.platform == "linux" else None,
             )
         finally:
             stdout_log.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from streams.demo import scrape
-from streams.devkafka import free_port
+from streams.devkafka import die_with_parent, free_port
 
 T = TypeVar("T")
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -48,6 +48,7 @@ class WorkerProcess:
                  "--data-dir", str(data_dir), "--metrics-port", str(self.port),
                  "--snapshot-interval", str(snapshot_interval), "--loglevel", "info"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=die_with_parent,
             )
 
     def scrape(self) -> Samples:
