@@ -303,7 +303,9 @@ class CommunityState:
             # Keep the last membership event at or before the cut, it still decides.
             keep_from = max(bisect_right(joins, (before_ms << 1) | 1) - 1, 0)
             del joins[:keep_from]
-            if not user.activity and (not joins or (joins[-1] & 1 and len(joins) == 1)):
+            # A user whose last word was a leave is kept (one entry): a re-delivered old
+            # join, no longer recognisable as a duplicate, must not make them a member.
+            if not user.activity and not joins:
                 del self.users[user_id]
 
     def memberships_through(self, cut_ms: int) -> list[Event]:
@@ -512,19 +514,11 @@ class PulseCore:
     def __init__(self, config: MetricConfig) -> None:
         self.config = config
         self.communities: dict[str, CommunityState] = {}
-        # Events at or before this were expired: one arriving now can change no future
-        # snapshot, but could no longer be recognised as a duplicate, so it is skipped.
-        self.expired_through: int | None = None
-        self.too_late = 0
 
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of any communities; return the number of duplicates."""
-        cut = self.expired_through
         by_community: dict[str, list[Event]] = {}
         for event in events:
-            if cut is not None and event.ts_ms <= cut:
-                self.too_late += 1
-                continue
             by_community.setdefault(event.community_id, []).append(event)
         return sum(self.state(cid).apply(batch) for cid, batch in by_community.items())
 
@@ -541,8 +535,6 @@ class PulseCore:
         return rows
 
     def expire(self, before_ms: int) -> None:
-        if self.expired_through is None or before_ms > self.expired_through:
-            self.expired_through = before_ms
         for community_id in list(self.communities):
             state = self.communities[community_id]
             state.expire(before_ms)
