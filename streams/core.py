@@ -113,6 +113,9 @@ class _User:
         return last_membership is None or (last_membership >> 1) <= last_activity
 
 
+Earliest = tuple[()] | tuple[int, str] | tuple[int, str, int, str]
+
+
 class _Thread:
     """A post and the earliest reply/like by two distinct users (enough to find
     the earliest one by someone other than the author, whoever the author is)."""
@@ -122,29 +125,29 @@ class _Thread:
     def __init__(self) -> None:
         self.post_ts: int | None = None
         self.author: str | None = None
-        self.replies: list[tuple[int, str]] = []  # at most 2, distinct users, earliest first
-        self.likes: list[tuple[int, str]] = []
+        # Flat (ts, user[, ts, user]): the earliest, then the earliest by another user.
+        self.replies: Earliest = ()
+        self.likes: Earliest = ()
         self.newest = 0  # newest timestamp touching this thread, for expiry
 
-    def first_by_other(self, entries: list[tuple[int, str]], t: int) -> int | None:
-        for ts, user in entries:
-            if user != self.author:
+    def first_by_other(self, entries: Earliest, t: int) -> int | None:
+        for i in range(0, len(entries), 2):
+            if entries[i + 1] != self.author:
+                ts: int = entries[i]  # type: ignore[assignment]
                 return ts if ts <= t else None
         return None
 
 
-def _keep_two_earliest(entries: list[tuple[int, str]], ts: int, user: str) -> None:
-    """Keep the earliest entry, and the earliest entry by a different user than it."""
-    candidate = (ts, user)
+def _keep_two_earliest(entries: Earliest, ts: int, user: str) -> Earliest:
+    """The earliest entry, and the earliest entry by a different user than it."""
     if not entries:
-        entries.append(candidate)
-    elif candidate < entries[0]:
-        if user != entries[0][1]:
-            entries[:] = [candidate, entries[0]]
-        else:
-            entries[0] = candidate
-    elif user != entries[0][1] and (len(entries) == 1 or candidate < entries[1]):
-        entries[1:] = [candidate]
+        return (ts, user)
+    first = (entries[0], entries[1])
+    if (ts, user) < first:
+        return (ts, user, *first) if user != first[1] else (ts, user, *entries[2:])
+    if user != first[1] and (len(entries) == 2 or (ts, user) < (entries[2], entries[3])):
+        return (*first, ts, user)
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +227,7 @@ class CommunityState:
         duplicates = 0
         seen_by_day = self._seen_by_day
         for event in events:
-            ts = event.ts_ms
+            ts: int = event.ts  # type: ignore[assignment]  # normalised by decode_message
             seen = seen_by_day.get(ts // DAY_MS)
             if seen is None:
                 seen = seen_by_day[ts // DAY_MS] = set()
@@ -252,11 +255,13 @@ class CommunityState:
             thread.post_ts, thread.author = ts, event.user_id
         elif kind == "reply":
             category = REPLY_TO_REPLY if event.parent_type == "reply" else REPLY_TO_POST
-            _keep_two_earliest(self._thread(event.post_id, ts).replies, ts, event.user_id)
+            thread = self._thread(event.post_id, ts)
+            thread.replies = _keep_two_earliest(thread.replies, ts, event.user_id)
         elif kind == "like":
             category = LIKE
             if event.target_type == "post":
-                _keep_two_earliest(self._thread(event.target_id, ts).likes, ts, event.user_id)
+                thread = self._thread(event.target_id, ts)
+                thread.likes = _keep_two_earliest(thread.likes, ts, event.user_id)
         else:
             category = VIEW
         user.activity.add((ts << _CAT_BITS) | category)

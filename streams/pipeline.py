@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from schemas.events import Event, Rejection, decode_message
+from schemas.events import Event, Rejection, decode_message, newest_ts
 from streams.core import PulseCore
 
 
@@ -64,6 +64,6 @@ class Ingestor:
         duplicates = self.core.apply(events)
         stats.duplicates += duplicates
         stats.processed += len(events) - duplicates
-        newest = max(event.ts_ms for event in events)
+        newest = newest_ts(events)
         if stats.newest_event_ms is None or newest > stats.newest_event_ms:
             stats.newest_event_ms = newest

@@ -30,7 +30,7 @@ import faust
 import msgspec
 from faust.types import TP, EventT, StreamT, TableT
 
-from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection
+from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.parquet import SnapshotWriter
 from sinks.prometheus import WorkerMetrics
 from streams.config import MetricConfig, RuntimeConfig
@@ -78,7 +78,7 @@ class DeltaLog:
             chunk = events[start : start + DELTA_MAX_EVENTS]
             key = _delta_key(partition, f"{tag}#{start}")
             self._put(partition, key, _encode_events(chunk))
-            newest = max(event.ts_ms for event in chunk)
+            newest = newest_ts(chunk)
             self.index.setdefault(partition, []).append((newest, key))
 
     def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
@@ -119,7 +119,7 @@ class DeltaLog:
                 continue
             events = _decode_events(value)
             if not key.endswith(b"carry") and events:
-                newest = max(event.ts_ms for event in events)
+                newest = newest_ts(events)
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
 
