@@ -279,16 +279,19 @@ def overview() -> Json:
                      "All communities by tier and sustainability score.")
 
 
+def query_var(name: str, label: str, query: str, **extra: Any) -> Json:
+    """A dashboard variable filled from a Prometheus label_values() query."""
+    return {"name": name, "label": label, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": name}, "definition": query,
+            "refresh": 2, "hide": 0, **extra}
+
+
 def community() -> Json:
     c = 'community="$community"'
     cw = 'community="$community", window="$window"'
-    community_var = {
-        "name": "community", "label": "Community", "type": "query", "datasource": DS,
-        "query": {"query": "label_values(community_pulse_members, community)",
-                  "refId": "community"},
-        "definition": "label_values(community_pulse_members, community)",
-        "refresh": 2, "sort": 1, "hide": 0, "current": {},
-    }
+    community_var = query_var("community", "Community",
+                              "label_values(community_pulse_members, community)",
+                              sort=1, current={})
     panels = [
         stat("Tier", (0, 0, 4, 4), f"max(community_pulse_tier{{{cw}}})",
              mappings=TIER_MAPPING),
@@ -337,14 +340,10 @@ def community() -> Json:
 def pipeline() -> Json:
     inst = 'instance=~"$instance"'
     rate = "[$__rate_interval]"
-    instance_var = {
-        "name": "instance", "label": "Worker", "type": "query", "datasource": DS,
-        "query": {"query": "label_values(community_pulse_events_consumed_total, instance)",
-                  "refId": "instance"},
-        "definition": "label_values(community_pulse_events_consumed_total, instance)",
-        "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*", "hide": 0,
-        "current": {"text": "All", "value": "$__all"},
-    }
+    instance_var = query_var("instance", "Worker",
+                             "label_values(community_pulse_events_consumed_total, instance)",
+                             multi=True, includeAll=True, allValue=".*",
+                             current={"text": "All", "value": "$__all"})
     counters = ("consumed", "processed", "duplicates")
     per_topic = [
         target(f"sum by (topic) (rate(community_pulse_events_{n}_total{{{inst}}}{rate}))",

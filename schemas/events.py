@@ -214,8 +214,3 @@ def _check(
 def newest_ts(events: list[Event]) -> int:
     """The newest event time of decoded (normalised) events, in epoch ms."""
     return max([event.ts for event in events])  # type: ignore[return-value, type-var]
-
-
-def encode_events(events: list[Event]) -> bytes:
-    """Encode events as one batch envelope (what producers that batch should send)."""
-    return msgspec.json.encode(events)

@@ -23,10 +23,6 @@ class TopicStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     newest_event_ms: int | None = None
 
-    @property
-    def balanced(self) -> bool:
-        return self.consumed == self.processed + self.duplicates + self.dead_lettered.total()
-
 
 @dataclass(frozen=True, slots=True)
 class Ingested:
