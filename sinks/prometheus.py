@@ -156,6 +156,11 @@ class CommunitySeries:
         for community_id, community_rows in by_community.items():
             self.update(community_id, community_rows)
 
+    def retain(self, community_ids: set[str]) -> None:
+        """Drop the series of every community not in `community_ids`."""
+        for community_id in [c for c in self._lines if c not in community_ids]:
+            del self._lines[community_id]
+
     def remove(self, community_id: str) -> None:
         self._lines.pop(community_id, None)
 

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 5  # refreshing may take a fifth of the time
 BEHIND_S = 5.0  # consumer lag above which we are catching up, not live
+SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 _SEP = "\x1f"
 _encode_events = msgspec.msgpack.Encoder().encode
 _decode_events = msgspec.msgpack.Decoder(list[Event]).decode
@@ -234,35 +235,61 @@ class PulseWorker:
 
     # ---- snapshots --------------------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh_steps(self) -> Iterator[None]:
         """Recompute the gauges of communities that changed since they were last shown.
 
-        Paced so that refreshing takes at most 1/REFRESH_BUDGET_SHARE of the time: when
-        every community changes all the time, gauges lag a little more instead of
-        starving ingestion.
+        A generator that yields after every SLICE_S of work, so the caller can let the
+        agent consume in between (no long stalls on the event loop). Paced so that
+        refreshing takes at most 1/REFRESH_BUDGET_SHARE of the time: when every community
+        changes all the time, gauges lag a little more instead of starving ingestion.
         """
-        started = time.monotonic()
-        if started < self._next_refresh or self.behind:
+        if time.monotonic() < self._next_refresh or self.behind:
             return  # while catching up, gauges wait for the full snapshot
         as_of = int(self.clock() * 1000)
         dirty, self.dirty = self.dirty, set()
+        spent = 0.0
+        slice_start = time.perf_counter()
         for community_id in dirty:
-            state = self.core.communities.get(community_id)
+            state = self.core.communities.get(community_id)  # may be revoked meanwhile
             if state is not None:
                 self.metrics.communities.update(community_id, state.snapshot(as_of))
-        spent = time.monotonic() - started
-        self._next_refresh = started + spent * REFRESH_BUDGET_SHARE
+            if time.perf_counter() - slice_start > SLICE_S:
+                spent += time.perf_counter() - slice_start
+                yield
+                slice_start = time.perf_counter()
+        spent += time.perf_counter() - slice_start
+        self._next_refresh = time.monotonic() + spent * REFRESH_BUDGET_SHARE
 
-    def take_snapshot(self) -> list[SnapshotRow]:
-        """Snapshot every owned community (windows slide even without new events)."""
-        as_of = int(self.clock() * 1000)
-        with self.metrics.snapshot_seconds.time():
-            rows = self.core.snapshot(as_of)
-        self.dirty.clear()
-        self.metrics.communities.replace_all(rows)
-        self.metrics.owned.set(len(self.core.communities))
+    def snapshot_steps(self, as_of: int, rows: list[SnapshotRow]) -> Iterator[None]:
+        """Snapshot every owned community into `rows` (windows slide even without new
+        events), yielding after every SLICE_S of work like `refresh_steps`."""
+        self.dirty.clear()  # covered by this snapshot; changes from now on stay dirty
+        spent = 0.0
+        slice_start = time.perf_counter()
+        for community_id in sorted(self.core.communities):
+            state = self.core.communities.get(community_id)
+            if state is not None:
+                community_rows = state.snapshot(as_of)
+                rows.extend(community_rows)
+                self.metrics.communities.update(community_id, community_rows)
+            if time.perf_counter() - slice_start > SLICE_S:
+                spent += time.perf_counter() - slice_start
+                yield
+                slice_start = time.perf_counter()
+        spent += time.perf_counter() - slice_start
+        self.metrics.snapshot_seconds.observe(spent)
+        owned = set(self.core.communities)
+        rows[:] = [row for row in rows if row.community_id in owned]  # revoked meanwhile
+        self.metrics.communities.retain(owned)
+        self.metrics.owned.set(len(owned))
         self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(as_of - self.config.retention_ms)
+
+    def take_snapshot(self) -> list[SnapshotRow]:
+        """The whole snapshot in one go (the timer interleaves the steps instead)."""
+        rows: list[SnapshotRow] = []
+        for _ in self.snapshot_steps(int(self.clock() * 1000), rows):
+            pass
         return rows
 
     def _expire(self, cut_ms: int) -> None:
@@ -347,11 +374,14 @@ def build_app(worker: PulseWorker) -> faust.App:
 
     @app.timer(interval=REFRESH_INTERVAL_S)
     async def refresh() -> None:
-        worker.refresh()
+        for _ in worker.refresh_steps():
+            await asyncio.sleep(0)  # let the agent consume between slices
 
     @app.timer(interval=rt.snapshot_interval_s)
     async def snapshot() -> None:
-        rows = worker.take_snapshot()
+        rows: list[SnapshotRow] = []
+        for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
+            await asyncio.sleep(0)
         await asyncio.get_running_loop().run_in_executor(None, worker.write_rows, rows)
 
     return app
