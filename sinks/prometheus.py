@@ -148,14 +148,6 @@ class CommunitySeries:
         else:
             self._lines.pop(community_id, None)
 
-    def replace_all(self, rows: Sequence[SnapshotRow]) -> None:
-        by_community: dict[str, list[SnapshotRow]] = {}
-        for row in rows:
-            by_community.setdefault(row.community_id, []).append(row)
-        self._lines = {}
-        for community_id, community_rows in by_community.items():
-            self.update(community_id, community_rows)
-
     def retain(self, community_ids: set[str]) -> None:
         """Drop the series of every community not in `community_ids`."""
         for community_id in [c for c in self._lines if c not in community_ids]:
