@@ -11,7 +11,7 @@ Topology (one agent, all event topics co-partitioned by community_id):
     snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
 
 State: the table holds each partition's recent accepted events as per-batch deltas
-(keyed "<partition>\x1f<tag>"), so its Kafka changelog lets any worker of the consumer
+(keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
 group rebuild a partition's communities exactly after a restart or a rebalance. The
 in-memory PulseCore is derived from it and rebuilt on recovery.
 """
