@@ -101,7 +101,7 @@ def run_demo(
             print("\nstopping ...")
             return 0
         finally:
-            _stop(worker)
+            stop_worker(worker)
             worker_log.close()
 
 
@@ -113,11 +113,12 @@ def _usable_port(port: int) -> int:
     return port
 
 
-def _stop(worker: subprocess.Popen[bytes]) -> None:
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM the worker's process group, SIGKILL it if it has not left in `timeout`."""
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
-            worker.wait(timeout=20)
+            worker.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from streams.demo import scrape
+from streams.demo import scrape, stop_worker
 from streams.devkafka import die_with_parent, free_port
 
 T = TypeVar("T")
@@ -66,10 +65,4 @@ class WorkerProcess:
         return sum(v for _, v in samples.get(name, []))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_worker(self.proc)
