@@ -129,14 +129,18 @@ def _header(family: str) -> str:
 class CommunitySeries:
     """Per-community gauges, rendered when a community's rows change, not per scrape.
 
-    A scrape then only joins cached lines, so its cost does not grow with how often
-    Prometheus (or a dashboard) asks, and refreshing one community touches only its
-    own lines. Forgetting a community (after a rebalance) removes its series at once.
+    A scrape joins the cached lines once per change and reuses the page until the next
+    one, so its cost does not grow with how often Prometheus (or a dashboard) asks, and
+    refreshing one community touches only its own lines. Forgetting a community (after a rebalance) removes its series at once.
     """
 
     def __init__(self, min_members: int) -> None:
         self._min_members = min_members
         self._lines: dict[str, dict[str, list[str]]] = {}  # community -> family -> lines
+        # The rendered page, tagged with the number of changes it includes: render() runs
+        # on the HTTP thread while updates come from the event loop.
+        self._changes = 0
+        self._page: tuple[int, str] = (-1, "")
 
     def update(self, community_id: str, rows: Sequence[SnapshotRow]) -> None:
         lines: dict[str, list[str]] = {}
@@ -147,23 +151,31 @@ class CommunitySeries:
             self._lines[community_id] = lines
         else:
             self._lines.pop(community_id, None)
+        self._changes += 1
 
     def retain(self, community_ids: set[str]) -> None:
         """Drop the series of every community not in `community_ids`."""
         for community_id in [c for c in self._lines if c not in community_ids]:
             del self._lines[community_id]
+            self._changes += 1
 
     def remove(self, community_id: str) -> None:
-        self._lines.pop(community_id, None)
+        if self._lines.pop(community_id, None) is not None:
+            self._changes += 1
 
     def render(self) -> str:
+        changes, cached = self._changes, self._page
+        if cached[0] == changes:
+            return cached[1]
         per_community = list(self._lines.values())  # a stable copy against updates
         parts = []
         for family in COMMUNITY_FAMILIES:
             parts.append(_header(family))
             for lines in per_community:
                 parts.extend(lines.get(family, ()))
-        return "".join(parts)
+        page = "".join(parts)
+        self._page = (changes, page)
+        return page
 
 
 def openmetrics_history(

@@ -14,8 +14,9 @@ after `before + retention` can see, which keeps memory bounded.
 from __future__ import annotations
 
 import statistics
+import sys
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -74,43 +75,68 @@ class _SortedLog:
         return len(self.items)
 
 
-class _User:
-    """One user's retained activity (packed ts/category) and membership events."""
+# A user's whole retained history is one sorted int64 array in three regions, so a
+# (community, user) costs one dict entry and one array (no per-user objects):
+_REGION = 1 << 60  # far above any packed timestamp (ts << 3 < 2**60 until the year 36000)
+MEMBERSHIP, CONTRIBUTION, ACTIVITY = 0, _REGION, 2 * _REGION
+# MEMBERSHIP + (ts << 1 | is_leave): a leave sorts after a join at the same ts
+# CONTRIBUTION + ts: posts and replies, for retention and stagnation
+# ACTIVITY + (ts << 3 | category): every non-membership event, for roles and membership
 
-    __slots__ = ("activity", "contributions", "memberships")
 
-    def __init__(self) -> None:
-        self.activity = _SortedLog()  # ts << 3 | category
-        # Created on first use: most users never post or reply, many never join.
-        self.contributions: _SortedLog | None = None  # ts of posts and replies
-        self.memberships: _SortedLog | None = None  # ts << 1 | is_leave: leave sorts last
+class _UserLog(array):  # type: ignore[type-arg]  # array('q') subclass, no extra fields
+    """One user's retained events in one community (see the regions above)."""
 
-    def best_roles(self, t: int, windows_ms: list[int]) -> list[int | None]:
+    __slots__ = ()
+
+    def add(self, value: int) -> None:
+        if not self or value >= self[-1]:
+            self.append(value)  # the usual case: activity, in time order
+        else:
+            insort(self, value)
+
+    def bounds(self) -> tuple[int, int]:
+        """Start of the contribution and of the activity region."""
+        return bisect_left(self, CONTRIBUTION), bisect_left(self, ACTIVITY)
+
+    def best_roles(self, t: int, windows_ms: list[int], act: int) -> list[int | None]:
         """Per window W, the lowest category with t - W < ts <= t (None: no activity)."""
-        items = self.activity.view()
-        end = bisect_right(items, _upper(t))
+        end = bisect_right(self, ACTIVITY + _upper(t), act)
         roles: list[int | None] = []
         for w in windows_ms:
-            start = bisect_right(items, _upper(t - w), 0, end)
-            roles.append(min([e & _CAT_MASK for e in items[start:end]]) if start < end else None)
+            start = bisect_right(self, ACTIVITY + _upper(t - w), act, end)
+            roles.append(min([e & _CAT_MASK for e in self[start:end]]) if start < end else None)
         return roles
 
-    def is_member(self, t: int, horizon_ms: int) -> bool:
-        last_membership = None
-        if self.memberships is not None:
-            joins = self.memberships.view()
-            idx = bisect_right(joins, (t << 1) | 1)
-            last_membership = joins[idx - 1] if idx else None
+    def is_member(self, t: int, horizon_ms: int, contrib: int, act: int) -> bool:
+        idx = bisect_right(self, (t << 1) | 1, 0, contrib)
+        last_membership = self[idx - 1] if idx else None
         if last_membership is not None and not last_membership & 1:
             return True  # last membership event at or before t is a join
-        acts = self.activity.view()
-        idx = bisect_right(acts, _upper(t))
-        if not idx:
+        idx = bisect_right(self, ACTIVITY + _upper(t), act)
+        if idx == act:
             return False
-        last_activity = acts[idx - 1] >> _CAT_BITS
+        last_activity = (self[idx - 1] - ACTIVITY) >> _CAT_BITS
         if last_activity <= t - horizon_ms:
             return False
         return last_membership is None or (last_membership >> 1) <= last_activity
+
+    def contributed(self, low: int, high: int, contrib: int, act: int) -> bool:
+        """Posted or replied with low < ts <= high."""
+        return bisect_right(self, CONTRIBUTION + high, contrib, act) > bisect_right(
+            self, CONTRIBUTION + low, contrib, act)
+
+    def expire(self, before_ms: int) -> None:
+        """Drop what is at or before the cut, except the membership event that still
+        decides (the last one at or before it)."""
+        contrib, act = self.bounds()
+        # Top region first, so the bounds below stay valid.
+        del self[act:bisect_right(self, ACTIVITY + _upper(before_ms), act)]
+        del self[contrib:bisect_right(self, CONTRIBUTION + before_ms, contrib, act)]
+        del self[:max(bisect_right(self, (before_ms << 1) | 1, 0, contrib) - 1, 0)]
+
+    def memberships(self) -> array[int]:
+        return self[: bisect_left(self, CONTRIBUTION)]
 
 
 Earliest = tuple[()] | tuple[int, str] | tuple[int, str, int, str]
@@ -206,7 +232,7 @@ class CommunityState:
     def __init__(self, community_id: str, config: MetricConfig) -> None:
         self.community_id = community_id
         self.config = config
-        self.users: dict[str, _User] = {}
+        self.users: dict[str, _UserLog] = {}
         self.threads: dict[str, _Thread] = {}
         # Community-wide timestamps per event type (for counts and continuity).
         self.kinds = {kind: _SortedLog() for kind in ("post", "reply", "like", "view")}
@@ -218,7 +244,7 @@ class CommunityState:
         # a community that has been quiet for longer than the retention.
         self._expired_last_activity: int | None = None
         # Per snapshot: (user, contribution times) of everyone who posted or replied.
-        self._posters: list[tuple[str, array[int]]] = []
+        self._posters: list[tuple[str, _UserLog, int, int]] = []
 
     # ---- ingest ---------------------------------------------------------------------
 
@@ -242,11 +268,10 @@ class CommunityState:
         kind = event.type
         user = self.users.get(event.user_id)
         if user is None:
-            user = self.users[event.user_id] = _User()
+            # One string per user across communities (msgspec decodes a new one per event).
+            user = self.users[sys.intern(event.user_id)] = _UserLog("q")
         if kind == "join" or kind == "leave":
-            if user.memberships is None:
-                user.memberships = _SortedLog()
-            user.memberships.add((ts << 1) | (kind == "leave"))
+            user.add(MEMBERSHIP + ((ts << 1) | (kind == "leave")))
             return
         self.kinds[kind].add(ts)
         if kind == "post":
@@ -264,11 +289,9 @@ class CommunityState:
                 thread.likes = _keep_two_earliest(thread.likes, ts, event.user_id)
         else:
             category = VIEW
-        user.activity.add((ts << _CAT_BITS) | category)
+        user.add(ACTIVITY + ((ts << _CAT_BITS) | category))
         if category <= REPLY_TO_POST:
-            if user.contributions is None:
-                user.contributions = _SortedLog()
-            user.contributions.add(ts)
+            user.add(CONTRIBUTION + ts)
 
     def _thread(self, post_id: str | None, ts: int) -> _Thread:
         assert post_id is not None, "validated by schemas.events"
@@ -301,16 +324,10 @@ class CommunityState:
             del self.threads[post_id]
         for user_id in list(self.users):
             user = self.users[user_id]
-            user.activity.drop_through(_upper(before_ms))
-            if user.contributions is not None:
-                user.contributions.drop_through(before_ms)
-            joins = user.memberships.view() if user.memberships is not None else []
-            # Keep the last membership event at or before the cut, it still decides.
-            keep_from = max(bisect_right(joins, (before_ms << 1) | 1) - 1, 0)
-            del joins[:keep_from]
+            user.expire(before_ms)
             # A user whose last word was a leave is kept (one entry): a re-delivered old
             # join, no longer recognisable as a duplicate, must not make them a member.
-            if not user.activity and not joins:
+            if not user:
                 del self.users[user_id]
 
     def memberships_through(self, cut_ms: int) -> list[Event]:
@@ -321,9 +338,7 @@ class CommunityState:
         """
         kept = []
         for user_id, user in self.users.items():
-            if user.memberships is None:
-                continue
-            for entry in user.memberships.view():
+            for entry in user.memberships():
                 ts = entry >> 1
                 if ts > cut_ms:
                     break
@@ -342,20 +357,27 @@ class CommunityState:
         t = as_of_ms
         cfg = self.config
         horizon = cfg.membership_horizon_days * DAY_MS
-        members = [u for u in self.users.values() if u.is_member(t, horizon)]
         windows_ms = [days * DAY_MS for days in cfg.windows_days]
         roles_by_window: list[list[int]] = [[0] * len(ROLES) for _ in windows_ms]
-        for user in members:
-            for counts, role in zip(roles_by_window, user.best_roles(t, windows_ms), strict=True):
+        n_members = 0
+        # Users who posted or replied (in retention), for retention and stagnation.
+        posters: list[tuple[str, _UserLog, int, int]] = []
+        for user_id, user in self.users.items():
+            contrib, act = user.bounds()
+            if contrib < act:
+                posters.append((user_id, user, contrib, act))
+            if not user.is_member(t, horizon, contrib, act):
+                continue
+            n_members += 1
+            for counts, role in zip(roles_by_window, user.best_roles(t, windows_ms, act),
+                                    strict=True):
                 if role is not None:
                     counts[role] += 1
-        # Users who ever posted or replied (in retention), for retention and stagnation.
-        self._posters = [(uid, u.contributions.view()) for uid, u in self.users.items()
-                         if u.contributions]
-        stagnating = self._stagnating(t, bool(members))
+        self._posters = posters
+        stagnating = self._stagnating(t, bool(n_members))
         last_activity = self._last_activity(t)
         return [
-            self._window_row(t, w, days, len(members), counts, stagnating, last_activity)
+            self._window_row(t, w, days, n_members, counts, stagnating, last_activity)
             for w, days, counts in zip(windows_ms, cfg.windows_days, roles_by_window,
                                        strict=True)
         ]
@@ -461,8 +483,8 @@ class CommunityState:
 
     def _contributors(self, low: int, high: int) -> set[str]:
         """Users who posted or replied with low < ts <= high (uses `snapshot`'s list)."""
-        return {uid for uid, times in self._posters
-                if bisect_right(times, high) > bisect_right(times, low)}
+        return {uid for uid, user, contrib, act in self._posters
+                if user.contributed(low, high, contrib, act)}
 
     def _retention(self, t: int, w: int) -> float | None:
         previous = self._contributors(t - 2 * w, t - w)

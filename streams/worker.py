@@ -248,7 +248,8 @@ class PulseWorker:
         refreshing takes at most 1/REFRESH_BUDGET_SHARE of the time: when every community
         changes all the time, gauges lag a little more instead of starving ingestion.
         """
-        if time.monotonic() < self._next_refresh or self.behind:
+        started = time.monotonic()
+        if started < self._next_refresh or self.behind:
             return  # while catching up, gauges wait for the full snapshot
         as_of = int(self.clock() * 1000)
         dirty, self.dirty = self.dirty, set()
@@ -263,7 +264,8 @@ class PulseWorker:
                 yield
                 slice_start = time.perf_counter()
         spent += time.perf_counter() - slice_start
-        self._next_refresh = time.monotonic() + spent * REFRESH_BUDGET_SHARE
+        # Counted from the start: the agent's turns between slices are part of the rest.
+        self._next_refresh = started + spent * REFRESH_BUDGET_SHARE
 
     def snapshot_steps(self, as_of: int, rows: list[SnapshotRow]) -> Iterator[None]:
         """Snapshot every owned community into `rows` (windows slide even without new

@@ -32,7 +32,7 @@ def day_of_activity(day: int, rng: random.Random, users: int = 300) -> list[Even
 
 
 def size(state: CommunityState) -> int:
-    return (sum(len(u.activity) + len(u.memberships) for u in state.users.values())
+    return (sum(len(u) for u in state.users.values())
             + sum(len(ids) for ids in state._seen_by_day.values())
             + len(state.threads) + sum(len(log) for log in state.kinds.values()))
 

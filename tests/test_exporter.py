@@ -68,6 +68,7 @@ def test_cached_series_follow_updates_and_removals_and_escape_labels() -> None:
     snapshot = rows()
     series = series_of(snapshot)
     first = snapshot[0].community_id
+    assert f'community="{first}"' in series.render()  # the page is now cached
     series.retain({r.community_id for r in snapshot} - {first})
     names = {s.labels["community"] for f in text_string_to_metric_families(series.render())
              for s in f.samples}
@@ -78,3 +79,6 @@ def test_cached_series_follow_updates_and_removals_and_escape_labels() -> None:
     parsed = {s.labels["community"] for f in text_string_to_metric_families(series.render())
               for s in f.samples}
     assert 'a "quoted"\\ name\nx' in parsed
+    assert 'a \\"quoted\\"' in series.render()
+    series.remove(odd[0].community_id)
+    assert 'a \\"quoted\\"' not in series.render()
