@@ -99,7 +99,8 @@ def main(argv: list[str]) -> None:
     tracemalloc.stop()
 
     pairs = sum(len(s.users) for s in core.communities.values())
-    ids = sum(len(ids) for s in core.communities.values() for ids in s._seen_by_day.values())
+    ids = sum(len(ids) for s in core.communities.values()
+              for days in (s._seen_by_day, s._frozen_by_day) for ids in days.values())
     logs = [user for s in core.communities.values() for user in s.users.values()]
     memberships = sum(len(user.memberships()) for user in logs)
     logged = sum(len(user) for user in logs)  # memberships + contributions + activity
@@ -112,7 +113,8 @@ def main(argv: list[str]) -> None:
         parts["other"] += sys.getsizeof(cid) + sys.getsizeof(state)
         seen.update((id(cid), id(state), id(state.config)))
         parts["users"] += deep_size(state.users, seen)
-        parts["dedup"] += deep_size(state._seen_by_day, seen)
+        parts["dedup"] += (deep_size(state._seen_by_day, seen)
+                           + deep_size(state._frozen_by_day, seen))
         parts["kinds"] += deep_size(state.kinds, seen)
         parts["threads"] += deep_size(state.threads, seen)
     parts["other"] += sys.getsizeof(core.communities)

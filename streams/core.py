@@ -33,6 +33,12 @@ _CAT_BITS = 3  # activity entries are packed as ts << 3 | category, so one sort 
 _CAT_MASK = (1 << _CAT_BITS) - 1
 
 
+def _contains(items: array[int], value: int) -> bool:
+    """Membership test in a sorted array."""
+    idx = bisect_left(items, value)
+    return idx < len(items) and items[idx] == value
+
+
 def _upper(ts: int) -> int:
     """Packed key just above every entry at `ts`: bisect_right(x, _upper(t)) counts ts <= t."""
     return (ts << _CAT_BITS) | _CAT_MASK
@@ -220,6 +226,7 @@ class CommunityState:
 
     __slots__ = (
         "_expired_last_activity",
+        "_frozen_by_day",
         "_posters",
         "_seen_by_day",
         "community_id",
@@ -240,6 +247,9 @@ class CommunityState:
         # Ids are kept as their 64-bit str hash (process-local, like this state): a
         # quarter of the memory of the strings; a collision needs ~4e9 ids in one day.
         self._seen_by_day: dict[int, set[int]] = {}
+        # Days that are over move to sorted int64 arrays (8 bytes an id where a set
+        # costs ~100); ids arriving late for such a day go to a new set in _seen_by_day.
+        self._frozen_by_day: dict[int, array[int]] = {}
         # Newest activity timestamp that expiry dropped: it still is the last activity of
         # a community that has been quiet for longer than the retention.
         self._expired_last_activity: int | None = None
@@ -251,16 +261,21 @@ class CommunityState:
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of this community; return how many were duplicates."""
         duplicates = 0
-        seen_by_day = self._seen_by_day
+        seen_by_day, frozen_by_day = self._seen_by_day, self._frozen_by_day
         for event in events:
             ts: int = event.ts  # type: ignore[assignment]  # normalised by decode_message
-            seen = seen_by_day.get(ts // DAY_MS)
+            day, event_hash = ts // DAY_MS, hash(event.event_id)
+            seen = seen_by_day.get(day)
             if seen is None:
-                seen = seen_by_day[ts // DAY_MS] = set()
-            elif hash(event.event_id) in seen:
+                seen = seen_by_day[day] = set()
+            elif event_hash in seen:
                 duplicates += 1
                 continue
-            seen.add(hash(event.event_id))
+            frozen = frozen_by_day.get(day) if frozen_by_day else None
+            if frozen is not None and _contains(frozen, event_hash):
+                duplicates += 1
+                continue
+            seen.add(event_hash)
             self._apply_one(event, ts)
         return duplicates
 
@@ -309,8 +324,10 @@ class CommunityState:
         Call with `newest_snapshot_time - config.retention_ms`. Events at or before
         `before_ms` that arrive later are still deduplicated only if their day is kept.
         """
-        for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= before_ms]:
-            del self._seen_by_day[day]
+        for days in (self._seen_by_day, self._frozen_by_day):
+            for day in [d for d in days if (d + 1) * DAY_MS <= before_ms]:
+                del days[day]
+        self._freeze_ids(before_ms + self.config.retention_ms - DAY_MS)
         for log in self.kinds.values():
             items = log.view()
             idx = bisect_right(items, before_ms)
@@ -329,6 +346,14 @@ class CommunityState:
             # join, no longer recognisable as a duplicate, must not make them a member.
             if not user:
                 del self.users[user_id]
+
+    def _freeze_ids(self, cut_ms: int) -> None:
+        """Move the ids of days that ended at or before the cut into sorted arrays."""
+        for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= cut_ms]:
+            ids = self._seen_by_day.pop(day)
+            frozen = self._frozen_by_day.get(day)
+            if ids:  # (an empty set is left by a duplicate that arrived late)
+                self._frozen_by_day[day] = array("q", sorted([*frozen, *ids] if frozen else ids))
 
     def memberships_through(self, cut_ms: int) -> list[Event]:
         """Retained membership events at or before the cut, as events to re-apply.
@@ -376,10 +401,12 @@ class CommunityState:
         self._posters = posters
         stagnating = self._stagnating(t, bool(n_members))
         last_activity = self._last_activity(t)
+        listening = self._listening(t, windows_ms)
         return [
-            self._window_row(t, w, days, n_members, counts, stagnating, last_activity)
-            for w, days, counts in zip(windows_ms, cfg.windows_days, roles_by_window,
-                                       strict=True)
+            self._window_row(t, w, days, n_members, counts, listening[i], stagnating,
+                             last_activity)
+            for i, (w, days, counts) in enumerate(zip(windows_ms, cfg.windows_days,
+                                                      roles_by_window, strict=True))
         ]
 
     def _window_row(
@@ -389,6 +416,7 @@ class CommunityState:
         days: int,
         n_members: int,
         role_counts: list[int],
+        listening: _Listening,
         stagnating: bool,
         last_activity: int | None,
     ) -> SnapshotRow:
@@ -402,7 +430,6 @@ class CommunityState:
         else:
             tier = "high"
 
-        listening = self._listening(t, w)
         retention = self._retention(t, w)
         continuity = self._continuity(t, days)
         responsiveness = (
@@ -453,33 +480,45 @@ class CommunityState:
             last_activity_ms=last_activity,
         )
 
-    def _listening(self, t: int, w: int) -> _Listening:
+    def _listening(self, t: int, windows_ms: list[int]) -> list[_Listening]:
+        """Listening figures per window, from one pass over the threads."""
         sla = self.config.sla_ms(self.community_id)
-        eligible = answered = unanswered = with_response = posts = 0
-        delays: list[int] = []
+        widest = max(windows_ms, default=0)
+        n = len(windows_ms)
+        posts, with_response = [0] * n, [0] * n
+        eligible, answered, unanswered = [0] * n, [0] * n, [0] * n
+        delays: list[list[int]] = [[] for _ in windows_ms]
         for thread in self.threads.values():
             post_ts = thread.post_ts
-            if post_ts is None or not t - w < post_ts <= t:
+            if post_ts is None or not t - widest < post_ts <= t:
                 continue
-            posts += 1
             first_reply = thread.first_by_other(thread.replies, t)
-            if first_reply is not None:
-                delays.append(first_reply - post_ts)
-            if first_reply is not None or thread.first_by_other(thread.likes, t) is not None:
-                with_response += 1
-            if post_ts <= t - sla:
-                eligible += 1
-                if first_reply is None:
-                    unanswered += 1
-                elif first_reply - post_ts <= sla:
-                    answered += 1
-        return _Listening(
-            eligible=eligible,
-            answered=answered,
-            unanswered=unanswered,
-            median_first_reply_s=statistics.median(delays) / 1000 if delays else None,
-            reciprocity=with_response / posts if posts else None,
-        )
+            responded = (first_reply is not None
+                         or thread.first_by_other(thread.likes, t) is not None)
+            for i, w in enumerate(windows_ms):
+                if post_ts <= t - w:
+                    continue
+                posts[i] += 1
+                if first_reply is not None:
+                    delays[i].append(first_reply - post_ts)
+                if responded:
+                    with_response[i] += 1
+                if post_ts <= t - sla:
+                    eligible[i] += 1
+                    if first_reply is None:
+                        unanswered[i] += 1
+                    elif first_reply - post_ts <= sla:
+                        answered[i] += 1
+        return [
+            _Listening(
+                eligible=eligible[i],
+                answered=answered[i],
+                unanswered=unanswered[i],
+                median_first_reply_s=statistics.median(delays[i]) / 1000 if delays[i] else None,
+                reciprocity=with_response[i] / posts[i] if posts[i] else None,
+            )
+            for i in range(n)
+        ]
 
     def _contributors(self, low: int, high: int) -> set[str]:
         """Users who posted or replied with low < ts <= high (uses `snapshot`'s list)."""

@@ -34,6 +34,7 @@ def day_of_activity(day: int, rng: random.Random, users: int = 300) -> list[Even
 def size(state: CommunityState) -> int:
     return (sum(len(u) for u in state.users.values())
             + sum(len(ids) for ids in state._seen_by_day.values())
+            + sum(len(ids) for ids in state._frozen_by_day.values())
             + len(state.threads) + sum(len(log) for log in state.kinds.values()))
 
 
@@ -105,3 +106,26 @@ def test_a_redelivered_old_join_does_not_bring_back_a_member_who_left() -> None:
     core.expire(t - config.retention_ms)
     core.apply([join])  # redelivered long after its day expired
     assert core.snapshot(t) == before
+
+
+def test_duplicates_of_days_that_are_over_are_still_caught() -> None:
+    # Ids of days that ended a day before the newest snapshot move to compact arrays;
+    # redelivered events of those days must still count as duplicates, and a late new
+    # event of such a day still counts once.
+    config = MetricConfig()
+    state = CommunityState("c", config)
+    old_days = [e for day in range(3) for e in day_of_activity(day, random.Random(day))]
+    assert state.apply(old_days) == 0
+    snapshot_at = START + 10 * DAY_MS
+    state.expire(snapshot_at - config.retention_ms)
+    assert state._frozen_by_day and not any(state._seen_by_day.values())
+    before = state.snapshot(snapshot_at)
+    assert state.apply(old_days) == len(old_days)
+    late = Event("late-1", "post", "c", "u-late", START + DAY_MS + 5, post_id="p-late")
+    assert state.apply([late]) == 0
+    assert state.apply([late, *old_days[:10]]) == 11
+    state.expire(snapshot_at - config.retention_ms)  # the late id joins the day's array
+    assert state.apply([late]) == 1
+    after = state.snapshot(snapshot_at)
+    # the late post (day 1) is outside the 7-day window, inside the 28-day one
+    assert [r.posts for r in after] == [before[0].posts, before[1].posts + 1]
