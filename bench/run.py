@@ -53,6 +53,7 @@ from bench.common import read_status  # noqa: E402
 from schemas import producer  # noqa: E402
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS  # noqa: E402
 from streams import generate as gen  # noqa: E402
+from streams.config import RuntimeConfig  # noqa: E402
 from streams.devkafka import KAFKA_VERSION, LocalKafka, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -63,6 +64,7 @@ ENVELOPE_SIZE = 100
 MARKER = "bench-marker"
 TOPIC_OF = producer.TOPIC_OF
 BAD_MESSAGES = gen.BAD_MESSAGES  # what `community-pulse generate` mixes in
+SNAPSHOT_INTERVAL_S = RuntimeConfig().snapshot_interval_s  # the product default
 TARGETS = {
     "single_vs_faust": 0.8,
     "envelope_vs_quix": 2.0,
@@ -337,7 +339,7 @@ def run_consumers(ctx: dict[str, Any], topic_set: str, prefix: str, n_messages: 
             proc = spawn([str(ROOT / ".venv" / "bin" / "community-pulse"), "worker",
                           "--broker", f"kafka://{bootstrap}", "--data-dir",
                           str(work / f"{tag}-data"), "--metrics-port", str(port),
-                          "--snapshot-interval", "5"],
+                          "--snapshot-interval", str(SNAPSHOT_INTERVAL_S)],
                          logf, env={"PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": tag})
             res = measure(impl, proc, n_events, n_events, timeout, 1.0, port=port)
             res["metrics_poll_s"] = 1.0
@@ -482,7 +484,7 @@ async def _freshness(ctx: dict[str, Any], prefix: str, port: int,
         "counter": {"metric": "community_pulse_events_consumed_total (sum over topics)",
                     **summary(counter_lat, counter_missing)},
         "gauge": {"metric": f'community_pulse_window_events{{community="{MARKER}",'
-                            'window="7d",type="post"}', "snapshot_interval_s": 5,
+                            'window="7d",type="post"}', "snapshot_interval_s": SNAPSHOT_INTERVAL_S,
                   **summary(gauge_lat, gauge_missing)},
     }
 

@@ -131,7 +131,8 @@ class CommunitySeries:
 
     A scrape joins the cached lines once per change and reuses the page until the next
     one, so its cost does not grow with how often Prometheus (or a dashboard) asks, and
-    refreshing one community touches only its own lines. Forgetting a community (after a rebalance) removes its series at once.
+    refreshing one community touches only its own lines. Forgetting a community (after
+    a rebalance) removes its series at once.
     """
 
     def __init__(self, min_members: int) -> None:

@@ -9,6 +9,7 @@ Topology (one agent, all event topics co-partitioned by community_id):
                                    per partition per batch
     refresh timer (0.5 s)  -> communities that changed -> /metrics gauges
     snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
+                              (every third tick only, while catching up on a backlog)
 
 State: the table holds each partition's recent accepted events as per-batch deltas
 (keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
@@ -47,6 +48,7 @@ DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 2  # live, refreshing may take half the time (never when behind)
 BEHIND_S = 5.0  # consumer lag above which we are catching up, not live
+BEHIND_SNAPSHOT_EVERY = 3  # while catching up, only every third snapshot tick snapshots
 SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 # The agent's turn lasts as long as a slice: one event-loop round (sleep(0)) moves a
 # message only one step through Faust's fetcher -> stream -> buffer chain.
@@ -146,7 +148,9 @@ class PulseWorker:
         self.core = PulseCore(metric_config)
         self.ingestor = Ingestor(self.core, self.topics)
         self.partition_of: dict[str, int] = {}
-        self.dirty: set[str] = set()  # changed since /metrics last showed them
+        # Changed since /metrics last showed them, oldest change first (a dict as an
+        # ordered set: a community that changes again keeps its place in the queue).
+        self.dirty: dict[str, None] = {}
         self.writer = SnapshotWriter(runtime.data_dir)
         self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported)
         self.deltas: DeltaLog | None = None
@@ -154,6 +158,7 @@ class PulseWorker:
         self._deltas_expired_at = 0
         self._next_refresh = 0.0
         self.behind = False  # consuming a backlog: skip the fast refresh
+        self._snapshot_ticks = 0
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -175,7 +180,7 @@ class PulseWorker:
                 continue
             community_id = events[0].community_id  # one community per message (its key)
             self.partition_of[community_id] = msg.partition
-            self.dirty.add(community_id)
+            self.dirty[community_id] = None
             by_topic.setdefault(msg.topic, []).extend(events)
             by_partition.setdefault(msg.partition, []).extend(events)
             # (topic, offset) of the first message is unique and stable across retries.
@@ -220,7 +225,7 @@ class PulseWorker:
             for event in events:
                 self.partition_of[event.community_id] = partition
             self.core.apply(events)
-        self.dirty.update(self.core.communities)
+        self.dirty.update(dict.fromkeys(self.core.communities))
         log.info("recovered %d communities", len(self.core.communities))
         self.metrics.owned.set(len(self.core.communities))
 
@@ -235,7 +240,8 @@ class PulseWorker:
         for community_id in gone:
             del self.partition_of[community_id]
             self.metrics.communities.remove(community_id)
-        self.dirty -= gone
+        for community_id in gone:
+            self.dirty.pop(community_id, None)
         self.metrics.owned.set(len(self.core.communities))
 
     # ---- snapshots --------------------------------------------------------------------
@@ -251,13 +257,17 @@ class PulseWorker:
         started = time.monotonic()
         if started < self._next_refresh or self.behind:
             return  # while catching up, gauges wait for the full snapshot
-        as_of = int(self.clock() * 1000)
-        dirty, self.dirty = self.dirty, set()
         spent = 0.0
         slice_start = time.perf_counter()
-        for community_id in dirty:
+        # Oldest change first; communities that change during the pass queue up again.
+        for _ in range(len(self.dirty)):
+            if not self.dirty:
+                break  # a snapshot ran in between and covered the rest
+            community_id = next(iter(self.dirty))
+            del self.dirty[community_id]
             state = self.core.communities.get(community_id)  # may be revoked meanwhile
-            if state is not None:
+            if state is not None:  # as of now: the pass spans several agent turns
+                as_of = int(self.clock() * 1000)
                 self.metrics.communities.update(community_id, state.snapshot(as_of))
             if time.perf_counter() - slice_start > SLICE_S:
                 spent += time.perf_counter() - slice_start
@@ -266,6 +276,13 @@ class PulseWorker:
         spent += time.perf_counter() - slice_start
         # Counted from the start: the agent's turns between slices are part of the rest.
         self._next_refresh = started + spent * REFRESH_BUDGET_SHARE
+
+    def snapshot_due(self) -> bool:
+        """Whether this snapshot tick should snapshot. While catching up, only every
+        BEHIND_SNAPSHOT_EVERY-th does: numbers over a half-read backlog are soon
+        outdated, and the time is better spent reading it."""
+        self._snapshot_ticks += 1
+        return not self.behind or self._snapshot_ticks % BEHIND_SNAPSHOT_EVERY == 0
 
     def snapshot_steps(self, as_of: int, rows: list[SnapshotRow]) -> Iterator[None]:
         """Snapshot every owned community into `rows` (windows slide even without new
@@ -414,6 +431,8 @@ def build_app(worker: PulseWorker) -> faust.App:
 
     @app.timer(interval=rt.snapshot_interval_s)
     async def snapshot() -> None:
+        if not worker.snapshot_due():
+            return
         rows: list[SnapshotRow] = []
         for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
             await asyncio.sleep(AGENT_TURN_S)
