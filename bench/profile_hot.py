@@ -4,7 +4,7 @@ Feeds the loaded messages, in batches of BATCH_MAX_MESSAGES like the agent sees 
 to `PulseWorker.handle_batch` (with a DeltaLog on an in-memory stand-in for the Faust
 table, so the changelog encoding is included, not the send), then takes one snapshot.
 Each is timed once plainly and once under cProfile. Prints one JSON line.
-Usage: profile_hot.py MESSAGES_FILE LIMIT_EVENTS
+Usage: profile_hot.py SINGLE_FILE ENVELOPE_FILE LIMIT_EVENTS
 """
 
 from __future__ import annotations
