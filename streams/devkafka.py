@@ -201,7 +201,9 @@ class LocalKafka:
     ) -> None:
         self._want_port = port
         self._want_cport = controller_port
-        self._run_dir = Path(run_dir) if run_dir is not None else None
+        # Absolute: the broker runs in its own directory, so a relative path (the demo's
+        # default `data/demo/run`) would point somewhere else for it.
+        self._run_dir = Path(run_dir).resolve() if run_dir is not None else None
         self.heap = heap
         self.start_timeout = start_timeout
         self.num_partitions = num_partitions

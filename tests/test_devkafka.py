@@ -62,9 +62,11 @@ def test_produce_and_consume(
 
 @pytest.mark.kafka
 def test_two_brokers_at_once_and_clean_stop(
-    tmp_path: os.PathLike[str], unique_topic: Callable[[str], str]
+    tmp_path: os.PathLike[str], unique_topic: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with LocalKafka(run_dir=tmp_path) as a, LocalKafka() as b:
+    monkeypatch.chdir(tmp_path)  # a relative run_dir, as the demo's default data dir is
+    with LocalKafka(run_dir="data/run") as a, LocalKafka() as b:
         assert a.bootstrap != b.bootstrap
         assert len({a.port, a.controller_port, b.port, b.controller_port}) == 4
         for broker in (a, b):
