@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import msgspec
+
 from schemas.events import Event
 from streams.config import DAY_MS, MetricConfig
 from streams.core import CommunityState, PulseCore
@@ -129,3 +131,16 @@ def test_duplicates_of_days_that_are_over_are_still_caught() -> None:
     after = state.snapshot(snapshot_at)
     # the late post (day 1) is outside the 7-day window, inside the 28-day one
     assert [r.posts for r in after] == [before[0].posts, before[1].posts + 1]
+
+
+def test_changelog_deltas_are_arrays_and_map_encoded_ones_still_load() -> None:
+    events = day_of_activity(0, random.Random(4))
+    table = RecordingTable()
+    DeltaLog(table).append(1, "b", events)  # type: ignore[arg-type]
+    (stored,) = table.data.values()
+    assert stored[:1] == b"\xdc" and msgspec.msgpack.decode(stored)[0][0] == events[0].event_id
+    table.data[b"1\x1fold#0"] = msgspec.msgpack.encode(events[:5])  # maps, as written before
+    loaded = [e for _, batch in DeltaLog(table).load({1}) for e in batch]  # type: ignore[arg-type]
+    fields = msgspec.structs.astuple
+    assert sorted(map(fields, loaded), key=lambda t: t[0]) == sorted(
+        map(fields, [*events, *events[:5]]), key=lambda t: t[0])
