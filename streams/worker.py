@@ -259,7 +259,6 @@ class PulseWorker:
         for community_id in gone:
             del self.partition_of[community_id]
             self.metrics.communities.remove(community_id)
-        for community_id in gone:
             self.dirty.pop(community_id, None)
         self.metrics.owned.set(len(self.core.communities))
 
