@@ -25,7 +25,9 @@ def main(bootstrap: str, app_id: str, status_path: str, partitions: int,
 
     @app.agent(source, name="count")
     async def count(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S):
+        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
+            BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S)
+        async for batch in batches:
             counted[0] += len(batch)
             status.write(counted[0])
 

@@ -426,6 +426,7 @@ async def _freshness(ctx: dict[str, Any], prefix: str, port: int,
             now_ms = int(time.time() * 1000)
             send_t = time.monotonic()
             for _ in range(per_tick):
+                event: dict[str, Any]
                 if tick % 50 == 0 and _ == 0:  # one marker post per second
                     k = len(posts_sent)
                     event = {"event_id": f"{MARKER}-post-{k}", "type": "post",

@@ -151,8 +151,8 @@ def test_snapshot_files_are_hive_partitioned_by_utc_date(tmp_path: Path) -> None
     core.state("c1")
     (path,) = writer.write(core.snapshot(parse_time("2026-03-01T23:30:00-02:00")))
     assert "/snapshots/date=2026-03-02/" in path
-    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{snapshots_glob(replay_dir)}')"
-                      ).fetchall() == [(2,)]
+    counted = duckdb.sql(f"SELECT count(*) FROM read_parquet('{snapshots_glob(replay_dir)}')")
+    assert counted is not None and counted.fetchall() == [(2,)]
 
 
 def test_config_file_and_environment_overrides(tmp_path: Path, monkeypatch) -> None:

@@ -113,7 +113,7 @@ def event_logs(draw: st.DrawFn, config: MetricConfig) -> list[Event]:
             posts[community].append((fields["post_id"], fields["ts"]))
         elif kind == "reply":
             fields["post_id"] = draw(st.sampled_from(POST_POOL))
-            if posts[community] and draw(st.booleans()):
+            if posts[community] and draw(st.booleans()):  # type: ignore[arg-type]  # (mypy takes the `and`'s left type as context)
                 # answer a known post at a delay on the SLA's edges
                 fields["post_id"], post_ts = draw(st.sampled_from(posts[community]))
                 sla = config.sla_ms(community)

@@ -64,7 +64,7 @@ def _backfill(events: list[dict], until_ms: int, instance: str, tsdb: Path) -> N
     start = until_ms - 9 * 86_400_000
     applied = 0
     for t in range(start, until_ms, 2 * 3_600_000):
-        upto = next((i for i in range(applied, len(decoded)) if decoded[i].ts > t), len(decoded))
+        upto = next((i for i in range(applied, len(decoded)) if decoded[i].ts_ms > t), len(decoded))
         core.apply(decoded[applied:upto])
         applied = upto
         rows.extend(core.snapshot(t))

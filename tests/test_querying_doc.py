@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import msgspec
@@ -35,7 +36,7 @@ def test_every_sql_example_runs_and_the_main_ones_return_rows(catalogue: Path) -
     assert len(blocks) >= 6
     con = duckdb.connect(str(catalogue), read_only=True)
     ordered = sorted(blocks, key=lambda sql: not sql.lstrip().upper().startswith("CREATE"))
-    results = {}
+    results: dict[str, Any] = {}
     for sql in ordered:
         results[sql] = con.sql(sql).fetchall() if not sql.lstrip().upper().startswith(
             "CREATE") else con.execute(sql)

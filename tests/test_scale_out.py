@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
-import pytest
 from kafka import KafkaProducer
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
@@ -32,7 +32,7 @@ def owned(worker: WorkerProcess) -> int:
 
 
 def test_two_workers_share_the_work_and_the_survivor_takes_over(
-    kafka: LocalKafka, tmp_path: pytest.TempPathFactory
+    kafka: LocalKafka, tmp_path: Path
 ) -> None:
     prefix, app_id = f"s{uuid.uuid4().hex[:8]}.", f"pulse-{uuid.uuid4().hex[:8]}"
     rng = random.Random(8)

@@ -125,6 +125,7 @@ def _parquet_rows(data_dir: Path, as_of_s: float) -> list[dict]:
             rel = duckdb.sql(query)
         except duckdb.IOException:
             return None
+        assert rel is not None  # a SELECT always gives a relation
         return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()] or None
 
     return wait_for(rows, 30, f"parquet rows at {as_of_ms}")
