@@ -53,7 +53,6 @@ SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 # The agent's turn lasts as long as a slice: one event-loop round (sleep(0)) moves a
 # message only one step through Faust's fetcher -> stream -> buffer chain.
 AGENT_TURN_S = SLICE_S
-FETCH_MAX_WAIT_MS = 100  # longest a fetch may wait at the broker for new data
 _SEP = "\x1f"
 _encoder = msgspec.msgpack.Encoder()
 
@@ -368,7 +367,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # any pause in draining, that fetch asks only for the idle partitions (e.g. no
         # membership traffic) and the broker holds it 1.5 s while the busy ones wait:
         # measured as 1-1.5 s consumption stalls at a steady 2,000 events/s.
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", 0)
+        if wait_ms:
+            consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
 
@@ -382,15 +383,20 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class PulseApp(faust.App):
-    """faust.App whose Kafka consumer waits at most FETCH_MAX_WAIT_MS per fetch."""
+    """faust.App whose Kafka consumer can wait less than Faust's 1.5 s per fetch
+    (RuntimeConfig.fetch_max_wait_ms; 0 keeps Faust's)."""
+
+    fetch_max_wait_ms = 0
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
 
 
-def faust_app(app_id: str, broker: str, partitions: int) -> faust.App:
+def faust_app(
+    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0
+) -> faust.App:
     """The Faust settings the worker runs with (the benchmark's floor uses them too)."""
-    return PulseApp(
+    app = PulseApp(
         app_id,
         broker=broker,
         # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
@@ -404,11 +410,13 @@ def faust_app(app_id: str, broker: str, partitions: int) -> faust.App:
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=BATCH_MAX_MESSAGES * 2,
     )
+    app.fetch_max_wait_ms = fetch_max_wait_ms
+    return app
 
 
 def build_app(worker: PulseWorker) -> faust.App:
     rt = worker.runtime
-    app = faust_app(rt.app_id, rt.broker, rt.partitions)
+    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms)
     source = app.topic(
         *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions, internal=True
     )

@@ -12,21 +12,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.producer import TOPIC_OF
 from streams.config import MetricConfig, RuntimeConfig
-from streams.worker import FETCH_MAX_WAIT_MS, PulseWorker, faust_app
+from streams.worker import PulseWorker, faust_app
 
 
-def test_consumer_fetch_wait_is_bounded() -> None:
+def test_consumer_fetch_wait_keeps_faust_default_unless_configured() -> None:
     # Faust builds its aiokafka consumer with fetch_max_wait_ms=1500; a fetch that asks
     # only for idle partitions then holds back busy ones that long (benchmarks.md).
-    async def created_consumer_wait() -> int:
-        app = faust_app("test-fetch-wait", "kafka://127.0.0.1:9", 1)
+    # RuntimeConfig.fetch_max_wait_ms (PULSE_FETCH_MAX_WAIT_MS) shortens it, opt-in.
+    async def created_consumer_wait(wait_ms: int) -> int:
+        app = faust_app("test-fetch-wait", "kafka://127.0.0.1:9", 1, wait_ms)
         consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
         try:
             return int(consumer._fetch_max_wait_ms)
         finally:
             await consumer.stop()
 
-    assert asyncio.run(created_consumer_wait()) == FETCH_MAX_WAIT_MS < 1500
+    assert asyncio.run(created_consumer_wait(0)) == 1500
+    assert asyncio.run(created_consumer_wait(100)) == 100
 
 
 NOW_S = 1_795_000_000.0
