@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.producer import EnvelopeProducer
 from schemas.producer import envelopes as to_messages
 from streams.config import DAY_MS, HOUR_MS
 
@@ -204,19 +205,7 @@ def live_events(
 
 
 def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
-    """Send messages to Kafka (kafka-python), keyed by community, and wait for acks."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap.removeprefix("kafka://"),
-        linger_ms=20,
-        batch_size=512 * 1024,
-        max_request_size=2 * 1024 * 1024,
-        acks=1,
-    )
-    try:
+    """Send ready-made messages to Kafka, keyed by community, and wait for acks."""
+    with EnvelopeProducer(bootstrap) as producer:
         for topic, key, value in messages:
-            producer.send(topic, key=key, value=value)
-        producer.flush()
-    finally:
-        producer.close()
+            producer.send_raw(topic, key, value)
