@@ -14,7 +14,8 @@ One run, one real local Kafka broker (streams.devkafka.LocalKafka):
      quix   the same job in Quix Streams (own venv, bench/.venv-quix),
      worker our `community-pulse worker`;
 3. freshness of our worker at a steady 2,000 events/s (produce -> /metrics);
-4. replay vs a DuckDB SQL snapshot over the same JSON-lines file;
+4. replay vs DuckDB SQL computing the same snapshot (every column) from the same
+   JSON-lines file, and a row-by-row comparison of the two outputs;
 5. state memory of PulseCore, and cProfile profiles of our hot paths.
 
 Prints a table, writes bench/results/latest.json and bench/results/latest.md.
@@ -595,6 +596,11 @@ def markdown(r: dict[str, Any]) -> str:
             if x:
                 lines.append(f"| {label} | {x['events_per_s']:,} | {x['seconds']:.1f} | "
                              f"{x['cpu_seconds']:.1f} |")
+        agreement = rp.get("agreement")
+        if agreement:
+            lines += ["", f"Replay vs DuckDB snapshot rows: {agreement['rows_replay']} vs "
+                          f"{agreement['rows_duckdb']}, values differing per column: "
+                          f"{agreement['differing_values'] or 'none'}"]
     for key in ("memory", "memory_generated"):
         mem = r.get(key)
         if not mem:
@@ -741,6 +747,10 @@ def main(argv: list[str] | None = None) -> int:
             x["events_per_s"] = round(x["events"] / x["seconds"])
             replay[mode] = x
             log(f"  {mode}: {x}")
+        replay["agreement"] = run_json(
+            [sys.executable, "-m", "bench.replay_duckdb", "compare", str(work / "replay-replay"),
+             str(work / "replay-duckdb")], work / "replay.log")
+        log(f"  replay vs DuckDB rows: {replay['agreement']}")
         result["replay"] = replay
         log("state memory")
         result["memory"] = run_json([sys.executable, "-m", "bench.state_memory", str(jsonl)],
