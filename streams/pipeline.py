@@ -8,10 +8,10 @@ which `consumed = processed + duplicates + dead_lettered` always holds per topic
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from schemas.events import Event, Rejection, decode_message, newest_ts
+from schemas.events import Event, Rejection, decode_lines, decode_message, newest_ts
 from streams.core import PulseCore
 
 
@@ -48,6 +48,15 @@ class Ingestor:
         """Decode and count one message without applying it (replay sorts first)."""
         stats = self.stats[topic]
         events, rejections = decode_message(value, self.topics[topic], now_ms, key)
+        stats.consumed += len(events) + len(rejections)
+        for rejection in rejections:
+            stats.dead_lettered[rejection.reason] += 1
+        return Ingested(events, rejections)
+
+    def decode_lines(self, topic: str, values: Sequence[bytes], now_ms: int) -> Ingested:
+        """`decode` for many keyless messages at once (see `schemas.events.decode_lines`)."""
+        stats = self.stats[topic]
+        events, rejections = decode_lines(values, self.topics[topic], now_ms)
         stats.consumed += len(events) + len(rejections)
         for rejection in rejections:
             stats.dead_lettered[rejection.reason] += 1

@@ -15,6 +15,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 
 import msgspec
@@ -27,6 +28,7 @@ from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
 
 SOURCE = "replay"
+DECODE_CHUNK = 4096  # messages per decode call
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -125,8 +127,9 @@ def replay(
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events: list[Event] = []
     for path in files:
-        for message in read_messages(path):
-            events.extend(ingestor.decode(SOURCE, message, None, now_ms).events)
+        messages = read_messages(path)
+        while chunk := list(islice(messages, DECODE_CHUNK)):
+            events.extend(ingestor.decode_lines(SOURCE, chunk, now_ms).events)
     events.sort(key=lambda e: e.ts_ms)
     stats = ingestor.stats[SOURCE]
     if not events:

@@ -17,6 +17,7 @@ from schemas.events import (
     EVENT_TYPES,
     MAX_MESSAGE_BYTES,
     Reason,
+    decode_lines,
     decode_message,
 )
 from schemas.producer import envelopes
@@ -121,6 +122,54 @@ def test_envelopes_are_split_below_the_size_limit_and_keyed_by_community() -> No
     assert {(topic, key) for topic, key, _ in messages} == {("community.posts", b"c1")}
     decoded = [e for _, _, value in messages for e in decode(value)[0]]
     assert len(decoded) == 8000
+
+
+# One bad variant of each kind `_check` or msgspec rejects, to mix into valid batches.
+BAD_VARIANTS: list[dict[str, object]] = [
+    {"type": "share"}, {"post_id": None}, {"ts": 946_684_799_999}, {"ts": NOW + 2 * 86_400_000},
+    {"content_kind": "hard"}, {"community_id": "other"}, {"ts": "2026-11-18T10:00:00+01:00"},
+]
+
+
+def _mixed_batches(rng: random.Random) -> list[list[dict]]:
+    """Random batches of valid events of every type, some with one bad variant mixed in."""
+    valid = [{**e, "community_id": "c1"} for community in gen.plan(3, 60, rng)
+             for e in gen.history(community, NOW, 10, rng)]
+    batches = []
+    for size in (8, 9, 30, 200):
+        for _ in range(15):
+            batch = rng.sample(valid, size)
+            if rng.random() < 0.6:
+                i = rng.randrange(size)
+                batch[i] = {k: v for k, v in {**batch[i], **rng.choice(BAD_VARIANTS)}.items()
+                            if v is not None}
+            batches.append(batch)
+    return batches
+
+
+def test_batch_checks_give_the_same_result_as_event_by_event() -> None:
+    for batch in _mixed_batches(random.Random(9)):
+        enveloped = decode(batch, key=b"c1")
+        one_by_one = [decode(event, key=b"c1") for event in batch]
+        assert enveloped[0] == [e for events, _ in one_by_one for e in events]
+        assert [r.reason for r in enveloped[1]] == [r.reason for _, bad in one_by_one
+                                                     for r in bad]
+
+
+def test_decode_lines_equals_decoding_each_line() -> None:
+    rng = random.Random(4)
+    for batch in _mixed_batches(rng):
+        lines = [msgspec.json.encode(e) for e in batch]
+        if rng.random() < 0.3:  # an envelope line, a broken line, an oversized line
+            lines.insert(rng.randrange(len(lines)), rng.choice([
+                msgspec.json.encode(batch[:3]), b"{not json",
+                msgspec.json.encode([post(event_id=str(i), post_id="p" * 200)
+                                     for i in range(5000)])]))
+        events, rejections = decode_lines(lines, ALL, NOW)
+        each = [decode_message(line, ALL, NOW) for line in lines]
+        assert events == [e for ok, _ in each for e in ok]
+        assert [(r.reason, r.raw) for r in rejections] == [(r.reason, r.raw)
+                                                           for _, bad in each for r in bad]
 
 
 def _validator(name: str) -> jsonschema.protocols.Validator:
