@@ -1,8 +1,8 @@
 """(b) The engine floor: a bare Faust agent that only counts messages.
 
-Same Faust settings as `streams.worker.build_app` where they matter (raw serializers,
-in-memory store, partitions, buffer size, `take_events(2000, within=0.05)`), but no
-decode, no table, no core.
+Same Faust settings as `streams.worker.build_app` where they matter (`PulseApp` with the
+worker's default fetch wait, raw serializers, in-memory store, partitions, buffer size,
+`take_events(2000, within=0.05)`), but no decode, no table, no core.
 Usage: faust_floor.py BOOTSTRAP APP_ID STATUS_FILE PARTITIONS TOPIC...
 """
 
@@ -13,13 +13,15 @@ import sys
 import faust
 
 from bench.common import Status
+from streams.config import RuntimeConfig
 from streams.worker import BATCH_MAX_MESSAGES, BATCH_WITHIN_S, faust_app
 
 
 def main(bootstrap: str, app_id: str, status_path: str, partitions: int,
          topics: list[str]) -> None:
     status = Status(status_path)
-    app = faust_app(app_id, f"kafka://{bootstrap}", partitions)  # the worker's settings
+    app = faust_app(app_id, f"kafka://{bootstrap}", partitions,  # the worker's settings
+                    RuntimeConfig().fetch_max_wait_ms)
     source = app.topic(*topics, key_type=bytes, value_type=bytes, partitions=partitions)
     counted = [0]
 

