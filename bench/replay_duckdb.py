@@ -33,7 +33,9 @@ COLUMNS = (
 def snapshot_sql(config: MetricConfig) -> str:
     """The whole snapshot (SPEC sections 2-3, every column) at t = the newest event time,
     as one DuckDB query over a JSON-lines file (parameter 1): the batch limit, and an
-    independent implementation to check the replay's rows against."""
+    independent implementation to check the replay's rows against. It covers what the
+    bench needs: integer `ts`, equal sustainability weights, one SLA for all communities,
+    and duplicates that repeat an event whole."""
     day = DAY_MS
     sla = int(config.sla_hours * HOUR_MS)
     windows = ", ".join(str(w) for w in config.windows_days)
