@@ -103,7 +103,7 @@ _REQUIRED: Final[dict[str, tuple[str, ...]]] = {
 }
 _ITEM_TYPES: Final = frozenset({"post", "reply"})
 _CONTENT_KINDS: Final = frozenset({"ugc", "managed"})
-# The one field per type whose value is an enumeration (as `_check` enforces it).
+# The one field per type whose value is an enumeration (None: left out).
 _ENUM_FIELDS: Final[dict[str, tuple[str, frozenset[str | None]]]] = {
     "reply": ("parent_type", _ITEM_TYPES),
     "like": ("target_type", _ITEM_TYPES),
@@ -268,12 +268,11 @@ def _check(
     for name in _REQUIRED[event.type]:
         if getattr(event, name) is None:
             return Reason.MISSING_FIELD, f"{event.type} needs {name}"
-    if event.type == "reply" and event.parent_type not in _ITEM_TYPES:
-        return Reason.INVALID_FIELD, f"parent_type must be post or reply: {event.parent_type!r}"
-    if event.type in ("like", "view") and event.target_type not in _ITEM_TYPES:
-        return Reason.INVALID_FIELD, f"target_type must be post or reply: {event.target_type!r}"
-    if event.type == "post" and event.content_kind not in (None, *_CONTENT_KINDS):
-        return Reason.INVALID_FIELD, f"content_kind must be ugc or managed: {event.content_kind!r}"
+    enumerated = _ENUM_FIELDS.get(event.type)
+    if enumerated is not None and getattr(event, enumerated[0]) not in enumerated[1]:
+        name, values = enumerated
+        allowed = " or ".join(sorted(v for v in values if v is not None))
+        return Reason.INVALID_FIELD, f"{name} must be {allowed}: {getattr(event, name)!r}"
     ts = event.ts
     ts_ms = (ts - _EPOCH) // _ONE_MS if isinstance(ts, datetime) else ts
     if ts_ms < MIN_TS_MS:

@@ -46,17 +46,16 @@ class Ingestor:
 
     def decode(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode and count one message without applying it (replay sorts first)."""
-        stats = self.stats[topic]
         events, rejections = decode_message(value, self.topics[topic], now_ms, key)
-        stats.consumed += len(events) + len(rejections)
-        for rejection in rejections:
-            stats.dead_lettered[rejection.reason] += 1
-        return Ingested(events, rejections)
+        return self._counted(topic, events, rejections)
 
     def decode_lines(self, topic: str, values: Sequence[bytes], now_ms: int) -> Ingested:
         """`decode` for many keyless messages at once (see `schemas.events.decode_lines`)."""
-        stats = self.stats[topic]
         events, rejections = decode_lines(values, self.topics[topic], now_ms)
+        return self._counted(topic, events, rejections)
+
+    def _counted(self, topic: str, events: list[Event], rejections: list[Rejection]) -> Ingested:
+        stats = self.stats[topic]
         stats.consumed += len(events) + len(rejections)
         for rejection in rejections:
             stats.dead_lettered[rejection.reason] += 1
