@@ -7,8 +7,8 @@ One run, one real local Kafka broker (streams.devkafka.LocalKafka):
    and as batch envelopes (100 events per message, per topic and community), under two
    topic prefixes;
 2. consumes everything from the beginning, one consumer process at a time, each with a
-   fresh consumer group, and measures events/s, CPU seconds per million events
-   (/proc/<pid>/stat) and peak RSS (VmHWM), for
+   fresh consumer group, `--rounds` times in alternating order, and measures events/s,
+   CPU seconds per million events (/proc/<pid>/stat) and peak RSS (VmHWM), for
      raw    aiokafka getmany + msgspec decode (the client limit),
      faust  a bare Faust agent that only counts messages (the engine floor),
      quix   the same job in Quix Streams (own venv, bench/.venv-quix),
@@ -18,6 +18,8 @@ One run, one real local Kafka broker (streams.devkafka.LocalKafka):
    JSON-lines file, and a row-by-row comparison of the two outputs;
 5. state memory of PulseCore, and cProfile profiles of our hot paths.
 
+Rates are medians over the rounds; a ratio is the median of the ratios taken within
+each round, because this machine's speed drifts by 10-30% between minutes.
 Prints a table, writes bench/results/latest.json and bench/results/latest.md.
 Usage: .venv/bin/python bench/run.py [--events N] [--communities N] [--users N]
 """
@@ -308,48 +310,79 @@ def measure(name: str, proc: subprocess.Popen[bytes], expected: int, events: int
     return result
 
 
-def run_consumers(ctx: dict[str, Any], topic_set: str, prefix: str, n_messages: int,
-                  n_events: int, which: list[str], keep_worker: bool
-                  ) -> tuple[dict[str, Any], Any]:
+def run_one(ctx: dict[str, Any], topic_set: str, prefix: str, impl: str, n_messages: int,
+            n_events: int, keep_worker: bool) -> tuple[dict[str, Any], Any]:
+    """One implementation consuming one topic set from the start, in a fresh group."""
     work: Path = ctx["work"]
     bootstrap: str = ctx["bootstrap"]
     topics = [prefix + t for t in DEFAULT_TOPICS]
-    out: dict[str, Any] = {}
-    worker_handle = None
     timeout = ctx["timeout"]
-    for impl in which:
-        tag = f"{topic_set}-{impl}-{int(time.time())}"
-        status_file = str(work / f"{tag}.status")
-        logf = work / f"{tag}.log"
-        log(f"{topic_set}: {impl} consuming {n_events:,} events ({n_messages:,} messages)")
-        if impl == "raw":
-            proc = spawn([sys.executable, "-m", "bench.raw_client", bootstrap, tag, status_file,
-                          *topics], logf)
-            res = measure(impl, proc, n_events, n_events, timeout, 0.2, status_file)
-        elif impl == "faust":
-            proc = spawn([sys.executable, "-m", "bench.faust_floor", bootstrap, tag, status_file,
-                          str(PARTITIONS), *topics], logf)
-            res = measure(impl, proc, n_messages, n_events, timeout, 0.2, status_file)
-        elif impl == "quix":
-            state_dir = work / f"{tag}-state"
-            proc = spawn([ctx["quix_python"], "-m", "bench.quix_job", bootstrap, tag,
-                          status_file, str(state_dir), *topics], logf)
-            res = measure(impl, proc, n_events, n_events, timeout, 0.2, status_file)
-        else:
-            port = free_port()
-            proc = spawn([str(ROOT / ".venv" / "bin" / "community-pulse"), "worker",
-                          "--broker", f"kafka://{bootstrap}", "--data-dir",
-                          str(work / f"{tag}-data"), "--metrics-port", str(port),
-                          "--snapshot-interval", str(SNAPSHOT_INTERVAL_S)],
-                         logf, env={"PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": tag})
-            res = measure(impl, proc, n_events, n_events, timeout, 1.0, port=port)
-            res["metrics_poll_s"] = 1.0
-            if keep_worker and res["status"] == "ok":
-                worker_handle = (proc, port)
-        out[impl] = res
-        if worker_handle is None or worker_handle[0] is not proc:
-            stop(proc)
-    return out, worker_handle
+    tag = f"{topic_set}-{impl}-{int(time.time())}"
+    status_file = str(work / f"{tag}.status")
+    logf = work / f"{tag}.log"
+    log(f"{topic_set}: {impl} consuming {n_events:,} events ({n_messages:,} messages)")
+    worker_handle = None
+    if impl == "raw":
+        proc = spawn([sys.executable, "-m", "bench.raw_client", bootstrap, tag, status_file,
+                      *topics], logf)
+        res = measure(impl, proc, n_events, n_events, timeout, 0.2, status_file)
+    elif impl == "faust":
+        proc = spawn([sys.executable, "-m", "bench.faust_floor", bootstrap, tag, status_file,
+                      str(PARTITIONS), *topics], logf)
+        res = measure(impl, proc, n_messages, n_events, timeout, 0.2, status_file)
+    elif impl == "quix":
+        state_dir = work / f"{tag}-state"
+        proc = spawn([ctx["quix_python"], "-m", "bench.quix_job", bootstrap, tag,
+                      status_file, str(state_dir), *topics], logf)
+        res = measure(impl, proc, n_events, n_events, timeout, 0.2, status_file)
+    else:
+        port = free_port()
+        proc = spawn([str(ROOT / ".venv" / "bin" / "community-pulse"), "worker",
+                      "--broker", f"kafka://{bootstrap}", "--data-dir",
+                      str(work / f"{tag}-data"), "--metrics-port", str(port),
+                      "--snapshot-interval", str(SNAPSHOT_INTERVAL_S)],
+                     logf, env={"PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": tag})
+        res = measure(impl, proc, n_events, n_events, timeout, 1.0, port=port)
+        res["metrics_poll_s"] = 1.0
+        if keep_worker and res["status"] == "ok":
+            worker_handle = (proc, port)
+    if worker_handle is None:
+        stop(proc)
+    return res, worker_handle
+
+
+def run_consumers(ctx: dict[str, Any], topic_set: str, prefix: str, n_messages: int,
+                  n_events: int, which: list[str], keep_worker: bool, rounds: int
+                  ) -> tuple[dict[str, Any], Any]:
+    """Every implementation, `rounds` times, in alternating order (forward, then
+    backward), so that drift in the machine's speed during the run hits all of them
+    alike; ratios are then taken within each round (`paired_ratio`)."""
+    per_impl: dict[str, list[dict[str, Any]]] = {impl: [] for impl in which}
+    worker_handle = None
+    for round_no in range(rounds):
+        order = which if round_no % 2 == 0 else which[::-1]
+        for impl in order:
+            keep = keep_worker and impl == "worker" and round_no == rounds - 1
+            res, handle = run_one(ctx, topic_set, prefix, impl, n_messages, n_events, keep)
+            per_impl[impl].append({"round": round_no + 1, **res})
+            worker_handle = handle or worker_handle
+    return {impl: summarize(runs) for impl, runs in per_impl.items()}, worker_handle
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds that finished (peak RSS: the largest), and every round."""
+    ok = [run for run in runs if run["status"] == "ok" and run.get("events_per_s")]
+    failed = [run["status"] for run in runs if run["status"] != "ok"]
+    summary: dict[str, Any] = {"status": failed[0] if failed else "ok", "rounds": runs}
+    for key in ("events_per_s", "cpu_s_per_million", "startup_s"):
+        values = [run[key] for run in ok if run.get(key) is not None]
+        if values:
+            median = statistics.median(values)
+            summary[key] = round(median) if key == "events_per_s" else round(median, 2)
+    rss = [run["peak_rss_mb"] for run in runs if run.get("peak_rss_mb") is not None]
+    if rss:
+        summary["peak_rss_mb"] = max(rss)
+    return summary
 
 
 # ---- freshness --------------------------------------------------------------------------
@@ -498,32 +531,37 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def paired_ratio(runs: dict[str, Any], impl: str, base: str) -> tuple[float | None, list[float]]:
+    """The median over rounds of impl/base, each taken within one round, and the ratios."""
+    def by_round(name: str) -> dict[int, float]:
+        return {run["round"]: run["events_per_s"] for run in runs.get(name, {}).get("rounds", [])
+                if run["status"] == "ok" and run.get("events_per_s")}
+
+    mine, theirs = by_round(impl), by_round(base)
+    ratios = [round(mine[n] / theirs[n], 2) for n in sorted(mine) if n in theirs]
+    return (round(statistics.median(ratios), 2) if ratios else None), ratios
+
+
 def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
     c = r["consume"]
-
-    def rate(topic_set: str, impl: str) -> float | None:
-        value = c.get(topic_set, {}).get(impl, {}).get("events_per_s")
-        return float(value) if value else None
-
     rows = []
 
     def add(name: str, value: float | None, target: float, higher_is_better: bool,
-            unit: str) -> None:
+            unit: str, rounds: list[float] | None = None) -> None:
         met = None if value is None else (value >= target if higher_is_better
                                           else value <= target)
         op = ">=" if higher_is_better else "<="
         rows.append({"target": name, "value": value, "goal": f"{op} {target}{unit}",
-                     "met": met})
+                     "met": met, **({"rounds": rounds} if rounds else {})})
 
-    add("worker single / bare Faust single", ratio(rate("single", "worker"),
-                                                   rate("single", "faust")),
-        TARGETS["single_vs_faust"], True, "x")
-    add("worker envelopes / Quix envelopes", ratio(rate("envelope", "worker"),
-                                                   rate("envelope", "quix")),
-        TARGETS["envelope_vs_quix"], True, "x")
-    add("worker envelopes / raw client envelopes", ratio(rate("envelope", "worker"),
-                                                         rate("envelope", "raw")),
-        TARGETS["envelope_vs_raw"], True, "x")
+    for label, topic_set, impl, base, target in (
+        ("worker single / bare Faust single", "single", "worker", "faust", "single_vs_faust"),
+        ("worker envelopes / Quix envelopes", "envelope", "worker", "quix", "envelope_vs_quix"),
+        ("worker envelopes / raw client envelopes", "envelope", "worker", "raw",
+         "envelope_vs_raw"),
+    ):
+        value, per_round = paired_ratio(c.get(topic_set, {}), impl, base)
+        add(label, value, TARGETS[target], True, "x", per_round)
     rp = r.get("replay", {})
     add("replay / DuckDB SQL (wall, default threads)",
         ratio(rp.get("replay", {}).get("events_per_s"), rp.get("duckdb", {}).get("events_per_s")),
@@ -565,16 +603,19 @@ def markdown(r: dict[str, Any]) -> str:
         f"({ENVELOPE_SIZE} events per topic and community); single-event topics: the first "
         f"{d['single_events']:,} events in arrival order, {d['single_messages']:,} messages; "
         f"{PARTITIONS} partitions per topic.", "",
-        "| topics | implementation | events/s | CPU s / M events | peak RSS MB | startup s "
-        "| status |",
+        "| topics | implementation | events/s, median (each round) | CPU s / M events "
+        "| peak RSS MB | startup s | status |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     names = {"raw": "raw aiokafka + msgspec", "faust": "bare Faust agent (count only)",
              "quix": "Quix Streams job", "worker": "community-pulse worker"}
     for topic_set, runs in r["consume"].items():
         for impl, res in runs.items():
+            rates = [f"{run['events_per_s']:,}" for run in res.get("rounds", [])
+                     if run.get("events_per_s")]
+            each = f" ({' / '.join(rates)})" if len(rates) > 1 else ""
             lines.append(
-                f"| {topic_set} | {names[impl]} | {res.get('events_per_s', '-'):,} | "
+                f"| {topic_set} | {names[impl]} | {res.get('events_per_s', '-'):,}{each} | "
                 f"{res.get('cpu_s_per_million', '-')} | {res.get('peak_rss_mb', '-')} | "
                 f"{res.get('startup_s', '-')} | {res['status']} |")
     fr = r.get("freshness")
@@ -622,7 +663,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "| target | measured | goal | met |", "| --- | ---: | --- | --- |"]
     for v in r["verdicts"]:
         met = "n/a" if v["met"] is None else ("yes" if v["met"] else "**no**")
-        lines.append(f"| {v['target']} | {v['value']} | {v['goal']} | {met} |")
+        value = v["value"]
+        if len(v.get("rounds", [])) > 1:
+            value = f"{value} (rounds: {', '.join(map(str, v['rounds']))})"
+        lines.append(f"| {v['target']} | {value} | {v['goal']} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -642,6 +686,13 @@ def table(r: dict[str, Any]) -> str:
 # ---- main -------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -656,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=420.0, help="per consumer run")
     parser.add_argument("--only", default="raw,faust,quix,worker",
                         help="comma-separated implementations to consume with")
+    parser.add_argument("--rounds", type=_positive, default=3,
+                        help="consumer runs per implementation, in alternating order; "
+                             "rates are medians, ratios the median of per-round ratios")
     parser.add_argument("--profile-events", type=int, default=200_000)
     parser.add_argument("--memory-users", type=int, default=0,
                         help="also measure state memory with this many generated users "
@@ -724,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep = name == "single" and "worker" in which
                 runs, handle = run_consumers(ctx, name, prefixes[name],
                                              n_msgs[f"{name}_messages"], counted[name], which,
-                                             keep)
+                                             keep, args.rounds)
                 result["consume"][name] = runs
                 if handle is not None:
                     proc, port = handle
