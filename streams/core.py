@@ -281,10 +281,12 @@ class CommunityState:
 
     def _apply_one(self, event: Event, ts: int) -> None:
         kind = event.type
-        user = self.users.get(event.user_id)
+        # One string per user, shared by every community and thread that names them
+        # (msgspec decodes a new one per event).
+        user_id = sys.intern(event.user_id)
+        user = self.users.get(user_id)
         if user is None:
-            # One string per user across communities (msgspec decodes a new one per event).
-            user = self.users[sys.intern(event.user_id)] = _UserLog("q")
+            user = self.users[user_id] = _UserLog("q")
         if kind == "join" or kind == "leave":
             user.add(MEMBERSHIP + ((ts << 1) | (kind == "leave")))
             return
@@ -292,16 +294,16 @@ class CommunityState:
         if kind == "post":
             category = POST
             thread = self._thread(event.post_id, ts)
-            thread.post_ts, thread.author = ts, event.user_id
+            thread.post_ts, thread.author = ts, user_id
         elif kind == "reply":
             category = REPLY_TO_REPLY if event.parent_type == "reply" else REPLY_TO_POST
             thread = self._thread(event.post_id, ts)
-            thread.replies = _keep_two_earliest(thread.replies, ts, event.user_id)
+            thread.replies = _keep_two_earliest(thread.replies, ts, user_id)
         elif kind == "like":
             category = LIKE
             if event.target_type == "post":
                 thread = self._thread(event.target_id, ts)
-                thread.likes = _keep_two_earliest(thread.likes, ts, event.user_id)
+                thread.likes = _keep_two_earliest(thread.likes, ts, user_id)
         else:
             category = VIEW
         user.add(ACTIVITY + ((ts << _CAT_BITS) | category))

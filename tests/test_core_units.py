@@ -437,6 +437,27 @@ def test_same_event_id_in_another_community_is_no_duplicate() -> None:
     assert [r.posts for r in core.snapshot(T)] == [1, 1, 1, 1]
 
 
+def test_user_ids_are_stored_once_per_user() -> None:
+    """Decoded events carry a new string per event; the state keeps one per user, shared
+    by the user table and the threads (a third of the thread memory on long histories)."""
+    decode = msgspec.json.Decoder(Event).decode
+    raw = [b'{"event_id":"1","type":"post","community_id":"c","user_id":"author-1",'
+           b'"ts":%d,"post_id":"p"}' % (T - D),
+           b'{"event_id":"2","type":"reply","community_id":"c","user_id":"replier-1",'
+           b'"ts":%d,"post_id":"p","reply_id":"r","parent_id":"p","parent_type":"post"}'
+           % (T - D + H),
+           b'{"event_id":"3","type":"like","community_id":"c","user_id":"author-1",'
+           b'"ts":%d,"target_id":"p","target_type":"post"}' % (T - H)]
+    core = PulseCore(MetricConfig())
+    core.apply([decode(line) for line in raw])
+    state = core.communities[C]
+    keys = {user_id: user_id for user_id in state.users}
+    thread = state.threads["p"]
+    assert thread.author is keys["author-1"]
+    assert thread.replies[1] is keys["replier-1"]
+    assert thread.likes[1] is keys["author-1"]
+
+
 def test_future_events_wait_until_as_of_reaches_them() -> None:
     core = PulseCore(MetricConfig())
     core.apply([post("a", T + H, "p"), join("b", T + 2 * H, community="later")])
