@@ -454,8 +454,8 @@ def test_user_ids_are_stored_once_per_user() -> None:
     keys = {user_id: user_id for user_id in state.users}
     thread = state.threads["p"]
     assert thread.author is keys["author-1"]
-    assert thread.replies[1] is keys["replier-1"]
-    assert thread.likes[1] is keys["author-1"]
+    assert list(thread.replies)[1] is keys["replier-1"]  # (ts, user)
+    assert list(thread.likes)[1] is keys["author-1"]
 
 
 def test_future_events_wait_until_as_of_reaches_them() -> None:
