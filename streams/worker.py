@@ -201,8 +201,9 @@ class PulseWorker:
             self.dirty[community_id] = None
             by_topic.setdefault(msg.topic, []).extend(events)
             by_partition.setdefault(msg.partition, []).extend(events)
-            # (topic, offset) of the first message is unique and stable across retries.
-            tags.setdefault(msg.partition, f"{msg.topic}@{msg.offset}")
+            if msg.partition not in tags:
+                # (topic, offset) of the first message is unique and stable across retries.
+                tags[msg.partition] = f"{msg.topic}@{msg.offset}"
         if batch:
             # Kafka timestamp of the newest message: how far behind the producers we are.
             lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp)
