@@ -239,8 +239,10 @@ def main(mode: str, path: str, out_dir: str) -> None:
         return
     started, cpu = time.perf_counter(), time.process_time()
     if mode == "replay":
+        from streams.config import tune_gc
         from streams.replay import replay
 
+        tune_gc()  # as `community-pulse replay` runs
         result = replay([Path(path)], out_dir, MetricConfig())
         events, rows = result.stats.consumed, result.rows_written
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu

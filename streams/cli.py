@@ -116,6 +116,7 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     runtime = replace(runtime, **{k: v for k, v in overrides.items() if v is not None})
     if "://" not in runtime.broker:
         runtime = replace(runtime, broker=f"kafka://{runtime.broker}")
+    config_module.tune_gc()
     run(metrics, runtime, loglevel=args.loglevel)
     return 0
 
@@ -125,6 +126,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
+    config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
                     show_progress=sys.stderr.isatty())

@@ -6,6 +6,7 @@ them, and `PULSE_<FIELD>` environment variables override the file. See docs/metr
 
 from __future__ import annotations
 
+import gc
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -15,6 +16,12 @@ from typing import Any, TypeVar
 T = TypeVar("T", "MetricConfig", "RuntimeConfig")
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+# The core's state is many long-lived containers (an array per (community, user), an
+# object per thread) without reference cycles. With CPython's defaults (700, 10, 10) the
+# cyclic GC walks them again and again while the state grows: 1.55 of a replay's 14.7
+# CPU seconds on the bench set, 0.33 of 13.3 with these (docs/benchmarks.md). Young
+# cycles are still collected, only in larger steps.
+GC_THRESHOLDS = (100_000, 50, 10)
 
 
 class ConfigError(ValueError):
@@ -81,6 +88,11 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+
+
+def tune_gc() -> None:
+    """Set GC_THRESHOLDS for this process (the worker and replay commands do)."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _coerce(current: Any, raw: Any, name: str) -> Any:

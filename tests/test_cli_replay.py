@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from sinks.compact import compact
 from sinks.parquet import SnapshotWriter, snapshots_glob
 from streams import config as config_module
 from streams import generate as gen
+from streams.cli import main
 from streams.config import ConfigError, MetricConfig
 from streams.replay import parse_time, replay
 
@@ -85,6 +87,19 @@ def test_replay_as_of_writes_exactly_that_moment_for_every_community_and_window(
         r[1].timestamp() for r in got} == {parse_time(NOW) / 1000}
     assert {(r[0], r[2]) for r in got} == {
         (c.community_id, w) for c in gen.plan(6, 200, random.Random(3)) for w in (7, 28)}
+
+
+def test_replay_command_runs_with_the_tuned_gc_thresholds(
+    events_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        assert main(["replay", str(events_file), "--data-dir", str(tmp_path)]) == 0
+        assert gc.get_threshold() == config_module.GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
+    assert "replayed" in capsys.readouterr().out
 
 
 def test_replay_reads_parquet_event_files_like_json_lines(
