@@ -138,8 +138,10 @@ def decode_message(
         decoded = _batch_decoder.decode(raw)
     except msgspec.DecodeError:
         return _decode_elementwise(raw, allowed_types, now_ms, key)
-    if not isinstance(decoded, list):
-        return _check_all([decoded], allowed_types, now_ms, key, raw)
+    if not isinstance(decoded, list):  # one event, the most common message
+        key_text = key.decode("utf-8", "replace") if key is not None else None
+        problem = _check(decoded, allowed_types, now_ms, key_text)
+        return ([decoded], []) if problem is None else ([], [Rejection(raw, *problem)])
     events, rejections = _check_all(decoded, allowed_types, now_ms, key, raw)
     if rejections:
         # Rare: redo element by element so each rejection carries its original bytes.

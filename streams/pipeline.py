@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from schemas.events import Event, Rejection, decode_lines, decode_message, newest_ts
 from streams.core import PulseCore
@@ -24,8 +25,7 @@ class TopicStats:
     newest_event_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Ingested:
+class Ingested(NamedTuple):  # a tuple: built once per Kafka message, so kept cheap
     events: list[Event]  # valid events, duplicates included (harmless to re-apply)
     rejections: list[Rejection]
 
