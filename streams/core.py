@@ -308,7 +308,7 @@ class CommunityState:
             category = VIEW
         user.add(ACTIVITY + ((ts << _CAT_BITS) | category))
         if category <= REPLY_TO_POST:
-            user.add(CONTRIBUTION + ts)
+            insort(user, CONTRIBUTION + ts)  # below the activity region: never an append
 
     def _thread(self, post_id: str | None, ts: int) -> _Thread:
         assert post_id is not None, "validated by schemas.events"
