@@ -1,0 +1,117 @@
+"""The event contract in columns: an Arrow schema, and a JSON-lines scanner that checks
+the rules of `schemas.events` for a whole file at once.
+
+`scan_json_lines` lets DuckDB parse the file on every core and test each row against
+the same rules as `decode_message`, as SQL. Rows that pass become Arrow columns; every
+other line (an envelope, an RFC 3339 time, a bad event) is handed back by its position
+for `decode_message` to decode or reject with its reason, so both paths accept exactly
+the same events. A file DuckDB cannot parse at all is left wholly to `decode_message`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.events import (
+    _ENUM_FIELDS,
+    _REQUIRED,
+    MAX_FUTURE_MS,
+    MAX_MESSAGE_BYTES,
+    MIN_TS_MS,
+    Event,
+)
+
+STRING_FIELDS: Final = ("event_id", "type", "community_id", "user_id", "post_id",
+                        "content_kind", "reply_id", "parent_id", "parent_type", "target_id",
+                        "target_type")
+EVENT_SCHEMA: Final = pa.schema(
+    [(name, pa.string()) for name in STRING_FIELDS[:4]] + [("ts", pa.int64())]
+    + [(name, pa.string()) for name in STRING_FIELDS[4:]])
+Mask = npt.NDArray[np.bool_]
+_MAX_LENGTH: Final = {"event_id": 128, "type": None, "content_kind": None,
+                      "parent_type": None, "target_type": None}  # others: 256
+
+
+def events_table(events: list[Event]) -> pa.Table:
+    """Validated events (ts normalised to epoch ms) as columns of EVENT_SCHEMA."""
+    return pa.table({name: [getattr(e, name) for e in events] for name in EVENT_SCHEMA.names},
+                    schema=EVENT_SCHEMA)
+
+
+@dataclass
+class Scan:
+    """A file's lines as EVENT_SCHEMA rows, one per non-blank line in file order, and
+    which of them passed; the lines of the rest are left to `decode_message`."""
+
+    table: pa.Table
+    ok: Mask
+
+
+def _true(flags: pa.ChunkedArray | pa.Array) -> Mask:
+    """A boolean column as a mask, null counting as false."""
+    return pc.fill_null(flags, False).to_numpy(zero_copy_only=False)
+
+
+def _is_in(column: pa.ChunkedArray, values: frozenset[str]) -> Mask:
+    return _true(pc.is_in(column, pa.array(sorted(values), pa.string())))
+
+
+def _accepted(rows: pa.Table, allowed_types: frozenset[str], now_ms: int) -> Mask:
+    """Per row: `decode_message` surely accepts it unchanged (with an epoch-ms `ts`).
+    The rest go through `decode_message`, which normalises or rejects them."""
+    ts = rows["ts"]
+    ok = _true(rows["ts_is_int"]) & _true(pc.and_(pc.greater_equal(ts, MIN_TS_MS),
+                                                  pc.less_equal(ts, now_ms + MAX_FUTURE_MS)))
+    present = {name: ~_true(pc.is_null(rows[name])) for name in STRING_FIELDS}
+    for name in STRING_FIELDS:  # absent or null (None), or a string of allowed length
+        string = rows[f"{name}_is_str"]
+        limit = _MAX_LENGTH.get(name, 256)
+        if limit:  # ids and names: 1 to `limit` characters
+            string = pc.and_(string, pc.and_(pc.greater(rows[f"{name}_len"], 0),
+                                             pc.less_equal(rows[f"{name}_len"], limit)))
+        ok &= ~present[name] | _true(string)
+    kind = rows["type"]
+    ok &= present["event_id"] & present["community_id"] & present["user_id"]
+    ok &= _is_in(kind, allowed_types & frozenset(_REQUIRED))
+    for type_name, required in _REQUIRED.items():
+        needs = np.ones(len(ok), dtype=np.bool_)
+        for name in required:
+            needs &= present[name]
+        enum = _ENUM_FIELDS.get(type_name)
+        if enum is not None:
+            name, values = enum
+            allowed = _is_in(rows[name], frozenset(v for v in values if v is not None))
+            needs &= allowed | ~present[name] if None in values else allowed
+        ok &= ~_is_in(kind, frozenset({type_name})) | needs
+    return ok
+
+
+def scan_json_lines(path: Path, allowed_types: frozenset[str], now_ms: int) -> Scan | None:
+    """Every non-blank line of the file as a row, and which are valid events; None
+    when DuckDB cannot read the file (then `decode_message` takes every line)."""
+    columns = ", ".join(f"{name}: 'JSON'" for name in (*STRING_FIELDS, "ts"))
+    fields = ", ".join(f"{name} ->> '$' AS {name}, starts_with({name}::VARCHAR, '\"') AS "
+                       f"{name}_is_str, length({name} ->> '$') AS {name}_len"
+                       for name in STRING_FIELDS)
+    query = f"""
+        SELECT {fields}, json_type(ts) IN ('UBIGINT', 'BIGINT') AS ts_is_int,
+               TRY_CAST(ts::VARCHAR AS BIGINT) AS ts
+        FROM read_json($path, format = 'newline_delimited', columns = {{{columns}}},
+                       maximum_object_size = {MAX_MESSAGE_BYTES}, ignore_errors = true)"""
+    con = duckdb.connect()
+    try:
+        rows = con.sql(query, params={"path": str(path)}).to_arrow_table()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    return Scan(rows.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA),
+                _accepted(rows, allowed_types, now_ms))

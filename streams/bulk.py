@@ -1,0 +1,331 @@
+"""Bulk ingest for the core: a large batch of events as numpy columns, applied at once.
+
+`apply_columns` leaves a `PulseCore` in exactly the state that `PulseCore.apply` of the
+same events, one by one in column order, would: the same deduplication (first wins, per
+community, UTC day and id hash), the same sorted user logs, event-type logs and thread
+summaries. It works per community, user and thread where `CommunityState.apply` works
+per event, so a replay of history costs a few sorts instead of ~15,000 interpreter
+instructions per event. Pure like the core: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streams.config import DAY_MS
+from streams.core import (
+    _CAT_BITS,
+    ACTIVITY,
+    CONTRIBUTION,
+    LIKE,
+    MEMBERSHIP,
+    POST,
+    REPLY_TO_POST,
+    REPLY_TO_REPLY,
+    VIEW,
+    CommunityState,
+    Earliest,
+    PulseCore,
+    _keep_two_earliest,
+    _Thread,
+    _UserLog,
+)
+
+Ints = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+JOIN, LEAVE = VIEW + 1, VIEW + 2  # event codes beyond the activity categories
+_CODES: Final = {"post": POST, "reply": REPLY_TO_POST, "like": LIKE, "view": VIEW,
+                 "join": JOIN, "leave": LEAVE}  # a reply to a reply is refined below
+_KIND_OF: Final = ("post", "reply", "reply", "like", "view")  # per activity category
+
+
+def _encoded(column: pa.ChunkedArray | pa.Array) -> tuple[Ints, list[str]]:
+    """Dictionary codes of a string column (null: -1), and the strings they stand for."""
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
+    return codes, encoded.dictionary.to_pylist()
+
+
+def _is(column: pa.ChunkedArray, value: str) -> Mask:
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    """Validated events as columns; strings are codes into shared name lists."""
+
+    community: Ints
+    communities: list[str]
+    user: Ints
+    users: list[str]  # interned, like the per-event path's user ids
+    ts: Ints  # epoch ms
+    id_hash: Ints  # hash(event_id), as the core keeps ids
+    code: Ints  # activity category (core.POST ... core.VIEW), JOIN or LEAVE
+    item: Ints  # the thread a post, reply or like of a post touches; -1: none
+    items: list[str]
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> EventColumns:
+        """From schemas.columnar.EVENT_SCHEMA columns (`ts` in epoch ms)."""
+        community, communities = _encoded(table["community_id"])
+        user, users = _encoded(table["user_id"])
+        types, type_names = _encoded(table["type"])
+        # (Rows of other types, or with nulls, may be present: the caller drops them.)
+        code = np.array([*(_CODES.get(t, -1) for t in type_names), -1])[types]  # null: -1
+        code[(code == REPLY_TO_POST) & _is(table["parent_type"], "reply")] = REPLY_TO_REPLY
+        # A post or reply names its thread in post_id, a like of a post in target_id.
+        by_post = np.flatnonzero(code <= REPLY_TO_POST)
+        by_target = np.flatnonzero((code == LIKE) & _is(table["target_type"], "post"))
+        item_codes, items = _encoded(pa.chunked_array(
+            [*table["post_id"].take(by_post).chunks, *table["target_id"].take(by_target).chunks],
+            type=pa.string()))
+        item = np.full(table.num_rows, -1, dtype=np.int64)
+        item[by_post], item[by_target] = item_codes[:len(by_post)], item_codes[len(by_post):]
+        return cls(
+            community=community, communities=communities,
+            user=user, users=[sys.intern(u) for u in users],
+            ts=pc.fill_null(table["ts"], 0).to_numpy().astype(np.int64),
+            id_hash=np.fromiter(map(hash, table["event_id"].to_pylist()), np.int64,
+                                table.num_rows),  # (hash(None) is fine for dropped rows)
+            code=code, item=item, items=items)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, rows: Ints | slice) -> EventColumns:
+        """These rows, in this order (the name lists are shared)."""
+        return replace(self, community=self.community[rows], user=self.user[rows],
+                       ts=self.ts[rows], id_hash=self.id_hash[rows], code=self.code[rows],
+                       item=self.item[rows])
+
+
+def _runs(keys: Ints) -> list[int]:
+    """Start offsets of the runs of equal keys in a sorted array, then its length."""
+    if len(keys) == 0:
+        return []
+    return [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
+
+
+def apply_columns(core: PulseCore, events: EventColumns) -> int:
+    """Apply the events in column order; return how many were duplicates."""
+    if len(events) == 0:
+        return 0
+    states = [core.state(name) for name in events.communities]
+    kept = events.take(np.flatnonzero(_first_sightings(states, events)))
+    if len(kept):
+        _merge_user_logs(states, kept)
+        _merge_kind_logs(states, kept)
+        _merge_threads(states, kept)
+    return len(events) - len(kept)
+
+
+def _first_sightings(states: list[CommunityState], events: EventColumns) -> Mask:
+    """Which events are no duplicates: first of their (community, day, id hash) in the
+    columns, and not seen by their community before. Records the new ids there."""
+    days = events.ts // DAY_MS
+    first_day = int(days.min())
+    span = int(days.max()) - first_day + 1
+    bucket = events.community * span + (days - first_day)
+    order = np.argsort(bucket, kind="stable")  # column order within a bucket
+    ids = events.id_hash[order].tolist()
+    keep = np.ones(len(order), dtype=np.bool_)
+    repeats: list[int] = []  # positions in `order`
+    repeated: list[Ints] = []  # position ranges of new days that repeat an id
+    runs = _runs(bucket[order])
+    for start, end, key in zip(runs, runs[1:], bucket[order][runs[:-1]].tolist(),
+                               strict=False):
+        state, day = states[key // span], key % span + first_day
+        chunk = ids[start:end]
+        seen, frozen = state._seen_by_day.get(day), state._frozen_by_day.get(day)
+        if seen is None and frozen is None:  # the usual case: a new day
+            seen = state._seen_by_day[day] = set(chunk)
+            if len(seen) < end - start:
+                repeated.append(np.arange(start, end))
+            continue
+        if seen is None:
+            seen = state._seen_by_day[day] = set()
+        known = seen
+        if frozen is not None:
+            old = np.isin(np.array(chunk, dtype=np.int64), np.frombuffer(frozen, np.int64))
+            known = seen | set(np.array(chunk)[old].tolist())
+        found = _repeats(chunk, known, 0)
+        repeats.extend(start + i for i in found)
+        skip = set(found)
+        seen.update(h for i, h in enumerate(chunk) if i not in skip)
+    keep[order[repeats]] = False
+    if repeated:  # every occurrence of an id after its first, for all such days at once
+        at = order[np.concatenate(repeated)]
+        by_id = at[np.lexsort((events.id_hash[at], bucket[at]))]  # stable: first leads
+        again = np.zeros(len(by_id), dtype=np.bool_)
+        again[1:] = ((bucket[by_id][1:] == bucket[by_id][:-1])
+                     & (events.id_hash[by_id][1:] == events.id_hash[by_id][:-1]))
+        keep[by_id[again]] = False
+    return keep
+
+
+def _repeats(chunk: list[int], seen: set[int], offset: int) -> list[int]:
+    """Positions (plus offset) of the ids in the chunk already seen, or seen earlier in it."""
+    found = []
+    seen = set(seen)
+    for i, id_hash in enumerate(chunk):
+        if id_hash in seen:
+            found.append(offset + i)
+        else:
+            seen.add(id_hash)
+    return found
+
+
+def _merge_user_logs(states: list[CommunityState], events: EventColumns) -> None:
+    """Each event's user-log entries (the regions in streams.core), merged per
+    (community, user) into that user's sorted log."""
+    code, ts = events.code, events.ts
+    activity, contributing = code <= VIEW, code <= REPLY_TO_POST
+    membership = ~activity
+    # Region by region, so entries of time-ordered events are mostly in order already.
+    entries = np.concatenate([
+        MEMBERSHIP + ((ts[membership] << 1) | (code[membership] == LEAVE)),
+        CONTRIBUTION + ts[contributing],
+        ACTIVITY + ((ts[activity] << _CAT_BITS) | code[activity]),
+    ])
+    n_users = len(events.users)
+    pair = events.community * n_users + events.user
+    order = np.argsort(np.concatenate([pair[membership], pair[contributing], pair[activity]]),
+                       kind="stable")
+    pairs, entries = np.concatenate(
+        [pair[membership], pair[contributing], pair[activity]])[order], entries[order]
+    runs = _runs(pairs)
+    unsorted = np.zeros(len(pairs), dtype=np.bool_)
+    unsorted[1:] = entries[1:] < entries[:-1]
+    unsorted_until = np.cumsum(unsorted)  # a run needs sorting when this grows inside it
+    for start, end, key in zip(runs, runs[1:], pairs[runs[:-1]].tolist(), strict=False):
+        logs = states[key // n_users].users
+        user_id = events.users[key % n_users]
+        chunk = entries[start:end]
+        if unsorted_until[end - 1] != unsorted_until[start]:
+            chunk = np.sort(chunk)
+        log = logs.get(user_id)
+        if log is None:
+            logs[user_id] = _UserLog("q", chunk.tobytes())
+        elif not log or chunk[0] >= log[-1]:
+            log.frombytes(chunk.tobytes())
+        else:
+            merged = np.concatenate([np.frombuffer(log, dtype=np.int64), chunk])
+            merged.sort()
+            logs[user_id] = _UserLog("q", merged.tobytes())
+
+
+def _merge_kind_logs(states: list[CommunityState], events: EventColumns) -> None:
+    """Each activity's time into its community's log of that event type, in order."""
+    rows = np.flatnonzero(events.code <= VIEW)
+    kind = np.where(events.code[rows] == REPLY_TO_REPLY, REPLY_TO_POST, events.code[rows])
+    key = events.community[rows] * 8 + kind
+    order = np.argsort(key, kind="stable")
+    key, stamps = key[order], events.ts[rows][order]
+    runs = _runs(key)
+    for start, end, k in zip(runs, runs[1:], key[runs[:-1]].tolist(), strict=False):
+        log = states[k // 8].kinds[_KIND_OF[k % 8]]
+        chunk = stamps[start:end]
+        if (log.items and chunk[0] < log.items[-1]) or bool(np.any(chunk[1:] < chunk[:-1])):
+            log._dirty = True
+        log.items.frombytes(chunk.tobytes())
+
+
+def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
+    """Posts, replies and likes of posts into their threads (see core._Thread)."""
+    rows = np.flatnonzero(events.item >= 0)
+    if len(rows) == 0:
+        return
+    n_items = len(events.items)
+    key = events.community[rows] * n_items + events.item[rows]
+    # (ts, user) as Python orders the pair: user ids by code point (= UTF-8 byte order).
+    rank = np.empty(len(events.users), dtype=np.int64)
+    rank[pc.array_sort_indices(pa.array(events.users)).to_numpy()] = np.arange(len(rank))
+    by_time = rows[_order_by(key, events.ts[rows], rank[events.user[rows]])]
+    k, ts, user, code = (events.community[by_time] * n_items + events.item[by_time],
+                         events.ts[by_time], events.user[by_time], events.code[by_time])
+    runs = _runs(k)
+    keys, newest = k[runs[:-1]], ts[np.array(runs[1:]) - 1]
+    replies = _earliest_pairs(keys, k, ts, user, (code != POST) & (code != LIKE), events.users)
+    likes = _earliest_pairs(keys, k, ts, user, code == LIKE, events.users)
+    # The last post applied (in column order) names the thread's time and author.
+    posts = rows[events.code[rows] == POST]
+    post_keys = events.community[posts] * n_items + events.item[posts]
+    last = np.full(len(keys), -1, dtype=np.int64)
+    last[np.searchsorted(keys, post_keys)] = posts  # later rows overwrite earlier ones
+    has_post = last >= 0
+    post_ts = np.where(has_post, events.ts[last], -1).tolist()
+    authors = [events.users[u] if u >= 0 else None
+               for u in np.where(has_post, events.user[last], -1).tolist()]
+    names = events.items
+    for key_, newest_ts, reply, like, posted, author in zip(
+            keys.tolist(), newest.tolist(), replies, likes, post_ts, authors, strict=True):
+        threads = states[key_ // n_items].threads
+        post_id = names[key_ % n_items]
+        thread = threads.get(post_id)
+        if thread is None:  # the usual case in a replay: nothing to merge with
+            thread = threads[post_id] = _Thread()
+            thread.newest = newest_ts
+            if reply:
+                thread.replies = reply
+            if like:
+                thread.likes = like
+        else:
+            thread.newest = max(thread.newest, newest_ts)
+            if reply:
+                thread.replies = _merged(thread.replies, reply)
+            if like:
+                thread.likes = _merged(thread.likes, like)
+        if author is not None:
+            thread.post_ts, thread.author = posted, author
+
+
+def _order_by(key: Ints, ts: Ints, rank: Ints) -> Ints:
+    """Row order by (key, ts, rank). Rows already in time order (a replay's) need only
+    a stable sort by key; anything else gets the full three-key sort."""
+    order = np.argsort(key, kind="stable")
+    k, t, r = key[order], ts[order], rank[order]
+    same = k[1:] == k[:-1]
+    if np.any(same & ((t[1:] < t[:-1]) | ((t[1:] == t[:-1]) & (r[1:] < r[:-1])))):
+        return np.lexsort((rank, ts, key))
+    return order
+
+
+def _merged(entries: Earliest, found: Earliest) -> Earliest:
+    """A thread's summary of its earliest entries, with more entries' summary folded in."""
+    for i in range(0, len(found), 2):
+        entries = _keep_two_earliest(entries, found[i], found[i + 1])  # type: ignore[arg-type]
+    return entries
+
+
+def _earliest_pairs(keys: Ints, k: Ints, ts: Ints, user: Ints, mask: Mask,
+                    users: list[str]) -> list[Earliest]:
+    """Per key of `keys`, among the masked rows (sorted by key, ts, user): the first
+    (ts, user), then the first by another user, as core._keep_two_earliest keeps them;
+    () for none."""
+    rows = np.flatnonzero(mask)
+    k, t, u = k[rows], ts[rows], user[rows]
+    first = np.ones(len(k), dtype=np.bool_)
+    first[1:] = k[1:] != k[:-1]
+    leader = np.maximum.accumulate(np.where(first, np.arange(len(k)), 0))
+    other = u != u[leader]
+    # The first row of each key's group whose user differs from the group's first.
+    seen_other = np.cumsum(other)
+    before = np.where(first, seen_other - other, 0)
+    second = other & (seen_other - before[leader] == 1)
+    t0, u0, t1, u1 = (np.full(len(keys), -1, dtype=np.int64) for _ in range(4))
+    at = np.searchsorted(keys, k[first])
+    t0[at], u0[at] = t[first], u[first]
+    at = np.searchsorted(keys, k[second])
+    t1[at], u1[at] = t[second], u[second]
+    return [() if a < 0 else (a, users[b]) if c < 0 else (a, users[b], c, users[d])
+            for a, b, c, d in zip(t0.tolist(), u0.tolist(), t1.tolist(), u1.tolist(),
+                                  strict=True)]

@@ -1,0 +1,109 @@
+"""Bulk ingest (streams.bulk) builds exactly the state that per-event `apply` builds.
+
+Same random logs as the property tests (duplicates, ties, threads without posts, likes
+of replies, joins and leaves), split at a random point: both cores apply the first part
+one event at a time, optionally expire, then one applies the rest one by one and the
+other in bulk. Every user log, event-type log, thread and deduplication set must agree,
+and so must the duplicate counts and the snapshots.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.columnar import events_table
+from schemas.events import Event
+from streams.bulk import EventColumns, apply_columns
+from streams.config import DAY_MS, MetricConfig
+from streams.core import PulseCore
+
+try:
+    from tests.test_core_properties import (
+        AS_OFS,
+        CONFIG_IDS,
+        CONFIGS,
+        _rows,
+        _with_duplicates,
+        event_logs,
+    )
+except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
+    from test_core_properties import (  # type: ignore[no-redef]
+        AS_OFS,
+        CONFIG_IDS,
+        CONFIGS,
+        _rows,
+        _with_duplicates,
+        event_logs,
+    )
+
+
+def state_of(core: PulseCore) -> dict[str, Any]:
+    """Everything a community keeps, in comparable form."""
+    return {
+        cid: {
+            "users": {uid: list(log) for uid, log in s.users.items()},
+            "kinds": {kind: list(log.view()) for kind, log in s.kinds.items()},
+            "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest)
+                        for pid, th in s.threads.items()},
+            "seen": {d: ids for d, ids in s._seen_by_day.items() if ids},
+            "frozen": {d: list(ids) for d, ids in s._frozen_by_day.items()},
+        }
+        for cid, s in core.communities.items()
+    }
+
+
+def columns(events: list[Event]) -> EventColumns:
+    return EventColumns.from_table(events_table(events))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), rnd=st.randoms(use_true_random=False),
+       expire_days=st.sampled_from((None, 0, 2, 40)))
+def test_bulk_apply_builds_the_same_state_as_per_event_apply(
+        config: MetricConfig, data: st.DataObject, rnd: random.Random,
+        expire_days: int | None) -> None:
+    arrived = _with_duplicates(data.draw(event_logs(config), label="events"), rnd)
+    split = rnd.randint(0, len(arrived))
+    one_by_one, bulk = PulseCore(config), PulseCore(config)
+    for core in (one_by_one, bulk):
+        core.apply(arrived[:split])
+        if expire_days is not None:
+            core.expire(AS_OFS[0] - expire_days * DAY_MS)
+    rest = arrived[split:]
+    assert apply_columns(bulk, columns(rest)) == one_by_one.apply(rest)
+    assert state_of(bulk) == state_of(one_by_one)
+    for as_of in AS_OFS:
+        assert _rows(bulk, as_of) == _rows(one_by_one, as_of)
+
+
+def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:
+    """First sighting wins a duplicate id; the last post of a post id names its author;
+    (ts, user) ties order users as Python compares them, non-ASCII included."""
+    t = 1_710_028_800_000
+    events = [
+        Event("e1", "post", "c", "zoë", t, post_id="p"),
+        Event("e1", "post", "c", "bob", t, post_id="q"),  # duplicate id: ignored
+        Event("e2", "post", "c", "ann", t, post_id="p"),  # same post again: last wins
+        Event("e3", "reply", "c", "zoë", t + 5, post_id="p", reply_id="r1", parent_id="p",
+              parent_type="post"),
+        Event("e4", "reply", "c", "Zed", t + 5, post_id="p", reply_id="r2", parent_id="p",
+              parent_type="post"),
+        Event("e5", "reply", "c", "Émile", t + 5, post_id="p", reply_id="r3", parent_id="r1",
+              parent_type="reply"),
+        Event("e6", "like", "c", "ann", t + 1, target_id="p", target_type="post"),
+        Event("e7", "like", "c", "bob", t + 2, target_id="r1", target_type="reply"),
+    ]
+    one_by_one, bulk = PulseCore(MetricConfig()), PulseCore(MetricConfig())
+    assert one_by_one.apply(events) == apply_columns(bulk, columns(events)) == 1
+    assert state_of(bulk) == state_of(one_by_one)
+    thread = bulk.communities["c"].threads["p"]
+    assert thread.author == "ann"
+    assert thread.replies == (t + 5, "Zed", t + 5, "zoë")  # "É" sorts after "z"
+    assert thread.likes == (t + 1, "ann")
