@@ -1,0 +1,152 @@
+"""The DuckDB scan of JSON lines (schemas.columnar) vouches only for lines that
+`decode_message` accepts unchanged, and reads them to the same values.
+
+Lines are random objects built from field values at every edge the decoder knows:
+wrong JSON types, empty and over-long strings (in code points, not bytes), escapes and
+non-ASCII text, nulls, missing fields, every type with and without its required fields
+and enumerations, integer, float, string and out-of-range times; plus envelopes, blank
+lines and lines that are not JSON at all. For each line the scan accepts, the decoder
+must return one event with exactly the scanned values; the lines the scan leaves alone
+go through the decoder in the replay, so the replay's events and counts equal those of
+decoding each line.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.columnar import EVENT_SCHEMA, scan_json_lines
+from schemas.events import DEFAULT_TOPICS, EVENT_TYPES, MAX_FUTURE_MS, MIN_TS_MS, decode_message
+from streams.config import MetricConfig
+from streams.replay import replay
+
+NOW = 1_795_000_000_000  # 2026-11-18
+ALL = frozenset(EVENT_TYPES)
+
+VALID_TEXT = st.sampled_from([  # fine for every id (1-128 code points), tricky to parse
+    "a", "p1", "ü/3", "é" * 128, "e\u0301", 'quote"inside', "back\\slash", "tab\tnew\nline",
+    "\u2028", "🙂" * 64, "123", "null", "true", "{}", " ", "post", "\x00",
+])
+TEXT = st.one_of(VALID_TEXT, st.sampled_from(["", "é" * 129, "x" * 256, "x" * 257,
+                                              "🙂" * 200, "POST"]))
+VALUE = st.one_of(TEXT, st.none(), st.integers(-5, 10**20), st.floats(), st.booleans(),
+                  st.just([]), st.just({"x": 1}))
+VALID_TIME = st.integers(MIN_TS_MS, NOW + MAX_FUTURE_MS)
+TIME = st.one_of(
+    st.integers(MIN_TS_MS - 2, MIN_TS_MS + 2),
+    st.sampled_from([NOW + MAX_FUTURE_MS, NOW + MAX_FUTURE_MS + 1, -1, 0, 2**63, 2**64]),
+    st.sampled_from(["2026-11-18T10:00:00Z", "2026-11-18T10:00:00", "1795000000000",
+                     1795000000000.0, 1.7e12, None, True]),
+)
+FIELDS = ("event_id", "type", "community_id", "user_id", "post_id", "content_kind",
+          "reply_id", "parent_id", "parent_type", "target_id", "target_type")
+
+
+@st.composite
+def lines(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(EVENT_TYPES))
+    event: dict[str, Any] = {"type": kind, "ts": draw(VALID_TIME), "event_id": draw(VALID_TEXT),
+                             "community_id": draw(VALID_TEXT), "user_id": draw(VALID_TEXT)}
+    for name in ("post_id", "reply_id", "parent_id", "target_id"):
+        if draw(st.booleans()):
+            event[name] = draw(VALID_TEXT)
+    event["parent_type"] = event["target_type"] = draw(st.sampled_from(["post", "reply"]))
+    if draw(st.booleans()):
+        event["content_kind"] = draw(st.sampled_from(["ugc", "managed", None]))
+    for name in draw(st.lists(st.sampled_from((*FIELDS, "ts")), max_size=2)):  # breakage
+        choice = draw(st.sampled_from(["missing", "value", "time", "type"]))
+        if choice == "missing":
+            event.pop(name, None)
+        elif choice == "type":
+            event["type"] = draw(st.sampled_from(["bogus", "Post", None, 1]))
+        else:
+            event[name] = draw(TIME if choice == "time" else VALUE)
+    event["extra"] = draw(VALUE)  # ignored by both
+    shape = draw(st.sampled_from(["object"] * 16 + ["envelope", "garbage", "blank", "ws"]))
+    if shape == "envelope":
+        return msgspec.json.encode([event, event])
+    if shape == "garbage":
+        return draw(st.sampled_from([b"{not json", b'"text"', b"42", b"[1,", b'{"a":1} {"b":2}']))
+    if shape in ("blank", "ws"):
+        return b"" if shape == "blank" else b"  \t "
+    return msgspec.json.encode(event)
+
+
+def _row_values(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in row.items() if value is not None}
+
+
+def assert_scan_agrees(path: Path, file_lines: list[bytes], allowed: frozenset[str]) -> None:
+    """Every line the scan vouches for decodes, unchanged, to the scanned values."""
+    path.write_bytes(b"\n".join(file_lines) + b"\n")
+    scan = scan_json_lines(path, allowed, NOW)
+    assert scan is not None
+    messages = [line for line in file_lines if line.strip()]
+    assert scan.table.num_rows == len(messages)  # row i is non-blank line i
+    assert scan.table.schema == EVENT_SCHEMA
+    for message, ok, row in zip(messages, scan.ok, scan.table.to_pylist(), strict=True):
+        if ok:
+            events, rejections = decode_message(message, allowed, NOW)
+            assert not rejections and len(events) == 1, message
+            assert _row_values(row) == _row_values(msgspec.structs.asdict(events[0])), message
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(lines(), min_size=1, max_size=60), st.sampled_from(
+    [ALL, DEFAULT_TOPICS["community.posts"], frozenset({"like", "join"})]))
+def test_the_scan_vouches_only_for_what_the_decoder_accepts_unchanged(
+        tmp_path_factory: pytest.TempPathFactory, file_lines: list[bytes],
+        allowed: frozenset[str]) -> None:
+    assert_scan_agrees(tmp_path_factory.mktemp("scan") / "events.jsonl", file_lines, allowed)
+
+
+def test_the_scan_agrees_on_every_limit(tmp_path: Path) -> None:
+    """Each field at and just past its limits, one change to a valid event per line."""
+    base = {"event_id": "e", "type": "reply", "community_id": "c", "user_id": "u",
+            "ts": NOW, "post_id": "p", "reply_id": "r", "parent_id": "p",
+            "parent_type": "post"}
+    changes: list[dict[str, Any]] = [{}]
+    for name, limit in (("event_id", 128), *((n, 256) for n in (
+            "community_id", "user_id", "post_id", "reply_id", "parent_id"))):
+        for text in ("", "x" * limit, "x" * (limit + 1), "é" * limit, "é" * (limit + 1),
+                     "🙂" * limit, "🙂" * (limit + 1)):
+            changes.append({name: text})
+    for ts in (MIN_TS_MS - 1, MIN_TS_MS, NOW + MAX_FUTURE_MS, NOW + MAX_FUTURE_MS + 1,
+               float(NOW), str(NOW), 2**63, -(2**63) - 1):
+        changes.append({"ts": ts})
+    for name in ("parent_type", "type"):
+        for value in ("post", "reply", "Reply", "", None, 1):
+            changes.append({name: value})
+    file_lines = [msgspec.json.encode(base | change) for change in changes]
+    assert_scan_agrees(tmp_path / "limits.jsonl", file_lines, ALL)
+    scan = scan_json_lines(tmp_path / "limits.jsonl", ALL, NOW)
+    assert scan is not None and 20 < int(scan.ok.sum()) < len(file_lines)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(lines(), min_size=1, max_size=60), st.randoms(use_true_random=False))
+def test_replay_counts_every_line_as_decoding_each_line_would(
+        tmp_path_factory: pytest.TempPathFactory, file_lines: list[bytes],
+        rnd: random.Random) -> None:
+    work = tmp_path_factory.mktemp("replay")
+    path = work / "events.jsonl"
+    path.write_bytes(b"\n".join(file_lines) + b"\n")
+    result = replay([path], work / "data", MetricConfig(), now_ms=NOW)
+    accepted, reasons = 0, {}
+    for line in file_lines:
+        if line.strip():
+            events, rejections = decode_message(line, ALL, NOW)
+            accepted += len(events)
+            for rejection in rejections:
+                reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
+    stats = result.stats
+    assert stats.consumed == accepted + sum(reasons.values())
+    assert stats.processed + stats.duplicates == accepted
+    assert dict(stats.dead_lettered) == reasons
