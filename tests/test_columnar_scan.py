@@ -14,6 +14,7 @@ decoding each line.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -139,13 +140,13 @@ def test_replay_counts_every_line_as_decoding_each_line_would(
     path = work / "events.jsonl"
     path.write_bytes(b"\n".join(file_lines) + b"\n")
     result = replay([path], work / "data", MetricConfig(), now_ms=NOW)
-    accepted, reasons = 0, {}
+    accepted, reasons = 0, Counter[str]()
     for line in file_lines:
         if line.strip():
             events, rejections = decode_message(line, ALL, NOW)
             accepted += len(events)
             for rejection in rejections:
-                reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
+                reasons[rejection.reason] += 1
     stats = result.stats
     assert stats.consumed == accepted + sum(reasons.values())
     assert stats.processed + stats.duplicates == accepted
