@@ -64,22 +64,27 @@ def _is_in(column: pa.ChunkedArray, values: frozenset[str]) -> Mask:
     return _true(pc.is_in(column, pa.array(sorted(values), pa.string())))
 
 
+def _shape_sql() -> str:
+    """SQL, per row: every field is absent, null, or a string of allowed length (code
+    points, as msgspec counts), and `ts` is a JSON integer."""
+    rules = ["json_type(ts) IN ('UBIGINT', 'BIGINT')"]
+    for name in STRING_FIELDS:
+        limit = _MAX_LENGTH.get(name, 256)
+        length = f" AND length({name} ->> '$') BETWEEN 1 AND {limit}" if limit else ""
+        rules.append(f"({name} IS NULL OR {name} ->> '$' IS NULL OR "
+                     f"(starts_with({name}::VARCHAR, '\"'){length}))")
+    return "coalesce(" + " AND ".join(rules) + ", false)"
+
+
 def _accepted(rows: pa.Table, allowed_types: frozenset[str], now_ms: int) -> Mask:
     """Per row: `decode_message` surely accepts it unchanged (with an epoch-ms `ts`).
     The rest go through `decode_message`, which normalises or rejects them."""
     ts = rows["ts"]
-    ok = _true(rows["ts_is_int"]) & _true(pc.and_(pc.greater_equal(ts, MIN_TS_MS),
-                                                  pc.less_equal(ts, now_ms + MAX_FUTURE_MS)))
+    ok = _true(rows["shape_ok"]) & _true(pc.and_(pc.greater_equal(ts, MIN_TS_MS),
+                                                 pc.less_equal(ts, now_ms + MAX_FUTURE_MS)))
     present = {name: ~_true(pc.is_null(rows[name])) for name in STRING_FIELDS}
-    for name in STRING_FIELDS:  # absent or null (None), or a string of allowed length
-        string = rows[f"{name}_is_str"]
-        limit = _MAX_LENGTH.get(name, 256)
-        if limit:  # ids and names: 1 to `limit` characters
-            string = pc.and_(string, pc.and_(pc.greater(rows[f"{name}_len"], 0),
-                                             pc.less_equal(rows[f"{name}_len"], limit)))
-        ok &= ~present[name] | _true(string)
-    kind = rows["type"]
     ok &= present["event_id"] & present["community_id"] & present["user_id"]
+    kind = rows["type"]
     ok &= _is_in(kind, allowed_types & frozenset(_REQUIRED))
     for type_name, required in _REQUIRED.items():
         needs = np.ones(len(ok), dtype=np.bool_)
@@ -98,12 +103,9 @@ def scan_json_lines(path: Path, allowed_types: frozenset[str], now_ms: int) -> S
     """Every non-blank line of the file as a row, and which are valid events; None
     when DuckDB cannot read the file (then `decode_message` takes every line)."""
     columns = ", ".join(f"{name}: 'JSON'" for name in (*STRING_FIELDS, "ts"))
-    fields = ", ".join(f"{name} ->> '$' AS {name}, starts_with({name}::VARCHAR, '\"') AS "
-                       f"{name}_is_str, length({name} ->> '$') AS {name}_len"
-                       for name in STRING_FIELDS)
+    fields = ", ".join(f"{name} ->> '$' AS {name}" for name in STRING_FIELDS)
     query = f"""
-        SELECT {fields}, json_type(ts) IN ('UBIGINT', 'BIGINT') AS ts_is_int,
-               TRY_CAST(ts::VARCHAR AS BIGINT) AS ts
+        SELECT {fields}, TRY_CAST(ts::VARCHAR AS BIGINT) AS ts, {_shape_sql()} AS shape_ok
         FROM read_json($path, format = 'newline_delimited', columns = {{{columns}}},
                        maximum_object_size = {MAX_MESSAGE_BYTES}, ignore_errors = true)"""
     con = duckdb.connect()
