@@ -119,7 +119,9 @@ def apply_columns(core: PulseCore, events: EventColumns) -> int:
     """Apply the events in column order; return how many were duplicates."""
     if len(events) == 0:
         return 0
-    states = [core.state(name) for name in events.communities]
+    states: list[CommunityState] = [None] * len(events.communities)  # type: ignore[list-item]
+    for code in np.unique(events.community).tolist():  # only communities with events
+        states[code] = core.state(events.communities[code])
     kept = events.take(np.flatnonzero(_first_sightings(states, events)))
     if len(kept):
         _merge_user_logs(states, kept)
