@@ -1,19 +1,21 @@
 """(f) Replay throughput vs a DuckDB SQL computation of the same snapshot.
 
-`replay`: streams.replay.replay (decode, validate, sort, apply, one snapshot at the newest
-event time, Parquet).
+`replay`: streams.replay.replay (validate, sort, apply in bulk, one snapshot at the newest
+event time, Parquet), with its default partition processes (one per CPU; `replay1`:
+one process); its CPU seconds include theirs.
 `duckdb` / `duckdb1` (one thread): `snapshot_sql`, the same snapshot (every SPEC column,
 both windows) as one query: read_json, dedup by event_id, members, roles, counts,
 listening, retention, continuity, sustainability, stagnation; written to Parquet too.
 `compare`: every row and column of the two outputs side by side (floats to 1e-9).
 Prints one JSON line.
-Usage: replay_duckdb.py replay|duckdb|duckdb1 FILE OUT_DIR
+Usage: replay_duckdb.py replay|replay1|duckdb|duckdb1 FILE OUT_DIR
        replay_duckdb.py compare REPLAY_OUT_DIR DUCKDB_OUT_DIR
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -238,14 +240,17 @@ def main(mode: str, path: str, out_dir: str) -> None:
         print(json.dumps(compare(path, out_dir)))
         return
     started, cpu = time.perf_counter(), time.process_time()
-    if mode == "replay":
+    if mode in ("replay", "replay1"):
         from streams.config import tune_gc
         from streams.replay import replay
 
         tune_gc()  # as `community-pulse replay` runs
-        result = replay([Path(path)], out_dir, MetricConfig())
+        result = replay([Path(path)], out_dir, MetricConfig(),
+                        jobs=1 if mode == "replay1" else None)
         events, rows = result.stats.consumed, result.rows_written
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the partition processes
+        cpu_seconds += usage.ru_utime + usage.ru_stime
     else:
         import duckdb
 

@@ -563,9 +563,12 @@ def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
         value, per_round = paired_ratio(c.get(topic_set, {}), impl, base)
         add(label, value, TARGETS[target], True, "x", per_round)
     rp = r.get("replay", {})
-    add("replay / DuckDB SQL (wall, default threads)",
-        ratio(rp.get("replay", {}).get("events_per_s"), rp.get("duckdb", {}).get("events_per_s")),
-        TARGETS["replay_vs_duckdb"], True, "x")
+    value, per_round = paired_ratio(rp, "replay", "duckdb")
+    add("replay / DuckDB SQL (wall, default processes and threads)", value,
+        TARGETS["replay_vs_duckdb"], True, "x", per_round)
+    value, per_round = paired_ratio(rp, "replay1", "duckdb1")
+    add("replay / DuckDB SQL (wall, one process, one thread)", value,
+        TARGETS["replay_vs_duckdb"], True, "x", per_round)
     fr = r.get("freshness", {})
     add("freshness p99, counter (s)", fr.get("counter", {}).get("p99_s"),
         TARGETS["freshness_p99_s"], False, " s")
@@ -628,15 +631,21 @@ def markdown(r: dict[str, Any]) -> str:
                          f"max {f.get('max_s')} s (n={f['n']}, not reflected {f['missing']})")
     rp = r.get("replay")
     if rp:
-        lines += ["", "| batch computation | events/s (wall) | wall s | CPU s |",
+        lines += ["", "| batch computation | events/s (wall), median (each round) | wall s "
+                      "| CPU s |",
                   "| --- | ---: | ---: | ---: |"]
-        for key, label in (("replay", "streams.replay.replay"),
+        for key, label in (("replay", "streams.replay.replay (one process per CPU)"),
                            ("duckdb", "DuckDB SQL (default threads)"),
+                           ("replay1", "streams.replay.replay (one process)"),
                            ("duckdb1", "DuckDB SQL (1 thread)")):
             x = rp.get(key)
             if x:
-                lines.append(f"| {label} | {x['events_per_s']:,} | {x['seconds']:.1f} | "
-                             f"{x['cpu_seconds']:.1f} |")
+                rounds = x["rounds"]
+                each = " / ".join(f"{run['events_per_s']:,}" for run in rounds)
+                seconds = statistics.median(run["seconds"] for run in rounds)
+                cpu = statistics.median(run["cpu_seconds"] for run in rounds)
+                lines.append(f"| {label} | {x['events_per_s']:,} ({each}) | {seconds:.1f} | "
+                             f"{cpu:.1f} |")
         agreement = rp.get("agreement")
         if agreement:
             lines += ["", f"Replay vs DuckDB snapshot rows: {agreement['rows_replay']} vs "
@@ -795,12 +804,17 @@ def main(argv: list[str] | None = None) -> int:
                         stop(proc)
         log("broker stopped; replay vs DuckDB")
         replay: dict[str, Any] = {}
-        for mode in ("replay", "duckdb", "duckdb1"):
-            x = run_json([sys.executable, "-m", "bench.replay_duckdb", mode, str(jsonl),
-                          str(work / f"replay-{mode}")], work / "replay.log")
-            x["events_per_s"] = round(x["events"] / x["seconds"])
-            replay[mode] = x
-            log(f"  {mode}: {x}")
+        modes = ["replay", "duckdb", "replay1", "duckdb1"]
+        for round_no in range(args.rounds):  # alternating order, like the consumers
+            for mode in modes if round_no % 2 == 0 else modes[::-1]:
+                x = run_json([sys.executable, "-m", "bench.replay_duckdb", mode, str(jsonl),
+                              str(work / f"replay-{mode}")], work / "replay.log")
+                x.update(round=round_no, status="ok",
+                         events_per_s=round(x["events"] / x["seconds"]))
+                replay.setdefault(mode, {"rounds": []})["rounds"].append(x)
+                log(f"  {mode}: {x}")
+        for mode in modes:
+            replay[mode].update(summarize(replay[mode]["rounds"]))
         replay["agreement"] = run_json(
             [sys.executable, "-m", "bench.replay_duckdb", "compare", str(work / "replay-replay"),
              str(work / "replay-duckdb")], work / "replay.log")

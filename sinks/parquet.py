@@ -88,23 +88,26 @@ class SnapshotWriter:
         by_as_of: dict[int, list[SnapshotRow]] = {}
         for row in rows:
             by_as_of.setdefault(row.as_of_ms, []).append(row)
-        paths = [self._write_one(as_of, group) for as_of, group in sorted(by_as_of.items())]
-        if paths and not self._catalogue_ready:
-            self._catalogue_ready = ensure_catalogue(self.data_dir)
-        return paths
+        return [self.write_table(as_of, rows_to_table(group))
+                for as_of, group in sorted(by_as_of.items())]
 
-    def _write_one(self, as_of_ms: int, rows: list[SnapshotRow]) -> str:
+    def write_table(self, as_of_ms: int, table: pa.Table) -> str:
+        """Write the rows (SNAPSHOT_SCHEMA) of one as_of; return the file path."""
         as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
         digest = hashlib.blake2b(digest_size=8)
-        for key in sorted({(r.community_id, r.window_days) for r in rows}):
+        keys = zip(table["community_id"].to_pylist(), table["window_days"].to_pylist(),
+                   strict=True)
+        for key in sorted(set(keys)):
             digest.update(repr(key).encode())
         folder = f"{self.snapshots_dir}/date={as_of:%Y-%m-%d}"
         name = f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z-{digest.hexdigest()}.parquet"
         self.fs.create_dir(folder, recursive=True)
         final, temporary = f"{folder}/{name}", f"{folder}/.{name}.tmp"
         with self.fs.open_output_stream(temporary) as sink:
-            pq.write_table(rows_to_table(rows), sink, compression="zstd")
+            pq.write_table(table, sink, compression="zstd")
         self.fs.move(temporary, final)
+        if not self._catalogue_ready:
+            self._catalogue_ready = ensure_catalogue(self.data_dir)
         return final
 
 

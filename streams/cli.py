@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--data-dir", required=True)
     replay.add_argument("--as-of", help="RFC 3339 time of the snapshot")
     replay.add_argument("--snapshot-every", help="e.g. 1h, 1d: snapshots through the history")
+    replay.add_argument("--jobs", type=int, help="processes, each computing a share of the "
+                        "communities (default: one per CPU for inputs over 200,000 events)")
 
     gen = sub.add_parser("generate", help="synthetic community activity")
     target = gen.add_mutually_exclusive_group(required=True)
@@ -126,10 +128,12 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be positive")
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty())
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"

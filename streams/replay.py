@@ -10,14 +10,18 @@ bounded on long histories.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -27,7 +31,7 @@ import pyarrow.parquet as pq
 
 from schemas.columnar import events_table, scan_json_lines
 from schemas.events import EVENT_TYPES, Event
-from sinks.parquet import SnapshotWriter
+from sinks.parquet import SnapshotWriter, rows_to_table
 from streams.bulk import EventColumns, apply_columns
 from streams.config import MetricConfig
 from streams.core import PulseCore
@@ -35,7 +39,8 @@ from streams.pipeline import Ingestor, TopicStats
 
 SOURCE = "replay"
 DECODE_CHUNK = 4096  # messages per decode call
-APPLY_CHUNK = 4_000_000  # events per bulk apply (progress is shown between them)
+APPLY_CHUNK = 4_000_000  # events per bulk apply
+PARALLEL_FROM = 200_000  # events: below this, one process (forking costs more)
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -186,9 +191,13 @@ def replay(
     every_ms: int | None = None,
     now_ms: int | None = None,
     show_progress: bool = False,
+    jobs: int | None = None,
 ) -> ReplayResult:
-    core = PulseCore(config)
-    ingestor = Ingestor(core, {SOURCE: frozenset(EVENT_TYPES)})
+    """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
+    for small inputs) each compute the communities of one partition, as workers of
+    one consumer group would; this process writes each snapshot time's rows as one
+    file, so the output is the same for any number of jobs."""
+    ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events = read_events(files, ingestor, now_ms)
     stats = ingestor.stats[SOURCE]
@@ -197,30 +206,120 @@ def replay(
     times = snapshot_times(int(events.ts[0]), int(events.ts[-1]), as_of_ms, every_ms)
     writer = SnapshotWriter(data_dir)
     progress = Progress(len(events), show_progress)
-    done = rows_written = 0
-    for t in [*times, None]:  # None: the events after the last snapshot, counted only
-        upto = len(events) if t is None else int(np.searchsorted(events.ts, t, side="right"))
-        for start in range(done, upto, APPLY_CHUNK):
-            end = min(upto, start + APPLY_CHUNK)
-            _apply(ingestor, events.take(slice(start, end)))
-            progress.update(end)
-        done = max(done, upto)
-        if t is not None:
-            rows = core.snapshot(t)
-            writer.write(rows)
-            rows_written += len(rows)
-            if t != times[-1]:  # (after the last one, nothing needs the memory back)
-                core.expire(t - config.retention_ms)
+    rows_written = 0
+    partitions = _Partitions(events, config, times, _jobs(jobs, events))
+    for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
+        table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
+                                                  ("window_days", "ascending")])
+        writer.write_table(t, table)
+        rows_written += table.num_rows
+        progress.update(int(np.searchsorted(events.ts, t, side="right")))
+    duplicates = partitions.duplicates
+    stats.duplicates += duplicates
+    stats.processed += len(events) - duplicates
+    stats.newest_event_ms = max(int(events.ts[-1]), stats.newest_event_ms or 0)
     progress.update(len(events), final=True)
     return ReplayResult(stats, times, rows_written, [str(f) for f in files])
 
 
-def _apply(ingestor: Ingestor, events: EventColumns) -> None:
-    """`Ingestor.apply` for columns: apply in bulk and count."""
-    stats = ingestor.stats[SOURCE]
-    duplicates = apply_columns(ingestor.core, events)
-    stats.duplicates += duplicates
-    stats.processed += len(events) - duplicates
-    newest = int(events.ts.max())
-    if stats.newest_event_ms is None or newest > stats.newest_event_ms:
-        stats.newest_event_ms = newest
+def _jobs(jobs: int | None, events: EventColumns) -> int:
+    """Processes to use: as asked, else one per CPU for inputs worth forking for."""
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        if len(events) < PARALLEL_FROM:
+            jobs = 1
+    if "fork" not in mp.get_all_start_methods():
+        return 1
+    return max(1, min(jobs, len(events.communities)))
+
+
+def _run_partition(events: EventColumns, config: MetricConfig, times: list[int]
+                   ) -> Generator[tuple[int, pa.Table], None, int]:
+    """One partition's snapshot rows per time; returns its duplicate count."""
+    core = PulseCore(config)
+    done = duplicates = 0
+    for t in times:
+        upto = int(np.searchsorted(events.ts, t, side="right"))
+        for start in range(done, upto, APPLY_CHUNK):
+            duplicates += apply_columns(core, events.take(slice(start, min(upto, start
+                                                                           + APPLY_CHUNK))))
+        done = max(done, upto)
+        yield t, rows_to_table(core.snapshot(t))
+        if t != times[-1]:  # (after the last one, nothing needs the memory back)
+            core.expire(t - config.retention_ms)
+    # Events after the last snapshot: not shown, but counted.
+    return duplicates + apply_columns(core, events.take(slice(done, None)))
+
+
+class _Partitions:
+    """The snapshot tables of every partition, one list per snapshot time; after the
+    iteration, `duplicates` holds the partitions' total."""
+
+    def __init__(self, events: EventColumns, config: MetricConfig, times: list[int],
+                 jobs: int) -> None:
+        self.events, self.config, self.times, self.jobs = events, config, times, jobs
+        self.duplicates = 0
+
+    def __iter__(self) -> Iterator[list[pa.Table]]:
+        if self.jobs == 1:
+            run = _run_partition(self.events, self.config, self.times)
+            while True:
+                try:
+                    yield [next(run)[1]]
+                except StopIteration as finished:
+                    self.duplicates = finished.value
+                    return
+        fork = mp.get_context("fork")
+        pipes, children = [], []
+        try:
+            for part in range(self.jobs):
+                mine = self.events.take(np.flatnonzero(self.events.community % self.jobs == part))
+                receive, send = fork.Pipe(duplex=False)
+                child = fork.Process(target=_child, args=(mine, self.config, self.times, send),
+                                     daemon=True)
+                child.start()
+                send.close()
+                pipes.append(receive)
+                children.append(child)
+            for _ in self.times:
+                yield [pa.ipc.open_stream(_received(pipe, "table")).read_all()
+                       for pipe in pipes]
+            self.duplicates = sum(_received(pipe, "duplicates") for pipe in pipes)
+            for child in children:
+                child.join()
+        finally:
+            for child in children:
+                if child.is_alive():
+                    child.kill()
+
+
+def _child(events: EventColumns, config: MetricConfig, times: list[int],
+           send: Connection) -> None:
+    """One partition in a forked process: its snapshot tables (Arrow IPC), then its
+    duplicate count, or the error that stopped it."""
+    try:
+        run = _run_partition(events, config, times)
+        while True:
+            try:
+                _, table = next(run)
+            except StopIteration as finished:
+                send.send(("duplicates", finished.value))
+                break
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as stream:
+                stream.write_table(table)
+            send.send(("table", sink.getvalue().to_pybytes()))
+    except BaseException as exc:  # tell the parent, which would otherwise wait for ever
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        send.close()
+
+
+def _received(pipe: Connection, expected: str) -> Any:
+    try:
+        kind, value = pipe.recv()
+    except EOFError:
+        raise ReplayError("a replay partition process ended early") from None
+    if kind != expected:
+        raise ReplayError(f"replay partition failed: {value}")
+    return value

@@ -57,6 +57,7 @@ def rows(data_dir: Path) -> list[tuple]:
         ["replay", "{events}", "--data-dir", "x", "--as-of", "yesterday"],
         ["replay", "{events}", "--data-dir", "x", "--as-of", "2026-11-18T12:00:00"],
         ["replay", "{events}", "--data-dir", "x", "--snapshot-every", "5 minutes"],
+        ["replay", "{events}", "--data-dir", "x", "--jobs", "0"],
         ["replay", "{garbage}", "--data-dir", "x"],
         ["generate", "--out", "x.jsonl", "--communities", "0"],
         ["compact", "--data-dir", "/nonexistent"],
@@ -212,3 +213,40 @@ def test_replay_shows_progress_on_a_terminal(events_file: Path, tmp_path: Path) 
     os.close(main)
     text = output.decode()
     assert "events" in text and "ev/s" in text and "left" in text
+
+
+def _files(data_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(data_dir)): p.read_bytes()
+            for p in sorted((data_dir / "snapshots").rglob("*.parquet"))}
+
+
+def test_replay_in_partitions_writes_the_same_files_as_in_one_process(
+        events_file: Path, tmp_path: Path) -> None:
+    """Each process owns a share of the communities, like workers of one consumer group;
+    the parent writes each snapshot time's rows as one file, byte for byte the same."""
+    results = {}
+    for jobs in (1, 3):
+        results[jobs] = replay([events_file], tmp_path / str(jobs), MetricConfig(),
+                               as_of_ms=parse_time(NOW), every_ms=86_400_000, jobs=jobs)
+    one, three = results[1], results[3]
+    assert (one.stats, one.snapshot_times, one.rows_written) == \
+        (three.stats, three.snapshot_times, three.rows_written)
+    assert one.stats.duplicates > 0 and len(one.snapshot_times) > 20
+    assert _files(tmp_path / "1") == _files(tmp_path / "3") != {}
+    assert rows(tmp_path / "1") == rows(tmp_path / "3")
+
+
+def test_a_failing_partition_ends_the_replay_with_its_error(
+        events_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.replay as replay_module
+
+    real = replay_module._run_partition
+
+    def failing(events, config, times):  # type: ignore[no-untyped-def]
+        if 0 in events.community.tolist():  # the partition with the first community
+            raise MemoryError("out of memory in this partition")
+        return (yield from real(events, config, times))
+
+    monkeypatch.setattr(replay_module, "_run_partition", failing)
+    with pytest.raises(replay_module.ReplayError, match="MemoryError: out of memory"):
+        replay([events_file], tmp_path, MetricConfig(), as_of_ms=parse_time(NOW), jobs=2)
