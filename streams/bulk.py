@@ -11,6 +11,7 @@ instructions per event. Pure like the core: no I/O, no clock.
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -59,6 +60,23 @@ def _is(column: pa.ChunkedArray, value: str) -> Mask:
     return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
 
 
+def _thread_items(table: pa.Table) -> tuple[Ints, Ints, list[str]]:
+    """Per row: the event code, and the thread it touches (codes into the names)."""
+    types, type_names = _encoded(table["type"])
+    # (Rows of other types, or with nulls, may be present: the caller drops them.)
+    code = np.array([*(_CODES.get(t, -1) for t in type_names), -1])[types]  # null: -1
+    code[(code == REPLY_TO_POST) & _is(table["parent_type"], "reply")] = REPLY_TO_REPLY
+    # A post or reply names its thread in post_id, a like of a post in target_id.
+    by_post = np.flatnonzero((code >= POST) & (code <= REPLY_TO_POST))
+    by_target = np.flatnonzero((code == LIKE) & _is(table["target_type"], "post"))
+    item_codes, items = _encoded(pa.chunked_array(
+        [*table["post_id"].take(by_post).chunks, *table["target_id"].take(by_target).chunks],
+        type=pa.string()))
+    item = np.full(table.num_rows, -1, dtype=np.int64)
+    item[by_post], item[by_target] = item_codes[:len(by_post)], item_codes[len(by_post):]
+    return code, item, items
+
+
 @dataclass(frozen=True)
 class EventColumns:
     """Validated events as columns; strings are codes into shared name lists."""
@@ -75,28 +93,21 @@ class EventColumns:
 
     @classmethod
     def from_table(cls, table: pa.Table) -> EventColumns:
-        """From schemas.columnar.EVENT_SCHEMA columns (`ts` in epoch ms)."""
-        community, communities = _encoded(table["community_id"])
-        user, users = _encoded(table["user_id"])
-        types, type_names = _encoded(table["type"])
-        # (Rows of other types, or with nulls, may be present: the caller drops them.)
-        code = np.array([*(_CODES.get(t, -1) for t in type_names), -1])[types]  # null: -1
-        code[(code == REPLY_TO_POST) & _is(table["parent_type"], "reply")] = REPLY_TO_REPLY
-        # A post or reply names its thread in post_id, a like of a post in target_id.
-        by_post = np.flatnonzero(code <= REPLY_TO_POST)
-        by_target = np.flatnonzero((code == LIKE) & _is(table["target_type"], "post"))
-        item_codes, items = _encoded(pa.chunked_array(
-            [*table["post_id"].take(by_post).chunks, *table["target_id"].take(by_target).chunks],
-            type=pa.string()))
-        item = np.full(table.num_rows, -1, dtype=np.int64)
-        item[by_post], item[by_target] = item_codes[:len(by_post)], item_codes[len(by_post):]
+        """From schemas.columnar.EVENT_SCHEMA columns (`ts` in epoch ms). Arrow encodes
+        the strings in other threads (it releases the GIL) while this one hashes ids."""
+        with ThreadPoolExecutor(3) as pool:
+            communities = pool.submit(_encoded, table["community_id"])
+            users = pool.submit(_encoded, table["user_id"])
+            threads = pool.submit(_thread_items, table)
+            id_hash = np.fromiter(map(hash, table["event_id"].to_pylist()), np.int64,
+                                  table.num_rows)  # (hash(None) is fine for dropped rows)
+            (community, community_names), (user, user_names) = communities.result(), users.result()
+            code, item, items = threads.result()
         return cls(
-            community=community, communities=communities,
-            user=user, users=[sys.intern(u) for u in users],
+            community=community, communities=community_names,
+            user=user, users=[sys.intern(u) for u in user_names],
             ts=pc.fill_null(table["ts"], 0).to_numpy().astype(np.int64),
-            id_hash=np.fromiter(map(hash, table["event_id"].to_pylist()), np.int64,
-                                table.num_rows),  # (hash(None) is fine for dropped rows)
-            code=code, item=item, items=items)
+            id_hash=id_hash, code=code, item=item, items=items)
 
     def __len__(self) -> int:
         return len(self.ts)

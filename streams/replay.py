@@ -38,6 +38,7 @@ from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
 
 SOURCE = "replay"
+Ints = npt.NDArray[np.int64]
 DECODE_CHUNK = 4096  # messages per decode call
 APPLY_CHUNK = 4_000_000  # events per bulk apply
 PARALLEL_FROM = 200_000  # events: below this, one process (forking costs more)
@@ -166,8 +167,10 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
         np.concatenate([np.arange(lines, dtype=np.int64), np.array(places, dtype=np.int64)]))
 
 
-def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int) -> EventColumns:
-    """The valid events of all files as columns, in time order (ties: file order)."""
+def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int
+                ) -> tuple[EventColumns, Ints]:
+    """The valid events of all files as columns, in file order, and each one's place
+    in the files (see `in_time_order`)."""
     parts, places, offset = [], [], 0
     for path in files:
         part = _read_events(path, ingestor, now_ms)
@@ -175,10 +178,16 @@ def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int) -> Event
         places.append(part.place[part.ok] + offset)
         offset += len(part.place) + 1
     table = pa.concat_tables([part.table for part in parts]) if parts else events_table([])
-    events = EventColumns.from_table(table).take(
-        np.flatnonzero(np.concatenate([part.ok for part in parts] or [np.array([], bool)])))
-    place = np.concatenate(places or [np.array([], np.int64)])
-    if np.all(place[1:] > place[:-1]):  # (no line was decoded apart)
+    events = EventColumns.from_table(table)
+    ok = np.concatenate([part.ok for part in parts] or [np.array([], bool)])
+    if not ok.all():
+        events = events.take(np.flatnonzero(ok))
+    return events, np.concatenate(places or [np.array([], np.int64)])
+
+
+def in_time_order(events: EventColumns, place: Ints) -> EventColumns:
+    """The order events are applied in: by time, ties in file order."""
+    if np.all(place[1:] > place[:-1]):  # (no line was decoded apart: file order already)
         return events.take(np.argsort(events.ts, kind="stable"))
     return events.take(np.lexsort((place, events.ts)))
 
@@ -199,25 +208,28 @@ def replay(
     file, so the output is the same for any number of jobs."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    events = read_events(files, ingestor, now_ms)
+    events, place = read_events(files, ingestor, now_ms)
     stats = ingestor.stats[SOURCE]
     if not len(events):
         return ReplayResult(stats, [], 0, [str(f) for f in files])
-    times = snapshot_times(int(events.ts[0]), int(events.ts[-1]), as_of_ms, every_ms)
+    newest = int(events.ts.max())
+    times = snapshot_times(int(events.ts.min()), newest, as_of_ms, every_ms)
+    stamps = np.sort(events.ts) if show_progress else None
     writer = SnapshotWriter(data_dir)
     progress = Progress(len(events), show_progress)
     rows_written = 0
-    partitions = _Partitions(events, config, times, _jobs(jobs, events))
+    partitions = _Partitions(events, place, config, times, _jobs(jobs, events))
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
         table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
                                                   ("window_days", "ascending")])
         writer.write_table(t, table)
         rows_written += table.num_rows
-        progress.update(int(np.searchsorted(events.ts, t, side="right")))
+        if stamps is not None:
+            progress.update(int(np.searchsorted(stamps, t, side="right")))
     duplicates = partitions.duplicates
     stats.duplicates += duplicates
     stats.processed += len(events) - duplicates
-    stats.newest_event_ms = max(int(events.ts[-1]), stats.newest_event_ms or 0)
+    stats.newest_event_ms = max(newest, stats.newest_event_ms or 0)
     progress.update(len(events), final=True)
     return ReplayResult(stats, times, rows_written, [str(f) for f in files])
 
@@ -233,9 +245,10 @@ def _jobs(jobs: int | None, events: EventColumns) -> int:
     return max(1, min(jobs, len(events.communities)))
 
 
-def _run_partition(events: EventColumns, config: MetricConfig, times: list[int]
+def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, times: list[int]
                    ) -> Generator[tuple[int, pa.Table], None, int]:
-    """One partition's snapshot rows per time; returns its duplicate count."""
+    """Snapshot rows of these events' communities per time; returns the duplicates."""
+    events = in_time_order(events, place)
     core = PulseCore(config)
     done = duplicates = 0
     for t in times:
@@ -255,14 +268,15 @@ class _Partitions:
     """The snapshot tables of every partition, one list per snapshot time; after the
     iteration, `duplicates` holds the partitions' total."""
 
-    def __init__(self, events: EventColumns, config: MetricConfig, times: list[int],
-                 jobs: int) -> None:
-        self.events, self.config, self.times, self.jobs = events, config, times, jobs
+    def __init__(self, events: EventColumns, place: Ints, config: MetricConfig,
+                 times: list[int], jobs: int) -> None:
+        self.events, self.place, self.config, self.times = events, place, config, times
+        self.jobs = jobs
         self.duplicates = 0
 
     def __iter__(self) -> Iterator[list[pa.Table]]:
         if self.jobs == 1:
-            run = _run_partition(self.events, self.config, self.times)
+            run = _run_partition(self.events, self.place, self.config, self.times)
             while True:
                 try:
                     yield [next(run)[1]]
@@ -273,10 +287,8 @@ class _Partitions:
         pipes, children = [], []
         try:
             for part in range(self.jobs):
-                mine = self.events.take(np.flatnonzero(self.events.community % self.jobs == part))
                 receive, send = fork.Pipe(duplex=False)
-                child = fork.Process(target=_child, args=(mine, self.config, self.times, send),
-                                     daemon=True)
+                child = fork.Process(target=_child, args=(self, part, send), daemon=True)
                 child.start()
                 send.close()
                 pipes.append(receive)
@@ -293,12 +305,14 @@ class _Partitions:
                     child.kill()
 
 
-def _child(events: EventColumns, config: MetricConfig, times: list[int],
-           send: Connection) -> None:
+def _child(partitions: _Partitions, part: int, send: Connection) -> None:
     """One partition in a forked process: its snapshot tables (Arrow IPC), then its
     duplicate count, or the error that stopped it."""
     try:
-        run = _run_partition(events, config, times)
+        events, place = partitions.events, partitions.place
+        mine = np.flatnonzero(events.community % partitions.jobs == part)
+        run = _run_partition(events.take(mine), place[mine], partitions.config,
+                             partitions.times)
         while True:
             try:
                 _, table = next(run)
