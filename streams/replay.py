@@ -152,15 +152,16 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
     lines = scan.table.num_rows
     ingestor.stats[SOURCE].consumed += int(scan.ok.sum())
     events, places = [], []
-    redo = np.flatnonzero(~scan.ok).tolist()
+    redo = set(np.flatnonzero(~scan.ok).tolist())
     if redo:
-        lines_read = list(read_messages(path))
-        if len(lines_read) != lines:  # never seen; but rather stop than lose a line
-            raise ReplayError(f"{path}: {len(lines_read)} lines, but DuckDB read {lines}")
-        for place in redo:
-            decoded = ingestor.decode(SOURCE, lines_read[place], None, now_ms).events
-            events += decoded
-            places += [place] * len(decoded)
+        read = 0
+        for read, message in enumerate(read_messages(path), start=1):
+            if read - 1 in redo:
+                decoded = ingestor.decode(SOURCE, message, None, now_ms).events
+                events += decoded
+                places += [read - 1] * len(decoded)
+        if read != lines:  # never seen; but rather stop than lose a line
+            raise ReplayError(f"{path}: {read} lines, but DuckDB read {lines}")
     return _FileEvents(
         pa.concat_tables([scan.table, events_table(events)]),
         np.concatenate([scan.ok, np.ones(len(events), dtype=np.bool_)]),
