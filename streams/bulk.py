@@ -60,6 +60,11 @@ def _is(column: pa.ChunkedArray, value: str) -> Mask:
     return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
 
 
+def _hashes(event_ids: pa.ChunkedArray | pa.Array) -> Ints:
+    """hash() of each id, as CommunityState keeps them (None, of a dropped row: fine)."""
+    return np.fromiter(map(hash, event_ids.to_pylist()), np.int64, len(event_ids))
+
+
 def _thread_items(table: pa.Table) -> tuple[Ints, Ints, list[str]]:
     """Per row: the event code, and the thread it touches (codes into the names)."""
     types, type_names = _encoded(table["type"])
@@ -86,28 +91,36 @@ class EventColumns:
     user: Ints
     users: list[str]  # interned, like the per-event path's user ids
     ts: Ints  # epoch ms
-    id_hash: Ints  # hash(event_id), as the core keeps ids
+    id_hash: Ints  # hash(event_id), as the core keeps ids (when `hashed`)
     code: Ints  # activity category (core.POST ... core.VIEW), JOIN or LEAVE
     item: Ints  # the thread a post, reply or like of a post touches; -1: none
     items: list[str]
+    row: Ints  # the event's row in the table it came from
+    hashed: bool = True
 
     @classmethod
-    def from_table(cls, table: pa.Table) -> EventColumns:
+    def from_table(cls, table: pa.Table, hash_ids: bool = True) -> EventColumns:
         """From schemas.columnar.EVENT_SCHEMA columns (`ts` in epoch ms). Arrow encodes
-        the strings in other threads (it releases the GIL) while this one hashes ids."""
+        the strings in other threads (it releases the GIL) while this one hashes ids.
+        Without `hash_ids`, call `with_id_hashes` before applying (e.g. per partition)."""
         with ThreadPoolExecutor(3) as pool:
             communities = pool.submit(_encoded, table["community_id"])
             users = pool.submit(_encoded, table["user_id"])
             threads = pool.submit(_thread_items, table)
-            id_hash = np.fromiter(map(hash, table["event_id"].to_pylist()), np.int64,
-                                  table.num_rows)  # (hash(None) is fine for dropped rows)
+            id_hash = (_hashes(table["event_id"]) if hash_ids
+                       else np.zeros(table.num_rows, dtype=np.int64))
             (community, community_names), (user, user_names) = communities.result(), users.result()
             code, item, items = threads.result()
         return cls(
             community=community, communities=community_names,
             user=user, users=[sys.intern(u) for u in user_names],
             ts=pc.fill_null(table["ts"], 0).to_numpy().astype(np.int64),
-            id_hash=id_hash, code=code, item=item, items=items)
+            id_hash=id_hash, code=code, item=item, items=items,
+            row=np.arange(table.num_rows, dtype=np.int64), hashed=hash_ids)
+
+    def with_id_hashes(self, event_ids: pa.ChunkedArray) -> EventColumns:
+        """These events with their ids hashed; `event_ids`: the source table's column."""
+        return replace(self, id_hash=_hashes(event_ids.take(self.row)), hashed=True)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -116,7 +129,7 @@ class EventColumns:
         """These rows, in this order (the name lists are shared)."""
         return replace(self, community=self.community[rows], user=self.user[rows],
                        ts=self.ts[rows], id_hash=self.id_hash[rows], code=self.code[rows],
-                       item=self.item[rows])
+                       item=self.item[rows], row=self.row[rows])
 
 
 def _runs(keys: Ints) -> list[int]:
@@ -130,6 +143,8 @@ def apply_columns(core: PulseCore, events: EventColumns) -> int:
     """Apply the events in column order; return how many were duplicates."""
     if len(events) == 0:
         return 0
+    if not events.hashed:
+        raise ValueError("event ids not hashed yet: EventColumns.with_id_hashes first")
     states: list[CommunityState] = [None] * len(events.communities)  # type: ignore[list-item]
     for code in np.unique(events.community).tolist():  # only communities with events
         states[code] = core.state(events.communities[code])

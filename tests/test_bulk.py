@@ -111,3 +111,19 @@ def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:
     assert thread.author == "ann"
     assert thread.replies == (t + 5, "Zed", t + 5, "zoë")  # "É" sorts after "z"
     assert thread.likes == (t + 1, "ann")
+
+
+def test_ids_hashed_later_give_the_same_state() -> None:
+    """Partitions hash their own ids (`with_id_hashes`); unhashed columns are refused."""
+    t = 1_710_028_800_000
+    events = [Event(f"e{i % 5}", "post", f"c{i % 3}", f"u{i % 4}", t + i, post_id=f"p{i}")
+              for i in range(30)]
+    table = events_table(events)
+    later = EventColumns.from_table(table, hash_ids=False)
+    with pytest.raises(ValueError, match="not hashed"):
+        apply_columns(PulseCore(MetricConfig()), later)
+    rows = np.array([3, 0, 7, 7, 12, 29], dtype=np.int64)  # any subset, any order
+    now, afterwards = PulseCore(MetricConfig()), PulseCore(MetricConfig())
+    assert apply_columns(now, EventColumns.from_table(table).take(rows)) == \
+        apply_columns(afterwards, later.take(rows).with_id_hashes(table["event_id"])) == 1
+    assert state_of(now) == state_of(afterwards)

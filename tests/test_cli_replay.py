@@ -242,10 +242,10 @@ def test_a_failing_partition_ends_the_replay_with_its_error(
 
     real = replay_module._run_partition
 
-    def failing(events, place, config, times):  # type: ignore[no-untyped-def]
+    def failing(events, *args):  # type: ignore[no-untyped-def]
         if 0 in events.community.tolist():  # the partition with the first community
             raise MemoryError("out of memory in this partition")
-        return (yield from real(events, place, config, times))
+        return (yield from real(events, *args))
 
     monkeypatch.setattr(replay_module, "_run_partition", failing)
     with pytest.raises(replay_module.ReplayError, match="MemoryError: out of memory"):
