@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 import duckdb
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -36,8 +37,24 @@ EVENT_SCHEMA: Final = pa.schema(
     [(name, pa.string()) for name in STRING_FIELDS[:4]] + [("ts", pa.int64())]
     + [(name, pa.string()) for name in STRING_FIELDS[4:]])
 Mask = npt.NDArray[np.bool_]
-_MAX_LENGTH: Final = {"event_id": 128, "type": None, "content_kind": None,
-                      "parent_type": None, "target_type": None}  # others: 256
+
+
+def _string_limits() -> dict[str, tuple[int, int] | None]:
+    """(min, max) length of each string field, as `Event` declares it (None: any)."""
+    limits: dict[str, tuple[int, int] | None] = {}
+    info = msgspec.inspect.type_info(Event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        types = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (
+            field.type,)
+        for kind in types:
+            if isinstance(kind, msgspec.inspect.StrType):
+                limits[field.name] = (None if kind.max_length is None
+                                      else (kind.min_length or 0, kind.max_length))
+    return limits
+
+
+_LIMITS: Final = _string_limits()
 
 
 def events_table(events: list[Event]) -> pa.Table:
@@ -69,8 +86,9 @@ def _shape_sql() -> str:
     points, as msgspec counts), and `ts` is a JSON integer."""
     rules = ["json_type(ts) IN ('UBIGINT', 'BIGINT')"]
     for name in STRING_FIELDS:
-        limit = _MAX_LENGTH.get(name, 256)
-        length = f" AND length({name} ->> '$') BETWEEN 1 AND {limit}" if limit else ""
+        limits = _LIMITS[name]
+        length = f" AND length({name} ->> '$') BETWEEN {limits[0]} AND {limits[1]}" \
+            if limits else ""
         rules.append(f"({name} IS NULL OR {name} ->> '$' IS NULL OR "
                      f"(starts_with({name}::VARCHAR, '\"'){length}))")
     return "coalesce(" + " AND ".join(rules) + ", false)"

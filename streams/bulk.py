@@ -5,7 +5,9 @@ same events, one by one in column order, would: the same deduplication (first wi
 community, UTC day and id hash), the same sorted user logs, event-type logs and thread
 summaries. It works per community, user and thread where `CommunityState.apply` works
 per event, so a replay of history costs a few sorts instead of ~15,000 interpreter
-instructions per event. Pure like the core: no I/O, no clock.
+instructions per event. Pure like the core: no I/O, no clock. It is the core's second
+way in, so it fills `CommunityState`'s stores directly; `tests/test_bulk.py` holds it to
+the first.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def _first_sightings(states: list[CommunityState], events: EventColumns) -> Mask
         if frozen is not None:
             old = np.isin(np.array(chunk, dtype=np.int64), np.frombuffer(frozen, np.int64))
             known = seen | set(np.array(chunk)[old].tolist())
-        found = _repeats(chunk, known, 0)
+        found = _repeats(chunk, known)
         repeats.extend(start + i for i in found)
         skip = set(found)
         seen.update(h for i, h in enumerate(chunk) if i not in skip)
@@ -200,13 +202,13 @@ def _first_sightings(states: list[CommunityState], events: EventColumns) -> Mask
     return keep
 
 
-def _repeats(chunk: list[int], seen: set[int], offset: int) -> list[int]:
-    """Positions (plus offset) of the ids in the chunk already seen, or seen earlier in it."""
+def _repeats(chunk: list[int], known: set[int]) -> list[int]:
+    """Positions of the ids in the chunk that are known, or seen earlier in it."""
     found = []
-    seen = set(seen)
+    seen = set(known)
     for i, id_hash in enumerate(chunk):
         if id_hash in seen:
-            found.append(offset + i)
+            found.append(i)
         else:
             seen.add(id_hash)
     return found
@@ -226,10 +228,9 @@ def _merge_user_logs(states: list[CommunityState], events: EventColumns) -> None
     ])
     n_users = len(events.users)
     pair = events.community * n_users + events.user
-    order = np.argsort(np.concatenate([pair[membership], pair[contributing], pair[activity]]),
-                       kind="stable")
-    pairs, entries = np.concatenate(
-        [pair[membership], pair[contributing], pair[activity]])[order], entries[order]
+    pairs = np.concatenate([pair[membership], pair[contributing], pair[activity]])
+    order = np.argsort(pairs, kind="stable")
+    pairs, entries = pairs[order], entries[order]
     runs = _runs(pairs)
     unsorted = np.zeros(len(pairs), dtype=np.bool_)
     unsorted[1:] = entries[1:] < entries[:-1]
@@ -260,11 +261,9 @@ def _merge_kind_logs(states: list[CommunityState], events: EventColumns) -> None
     key, stamps = key[order], events.ts[rows][order]
     runs = _runs(key)
     for start, end, k in zip(runs, runs[1:], key[runs[:-1]].tolist(), strict=False):
-        log = states[k // 8].kinds[_KIND_OF[k % 8]]
         chunk = stamps[start:end]
-        if (log.items and chunk[0] < log.items[-1]) or bool(np.any(chunk[1:] < chunk[:-1])):
-            log._dirty = True
-        log.items.frombytes(chunk.tobytes())
+        states[k // 8].kinds[_KIND_OF[k % 8]].extend(
+            chunk.tobytes(), ascending=not np.any(chunk[1:] < chunk[:-1]))
 
 
 def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:

@@ -1,7 +1,8 @@
 """The pure domain core: events in -> per-community state -> snapshot rows out.
 
-No Kafka, no I/O, no clock. The Faust agents and the replay command are thin adapters
-that feed `CommunityState.apply` and call `CommunityState.snapshot(as_of)`.
+No Kafka, no I/O, no clock. The Faust agents are thin adapters that feed
+`CommunityState.apply` and call `CommunityState.snapshot(as_of)`; the replay command
+builds the same state in bulk from columns (`streams.bulk`) and takes the same snapshots.
 
 Design for exactness under any arrival order: state keeps the (deduplicated) timestamps
 it needs, sorted lazily, and every query at `as_of = t` only looks at events with
@@ -61,6 +62,14 @@ class _SortedLog:
         if items and value < items[-1]:
             self._dirty = True
         items.append(value)
+
+    def extend(self, values: bytes, ascending: bool) -> None:
+        """Append int64 values (raw bytes); `ascending`: sorted among themselves."""
+        items = self.items
+        before = len(items)
+        items.frombytes(values)
+        if not ascending or (0 < before < len(items) and items[before] < items[before - 1]):
+            self._dirty = True
 
     def view(self) -> array[int]:
         if self._dirty:
