@@ -24,23 +24,9 @@ from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore
 
 try:
-    from tests.test_core_properties import (
-        AS_OFS,
-        CONFIG_IDS,
-        CONFIGS,
-        _rows,
-        _with_duplicates,
-        event_logs,
-    )
+    from tests import test_core_properties as props
 except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from test_core_properties import (  # type: ignore[no-redef]
-        AS_OFS,
-        CONFIG_IDS,
-        CONFIGS,
-        _rows,
-        _with_duplicates,
-        event_logs,
-    )
+    import test_core_properties as props  # type: ignore[no-redef]
 
 
 def state_of(core: PulseCore) -> dict[str, Any]:
@@ -62,7 +48,7 @@ def columns(events: list[Event]) -> EventColumns:
     return EventColumns.from_table(events_table(events))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("config", props.CONFIGS, ids=props.CONFIG_IDS)
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), rnd=st.randoms(use_true_random=False),
@@ -70,21 +56,21 @@ def columns(events: list[Event]) -> EventColumns:
 def test_bulk_apply_builds_the_same_state_as_per_event_apply(
         config: MetricConfig, data: st.DataObject, rnd: random.Random,
         expire_days: int | None) -> None:
-    arrived = _with_duplicates(data.draw(event_logs(config), label="events"), rnd)
+    arrived = props._with_duplicates(data.draw(props.event_logs(config), label="events"), rnd)
     split = rnd.randint(0, len(arrived))
     one_by_one, bulk = PulseCore(config), PulseCore(config)
     for core in (one_by_one, bulk):
         core.apply(arrived[:split])
         if expire_days is not None:
-            core.expire(AS_OFS[0] - expire_days * DAY_MS)
+            core.expire(props.AS_OFS[0] - expire_days * DAY_MS)
     rest = arrived[split:]
     # Columns of every event, then only the rest: names of other events are shared.
     every = columns(arrived)
     assert apply_columns(bulk, every.take(np.arange(split, len(arrived)))) == \
         one_by_one.apply(rest)
     assert state_of(bulk) == state_of(one_by_one)
-    for as_of in AS_OFS:
-        assert _rows(bulk, as_of) == _rows(one_by_one, as_of)
+    for as_of in props.AS_OFS:
+        assert props._rows(bulk, as_of) == props._rows(one_by_one, as_of)
 
 
 def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:
