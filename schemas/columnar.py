@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas.events import (
     _ENUM_FIELDS,
@@ -135,3 +136,54 @@ def scan_json_lines(path: Path, allowed_types: frozenset[str], now_ms: int) -> S
         con.close()
     return Scan(rows.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA),
                 _accepted(rows, allowed_types, now_ms))
+
+
+def scan_parquet(path: Path, allowed_types: frozenset[str], now_ms: int) -> Scan | None:
+    """Every row of a Parquet file of events, and which are valid events; None when a
+    column is not of the plain kind (strings, an integer `ts`, other columns of numbers
+    or strings) or the file cannot be read: then every row takes the per-message path."""
+    try:
+        source = pq.read_table(path)
+        columns = {name: _as_strings(source, name) for name in STRING_FIELDS}
+        ts = source["ts"] if "ts" in source.column_names else None
+        if ts is None or not pa.types.is_integer(ts.type) or _may_be_oversized(source):
+            return None
+        columns["ts"] = ts.cast(pa.int64())
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    table = pa.table(columns, schema=EVENT_SCHEMA)
+    shape_ok = np.ones(table.num_rows, dtype=np.bool_)
+    for name in STRING_FIELDS:  # Parquet types the values; the lengths are left
+        limits = _LIMITS[name]
+        if limits:
+            length = pc.utf8_length(table[name])
+            shape_ok &= _true(pc.is_null(table[name])) | _true(pc.and_(
+                pc.greater_equal(length, limits[0]), pc.less_equal(length, limits[1])))
+    rows = table.append_column("shape_ok", pa.array(shape_ok))
+    return Scan(table, _accepted(rows, allowed_types, now_ms))
+
+
+def _as_strings(source: pa.Table, name: str) -> pa.ChunkedArray:
+    if name not in source.column_names:
+        return pa.chunked_array([pa.nulls(source.num_rows, pa.string())])
+    column = source[name]
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ValueError(f"{name} is {column.type}")
+    return column.cast(pa.string())
+
+
+def _may_be_oversized(source: pa.Table) -> bool:
+    """Whether a row could encode to a message over the size limit (per-message path:
+    each row as a JSON object), bounding every column by its largest value."""
+    bound = 2
+    for name, column in zip(source.column_names, source.columns, strict=True):
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            longest = pc.max(pc.binary_length(column.cast(pa.large_string()))).as_py() or 0
+            bound += len(name) + 4 + 6 * longest  # every byte escaped as \u00XX at worst
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            bound += len(name) + 4 + 32
+        else:
+            return True
+    return bound > MAX_MESSAGE_BYTES

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.columnar import events_table, scan_json_lines
+from schemas.columnar import events_table, scan_json_lines, scan_parquet
 from schemas.events import EVENT_TYPES, Event
 from sinks.parquet import SnapshotWriter, rows_to_table
 from streams.bulk import EventColumns, apply_columns
@@ -137,11 +137,11 @@ class _FileEvents:
 
 
 def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
-    """Valid events of one file, counted. JSON lines go to DuckDB in one scan; lines
-    it cannot vouch for (envelopes, RFC 3339 times, bad input) and Parquet files go
-    through the same per-message decoder as the worker's."""
+    """Valid events of one file, counted. JSON lines go to DuckDB in one scan, Parquet
+    to Arrow; the lines or rows they cannot vouch for (envelopes, RFC 3339 times, bad
+    input) go through the same per-message decoder as the worker's."""
     allowed = ingestor.topics[SOURCE]
-    scan = None if path.suffix == ".parquet" else scan_json_lines(path, allowed, now_ms)
+    scan = (scan_parquet if path.suffix == ".parquet" else scan_json_lines)(path, allowed, now_ms)
     if scan is None:
         events: list[Event] = []
         messages = read_messages(path)

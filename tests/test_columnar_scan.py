@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.columnar import EVENT_SCHEMA, scan_json_lines
+from schemas.columnar import EVENT_SCHEMA, scan_json_lines, scan_parquet
 from schemas.events import DEFAULT_TOPICS, EVENT_TYPES, MAX_FUTURE_MS, MIN_TS_MS, decode_message
 from streams.config import MetricConfig
-from streams.replay import replay
+from streams.replay import read_messages, replay
 
 NOW = 1_795_000_000_000  # 2026-11-18
 ALL = frozenset(EVENT_TYPES)
@@ -151,3 +154,77 @@ def test_replay_counts_every_line_as_decoding_each_line_would(
     assert stats.consumed == accepted + sum(reasons.values())
     assert stats.processed + stats.duplicates == accepted
     assert dict(stats.dead_lettered) == reasons
+
+
+@st.composite
+def parquet_rows(draw: st.DrawFn) -> dict[str, Any]:
+    """An event row as a Parquet file holds it: every field a string or null, `ts` an
+    integer; values at the same edges as the JSON lines."""
+    row: dict[str, Any] = {name: draw(st.one_of(st.none(), TEXT)) for name in FIELDS}
+    row["type"] = draw(st.one_of(st.sampled_from(EVENT_TYPES), TEXT, st.none()))
+    row["parent_type"] = draw(st.sampled_from(["post", "reply", "Post", None]))
+    row["target_type"] = draw(st.sampled_from(["post", "reply", None]))
+    row["content_kind"] = draw(st.sampled_from(["ugc", "managed", "hard", None]))
+    for name in ("event_id", "community_id", "user_id"):
+        if draw(st.integers(0, 5)):  # mostly present and valid
+            row[name] = draw(VALID_TEXT)
+    row["ts"] = draw(st.one_of(VALID_TIME, st.integers(MIN_TS_MS - 2, MIN_TS_MS + 2),
+                               st.sampled_from([NOW + MAX_FUTURE_MS + 1, -1, 0])))
+    row["extra"] = draw(st.one_of(st.none(), TEXT))  # not an event field: ignored
+    return row
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(parquet_rows(), min_size=1, max_size=60))
+def test_the_parquet_scan_vouches_only_for_what_the_decoder_accepts_unchanged(
+        tmp_path_factory: pytest.TempPathFactory, rows: list[dict[str, Any]]) -> None:
+    """Rows the Arrow checks accept decode, as the per-message path encodes them, to
+    exactly the same event; replay counts equal decoding every row."""
+    work = tmp_path_factory.mktemp("parquet")
+    path = work / "events.parquet"
+    schema = pa.schema([*((name, pa.string()) for name in FIELDS), ("ts", pa.int64()),
+                        ("extra", pa.string())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    scan = scan_parquet(path, ALL, NOW)
+    assert scan is not None and scan.table.num_rows == len(rows)
+    messages = list(read_messages(path))
+    decoded = [decode_message(message, ALL, NOW) for message in messages]
+    for (events, rejections), ok, row in zip(decoded, scan.ok, scan.table.to_pylist(),
+                                             strict=True):
+        if ok:
+            assert not rejections and len(events) == 1
+            assert _row_values(row) == _row_values(msgspec.structs.asdict(events[0]))
+    result = replay([path], work / "data", MetricConfig(), now_ms=NOW)
+    reasons = Counter(r.reason for _, rejections in decoded for r in rejections)
+    assert result.stats.consumed == sum(len(e) for e, _ in decoded) + sum(reasons.values())
+    assert dict(result.stats.dead_lettered) == reasons
+    assert scan.ok.any() or not any(events for events, _ in decoded)
+
+
+def test_parquet_columns_of_other_kinds_take_the_per_message_path(tmp_path: Path) -> None:
+    """A time column of timestamps, or an id column of numbers: no scan, and replay still
+    reads every row through the decoder."""
+    rows = [{"event_id": "e1", "type": "join", "community_id": "c", "user_id": "u",
+             "ts": datetime(2026, 11, 18, tzinfo=UTC)}]
+    path = tmp_path / "stamps.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert scan_parquet(path, ALL, NOW) is None
+    assert replay([path], tmp_path / "data", MetricConfig(), now_ms=NOW).stats.processed == 1
+    numbers = tmp_path / "numbers.parquet"
+    pq.write_table(pa.Table.from_pylist([rows[0] | {"event_id": 1, "ts": NOW}]), numbers)
+    assert scan_parquet(numbers, ALL, NOW) is None
+    result = replay([numbers], tmp_path / "data2", MetricConfig(), now_ms=NOW)
+    assert dict(result.stats.dead_lettered) == {"invalid_field": 1}
+
+
+def test_a_parquet_row_too_large_for_a_message_is_rejected_as_oversized(tmp_path: Path) -> None:
+    """The per-message path encodes each row (every column) as one JSON message, which
+    may hold at most 1 MiB; a file whose rows could exceed it is not scanned."""
+    base = {"event_id": "e", "type": "join", "community_id": "c", "user_id": "u", "ts": NOW}
+    rows = [base | {"note": "x" * 2_000_000}, base | {"event_id": "f", "note": "short"}]
+    path = tmp_path / "large.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert scan_parquet(path, ALL, NOW) is None
+    result = replay([path], tmp_path / "data", MetricConfig(), now_ms=NOW)
+    assert dict(result.stats.dead_lettered) == {"oversized": 1}
+    assert result.stats.processed == 1
