@@ -103,6 +103,24 @@ def test_replay_command_runs_with_the_tuned_gc_thresholds(
     assert "replayed" in capsys.readouterr().out
 
 
+def test_worker_command_starts_the_worker_with_the_tuned_gc_thresholds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `worker` hands to streams.worker.run (the Faust worker itself is tested on
+    a real broker elsewhere), and the GC thresholds in force when it starts."""
+    import streams.worker
+
+    started: list[tuple[object, ...]] = []
+    monkeypatch.setattr(streams.worker, "run", lambda metrics, runtime, loglevel: started.append(
+        (runtime.broker, runtime.partitions, loglevel, gc.get_threshold())))
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        assert main(["worker", "--broker", "127.0.0.1:9", "--partitions", "3"]) == 0
+    finally:
+        gc.set_threshold(*before)
+    assert started == [("kafka://127.0.0.1:9", 3, "warning", config_module.GC_THRESHOLDS)]
+
+
 def test_replay_reads_parquet_event_files_like_json_lines(
     events_file: Path, tmp_path: Path
 ) -> None:
