@@ -140,14 +140,19 @@ def scan_json_lines(path: Path, allowed_types: frozenset[str], now_ms: int) -> S
 
 def scan_parquet(path: Path, allowed_types: frozenset[str], now_ms: int) -> Scan | None:
     """Every row of a Parquet file of events, and which are valid events; None when a
-    column is not of the plain kind (strings, an integer `ts`, other columns of numbers
-    or strings) or the file cannot be read: then every row takes the per-message path."""
+    column is not of the plain kind (strings; `ts` an integer or a timestamp with a time
+    zone; other columns of numbers or strings) or the file cannot be read: then every
+    row takes the per-message path."""
     try:
         source = pq.read_table(path)
         columns = {name: _as_strings(source, name) for name in STRING_FIELDS}
         ts = source["ts"] if "ts" in source.column_names else None
-        if ts is None or not pa.types.is_integer(ts.type) or _may_be_oversized(source):
+        if ts is None or _may_be_oversized(source):
             return None
+        if pa.types.is_timestamp(ts.type) and ts.type.tz is not None:  # an instant
+            ts = ts.cast(pa.timestamp("ms", "UTC"), safe=False)  # floor, as the decoder
+        elif not pa.types.is_integer(ts.type):
+            return None  # (a naive timestamp, a string: the decoder's verdict)
         columns["ts"] = ts.cast(pa.int64())
     except (pa.ArrowException, OSError, ValueError):
         return None
@@ -182,8 +187,9 @@ def _may_be_oversized(source: pa.Table) -> bool:
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             longest = pc.max(pc.binary_length(column.cast(pa.large_string()))).as_py() or 0
             bound += len(name) + 4 + 6 * longest  # every byte escaped as \u00XX at worst
-        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            bound += len(name) + 4 + 32
+        elif (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+              or pa.types.is_boolean(kind) or pa.types.is_timestamp(kind)):
+            bound += len(name) + 4 + 40
         else:
             return True
     return bound > MAX_MESSAGE_BYTES

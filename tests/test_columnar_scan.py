@@ -201,15 +201,24 @@ def test_the_parquet_scan_vouches_only_for_what_the_decoder_accepts_unchanged(
     assert scan.ok.any() or not any(events for events, _ in decoded)
 
 
-def test_parquet_columns_of_other_kinds_take_the_per_message_path(tmp_path: Path) -> None:
-    """A time column of timestamps, or an id column of numbers: no scan, and replay still
-    reads every row through the decoder."""
+def test_parquet_times_with_a_zone_are_scanned_like_the_decoder_reads_them(
+        tmp_path: Path) -> None:
+    """A `ts` of timestamps with a zone is scanned (to epoch ms, as the decoder floors
+    them); naive timestamps, or ids of numbers, leave every row to the decoder."""
+    stamp = datetime(2026, 11, 18, 10, 0, 0, 123_999, tzinfo=UTC)
     rows = [{"event_id": "e1", "type": "join", "community_id": "c", "user_id": "u",
-             "ts": datetime(2026, 11, 18, tzinfo=UTC)}]
+             "ts": stamp}]
     path = tmp_path / "stamps.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    assert scan_parquet(path, ALL, NOW) is None
-    assert replay([path], tmp_path / "data", MetricConfig(), now_ms=NOW).stats.processed == 1
+    pq.write_table(pa.Table.from_pylist(rows), path)  # timestamp[us, tz=UTC]
+    scan = scan_parquet(path, ALL, NOW)
+    assert scan is not None and scan.ok.tolist() == [True]
+    (event,), _ = decode_message(next(read_messages(path)), ALL, NOW)
+    assert scan.table["ts"].to_pylist() == [event.ts] == [int(stamp.timestamp() * 1000)]
+    naive = tmp_path / "naive.parquet"
+    pq.write_table(pa.Table.from_pylist([rows[0] | {"ts": stamp.replace(tzinfo=None)}]), naive)
+    assert scan_parquet(naive, ALL, NOW) is None
+    result = replay([naive], tmp_path / "data", MetricConfig(), now_ms=NOW)
+    assert dict(result.stats.dead_lettered) == {"invalid_field": 1}
     numbers = tmp_path / "numbers.parquet"
     pq.write_table(pa.Table.from_pylist([rows[0] | {"event_id": 1, "ts": NOW}]), numbers)
     assert scan_parquet(numbers, ALL, NOW) is None
