@@ -257,8 +257,8 @@ def _run_partition(events: EventColumns, place: Ints, event_ids: pa.ChunkedArray
     for t in times:
         upto = int(np.searchsorted(events.ts, t, side="right"))
         for start in range(done, upto, APPLY_CHUNK):
-            duplicates += apply_columns(core, events.take(slice(start, min(upto, start
-                                                                           + APPLY_CHUNK))))
+            chunk = events.take(slice(start, min(upto, start + APPLY_CHUNK)))
+            duplicates += apply_columns(core, chunk)
         done = max(done, upto)
         yield t, rows_to_table(core.snapshot(t))
         if t != times[-1]:  # (after the last one, nothing needs the memory back)
