@@ -47,14 +47,15 @@ class Ingestor:
     def decode(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode and count one message without applying it (replay sorts first)."""
         events, rejections = decode_message(value, self.topics[topic], now_ms, key)
-        return self._counted(topic, events, rejections)
+        return self.counted(topic, events, rejections)
 
     def decode_lines(self, topic: str, values: Sequence[bytes], now_ms: int) -> Ingested:
         """`decode` for many keyless messages at once (see `schemas.events.decode_lines`)."""
         events, rejections = decode_lines(values, self.topics[topic], now_ms)
-        return self._counted(topic, events, rejections)
+        return self.counted(topic, events, rejections)
 
-    def _counted(self, topic: str, events: list[Event], rejections: list[Rejection]) -> Ingested:
+    def counted(self, topic: str, events: list[Event], rejections: list[Rejection]) -> Ingested:
+        """Count messages decoded elsewhere (`decode` and `decode_lines` do it)."""
         stats = self.stats[topic]
         stats.consumed += len(events) + len(rejections)
         for rejection in rejections:

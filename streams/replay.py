@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.columnar import events_table, scan_json_lines, scan_parquet
-from schemas.events import EVENT_TYPES, Event
+from schemas.events import EVENT_TYPES, Event, decode_lines
 from sinks.parquet import SnapshotWriter, rows_to_table
 from streams.bulk import EventColumns, apply_columns
 from streams.config import MetricConfig
@@ -142,8 +142,8 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
     input) go through the same per-message decoder as the worker's."""
     allowed = ingestor.topics[SOURCE]
     scan = (scan_parquet if path.suffix == ".parquet" else scan_json_lines)(path, allowed, now_ms)
+    events: list[Event] = []
     if scan is None:
-        events: list[Event] = []
         messages = read_messages(path)
         while chunk := list(islice(messages, DECODE_CHUNK)):
             events.extend(ingestor.decode_lines(SOURCE, chunk, now_ms).events)
@@ -151,21 +151,44 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
                            np.arange(len(events), dtype=np.int64))
     lines = scan.table.num_rows
     ingestor.stats[SOURCE].consumed += int(scan.ok.sum())
-    events, places = [], []
+    places: list[int] = []
     redo = set(np.flatnonzero(~scan.ok).tolist())
     if redo:
         read = 0
+        pending: list[tuple[int, bytes]] = []
         for read, message in enumerate(read_messages(path), start=1):
             if read - 1 in redo:
-                decoded = ingestor.decode(SOURCE, message, None, now_ms).events
-                events += decoded
-                places += [read - 1] * len(decoded)
+                pending.append((read - 1, message))
+                if len(pending) == DECODE_CHUNK:
+                    _decode_apart(ingestor, pending, now_ms, events, places)
+        _decode_apart(ingestor, pending, now_ms, events, places)
         if read != lines:  # never seen; but rather stop than lose a line
             raise ReplayError(f"{path}: {read} lines, but DuckDB read {lines}")
     return _FileEvents(
         pa.concat_tables([scan.table, events_table(events)]),
         np.concatenate([scan.ok, np.ones(len(events), dtype=np.bool_)]),
         np.concatenate([np.arange(lines, dtype=np.int64), np.array(places, dtype=np.int64)]))
+
+
+def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: int,
+                  events: list[Event], places: list[int]) -> None:
+    """Decode (and count) the lines the scan left over, with their places; in one call
+    when they are all valid events of one line each, else line by line. Empties
+    `pending`."""
+    allowed = ingestor.topics[SOURCE]
+    messages = [message for _, message in pending]
+    objects = not any(message.lstrip().startswith(b"[") for message in messages)
+    decoded, rejections = decode_lines(messages, allowed, now_ms) if objects else ([], [])
+    if objects and not rejections and len(decoded) == len(messages):  # one event a line
+        ingestor.counted(SOURCE, decoded, [])
+        events += decoded
+        places += [place for place, _ in pending]
+    else:
+        for place, message in pending:
+            ok = ingestor.decode(SOURCE, message, None, now_ms).events
+            events += ok
+            places += [place] * len(ok)
+    pending.clear()
 
 
 def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int
