@@ -10,7 +10,7 @@ fails do we fall back to decoding element by element to find out which ones are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -183,15 +183,21 @@ def decode_lines(
 def _checked_lines(values: Sequence[bytes], events: list[Event], allowed_types: frozenset[str],
                    now_ms: int) -> tuple[list[Event], list[Rejection]]:
     """`_check` per line's event (normalising RFC 3339 times), as `decode_message` would."""
-    ok: list[Event] = []
+    return _checked(zip(events, values, strict=True), allowed_types, now_ms, None)
+
+
+def _checked(candidates: Iterable[tuple[Event, bytes]], allowed_types: frozenset[str],
+             now_ms: int, key_text: str | None) -> tuple[list[Event], list[Rejection]]:
+    """`_check` each (event, its message bytes): the valid events and the rejections."""
+    events: list[Event] = []
     rejections: list[Rejection] = []
-    for value, event in zip(values, events, strict=True):
-        problem = _check(event, allowed_types, now_ms, None)
+    for event, raw in candidates:
+        problem = _check(event, allowed_types, now_ms, key_text)
         if problem is None:
-            ok.append(event)
+            events.append(event)
         else:
-            rejections.append(Rejection(value, *problem))
-    return ok, rejections
+            rejections.append(Rejection(raw, *problem))
+    return events, rejections
 
 
 def _decode_elementwise(
@@ -232,15 +238,7 @@ def _check_all(
     if len(candidates) >= _BATCH_CHECK_MIN and _all_valid(candidates, allowed_types, now_ms,
                                                           key_text):
         return candidates, []
-    events: list[Event] = []
-    rejections: list[Rejection] = []
-    for event in candidates:
-        problem = _check(event, allowed_types, now_ms, key_text)
-        if problem is None:
-            events.append(event)
-        else:
-            rejections.append(Rejection(raw, *problem))
-    return events, rejections
+    return _checked(((event, raw) for event in candidates), allowed_types, now_ms, key_text)
 
 
 def _all_valid(
