@@ -1,11 +1,13 @@
-"""The event contract in columns: an Arrow schema, and a JSON-lines scanner that checks
-the rules of `schemas.events` for a whole file at once.
+"""The event contract in columns: an Arrow schema, and scanners that check the rules of
+`schemas.events` for a whole file at once.
 
-`scan_json_lines` lets DuckDB parse the file on every core and test each row against
-the same rules as `decode_message`, as SQL. Rows that pass become Arrow columns; every
-other line (an envelope, an RFC 3339 time, a bad event) is handed back by its position
-for `decode_message` to decode or reject with its reason, so both paths accept exactly
-the same events. A file DuckDB cannot parse at all is left wholly to `decode_message`.
+`scan_json_lines` lets DuckDB parse a JSON-lines file on every core and check each
+line's JSON types and lengths in SQL; `scan_parquet` reads typed Parquet columns with
+Arrow. Both then check the remaining rules of `decode_message` with Arrow compute. Rows
+that pass become Arrow columns; every other line or row (an envelope, an RFC 3339 time,
+a bad event) is marked by its position for `decode_message` to decode or reject with its
+reason, so both paths accept exactly the same events. A file they cannot read at all is
+left wholly to `decode_message`.
 """
 
 from __future__ import annotations
