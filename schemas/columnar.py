@@ -190,7 +190,8 @@ def _may_be_oversized(source: pa.Table) -> bool:
     for name, column in zip(source.column_names, source.columns, strict=True):
         kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            longest = pc.max(pc.binary_length(column.cast(pa.large_string()))).as_py() or 0
+            plain = column.cast(kind) if kind != column.type else column  # (dictionaries)
+            longest = pc.max(pc.binary_length(plain)).as_py() or 0
             bound += len(name) + 4 + 6 * longest  # every byte escaped as \u00XX at worst
         elif (pa.types.is_integer(kind) or pa.types.is_floating(kind)
               or pa.types.is_boolean(kind) or pa.types.is_timestamp(kind)):

@@ -2,8 +2,9 @@
 
 Files are JSON lines (each line one event or a batch array, like a Kafka message) or
 Parquet (one event per row). Events pass the same validation as the worker's (DuckDB
-checks a JSON-lines file's plain event lines in one parallel scan, `decode_message`
-takes every other line) and reach the same `PulseCore`, in bulk (`streams.bulk`): in
+checks a JSON-lines file's plain event lines in one parallel scan, Arrow a Parquet
+file's rows, `decode_message` takes every other line or row) and reach the same
+`PulseCore`, in bulk (`streams.bulk`): in
 time order, one snapshot time after another, with the same expiry, so memory stays
 bounded on long histories.
 """
@@ -76,15 +77,33 @@ def read_messages(path: Path) -> Iterator[bytes]:
             table = pq.read_table(path)
         except Exception as exc:
             raise ReplayError(f"{path}: not a readable Parquet file ({exc})") from None
-        encode = msgspec.json.encode
         for batch in table.to_batches():
-            for row in batch.to_pylist():
-                yield encode({k: v for k, v in row.items() if v is not None})
+            yield from map(_row_message, batch.to_pylist())
         return
     with path.open("rb") as lines:
         for line in lines:
             if line.strip():
                 yield line.rstrip(b"\r\n")
+
+
+def _row_message(row: dict[str, Any]) -> bytes:
+    """A Parquet row as the JSON message a producer would have sent."""
+    return msgspec.json.encode({k: v for k, v in row.items() if v is not None})
+
+
+def _left_over(path: Path, places: list[int], lines: int) -> Iterator[tuple[int, bytes]]:
+    """The messages at these places (ascending) of a file of `lines` messages: from
+    Parquet only those rows, from JSON lines by streaming the file."""
+    if path.suffix == ".parquet":
+        rows = pq.read_table(path).take(places).to_pylist()
+        yield from zip(places, map(_row_message, rows), strict=True)
+        return
+    wanted, read = set(places), 0
+    for read, message in enumerate(read_messages(path), start=1):
+        if read - 1 in wanted:
+            yield read - 1, message
+    if read != lines:  # never seen; but rather stop than lose a line
+        raise ReplayError(f"{path}: {read} lines, but DuckDB read {lines}")
 
 
 @dataclass
@@ -133,7 +152,7 @@ class _FileEvents:
 
     table: pa.Table
     ok: npt.NDArray[np.bool_]
-    place: npt.NDArray[np.int64]
+    place: Ints
 
 
 def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
@@ -152,18 +171,14 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
     lines = scan.table.num_rows
     ingestor.stats[SOURCE].consumed += int(scan.ok.sum())
     places: list[int] = []
-    redo = set(np.flatnonzero(~scan.ok).tolist())
+    redo = np.flatnonzero(~scan.ok).tolist()
     if redo:
-        read = 0
         pending: list[tuple[int, bytes]] = []
-        for read, message in enumerate(read_messages(path), start=1):
-            if read - 1 in redo:
-                pending.append((read - 1, message))
-                if len(pending) == DECODE_CHUNK:
-                    _decode_apart(ingestor, pending, now_ms, events, places)
+        for item in _left_over(path, redo, lines):
+            pending.append(item)
+            if len(pending) == DECODE_CHUNK:
+                _decode_apart(ingestor, pending, now_ms, events, places)
         _decode_apart(ingestor, pending, now_ms, events, places)
-        if read != lines:  # never seen; but rather stop than lose a line
-            raise ReplayError(f"{path}: {read} lines, but DuckDB read {lines}")
     return _FileEvents(
         pa.concat_tables([scan.table, events_table(events)]),
         np.concatenate([scan.ok, np.ones(len(events), dtype=np.bool_)]),
