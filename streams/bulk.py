@@ -13,6 +13,8 @@ the first.
 from __future__ import annotations
 
 import sys
+from array import array
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Final
@@ -160,58 +162,41 @@ def apply_columns(core: PulseCore, events: EventColumns) -> int:
 
 def _first_sightings(states: list[CommunityState], events: EventColumns) -> Mask:
     """Which events are no duplicates: first of their (community, day, id hash) in the
-    columns, and not seen by their community before. Records the new ids there."""
+    columns, and not known to their community before. Records the new ids there, as a
+    sorted array per day (like the days that are over: 8 bytes an id, not a set's ~100;
+    `CommunityState.apply` checks both)."""
     days = events.ts // DAY_MS
     first_day = int(days.min())
     span = int(days.max()) - first_day + 1
     bucket = events.community * span + (days - first_day)
-    order = np.argsort(bucket, kind="stable")  # column order within a bucket
-    ids = events.id_hash[order].tolist()
-    keep = np.ones(len(order), dtype=np.bool_)
-    repeats: list[int] = []  # positions in `order`
-    repeated: list[Ints] = []  # position ranges of new days that repeat an id
-    runs = _runs(bucket[order])
-    for start, end, key in zip(runs, runs[1:], bucket[order][runs[:-1]].tolist(),
-                               strict=False):
+    order = np.lexsort((events.id_hash, bucket))  # stable: a first sighting leads
+    bucket, ids = bucket[order], events.id_hash[order]
+    new = np.ones(len(order), dtype=np.bool_)
+    new[1:] = (bucket[1:] != bucket[:-1]) | (ids[1:] != ids[:-1])
+    for start, end, key in _bucket_runs(bucket):
         state, day = states[key // span], key % span + first_day
-        chunk = ids[start:end]
         seen, frozen = state._seen_by_day.get(day), state._frozen_by_day.get(day)
-        if seen is None and frozen is None:  # the usual case: a new day
-            seen = state._seen_by_day[day] = set(chunk)
-            if len(seen) < end - start:
-                repeated.append(np.arange(start, end))
-            continue
-        if seen is None:
-            seen = state._seen_by_day[day] = set()
-        known = seen
-        if frozen is not None:
-            old = np.isin(np.array(chunk, dtype=np.int64), np.frombuffer(frozen, np.int64))
-            known = seen | set(np.array(chunk)[old].tolist())
-        found = _repeats(chunk, known)
-        repeats.extend(start + i for i in found)
-        skip = set(found)
-        seen.update(h for i, h in enumerate(chunk) if i not in skip)
-    keep[order[repeats]] = False
-    if repeated:  # every occurrence of an id after its first, for all such days at once
-        at = order[np.concatenate(repeated)]
-        by_id = at[np.lexsort((events.id_hash[at], bucket[at]))]  # stable: first leads
-        again = np.zeros(len(by_id), dtype=np.bool_)
-        again[1:] = ((bucket[by_id][1:] == bucket[by_id][:-1])
-                     & (events.id_hash[by_id][1:] == events.id_hash[by_id][:-1]))
-        keep[by_id[again]] = False
+        if seen or frozen:  # this day has ids already: only the unknown ones are new
+            known = np.concatenate([np.fromiter(seen or (), np.int64),
+                                    np.frombuffer(frozen or b"", np.int64)])
+            new[start:end] &= ~np.isin(ids[start:end], known)
+    distinct_ids, distinct_buckets = ids[new], bucket[new]  # sorted by bucket, then id
+    packed = distinct_ids.tobytes()
+    for start, end, key in _bucket_runs(distinct_buckets):
+        state, day = states[key // span], key % span + first_day
+        frozen = state._frozen_by_day.get(day)
+        state._frozen_by_day[day] = array("q", packed[start * 8:end * 8]) if not frozen \
+            else array("q", np.union1d(np.frombuffer(frozen, np.int64),
+                                       distinct_ids[start:end]).tobytes())
+    keep = np.empty(len(order), dtype=np.bool_)
+    keep[order] = new
     return keep
 
 
-def _repeats(chunk: list[int], known: set[int]) -> list[int]:
-    """Positions of the ids in the chunk that are known, or seen earlier in it."""
-    found = []
-    seen = set(known)
-    for i, id_hash in enumerate(chunk):
-        if id_hash in seen:
-            found.append(i)
-        else:
-            seen.add(id_hash)
-    return found
+def _bucket_runs(keys: Ints) -> Iterator[tuple[int, int, int]]:
+    """(start, end, key) of each run of equal keys in a sorted array."""
+    runs = _runs(keys)
+    return zip(runs, runs[1:], keys[runs[:-1]].tolist(), strict=False)
 
 
 def _merge_user_logs(states: list[CommunityState], events: EventColumns) -> None:
@@ -231,11 +216,10 @@ def _merge_user_logs(states: list[CommunityState], events: EventColumns) -> None
     pairs = np.concatenate([pair[membership], pair[contributing], pair[activity]])
     order = np.argsort(pairs, kind="stable")
     pairs, entries = pairs[order], entries[order]
-    runs = _runs(pairs)
     unsorted = np.zeros(len(pairs), dtype=np.bool_)
     unsorted[1:] = entries[1:] < entries[:-1]
     unsorted_until = np.cumsum(unsorted)  # a run needs sorting when this grows inside it
-    for start, end, key in zip(runs, runs[1:], pairs[runs[:-1]].tolist(), strict=False):
+    for start, end, key in _bucket_runs(pairs):
         logs = states[key // n_users].users
         user_id = events.users[key % n_users]
         chunk = entries[start:end]
@@ -259,8 +243,7 @@ def _merge_kind_logs(states: list[CommunityState], events: EventColumns) -> None
     key = events.community[rows] * 8 + kind
     order = np.argsort(key, kind="stable")
     key, stamps = key[order], events.ts[rows][order]
-    runs = _runs(key)
-    for start, end, k in zip(runs, runs[1:], key[runs[:-1]].tolist(), strict=False):
+    for start, end, k in _bucket_runs(key):
         chunk = stamps[start:end]
         states[k // 8].kinds[_KIND_OF[k % 8]].extend(
             chunk.tobytes(), ascending=not np.any(chunk[1:] < chunk[:-1]))

@@ -3,7 +3,7 @@
 Same random logs as the property tests (duplicates, ties, threads without posts, likes
 of replies, joins and leaves), split at a random point: both cores apply the first part
 one event at a time, optionally expire, then one applies the rest one by one and the
-other in bulk. Every user log, event-type log, thread and deduplication set must agree,
+other in bulk. Every user log, event-type log, thread and day's known ids must agree,
 and so must the duplicate counts and the snapshots.
 """
 
@@ -21,7 +21,7 @@ from schemas.columnar import events_table
 from schemas.events import Event
 from streams.bulk import EventColumns, apply_columns
 from streams.config import DAY_MS, MetricConfig
-from streams.core import PulseCore
+from streams.core import CommunityState, PulseCore
 
 try:
     from tests import test_core_properties as props
@@ -37,11 +37,24 @@ def state_of(core: PulseCore) -> dict[str, Any]:
             "kinds": {kind: list(log.view()) for kind, log in s.kinds.items()},
             "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest)
                         for pid, th in s.threads.items()},
-            "seen": {d: ids for d, ids in s._seen_by_day.items() if ids},
-            "frozen": {d: list(ids) for d, ids in s._frozen_by_day.items()},
+            "ids": ids_by_day(s),
         }
         for cid, s in core.communities.items()
     }
+
+
+def ids_by_day(state: CommunityState) -> dict[int, set[int]]:
+    """The ids a community knows per day, whether in a set (per-event apply, a day in
+    progress) or in a sorted array (bulk apply, a day that is over): both deduplicate."""
+    ids: dict[int, set[int]] = {}
+    for day, frozen in state._frozen_by_day.items():
+        assert list(frozen) == sorted(set(frozen)), "bisect needs sorted, distinct ids"
+        ids[day] = set(frozen)
+    for day, seen in state._seen_by_day.items():
+        if seen:
+            assert not seen & ids.get(day, set()), "an id kept twice"
+            ids[day] = ids.get(day, set()) | seen
+    return ids
 
 
 def columns(events: list[Event]) -> EventColumns:
