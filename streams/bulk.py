@@ -169,7 +169,9 @@ def _first_sightings(states: list[CommunityState], events: EventColumns) -> Mask
     first_day = int(days.min())
     span = int(days.max()) - first_day + 1
     bucket = events.community * span + (days - first_day)
-    order = np.lexsort((events.id_hash, bucket))  # stable: a first sighting leads
+    order = pc.sort_indices(  # stable: a first sighting leads (2x numpy's lexsort)
+        pa.table({"bucket": bucket, "id": events.id_hash}),
+        sort_keys=[("bucket", "ascending"), ("id", "ascending")]).to_numpy()
     bucket, ids = bucket[order], events.id_hash[order]
     new = np.ones(len(order), dtype=np.bool_)
     new[1:] = (bucket[1:] != bucket[:-1]) | (ids[1:] != ids[:-1])
