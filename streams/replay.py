@@ -207,10 +207,9 @@ def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: 
 
 
 def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int
-                ) -> tuple[EventColumns, Ints, pa.ChunkedArray]:
-    """The valid events of all files as columns, in file order, without their id
-    hashes (each partition hashes its own); each one's place in the files (see
-    `in_time_order`); and the event ids (`EventColumns.with_id_hashes`)."""
+                ) -> tuple[EventColumns, Ints]:
+    """The valid events of all files as columns (for cores that take nothing else), in
+    file order, and each one's place in the files (see `in_time_order`)."""
     parts, places, offset = [], [], 0
     for path in files:
         part = _read_events(path, ingestor, now_ms)
@@ -218,11 +217,11 @@ def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int
         places.append(part.place[part.ok] + offset)
         offset += len(part.place) + 1
     table = pa.concat_tables([part.table for part in parts]) if parts else events_table([])
-    events = EventColumns.from_table(table, hash_ids=False)
+    events = EventColumns.from_table(table, only_columns=True)
     ok = np.concatenate([part.ok for part in parts] or [np.array([], bool)])
     if not ok.all():
         events = events.take(np.flatnonzero(ok))
-    return events, np.concatenate(places or [np.array([], np.int64)]), table["event_id"]
+    return events, np.concatenate(places or [np.array([], np.int64)])
 
 
 def in_time_order(events: EventColumns, place: Ints) -> EventColumns:
@@ -248,7 +247,7 @@ def replay(
     file, so the output is the same for any number of jobs."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    events, place, event_ids = read_events(files, ingestor, now_ms)
+    events, place = read_events(files, ingestor, now_ms)
     stats = ingestor.stats[SOURCE]
     if not len(events):
         return ReplayResult(stats, [], 0, [str(f) for f in files])
@@ -258,7 +257,7 @@ def replay(
     writer = SnapshotWriter(data_dir)
     progress = Progress(len(events), show_progress)
     rows_written = 0
-    partitions = _Partitions(events, place, event_ids, config, times, _jobs(jobs, events))
+    partitions = _Partitions(events, place, config, times, _jobs(jobs, events))
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
         table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
                                                   ("window_days", "ascending")])
@@ -285,11 +284,10 @@ def _jobs(jobs: int | None, events: EventColumns) -> int:
     return max(1, min(jobs, len(events.communities)))
 
 
-def _run_partition(events: EventColumns, place: Ints, event_ids: pa.ChunkedArray,
-                   config: MetricConfig, times: list[int]
+def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, times: list[int]
                    ) -> Generator[tuple[int, pa.Table], None, int]:
     """Snapshot rows of these events' communities per time; returns the duplicates."""
-    events = in_time_order(events.with_id_hashes(event_ids), place)
+    events = in_time_order(events, place)
     core = PulseCore(config)
     done = duplicates = 0
     for t in times:
@@ -309,16 +307,15 @@ class _Partitions:
     """The snapshot tables of every partition, one list per snapshot time; after the
     iteration, `duplicates` holds the partitions' total."""
 
-    def __init__(self, events: EventColumns, place: Ints, event_ids: pa.ChunkedArray,
-                 config: MetricConfig, times: list[int], jobs: int) -> None:
-        self.events, self.place, self.event_ids = events, place, event_ids
+    def __init__(self, events: EventColumns, place: Ints, config: MetricConfig,
+                 times: list[int], jobs: int) -> None:
+        self.events, self.place = events, place
         self.config, self.times, self.jobs = config, times, jobs
         self.duplicates = 0
 
     def __iter__(self) -> Iterator[list[pa.Table]]:
         if self.jobs == 1:
-            run = _run_partition(self.events, self.place, self.event_ids, self.config,
-                                 self.times)
+            run = _run_partition(self.events, self.place, self.config, self.times)
             while True:
                 try:
                     yield [next(run)[1]]
@@ -353,8 +350,8 @@ def _child(partitions: _Partitions, part: int, send: Connection) -> None:
     try:
         events, place = partitions.events, partitions.place
         mine = np.flatnonzero(events.community % partitions.jobs == part)
-        run = _run_partition(events.take(mine), place[mine], partitions.event_ids,
-                             partitions.config, partitions.times)
+        run = _run_partition(events.take(mine), place[mine], partitions.config,
+                             partitions.times)
         while True:
             try:
                 _, table = next(run)

@@ -112,17 +112,22 @@ def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:
     assert thread.likes == (t + 1, "ann")
 
 
-def test_ids_hashed_later_give_the_same_state() -> None:
-    """Partitions hash their own ids (`with_id_hashes`); unhashed columns are refused."""
+def test_ids_hashed_by_duckdb_deduplicate_alike() -> None:
+    """Columns for a core that takes only columns hash ids with DuckDB: the same
+    duplicates (first sighting wins, per community and day) and the same snapshots."""
     t = 1_710_028_800_000
-    events = [Event(f"e{i % 5}", "post", f"c{i % 3}", f"u{i % 4}", t + i, post_id=f"p{i}")
-              for i in range(30)]
+    events = [Event(f"e{i % 7}", "post", f"c{i % 3}", f"u{i % 4}", t + i // 30 * DAY_MS + i,
+                    post_id=f"p{i}") for i in range(60)]
     table = events_table(events)
-    later = EventColumns.from_table(table, hash_ids=False)
-    with pytest.raises(ValueError, match="not hashed"):
-        apply_columns(PulseCore(MetricConfig()), later)
-    rows = np.array([3, 0, 7, 7, 12, 29], dtype=np.int64)  # any subset, any order
-    now, afterwards = PulseCore(MetricConfig()), PulseCore(MetricConfig())
-    assert apply_columns(now, EventColumns.from_table(table).take(rows)) == \
-        apply_columns(afterwards, later.take(rows).with_id_hashes(table["event_id"])) == 1
-    assert state_of(now) == state_of(afterwards)
+    by_python, by_duckdb = PulseCore(MetricConfig()), PulseCore(MetricConfig())
+    duplicates = apply_columns(by_python, EventColumns.from_table(table))
+    assert duplicates == PulseCore(MetricConfig()).apply(events) > 0
+    assert apply_columns(by_duckdb, EventColumns.from_table(table, only_columns=True)) \
+        == duplicates
+    python_state, duckdb_state = state_of(by_python), state_of(by_duckdb)
+    for state in (python_state, duckdb_state):
+        for community in state.values():
+            community["ids"] = {day: len(ids) for day, ids in community["ids"].items()}
+    assert duckdb_state == python_state
+    for as_of in props.AS_OFS:
+        assert props._rows(by_duckdb, as_of) == props._rows(by_python, as_of)
