@@ -253,11 +253,13 @@ class CommunityState:
         # Community-wide timestamps per event type (for counts and continuity).
         self.kinds = {kind: _SortedLog() for kind in ("post", "reply", "like", "view")}
         # event ids bucketed by the UTC day of their ts, so expiry drops whole days.
-        # Ids are kept as their 64-bit str hash (process-local, like this state): a
-        # quarter of the memory of the strings; a collision needs ~4e9 ids in one day.
+        # Ids are kept as their 64-bit str hash (process-local, like this state; a core
+        # fed only by streams.bulk may use DuckDB's): a quarter of the memory of the
+        # strings; a collision needs ~4e9 ids in one day.
         self._seen_by_day: dict[int, set[int]] = {}
-        # Days that are over move to sorted int64 arrays (8 bytes an id where a set
-        # costs ~100); ids arriving late for such a day go to a new set in _seen_by_day.
+        # Days that are over, and ids applied in bulk, are sorted int64 arrays (8 bytes
+        # an id where a set costs ~100); ids arriving late for such a day go to a new
+        # set in _seen_by_day.
         self._frozen_by_day: dict[int, array[int]] = {}
         # Newest activity timestamp that expiry dropped: it still is the last activity of
         # a community that has been quiet for longer than the retention.
