@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import pairwise, repeat
 from typing import Final
 
 import duckdb
@@ -218,24 +219,31 @@ def _merge_user_logs(states: list[CommunityState], events: EventColumns) -> None
     pairs = np.concatenate([pair[membership], pair[contributing], pair[activity]])
     order = np.argsort(pairs, kind="stable")
     pairs, entries = pairs[order], entries[order]
-    unsorted = np.zeros(len(pairs), dtype=np.bool_)
-    unsorted[1:] = entries[1:] < entries[:-1]
-    unsorted_until = np.cumsum(unsorted)  # a run needs sorting when this grows inside it
-    for start, end, key in _bucket_runs(pairs):
-        logs = states[key // n_users].users
-        user_id = events.users[key % n_users]
-        chunk = entries[start:end]
-        if unsorted_until[end - 1] != unsorted_until[start]:
-            chunk = np.sort(chunk)
-        log = logs.get(user_id)
-        if log is None:
-            logs[user_id] = _UserLog("q", chunk.tobytes())
-        elif not log or chunk[0] >= log[-1]:
-            log.frombytes(chunk.tobytes())
-        else:
-            merged = np.concatenate([np.frombuffer(log, dtype=np.int64), chunk])
-            merged.sort()
-            logs[user_id] = _UserLog("q", merged.tobytes())
+    runs = np.array(_runs(pairs))
+    disorder = np.flatnonzero((entries[1:] < entries[:-1]) & (pairs[1:] == pairs[:-1]))
+    for run in np.unique(np.searchsorted(runs, disorder, side="right") - 1).tolist():
+        entries[runs[run]:runs[run + 1]].sort()  # (in place: a view)
+    packed, bounds = entries.tobytes(), (runs * 8).tolist()
+    logs_of = [packed[a:b] for a, b in pairwise(bounds)]
+    keys = pairs[runs[:-1]]
+    user_ids = [events.users[u] for u in (keys % n_users).tolist()]
+    for start, end, community in _bucket_runs(keys // n_users):
+        logs = states[community].users
+        if not logs:  # the usual case in a replay: a community's first batch
+            logs.update(zip(user_ids[start:end], map(_UserLog, repeat("q"), logs_of[start:end]),
+                            strict=True))
+            continue
+        for user_id, entries_of in zip(user_ids[start:end], logs_of[start:end], strict=True):
+            log = logs.get(user_id)
+            chunk = np.frombuffer(entries_of, dtype=np.int64)
+            if log is None:
+                logs[user_id] = _UserLog("q", entries_of)
+            elif not log or chunk[0] >= log[-1]:
+                log.frombytes(entries_of)
+            else:
+                merged = np.concatenate([np.frombuffer(log, dtype=np.int64), chunk])
+                merged.sort()
+                logs[user_id] = _UserLog("q", merged.tobytes())
 
 
 def _merge_kind_logs(states: list[CommunityState], events: EventColumns) -> None:
@@ -274,30 +282,32 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
     last = np.full(len(keys), -1, dtype=np.int64)
     last[np.searchsorted(keys, post_keys)] = posts  # later rows overwrite earlier ones
     has_post = last >= 0
-    post_ts = np.where(has_post, events.ts[last], -1).tolist()
+    post_ts = [t if t >= 0 else None for t in np.where(has_post, events.ts[last], -1).tolist()]
     authors = [events.users[u] if u >= 0 else None
                for u in np.where(has_post, events.user[last], -1).tolist()]
-    names = events.items
-    for key_, newest_ts, reply, like, posted, author in zip(
-            keys.tolist(), newest.tolist(), replies, likes, post_ts, authors, strict=True):
-        threads = states[key_ // n_items].threads
-        post_id = names[key_ % n_items]
-        thread = threads.get(post_id)
-        if thread is None:  # the usual case in a replay: nothing to merge with
-            thread = threads[post_id] = _Thread()
-            thread.newest = newest_ts
-            if reply:
-                thread.replies = reply
-            if like:
-                thread.likes = like
-        else:
-            thread.newest = max(thread.newest, newest_ts)
+    post_ids = [events.items[i] for i in (keys % n_items).tolist()]
+    newest_ts = newest.tolist()
+    for start, end, community in _bucket_runs(keys // n_items):
+        threads = states[community].threads
+        if not threads:  # the usual case in a replay: a community's first batch
+            threads.update(zip(post_ids[start:end], map(
+                _Thread, post_ts[start:end], authors[start:end], replies[start:end],
+                likes[start:end], newest_ts[start:end]), strict=True))
+            continue
+        for post_id, newest_, reply, like, posted, author in zip(
+                post_ids[start:end], newest_ts[start:end], replies[start:end],
+                likes[start:end], post_ts[start:end], authors[start:end], strict=True):
+            thread = threads.get(post_id)
+            if thread is None:
+                threads[post_id] = _Thread(posted, author, reply, like, newest_)
+                continue
+            thread.newest = max(thread.newest, newest_)
             if reply:
                 thread.replies = _merged(thread.replies, reply)
             if like:
                 thread.likes = _merged(thread.likes, like)
-        if author is not None:
-            thread.post_ts, thread.author = posted, author
+            if author is not None:
+                thread.post_ts, thread.author = posted, author
 
 
 def _order_by(key: Ints, ts: Ints, rank: Ints) -> Ints:

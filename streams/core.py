@@ -163,13 +163,14 @@ class _Thread:
 
     __slots__ = ("author", "likes", "newest", "post_ts", "replies")
 
-    def __init__(self) -> None:
-        self.post_ts: int | None = None
-        self.author: str | None = None
+    def __init__(self, post_ts: int | None = None, author: str | None = None,
+                 replies: Earliest = (), likes: Earliest = (), newest: int = 0) -> None:
+        self.post_ts = post_ts
+        self.author = author
         # Flat (ts, user[, ts, user]): the earliest, then the earliest by another user.
-        self.replies: Earliest = ()
-        self.likes: Earliest = ()
-        self.newest = 0  # newest timestamp touching this thread, for expiry
+        self.replies = replies
+        self.likes = likes
+        self.newest = newest  # newest timestamp touching this thread, for expiry
 
     def first_by_other(self, entries: Earliest, t: int) -> int | None:
         for i in range(0, len(entries), 2):
