@@ -348,6 +348,17 @@ def _earliest_pairs(keys: Ints, k: Ints, ts: Ints, user: Ints, mask: Mask,
     t0[at], u0[at] = t[first], u[first]
     at = np.searchsorted(keys, k[second])
     t1[at], u1[at] = t[second], u[second]
-    return [() if a < 0 else (a, users[b]) if c < 0 else (a, users[b], c, users[d])
-            for a, b, c, d in zip(t0.tolist(), u0.tolist(), t1.tolist(), u1.tolist(),
-                                  strict=True)]
+    earliest = np.empty(len(keys), dtype=object)
+    earliest.fill(())
+    one, two = (t0 >= 0) & (t1 < 0), t1 >= 0
+    earliest[one] = _tuples(t0[one], [users[i] for i in u0[one].tolist()])
+    earliest[two] = _tuples(t0[two], [users[i] for i in u0[two].tolist()],
+                            t1[two], [users[i] for i in u1[two].tolist()])
+    return earliest.tolist()  # type: ignore[no-any-return]
+
+
+def _tuples(*columns: Ints | list[str]) -> npt.NDArray[np.object_]:
+    """The rows of these columns as tuples, in an object array (built in C)."""
+    lists = [column.tolist() if isinstance(column, np.ndarray) else column
+             for column in columns]
+    return np.fromiter(zip(*lists, strict=True), dtype=object, count=len(lists[0]))
