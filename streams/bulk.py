@@ -139,6 +139,17 @@ class EventColumns:
                        item=self.item[rows])
 
 
+def _stable_order(keys: Ints) -> Ints:
+    """np.argsort(keys, kind="stable"), as one or two radix passes of 16 bits when the
+    keys fit 32 (numpy sorts 16-bit keys by radix: 2-3x faster than its timsort)."""
+    if len(keys) == 0 or keys.min() < 0 or keys.max() >= 1 << 32:
+        return np.argsort(keys, kind="stable")
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    if keys.max() < 1 << 16:
+        return order
+    return order[np.argsort((keys[order] >> 16).astype(np.uint16), kind="stable")]
+
+
 def _runs(keys: Ints) -> list[int]:
     """Start offsets of the runs of equal keys in a sorted array, then its length."""
     if len(keys) == 0:
@@ -151,7 +162,8 @@ def apply_columns(core: PulseCore, events: EventColumns) -> int:
     if len(events) == 0:
         return 0
     states: list[CommunityState] = [None] * len(events.communities)  # type: ignore[list-item]
-    for code in np.unique(events.community).tolist():  # only communities with events
+    present = np.bincount(events.community, minlength=len(events.communities))
+    for code in np.flatnonzero(present).tolist():  # only communities with events
         states[code] = core.state(events.communities[code])
     kept = events.take(np.flatnonzero(_first_sightings(states, events)))
     if len(kept):
@@ -217,7 +229,7 @@ def _merge_user_logs(states: list[CommunityState], events: EventColumns) -> None
     n_users = len(events.users)
     pair = events.community * n_users + events.user
     pairs = np.concatenate([pair[membership], pair[contributing], pair[activity]])
-    order = np.argsort(pairs, kind="stable")
+    order = _stable_order(pairs)
     pairs, entries = pairs[order], entries[order]
     runs = np.array(_runs(pairs))
     disorder = np.flatnonzero((entries[1:] < entries[:-1]) & (pairs[1:] == pairs[:-1]))
@@ -251,7 +263,7 @@ def _merge_kind_logs(states: list[CommunityState], events: EventColumns) -> None
     rows = np.flatnonzero(events.code <= VIEW)
     kind = np.where(events.code[rows] == REPLY_TO_REPLY, REPLY_TO_POST, events.code[rows])
     key = events.community[rows] * 8 + kind
-    order = np.argsort(key, kind="stable")
+    order = _stable_order(key)
     key, stamps = key[order], events.ts[rows][order]
     for start, end, k in _bucket_runs(key):
         chunk = stamps[start:end]
@@ -313,7 +325,7 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
 def _order_by(key: Ints, ts: Ints, rank: Ints) -> Ints:
     """Row order by (key, ts, rank). Rows already in time order (a replay's) need only
     a stable sort by key; anything else gets the full three-key sort."""
-    order = np.argsort(key, kind="stable")
+    order = _stable_order(key)
     k, t, r = key[order], ts[order], rank[order]
     same = k[1:] == k[:-1]
     if np.any(same & ((t[1:] < t[:-1]) | ((t[1:] == t[:-1]) & (r[1:] < r[:-1])))):

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from schemas.columnar import events_table
 from schemas.events import Event
-from streams.bulk import EventColumns, apply_columns
+from streams.bulk import EventColumns, _stable_order, apply_columns
 from streams.config import DAY_MS, MetricConfig
 from streams.core import CommunityState, PulseCore
 
@@ -131,3 +131,11 @@ def test_ids_hashed_by_duckdb_deduplicate_alike() -> None:
     assert duckdb_state == python_state
     for as_of in props.AS_OFS:
         assert props._rows(by_duckdb, as_of) == props._rows(by_python, as_of)
+
+
+@pytest.mark.parametrize("high", [1, 300, 1 << 16, 1 << 20, 1 << 32, 1 << 40])
+def test_radix_order_is_numpys_stable_order(high: int) -> None:
+    """Keys of one 16-bit pass, of two, and past 32 bits (numpy's own sort); many ties."""
+    keys = np.random.default_rng(high).integers(0, high, 50_000, dtype=np.int64)
+    assert np.array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))
+    assert len(_stable_order(keys[:0])) == 0
