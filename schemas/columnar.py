@@ -2,12 +2,12 @@
 `schemas.events` for a whole file at once.
 
 `scan_json_lines` lets DuckDB parse a JSON-lines file on every core and check each
-line's JSON types and lengths in SQL; `scan_parquet` reads typed Parquet columns with
-Arrow. Both then check the remaining rules of `decode_message` with Arrow compute. Rows
-that pass become Arrow columns; every other line or row (an envelope, an RFC 3339 time,
-a bad event) is marked by its position for `decode_message` to decode or reject with its
-reason, so both paths accept exactly the same events. A file they cannot read at all is
-left wholly to `decode_message`.
+line's JSON types, lengths and times in SQL; `scan_parquet` reads typed Parquet columns
+with Arrow. Both then check the remaining rules of `decode_message` with Arrow compute.
+Rows that pass become Arrow columns; every other line or row (an envelope, a time spelt
+other than as epoch ms or strict RFC 3339, a bad event) is marked by its position for
+`decode_message` to decode or reject with its reason, so both paths accept exactly the
+same events. A file they cannot read at all is left wholly to `decode_message`.
 """
 
 from __future__ import annotations
@@ -87,10 +87,24 @@ def _is_in(column: pa.ChunkedArray, values: frozenset[str]) -> Mask:
     return _true(pc.is_in(column, pa.array(sorted(values), pa.string())))
 
 
+# RFC 3339 times the scan reads itself: a strict form in which DuckDB and msgspec read
+# every string alike (tested); other spellings (a lower-case "t", a space, more than six
+# digits of fraction, hour 24, offset +24:00) are left to msgspec.
+_RFC3339: Final = (r"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+                   r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)")
+# `ts` in epoch ms, or NULL: a JSON integer, or a strict RFC 3339 string (an impossible
+# date is NULL; microseconds are floored to ms, as the decoder does: epoch_ms rounds).
+_TS_SQL: Final = f"""CASE
+    WHEN json_type(ts) IN ('UBIGINT', 'BIGINT') THEN TRY_CAST(ts::VARCHAR AS BIGINT)
+    WHEN json_type(ts) = 'VARCHAR' AND regexp_full_match(ts ->> '$', '{_RFC3339}')
+        THEN epoch_us(TRY_CAST(ts ->> '$' AS TIMESTAMPTZ)) // 1000
+    END"""
+
+
 def _shape_sql() -> str:
     """SQL, per row: every field is absent, null, or a string of allowed length (code
-    points, as msgspec counts), and `ts` is a JSON integer."""
-    rules = ["json_type(ts) IN ('UBIGINT', 'BIGINT')"]
+    points, as msgspec counts). (`ts` is checked by `_TS_SQL` and `_accepted`.)"""
+    rules = []
     for name in STRING_FIELDS:
         limits = _LIMITS[name]
         length = f" AND length({name} ->> '$') BETWEEN {limits[0]} AND {limits[1]}" \
@@ -135,7 +149,7 @@ def scan_json_lines(path: Path, allowed_types: frozenset[str], now_ms: int) -> S
     columns = ", ".join(f"{name}: 'JSON'" for name in (*STRING_FIELDS, "ts"))
     fields = ", ".join(f"{name} ->> '$' AS {name}" for name in STRING_FIELDS)
     query = f"""
-        SELECT {fields}, TRY_CAST(ts::VARCHAR AS BIGINT) AS ts, {_shape_sql()} AS shape_ok
+        SELECT {fields}, {_TS_SQL} AS ts, {_shape_sql()} AS shape_ok
         FROM read_json($path, format = 'newline_delimited', columns = {{{columns}}},
                        maximum_object_size = {MAX_MESSAGE_BYTES}, ignore_errors = true)"""
     con = duckdb.connect()

@@ -3,11 +3,11 @@
 `apply_columns` leaves a `PulseCore` in the state that `PulseCore.apply` of the same
 events, one by one in column order, would: the same deduplication (first wins, per
 community, UTC day and id hash; the ids a day knows are kept as a sorted array rather
-than a set), the same sorted user logs, event-type logs and thread summaries. It works per community, user and thread where `CommunityState.apply` works
-per event, so a replay of history costs a few sorts instead of ~15,000 interpreter
-instructions per event. Pure like the core: no I/O, no clock. It is the core's second
-way in, so it fills `CommunityState`'s stores directly; `tests/test_bulk.py` holds it to
-the first.
+than a set), the same sorted user logs, event-type logs and thread summaries. It works
+per community, user and thread where `CommunityState.apply` works per event, so a replay
+of history costs a few sorts instead of ~15,000 interpreter instructions per event. Pure
+like the core: no I/O, no clock. It is the core's second way in, so it fills
+`CommunityState`'s stores directly; `tests/test_bulk.py` holds it to the first.
 """
 
 from __future__ import annotations

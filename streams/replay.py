@@ -157,7 +157,7 @@ class _FileEvents:
 
 def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
     """Valid events of one file, counted. JSON lines go to DuckDB in one scan, Parquet
-    to Arrow; the lines or rows they cannot vouch for (envelopes, RFC 3339 times, bad
+    to Arrow; the lines or rows they cannot vouch for (envelopes, unusual times, bad
     input) go through the same per-message decoder as the worker's."""
     allowed = ingestor.topics[SOURCE]
     scan = (scan_parquet if path.suffix == ".parquet" else scan_json_lines)(path, allowed, now_ms)

@@ -14,6 +14,7 @@ decoding each line.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,9 @@ TIME = st.one_of(
     st.sampled_from(["2026-11-18T10:00:00Z", "2026-11-18T10:00:00", "1795000000000",
                      1795000000000.0, 1.7e12, None, True]),
 )
+# The RFC 3339 spelling the scan promises to read itself (others go to the decoder).
+STRICT_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+                            r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)")
 FIELDS = ("event_id", "type", "community_id", "user_id", "post_id", "content_kind",
           "reply_id", "parent_id", "parent_type", "target_id", "target_type")
 
@@ -132,6 +136,47 @@ def test_the_scan_agrees_on_every_limit(tmp_path: Path) -> None:
     assert_scan_agrees(tmp_path / "limits.jsonl", file_lines, ALL)
     scan = scan_json_lines(tmp_path / "limits.jsonl", ALL, NOW)
     assert scan is not None and 20 < int(scan.ok.sum()) < len(file_lines)
+
+
+@st.composite
+def rfc3339_times(draw: st.DrawFn) -> str:
+    """Times near and past every edge of the strict form the scan reads itself: impossible
+    dates and clock times, leap days, 0-9 digits of fraction, odd offsets and spellings."""
+    def two(low: int, high: int) -> str:
+        return f"{draw(st.integers(low, high)):02d}"
+    date = (f"{draw(st.sampled_from([1999, 2000, 2024, 2026, 2027, 0, 9999])):04d}"
+            f"-{two(0, 13)}-{two(0, 32)}")
+    clock = f"{two(0, 25)}:{two(0, 61)}:{two(0, 61)}"
+    digits = draw(st.integers(0, 9))
+    fraction = "." + "".join(draw(st.sampled_from("09")) for _ in range(digits)) \
+        if digits else ""
+    offset = draw(st.one_of(st.sampled_from(["Z", "z", "", "+00:00", "-00:00"]),
+                            st.builds(lambda sign, h, m: f"{sign}{h:02d}:{m:02d}",
+                                      st.sampled_from("+-"), st.integers(0, 25),
+                                      st.integers(0, 61))))
+    return date + draw(st.sampled_from(["T", "T", "T", "t", " "])) + clock + fraction + offset
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(rfc3339_times(), min_size=1, max_size=40))
+def test_rfc3339_times_are_scanned_as_the_decoder_reads_them(
+        tmp_path_factory: pytest.TempPathFactory, times: list[str]) -> None:
+    """A vouched line decodes to the same epoch ms (floored, never rounded); a time in
+    the strict form that the decoder accepts is vouched for."""
+    times += ["2026-11-18T10:00:00.1239+01:30", "1999-12-31T23:59:59.999999Z",
+              "2026-11-18T24:00:00Z", "2026-11-18T10:00:00+24:00", "2026-02-29T10:00:00Z"]
+    file_lines = [msgspec.json.encode({"event_id": f"e{i}", "type": "join",
+                                       "community_id": "c", "user_id": "u", "ts": ts})
+                  for i, ts in enumerate(times)]
+    path = tmp_path_factory.mktemp("rfc") / "times.jsonl"
+    assert_scan_agrees(path, file_lines, ALL)
+    scan = scan_json_lines(path, ALL, NOW)
+    assert scan is not None
+    for line, ts, ok in zip(file_lines, times, scan.ok, strict=True):
+        if STRICT_RFC3339.fullmatch(ts) and not decode_message(line, ALL, NOW)[1]:
+            assert ok, ts  # (the decoder's verdict on the rest is covered above)
+    assert scan.ok[-5]  # (its value, 123 ms, is compared above: DuckDB's epoch_ms rounds)
+    assert not scan.ok[-4:].any()  # 1999 once rounded up is 2000; hour 24; +24:00; 29 Feb
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
