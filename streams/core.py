@@ -21,6 +21,9 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from schemas.events import Event
 from streams.config import DAY_MS, MetricConfig
 
@@ -29,6 +32,7 @@ POST, REPLY_TO_REPLY, REPLY_TO_POST, LIKE, VIEW = range(5)
 ROLES = ("creators", "conversationalists", "critics", "joiners", "spectators")
 CONTRIBUTING = (POST, REPLY_TO_REPLY, REPLY_TO_POST)
 TIERS = ("low", "medium", "high")
+AT_ONCE_FROM = 24  # users: from here a snapshot takes members and roles with numpy
 
 _CAT_BITS = 3  # activity entries are packed as ts << 3 | category, so one sort orders both
 _CAT_MASK = (1 << _CAT_BITS) - 1
@@ -397,9 +401,25 @@ class CommunityState:
         cfg = self.config
         horizon = cfg.membership_horizon_days * DAY_MS
         windows_ms = [days * DAY_MS for days in cfg.windows_days]
+        members_and_roles = (self._members_and_roles_at_once
+                             if len(self.users) >= AT_ONCE_FROM else self._members_and_roles)
+        n_members, roles_by_window = members_and_roles(t, horizon, windows_ms)
+        stagnating = self._stagnating(t, bool(n_members))
+        last_activity = self._last_activity(t)
+        listening = self._listening(t, windows_ms)
+        return [
+            self._window_row(t, w, days, n_members, counts, listening[i], stagnating,
+                             last_activity)
+            for i, (w, days, counts) in enumerate(zip(windows_ms, cfg.windows_days,
+                                                      roles_by_window, strict=True))
+        ]
+
+    def _members_and_roles(self, t: int, horizon: int, windows_ms: list[int]
+                           ) -> tuple[int, list[list[int]]]:
+        """Members at t, and per window how many of them hold each role; records who
+        posted or replied (`_posters`, for retention and stagnation). User by user."""
         roles_by_window: list[list[int]] = [[0] * len(ROLES) for _ in windows_ms]
         n_members = 0
-        # Users who posted or replied (in retention), for retention and stagnation.
         posters: list[tuple[str, _UserLog, int, int]] = []
         for user_id, user in self.users.items():
             contrib, act = user.bounds()
@@ -413,15 +433,53 @@ class CommunityState:
                 if role is not None:
                     counts[role] += 1
         self._posters = posters
-        stagnating = self._stagnating(t, bool(n_members))
-        last_activity = self._last_activity(t)
-        listening = self._listening(t, windows_ms)
-        return [
-            self._window_row(t, w, days, n_members, counts, listening[i], stagnating,
-                             last_activity)
-            for i, (w, days, counts) in enumerate(zip(windows_ms, cfg.windows_days,
-                                                      roles_by_window, strict=True))
-        ]
+        return n_members, roles_by_window
+
+    def _members_and_roles_at_once(self, t: int, horizon: int, windows_ms: list[int]
+                                   ) -> tuple[int, list[list[int]]]:
+        """`_members_and_roles` over all users' logs at once (numpy on their entries
+        joined end to end), for communities large enough to repay the fixed cost."""
+        logs = list(self.users.values())
+        n = len(logs)
+        lengths = np.fromiter(map(len, logs), np.int64, n)
+        entries = np.frombuffer(b"".join(logs), np.int64)
+        if not len(entries):  # (no user has an entry: nobody is a member)
+            return self._members_and_roles(t, horizon, windows_ms)
+        owner = np.repeat(np.arange(n), lengths)
+        first = np.cumsum(lengths) - lengths
+
+        def per_user(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+            return np.bincount(owner[mask], minlength=n)
+
+        def last_of(count: npt.NDArray[np.int64], offset: npt.NDArray[np.int64]
+                    ) -> npt.NDArray[np.int64]:  # the count-th entry from offset, or -1
+            at = first + offset + count - 1
+            return np.where(count > 0, entries[np.clip(at, 0, len(entries) - 1)], -1)
+
+        is_membership, is_activity = entries < CONTRIBUTION, entries >= ACTIVITY
+        contrib, act = per_user(is_membership), per_user(~is_activity)
+        now = is_activity & (entries <= ACTIVITY + _upper(t))
+        # As `_UserLog.is_member`: the last membership event at or before t is a join,
+        # or the last activity is within the horizon and not before a leave.
+        joins = per_user(is_membership & (entries <= (t << 1) | 1))
+        last_membership = last_of(joins, np.zeros(n, np.int64))
+        activities = per_user(now)
+        last_activity = (last_of(activities, act) - ACTIVITY) >> _CAT_BITS
+        member = (joins > 0) & (last_membership & 1 == 0) | (
+            (activities > 0) & (last_activity > t - horizon)
+            & ((joins == 0) | (last_membership >> 1 <= last_activity)))
+        roles_by_window = []
+        for w in windows_ms:  # as `_UserLog.best_roles`: the lowest category in (t-w, t]
+            inside = now & (entries > ACTIVITY + _upper(t - w))
+            role = np.full(n, len(ROLES), np.int64)
+            np.minimum.at(role, owner[inside], entries[inside] & _CAT_MASK)
+            roles_by_window.append(
+                np.bincount(role[member], minlength=len(ROLES) + 1)[:len(ROLES)].tolist())
+        user_ids = list(self.users)
+        self._posters = [(user_ids[i], logs[i], c, a) for i, c, a in zip(
+            *(x.tolist() for x in (np.flatnonzero(contrib < act), contrib[contrib < act],
+                                   act[contrib < act])), strict=True)]
+        return int(member.sum()), roles_by_window
 
     def _window_row(
         self,
