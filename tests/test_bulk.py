@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.columnar import events_table
@@ -61,11 +60,7 @@ def columns(events: list[Event]) -> EventColumns:
     return EventColumns.from_table(events_table(events))
 
 
-@pytest.mark.parametrize("config", props.CONFIGS, ids=props.CONFIG_IDS)
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), rnd=st.randoms(use_true_random=False),
-       expire_days=st.sampled_from((None, 0, 2, 40)))
+@props.on_random_logs_with_expiry
 def test_bulk_apply_builds_the_same_state_as_per_event_apply(
         config: MetricConfig, data: st.DataObject, rnd: random.Random,
         expire_days: int | None) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -188,6 +188,18 @@ def assert_rows_match(core_rows: list[dict[str, Any]], oracle_rows: list[dict[st
 
 
 CONFIG_IDS = ("default", "small")
+_T = TypeVar("_T", bound=Callable[..., None])
+
+
+def on_random_logs_with_expiry(test: _T) -> _T:
+    """Runs `test(config, data, rnd, expire_days)` on both configs, 150 examples each:
+    draw a log with `data.draw(event_logs(config))`, expire `expire_days` before
+    AS_OFS[0] (None: not at all)."""
+    return pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)(  # type: ignore[no-any-return]
+        settings(max_examples=150, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(
+            given(data=st.data(), rnd=st.randoms(use_true_random=False),
+                  expire_days=st.sampled_from((None, 0, 2, 40)))(test)))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import Event
@@ -36,11 +35,7 @@ def assert_both_ways_agree(state: CommunityState, times: list[int]) -> None:
 TIMES = [*props.AS_OFS, props.T0 + 3 * DAY_MS, props.T0 - 60 * DAY_MS, props.T0 + 400 * DAY_MS]
 
 
-@pytest.mark.parametrize("config", props.CONFIGS, ids=props.CONFIG_IDS)
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), rnd=st.randoms(use_true_random=False),
-       expire_days=st.sampled_from((None, 0, 2, 40)))
+@props.on_random_logs_with_expiry
 def test_at_once_equals_user_by_user_on_the_property_logs(
         config: MetricConfig, data: st.DataObject, rnd: random.Random,
         expire_days: int | None) -> None:
