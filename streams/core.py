@@ -461,13 +461,13 @@ class CommunityState:
         now = is_activity & (entries <= ACTIVITY + _upper(t))
         # As `_UserLog.is_member`: the last membership event at or before t is a join,
         # or the last activity is within the horizon and not before a leave.
-        joins = per_user(is_membership & (entries <= (t << 1) | 1))
-        last_membership = last_of(joins, np.zeros(n, np.int64))
+        memberships = per_user(is_membership & (entries <= (t << 1) | 1))  # at or before t
+        last_membership = last_of(memberships, np.zeros(n, np.int64))
         activities = per_user(now)
         last_activity = (last_of(activities, act) - ACTIVITY) >> _CAT_BITS
-        member = (joins > 0) & (last_membership & 1 == 0) | (
+        member = (memberships > 0) & (last_membership & 1 == 0) | (
             (activities > 0) & (last_activity > t - horizon)
-            & ((joins == 0) | (last_membership >> 1 <= last_activity)))
+            & ((memberships == 0) | (last_membership >> 1 <= last_activity)))
         roles_by_window = []
         for w in windows_ms:  # as `_UserLog.best_roles`: the lowest category in (t-w, t]
             inside = now & (entries > ACTIVITY + _upper(t - w))
@@ -475,10 +475,9 @@ class CommunityState:
             np.minimum.at(role, owner[inside], entries[inside] & _CAT_MASK)
             roles_by_window.append(
                 np.bincount(role[member], minlength=len(ROLES) + 1)[:len(ROLES)].tolist())
-        user_ids = list(self.users)
+        user_ids, posting = list(self.users), np.flatnonzero(contrib < act)
         self._posters = [(user_ids[i], logs[i], c, a) for i, c, a in zip(
-            *(x.tolist() for x in (np.flatnonzero(contrib < act), contrib[contrib < act],
-                                   act[contrib < act])), strict=True)]
+            posting.tolist(), contrib[posting].tolist(), act[posting].tolist(), strict=True)]
         return int(member.sum()), roles_by_window
 
     def _window_row(
