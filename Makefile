@@ -39,7 +39,7 @@ $(STAMP): $(VPY) requirements.lock pyproject.toml
 	@touch $@
 
 setup: $(STAMP)
-	$(VPY) -m streams.devkafka fetch
+	$(VPY) -m devkit.devkafka fetch
 	bash deploy/prometheus/install.sh
 
 lint: setup

@@ -1,8 +1,8 @@
 """Side-by-side benchmark of the community-pulse worker against its peers (`make bench`).
 
-One run, one real local Kafka broker (streams.devkafka.LocalKafka):
+One run, one real local Kafka broker (devkit.devkafka.LocalKafka):
 
-1. generates >= --events events (streams.generate: plan/history/messy_order, ~1%
+1. generates >= --events events (devkit.generate: plan/history/messy_order, ~1%
    duplicates, 5 malformed messages) and loads them twice, as single-event messages
    and as batch envelopes (100 events per message, per topic and community), under two
    topic prefixes;
@@ -53,11 +53,11 @@ if str(ROOT) not in sys.path:
 import msgspec  # noqa: E402
 
 from bench.common import read_status  # noqa: E402
+from devkit import generate as gen  # noqa: E402
+from devkit.devkafka import KAFKA_VERSION, LocalKafka, free_port  # noqa: E402
 from schemas import producer  # noqa: E402
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS  # noqa: E402
-from streams import generate as gen  # noqa: E402
 from streams.config import RuntimeConfig  # noqa: E402
-from streams.devkafka import KAFKA_VERSION, LocalKafka, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 QUIX_VENV = ROOT / "bench" / ".venv-quix"

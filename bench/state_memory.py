@@ -26,8 +26,8 @@ from typing import Any
 
 import msgspec
 
+from devkit import generate as gen
 from schemas.events import EVENT_TYPES
-from streams import generate as gen
 from streams.config import MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor
@@ -58,7 +58,7 @@ def deep_size(obj: Any, seen: set[int]) -> int:
 
 
 def generated(n_users: int, days: int, now_ms: int) -> Iterator[bytes]:
-    """`streams.generate` history of enough communities that ~n_users users take part."""
+    """`devkit.generate` history of enough communities that ~n_users users take part."""
     rng = random.Random(5)
     # Members are drawn with replacement from the pool: ~1.6 memberships per user.
     communities = gen.plan(max(1, n_users // 40), n_users, rng)

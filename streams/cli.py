@@ -145,7 +145,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 
 def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
-    from streams import generate as gen
+    from devkit import generate as gen
     from streams.replay import parse_time
 
     if args.communities < 1 or args.users < 1 or args.days < 1 or args.batch_size < 1:
@@ -172,7 +172,7 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
 
 
 def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
-    from streams.demo import run_demo
+    from devkit.demo import run_demo
 
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
                     args.metrics_port)

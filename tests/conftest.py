@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streams.devkafka import LocalKafka
+from devkit.devkafka import LocalKafka
 
 
 def pytest_configure(config: pytest.Config) -> None:

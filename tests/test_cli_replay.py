@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from devkit import generate as gen
 from sinks.compact import compact
 from sinks.parquet import SnapshotWriter, snapshots_glob
 from streams import config as config_module
-from streams import generate as gen
 from streams.cli import main
 from streams.config import ConfigError, MetricConfig
 from streams.replay import parse_time, replay

@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from streams.devkafka import free_port
-from streams.generate import BAD_MESSAGES
+from devkit.devkafka import free_port
+from devkit.generate import BAD_MESSAGES
 
 
 @pytest.mark.kafka

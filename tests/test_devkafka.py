@@ -10,8 +10,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from streams import devkafka
-from streams.devkafka import DevKafkaError, LocalKafka
+from devkit import devkafka
+from devkit.devkafka import DevKafkaError, LocalKafka
 
 
 def _roundtrip(bootstrap: str, topic: str) -> None:

@@ -7,9 +7,9 @@ import random
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit import generate as gen
 from schemas.events import Event
 from sinks.prometheus import CommunitySeries, WorkerMetrics
-from streams import generate as gen
 from streams.config import MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import TopicStats

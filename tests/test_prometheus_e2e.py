@@ -26,12 +26,12 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
+from devkit import generate as gen
+from devkit.devkafka import LocalKafka, free_port
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
 from sinks.prometheus import openmetrics_history
-from streams import generate as gen
 from streams.config import MetricConfig
 from streams.core import PulseCore, SnapshotRow
-from streams.devkafka import LocalKafka, free_port
 from tests.promql import RULE_FILES, all_exprs, promtool
 from tests.workers import WorkerProcess, wait_for
 

@@ -11,7 +11,7 @@ import duckdb
 import msgspec
 import pytest
 
-from streams import generate as gen
+from devkit import generate as gen
 from streams.config import MetricConfig
 from streams.replay import parse_time, replay
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 
 from bench.replay_duckdb import compare, main
-from streams import generate as gen
+from devkit import generate as gen
 
 NOW_MS = 1_795_000_000_000
 

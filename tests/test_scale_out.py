@@ -11,11 +11,11 @@ from pathlib import Path
 import msgspec
 from kafka import KafkaProducer
 
+from devkit import generate as gen
+from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
-from streams import generate as gen
 from streams.config import MetricConfig
 from streams.core import PulseCore
-from streams.devkafka import LocalKafka
 from tests.workers import Samples, WorkerProcess, wait_for
 
 N = 12

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from referencing import Registry, Resource
 
+from devkit import generate as gen
 from schemas.events import (
     DEFAULT_TOPICS,
     EVENT_TYPES,
@@ -21,7 +22,6 @@ from schemas.events import (
     decode_message,
 )
 from schemas.producer import envelopes
-from streams import generate as gen
 
 NOW = 1_795_000_000_000  # 2026-11-18
 ALL = frozenset(EVENT_TYPES)

@@ -21,11 +21,11 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from devkit import generate as gen
+from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from sinks.parquet import snapshots_glob
-from streams import generate as gen
 from streams.config import MetricConfig
-from streams.devkafka import LocalKafka
 from streams.replay import replay
 from tests.workers import Samples, WorkerProcess, wait_for
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from streams.demo import scrape, stop_worker
-from streams.devkafka import die_with_parent, free_port
+from devkit.demo import scrape, stop_worker
+from devkit.devkafka import die_with_parent, free_port
 
 T = TypeVar("T")
 Samples = dict[str, list[tuple[dict[str, str], float]]]

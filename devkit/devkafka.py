@@ -10,8 +10,8 @@ Library use::
 
 Command line::
 
-    python -m streams.devkafka fetch                       # resolve and cache the jars
-    python -m streams.devkafka run --port 9092 --dir DIR   # foreground until Ctrl-C
+    python -m devkit.devkafka fetch                       # resolve and cache the jars
+    python -m devkit.devkafka run --port 9092 --dir DIR   # foreground until Ctrl-C
 
 Requires Java 17+ on PATH (or JAVA_HOME) and, for the first fetch, Maven (``mvn``).
 """
@@ -478,7 +478,7 @@ def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.devkafka", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devkit.devkafka", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch", help="resolve and cache the Kafka jars")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import generate as gen
-from streams.devkafka import LocalKafka, die_with_parent, free_port
+from devkit import generate as gen
+from devkit.devkafka import LocalKafka, die_with_parent, free_port
 
 TIER_NAMES = {0: "low (<15%)", 1: "medium (15-30%)", 2: "high (>=30%)"}
 TIER_ACTIONS = {
