@@ -253,6 +253,10 @@ class WorkerMetrics:
         self.sink_errors = Counter(
             f"{NS}_sink_errors", "Failed sink writes.", ["sink"], registry=reg)
         self.sink_errors.labels("parquet")
+        self.send_retries = Counter(
+            f"{NS}_kafka_send_retries", "Changelog and dead-letter records the broker did "
+            "not take at once; retried until it does (the batch is not committed before).",
+            registry=reg)
         self.owned = Gauge(
             f"{NS}_owned_communities", "Communities whose partitions this worker owns.",
             registry=reg)

@@ -46,8 +46,12 @@ class Ingestor:
 
     def decode(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode and count one message without applying it (replay sorts first)."""
-        events, rejections = decode_message(value, self.topics[topic], now_ms, key)
-        return self.counted(topic, events, rejections)
+        return self.counted(topic, *self.parse(topic, value, key, now_ms))
+
+    def parse(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
+        """Decode one message without counting it: the worker counts a batch only once
+        its changelog and dead-letter writes are on the broker."""
+        return Ingested(*decode_message(value, self.topics[topic], now_ms, key))
 
     def decode_lines(self, topic: str, values: Sequence[bytes], now_ms: int) -> Ingested:
         """`decode` for many keyless messages at once (see `schemas.events.decode_lines`)."""

@@ -20,30 +20,42 @@ in-memory PulseCore is derived from it and rebuilt on recovery.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import msgspec
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
+from kafka.errors import KafkaError
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.parquet import SnapshotWriter
 from sinks.prometheus import WorkerMetrics
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
-from streams.pipeline import Ingestor
+from streams.pipeline import Ingested, Ingestor
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX_MESSAGES = 2000
 BATCH_WITHIN_S = 0.05
 DELTA_MAX_EVENTS = 2000
+# Every record we write stays below the producer's max_request_size (1,000,000 bytes,
+# which a record over it fails in Faust's send buffer, crashing the worker at every
+# restart) with room for the key, headers and batch overhead.
+RECORD_MAX_BYTES = 900_000
+DEAD_LETTER_KEEP_BYTES = 64 * 1024  # of a dead letter that would not fit: its first bytes
+SEND_RETRY_FIRST_S = 0.2
+EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a bug in batch handling; restart to resume
+SEND_RETRY_MAX_S = 5.0
 DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 2  # live, refreshing may take half the time (never when behind)
@@ -77,12 +89,110 @@ def _decode_events(value: bytes) -> list[Event]:
         return _decode_maps(value)
 
 
+def _encoded_chunks(events: list[Event]) -> Iterator[tuple[list[Event], bytes]]:
+    """The events encoded in pieces of at most DELTA_MAX_EVENTS events and
+    RECORD_MAX_BYTES bytes (long ids make 2,000 events more than a record may hold)."""
+    for start in range(0, len(events), DELTA_MAX_EVENTS):
+        yield from _halved(events[start : start + DELTA_MAX_EVENTS])
+
+
+def _halved(events: list[Event]) -> Iterator[tuple[list[Event], bytes]]:
+    value = _encode_events(events)
+    if len(value) <= RECORD_MAX_BYTES or len(events) == 1:  # one event is < 10 kB
+        yield events, value
+        return
+    half = len(events) // 2
+    yield from _halved(events[:half])
+    yield from _halved(events[half:])
+
+
 def _delta_key(partition: int, tag: str) -> bytes:
     return f"{partition}{_SEP}{tag}".encode()
 
 
 def _partition_of_key(key: bytes) -> int:
     return int(key.split(_SEP.encode(), 1)[0])
+
+
+def _is_carry(key: bytes) -> bool:
+    return key.split(_SEP.encode(), 1)[1].startswith(b"carry")
+
+
+class Record(NamedTuple):
+    """One record the worker writes to Kafka (changelog delta or dead letter)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+class DurableSender:
+    """Writes records straight to the producer and returns once the broker has every
+    one of them (acks=all), retrying failed ones with backoff for as long as it takes.
+
+    Not Faust's send buffer (`send_soon`, `Table.send_changelog`): that one logs a
+    failed send and moves on, its flush gives up after 0.1 s without progress, and the
+    offset commit goes ahead anyway. Whoever awaits `send` knows the records are
+    durable, so the ingest agent acks a batch only after its writes are.
+    """
+
+    def __init__(self, producer: Any, on_retry: Callable[[int], None] = lambda n: None) -> None:
+        self.producer = producer
+        self.on_retry = on_retry
+
+    async def send(self, records: Sequence[Record]) -> None:
+        pending = list(records)
+        delay = SEND_RETRY_FIRST_S
+        while pending:
+            failed: list[Record] = []
+            sent: list[tuple[Record, Any]] = []
+            problem: BaseException | None = None
+            for record in pending:
+                try:
+                    sent.append((record, await self.producer.send(
+                        record.topic, record.key, record.value, record.partition, None,
+                        record.headers)))
+                except ProducerSendError as exc:  # e.g. no metadata for the topic in time
+                    failed.append(record)
+                    problem = exc
+            for record, future in sent:
+                try:
+                    await future
+                except KafkaError as exc:
+                    failed.append(record)
+                    problem = exc
+            if not failed:
+                return
+            self.on_retry(len(failed))
+            log.warning("%d of %d records not on the broker yet (%r); retrying in %.1f s",
+                        len(failed), len(pending), problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SEND_RETRY_MAX_S)
+            pending = failed
+
+
+def exit_unclean(exc: Exception) -> None:
+    """Leave at once after a batch failed half-way: only a restart from the changelog
+    and the committed offsets is exact again. As after a kill -9, which loses nothing
+    (the batch was never committed); a graceful Faust stop after an agent crash can
+    hang, and Faust's supervisor would restart the agent on the half-applied state."""
+    log.critical("handling a batch failed; exiting without committing it", exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_BATCH_FAILED)
+
+
+def withhold_acks(batch: Sequence[EventT]) -> None:
+    """Make sure the messages of a batch are never acked, so their offsets are never
+    committed: `take_events` acks a batch in a `finally`, also when its handling raised.
+
+    A message marked acked is skipped by `Message.ack`, which then never reaches
+    `Consumer.ack`; the consumer's acked offsets keep a gap there, and `_new_offset`
+    never commits past a gap (tests/test_worker_app.py checks both on the installed
+    Faust)."""
+    for event in batch:
+        event.message.acked = True
 
 
 class DeltaLog:
@@ -97,37 +207,51 @@ class DeltaLog:
         self.table = table
         # partition -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[int, list[tuple[int, bytes]]] = {}
+        self.carry_keys: dict[int, set[bytes]] = {}  # partition -> keys of its carry pieces
 
-    def append(self, partition: int, tag: str, events: list[Event]) -> None:
-        # Chunked so that one changelog message stays well below Kafka's 1 MiB default.
-        for start in range(0, len(events), DELTA_MAX_EVENTS):
-            chunk = events[start : start + DELTA_MAX_EVENTS]
-            key = _delta_key(partition, f"{tag}#{start}")
-            self._put(partition, key, _encode_events(chunk))
-            newest = newest_ts(chunk)
-            self.index.setdefault(partition, []).append((newest, key))
+    @property
+    def topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
 
-    def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
+    def append(self, partition: int, tag: str, events: list[Event]) -> list[Record]:
+        """Store the events; returns the changelog records to write (the caller writes
+        them and waits for the broker: see DurableSender)."""
+        records = []
+        for number, (chunk, value) in enumerate(_encoded_chunks(events)):
+            key = _delta_key(partition, f"{tag}#{number}")
+            records.append(self._put(partition, key, value))
+            self.index.setdefault(partition, []).append((newest_ts(chunk), key))
+        return records
+
+    def _put(self, partition: int, key: bytes, value: bytes | None) -> Record:
         if value is None:
             self.table.data.pop(key, None)
         else:
             self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        return Record(self.topic, key, value, partition)
 
     def has_expired(self, partition: int, cut_ms: int) -> bool:
         return any(newest <= cut_ms for newest, _ in self.index.get(partition, ()))
 
-    def expire(self, partition: int, cut_ms: int, carry: list[Event]) -> None:
-        """Delete deltas older than the cut; keep the membership events still in force."""
+    def expire(self, partition: int, cut_ms: int,
+               carry: list[Event]) -> tuple[list[Record], list[Record]]:
+        """Delete deltas older than the cut; keep the membership events still in force.
+
+        Returns (carry records, deletions): the deletions may only be written once the
+        carry records are on the broker. The carry is split over as many keys as its
+        size needs (9k memberships already fill a record)."""
         entries = self.index.get(partition, [])
         expired = [key for newest, key in entries if newest <= cut_ms]
         if not expired:
-            return
-        carry_key = _delta_key(partition, "carry")
-        self._put(partition, carry_key, _encode_events(carry) if carry else None)
-        for key in expired:
-            self._put(partition, key, None)
+            return [], []
+        carried = [self._put(partition, _delta_key(partition, f"carry#{number}"), value)
+                   for number, (_, value) in enumerate(_encoded_chunks(carry))]
+        kept = {record.key for record in carried if record.key is not None}
+        stale = sorted(self.carry_keys.get(partition, set()) - kept)
+        self.carry_keys[partition] = kept
+        deletions = [self._put(partition, key, None) for key in [*stale, *expired]]
         self.index[partition] = [(n, k) for n, k in entries if n > cut_ms]
+        return carried, deletions
 
     def load(self, partitions: set[int]) -> Iterable[tuple[int, list[Event]]]:
         """Stored deltas of the given partitions.
@@ -136,6 +260,7 @@ class DeltaLog:
         changelog stays for the worker that owns them now.
         """
         self.index = {}
+        self.carry_keys = {}
         for key, value in list(self.table.data.items()):
             partition = _partition_of_key(key)
             if partition not in partitions:
@@ -144,10 +269,43 @@ class DeltaLog:
             if not value:
                 continue
             events = _decode_events(value)
-            if not key.endswith(b"carry") and events:
+            if _is_carry(key):
+                self.carry_keys.setdefault(partition, set()).add(key)
+            elif events:
                 newest = newest_ts(events)
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
+
+
+class PreparedBatch(NamedTuple):
+    parsed: list[tuple[str, int, Ingested]]  # (topic, partition, result) per message
+    records: list[Record]  # to be on the broker before the batch counts
+    lag_s: float | None  # now minus the newest message's Kafka timestamp
+
+
+def dead_letter(topic: str, msg: Any, rejection: Rejection, number: int) -> Record:
+    """The dead-letter record of a rejection: original key and bytes, reason, source.
+
+    `dead_letter_id` (source topic, partition, offset and the rejection's number in the
+    message) is the same when a restart reads the message again, so readers
+    (`community-pulse redrive`) drop the copies. A record that would not fit keeps the
+    first DEAD_LETTER_KEEP_BYTES with the original size and SHA-256 in headers."""
+    source = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    headers = [
+        ("reason", rejection.reason.encode()),
+        ("detail", rejection.detail.encode()[:1000]),
+        ("source_topic", msg.topic.encode()),
+        ("source_partition", str(msg.partition).encode()),
+        ("source_offset", str(msg.offset).encode()),
+        ("dead_letter_id", f"{source}/{number}".encode()),
+    ]
+    key, value = msg.key, rejection.raw
+    if len(value) + len(key or b"") > RECORD_MAX_BYTES:
+        headers += [("original_size", str(len(value)).encode()),
+                    ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
+        value = value[:DEAD_LETTER_KEEP_BYTES]
+        key = key[:DEAD_LETTER_KEEP_BYTES] if key else key
+    return Record(topic, key, value, None, headers)
 
 
 class PulseWorker:
@@ -172,7 +330,10 @@ class PulseWorker:
         self.writer = SnapshotWriter(runtime.data_dir)
         self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported)
         self.deltas: DeltaLog | None = None
-        self.dead_letter: Any = None  # faust Topic, bound in build_app
+        self.dead_letter_topic: str | None = None  # bound in build_app
+        # Changelog records of delta expiry, in order: each item's records are to be on
+        # the broker before the next item's are written (carry before deletions).
+        self.expiry_records: list[list[Record]] = []
         self._deltas_expired_at = 0
         self._next_refresh = 0.0
         self.behind = False  # consuming a backlog: skip the fast refresh
@@ -180,56 +341,58 @@ class PulseWorker:
 
     # ---- ingest -----------------------------------------------------------------------
 
-    def handle_batch(self, batch: Sequence[EventT]) -> None:
-        """Apply one batch of Kafka messages: one core call per topic, one changelog
-        write per partition."""
+    def prepare(self, batch: Sequence[EventT]) -> PreparedBatch:
+        """Decode one batch of Kafka messages and store its accepted events in the
+        table: the records to write (one changelog write per partition, dead letters)
+        before `apply` may count and apply it."""
         now_ms = int(self.clock() * 1000)
-        by_topic: dict[str, list[Event]] = {}
+        parsed: list[tuple[str, int, Ingested]] = []
+        records: list[Record] = []
         by_partition: dict[int, list[Event]] = {}
         tags: dict[int, str] = {}
         for message_event in batch:
             msg = message_event.message
             # A missing key counts as a mismatch: keys are what keep a community whole.
-            result = self.ingestor.decode(msg.topic, msg.value, msg.key or b"", now_ms)
-            for rejection in result.rejections:
-                self._send_dead_letter(msg, rejection)
-            events = result.events
-            if not events:
+            result = self.ingestor.parse(msg.topic, msg.value, msg.key or b"", now_ms)
+            parsed.append((msg.topic, msg.partition, result))
+            for number, rejection in enumerate(result.rejections):
+                if self.dead_letter_topic is not None:
+                    records.append(dead_letter(self.dead_letter_topic, msg, rejection, number))
+            if not result.events:
                 continue
-            community_id = events[0].community_id  # one community per message (its key)
-            self.partition_of[community_id] = msg.partition
-            self.dirty[community_id] = None
-            by_topic.setdefault(msg.topic, []).extend(events)
-            by_partition.setdefault(msg.partition, []).extend(events)
+            by_partition.setdefault(msg.partition, []).extend(result.events)
             if msg.partition not in tags:
                 # (topic, offset) of the first message is unique and stable across retries.
                 tags[msg.partition] = f"{msg.topic}@{msg.offset}"
-        if batch:
-            # Kafka timestamp of the newest message: how far behind the producers we are.
-            lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp)
-            self.metrics.consumer_lag.set(lag)
-            self.behind = lag > BEHIND_S
-        for topic, events in by_topic.items():
-            self.ingestor.apply(topic, events)
         if self.deltas is not None:
             for partition, events in by_partition.items():
-                self.deltas.append(partition, tags[partition], events)
+                records.extend(self.deltas.append(partition, tags[partition], events))
+        # Kafka timestamp of the newest message: how far behind the producers we are.
+        lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp) if batch else None
+        return PreparedBatch(parsed, records, lag)
 
-    def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
-        log.debug("dead letter from %s: %s", msg.topic, rejection.message)
-        if self.dead_letter is None:
-            return
-        self.dead_letter.send_soon(
-            key=msg.key,
-            value=rejection.raw,
-            headers=[
-                ("reason", rejection.reason.encode()),
-                ("detail", rejection.detail.encode()[:1000]),
-                ("source_topic", msg.topic.encode()),
-                ("source_partition", str(msg.partition).encode()),
-                ("source_offset", str(msg.offset).encode()),
-            ],
-        )
+    def apply(self, prepared: PreparedBatch) -> None:
+        """Count and apply a prepared batch (once its records are on the broker): one
+        core call per topic. Counters, gauges and snapshots only ever show what a
+        restart would find again."""
+        by_topic: dict[str, list[Event]] = {}
+        for topic, partition, (events, rejections) in prepared.parsed:
+            self.ingestor.counted(topic, events, rejections)
+            if not events:
+                continue
+            community_id = events[0].community_id  # one community per message (its key)
+            self.partition_of[community_id] = partition
+            self.dirty[community_id] = None
+            by_topic.setdefault(topic, []).extend(events)
+        if prepared.lag_s is not None:
+            self.metrics.consumer_lag.set(prepared.lag_s)
+            self.behind = prepared.lag_s > BEHIND_S
+        for topic, events in by_topic.items():
+            self.ingestor.apply(topic, events)
+
+    def handle_batch(self, batch: Sequence[EventT]) -> None:
+        """`prepare` and `apply` at once, without writing to Kafka (tests, tools)."""
+        self.apply(self.prepare(batch))
 
     # ---- ownership --------------------------------------------------------------------
 
@@ -347,7 +510,7 @@ class PulseWorker:
                 continue
             carry = [event for c, p in self.partition_of.items() if p == partition
                      for event in self.core.communities[c].memberships_through(cut_ms)]
-            self.deltas.expire(partition, cut_ms, carry)
+            self.expiry_records.extend(self.deltas.expire(partition, cut_ms, carry))
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
         if not rows:
@@ -459,26 +622,42 @@ def build_app(worker: PulseWorker) -> faust.App:
     source = app.topic(
         *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions, internal=True
     )
-    worker.dead_letter = app.topic(
+    dead_letter_topic = app.topic(
         rt.topic_prefix + DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes,
         partitions=rt.partitions, internal=True,
     )
+    worker.dead_letter_topic = dead_letter_topic.get_topic_name()
     table = app.Table(
         "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes
     )
     worker.deltas = DeltaLog(table)
     source_topics = set(worker.topics)
+    sender = DurableSender(app.producer, worker.metrics.send_retries.inc)
 
     @app.agent(source, name="ingest")
     async def ingest(stream: StreamT) -> None:
         batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
             BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S)
         async for batch in batches:
-            worker.handle_batch(batch)
+            try:
+                prepared = worker.prepare(batch)
+                await sender.send(prepared.records)  # acked below only once durable
+                worker.apply(prepared)
+            except BaseException as exc:
+                withhold_acks(batch)  # its offsets stay uncommitted
+                if isinstance(exc, Exception):
+                    exit_unclean(exc)
+                raise
 
     @app.task
     async def declare_dead_letter_topic() -> None:
-        await worker.dead_letter.maybe_declare()
+        await dead_letter_topic.maybe_declare()
+
+    @app.timer(interval=REFRESH_INTERVAL_S)
+    async def write_expiry() -> None:
+        while worker.expiry_records:  # carry pieces on the broker before any deletion
+            await sender.send(worker.expiry_records[0])
+            del worker.expiry_records[0]
 
     @table.on_recover
     async def on_recover() -> None:

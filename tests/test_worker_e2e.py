@@ -16,18 +16,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import msgspec
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
-from sinks.parquet import snapshots_glob
 from streams.config import MetricConfig
 from streams.replay import replay
-from tests.workers import Samples, WorkerProcess, wait_for
+from tests.workers import (
+    Samples,
+    WorkerProcess,
+    comparable,
+    parquet_rows,
+    produce,
+    settled_snapshot,
+    wait_for,
+)
 
 N_COMMUNITIES = 10
 
@@ -58,14 +64,6 @@ class Pipeline:
     tmp: Path
 
 
-def _produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
-    for topic, key, value in messages:
-        producer.send(prefix + topic, key=key, value=value)
-    producer.flush()
-    producer.close()
-
-
 def _consumed_all(worker: WorkerProcess, expected: int) -> Samples | None:
     samples = worker.scrape()
     done = worker.total(samples, "community_pulse_events_consumed_total") >= expected
@@ -87,54 +85,20 @@ def pipeline(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Ite
     # Both forms SPEC 1 allows: single events, then batch envelopes.
     messages = [*gen.to_messages(events[:half], 1), *gen.to_messages(events[half:], 40)]
     kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
-    _produce(kafka.bootstrap, prefix, messages[: len(messages) // 2] + BAD)
+    produce(kafka.bootstrap, prefix, messages[: len(messages) // 2] + BAD)
     worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id)
     # The rest arrives while the worker runs.
     wait_for(worker.scrape, 60, "the worker's /metrics")
-    _produce(kafka.bootstrap, prefix, messages[len(messages) // 2 :])
+    produce(kafka.bootstrap, prefix, messages[len(messages) // 2 :])
     wait_for(lambda: _consumed_all(worker, len(events) + len(BAD)), 120, "all events consumed")
     yield Pipeline(kafka, prefix, app_id, events_file, len(events), worker, tmp)
     worker.stop()
 
 
-def _settled_snapshot(worker: WorkerProcess) -> tuple[float, Samples]:
-    """A scrape whose snapshot was taken after everything was consumed."""
-    consumed_at = time.time()
-
-    def fresh() -> tuple[float, Samples] | None:
-        first = worker.scrape()
-        as_of = worker.value(first, "community_pulse_last_snapshot_timestamp_seconds")
-        if as_of is None or as_of <= consumed_at:
-            return None
-        again = worker.scrape()
-        if worker.value(again, "community_pulse_last_snapshot_timestamp_seconds") != as_of:
-            return None  # a snapshot landed between the two scrapes; try again
-        return as_of, first
-
-    return wait_for(fresh, 60, "a snapshot after consumption")
-
-
-def _parquet_rows(data_dir: Path, as_of_s: float) -> list[dict]:
-    as_of_ms = round(as_of_s * 1000)
-    query = f"""SELECT * EXCLUDE (date) FROM read_parquet('{snapshots_glob(data_dir)}',
-                hive_partitioning = true)
-                WHERE epoch_ms(as_of) = {as_of_ms} ORDER BY community_id, window_days"""
-
-    def rows() -> list[dict] | None:
-        try:
-            rel = duckdb.sql(query)
-        except duckdb.IOException:
-            return None
-        assert rel is not None  # a SELECT always gives a relation
-        return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()] or None
-
-    return wait_for(rows, 30, f"parquet rows at {as_of_ms}")
-
-
 def test_parquet_and_metrics_agree(pipeline: Pipeline) -> None:
     worker = pipeline.worker
-    as_of, samples = _settled_snapshot(worker)
-    rows = _parquet_rows(worker.data_dir, as_of)
+    as_of, samples = settled_snapshot(worker)
+    rows = parquet_rows(worker.data_dir, as_of)
     assert {r["community_id"] for r in rows} == {
         c.community_id for c in gen.plan(N_COMMUNITIES, 300, random.Random(11))}
     assert {r["window_days"] for r in rows} == {7, 28}
@@ -195,17 +159,13 @@ def test_bad_input_lands_on_dead_letter_topic_with_reasons(pipeline: Pipeline) -
         assert headers["detail"] and headers["source_topic"].startswith(pipeline.prefix.encode())
 
 
-def _comparable(row: dict) -> dict:
-    return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in row.items()}
-
-
 def test_replay_gives_identical_snapshots(pipeline: Pipeline) -> None:
-    as_of, _ = _settled_snapshot(pipeline.worker)
-    streamed = _parquet_rows(pipeline.worker.data_dir, as_of)
+    as_of, _ = settled_snapshot(pipeline.worker)
+    streamed = parquet_rows(pipeline.worker.data_dir, as_of)
     out = pipeline.tmp / "replayed"
     replay([pipeline.events_file], out, MetricConfig(), as_of_ms=round(as_of * 1000))
-    replayed = _parquet_rows(out, as_of)
-    assert [_comparable(r) for r in replayed] == [_comparable(r) for r in streamed]
+    replayed = parquet_rows(out, as_of)
+    assert [comparable(r) for r in replayed] == [comparable(r) for r in streamed]
 
 
 def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> None:
@@ -219,12 +179,12 @@ def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> N
             return samples if owned == N_COMMUNITIES else None
 
         wait_for(owns_all, 90, "the restarted worker to own every community")
-        as_of, _ = _settled_snapshot(restarted)
-        recovered = _parquet_rows(restarted.data_dir, as_of)
+        as_of, _ = settled_snapshot(restarted)
+        recovered = parquet_rows(restarted.data_dir, as_of)
         out = pipeline.tmp / "replayed-restart"
         replay([pipeline.events_file], out, MetricConfig(), as_of_ms=round(as_of * 1000))
-        assert [_comparable(r) for r in _parquet_rows(out, as_of)] == [
-            _comparable(r) for r in recovered]
+        assert [comparable(r) for r in parquet_rows(out, as_of)] == [
+            comparable(r) for r in recovered]
         # The restarted worker consumed nothing new: its state came from the changelog.
         samples = restarted.scrape()
         assert restarted.total(samples, "community_pulse_events_processed_total") == 0
