@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams import pipeline  # noqa: E402
-from streams.cli import main  # noqa: E402
+from streams import pipeline
+from streams.cli import main
 
 
 def raise_mid_batch(nth: int) -> None:

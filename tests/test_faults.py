@@ -6,12 +6,18 @@ in tests/test_faults_long.py (make faults). docs/reliability.md lists them all.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
+from kafka import KafkaConsumer
+from kafka.admin import ConfigResource, KafkaAdminClient
 
+from devkit import generate as gen
 from devkit.devkafka import LocalKafka
+from schemas.events import DEAD_LETTER_TOPIC
 from tests.faults import (
     Stream,
     assert_snapshot_equals_replay,
@@ -20,7 +26,7 @@ from tests.faults import (
     make_stream,
     owns,
 )
-from tests.workers import WorkerProcess, produce, wait_for
+from tests.workers import WorkerProcess, produce, settled_snapshot, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +96,67 @@ def test_broker_stalled_and_crashed_mid_stream_loses_nothing(
             assert_snapshot_equals_replay(restarted, stream, tmp_path / "replayed")
         finally:
             restarted.stop()
+
+
+def _long(prefix: str, i: int, size: int) -> str:
+    return f"{prefix}{i}-".ljust(size, "x")
+
+
+def test_big_records_are_split_or_bounded_and_nothing_crashes(
+        kafka: LocalKafka, tmp_path: Path) -> None:
+    # Three records over the producer's 1,000,000-byte limit, each of which crashed the
+    # worker at every restart: a 2,000-event delta with long ids, the membership carry
+    # of 12,000 joins older than the 90-day horizon (written when old deltas expire),
+    # and the dead letter of an oversized message. A restart after kill -9 rebuilds it.
+    names = fresh_names()
+    names.create_topics(kafka)
+    posts_topic = names.prefix + "community.posts"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    admin.alter_configs([ConfigResource("TOPIC", posts_topic,  # let the oversized one in
+                                        configs={"max.message.bytes": "3000000"})])
+    admin.close()
+    now = int(time.time() * 1000)
+    community = _long("c-", 0, 256)
+    posts = [{"event_id": _long("e", i, 128), "type": "post", "community_id": community,
+              "user_id": _long("u", i % 50, 256), "ts": now - 3_600_000 - i,
+              "post_id": _long("p", i, 256)} for i in range(2000)]
+    old = now - 100 * 86_400_000
+    joins = [{"event_id": f"join-{i}", "type": "join", "community_id": "old-members",
+              "user_id": _long("member-", i, 100), "ts": old + i} for i in range(12_000)]
+    events_file = tmp_path / "events.jsonl"
+    events_file.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in posts + joins))
+    oversized = b'{"padding": "' + b"x" * 1_500_000 + b'"}'
+    produce(kafka.bootstrap, names.prefix,
+            [*gen.to_messages(posts, 100), *gen.to_messages(joins, 500),
+             ("community.posts", b"x", oversized)], max_request_size=4_000_000)
+    stream = Stream([community, "old-members"], events_file, [])
+    worker = WorkerProcess(kafka.bootstrap, tmp_path / "first", names.prefix, names.app_id)
+    try:
+        wait_for(lambda: committed_through_end(kafka.bootstrap, names), 120,
+                 "the worker to commit everything")
+        samples = settled_snapshot(worker)[1]  # expiry (and the carry) ran by then
+        assert worker.value(samples, "community_pulse_events_dead_lettered_total",
+                            topic=posts_topic, reason="oversized") == 1
+        assert_snapshot_equals_replay(worker, stream, tmp_path / "replayed")
+    finally:
+        worker.kill()
+    dead = KafkaConsumer(names.prefix + DEAD_LETTER_TOPIC, bootstrap_servers=kafka.bootstrap,
+                         auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    (letter,) = list(dead)
+    dead.close()
+    headers = dict(letter.headers)
+    assert letter.value == oversized[:65536] and headers["reason"] == b"oversized"
+    assert headers["original_size"] == str(len(oversized)).encode()
+    assert headers["original_sha256"] == hashlib.sha256(oversized).hexdigest().encode()
+    changelog = KafkaConsumer(f"{names.app_id}-community-events-changelog",
+                              bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
+                              consumer_timeout_ms=5000)
+    carry_pieces = {r.key for r in changelog if b"\x1fcarry#" in r.key and r.value}
+    changelog.close()
+    assert len(carry_pieces) >= 2  # the carry did not fit one record
+    restarted = WorkerProcess(kafka.bootstrap, tmp_path / "second", names.prefix, names.app_id)
+    try:
+        wait_for(lambda: owns(restarted, 2), 90, "both communities back from the changelog")
+        assert_snapshot_equals_replay(restarted, stream, tmp_path / "replayed-again")
+    finally:
+        restarted.stop()

@@ -81,8 +81,10 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+def produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]],
+            max_request_size: int = 1_048_576) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
+                             max_request_size=max_request_size)
     for topic, key, value in messages:
         producer.send(prefix + topic, key=key, value=value)
     producer.flush()
