@@ -150,8 +150,8 @@ def test_a_withheld_message_keeps_its_offset_and_later_ones_from_the_commit() ->
     # Message.ack skips a message already marked acked (so Consumer.ack never hears of
     # it), and Consumer._new_offset never commits past an offset that was not acked.
     app = faust_app("test-withhold", "kafka://127.0.0.1:9", 1)
-    consumer = app.consumer
-    app.topics._acking_topics.add("t")  # as subscribing an agent to "t" does
+    consumer: Any = app.consumer
+    app.topics._acking_topics.add("t")  # type: ignore[attr-defined]  # as an agent on "t"
     tp = TP("t", 0)
     messages = [ConsumerMessage("t", 0, offset, NOW_S, 0, [], b"k", b"v", None)
                 for offset in range(6)]
