@@ -253,6 +253,13 @@ class WorkerMetrics:
         self.sink_errors = Counter(
             f"{NS}_sink_errors", "Failed sink writes.", ["sink"], registry=reg)
         self.sink_errors.labels("parquet")
+        self.sink_pending_rows = Gauge(
+            f"{NS}_sink_pending_rows", "Snapshot rows waiting for the sink (kept and "
+            "retried with backoff while it fails).", ["sink"], registry=reg)
+        self.sink_dropped_rows = Counter(
+            f"{NS}_sink_dropped_rows", "Snapshot rows given up on: the oldest, when too "
+            "many waited for a failing sink.", ["sink"], registry=reg)
+        self.sink_dropped_rows.labels("parquet")
         self.send_retries = Counter(
             f"{NS}_kafka_send_retries", "Changelog and dead-letter records the broker did "
             "not take at once; retried until it does (the batch is not committed before).",

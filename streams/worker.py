@@ -37,7 +37,7 @@ from faust.types import TP, EventT, StreamT, TableT
 from kafka.errors import KafkaError
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
-from sinks.parquet import SnapshotWriter
+from sinks.parquet import SinkQueue, SnapshotWriter
 from sinks.prometheus import WorkerMetrics
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
@@ -329,6 +329,11 @@ class PulseWorker:
         self.dirty: dict[str, None] = {}
         self.writer = SnapshotWriter(runtime.data_dir)
         self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported)
+        self.sink = SinkQueue(self._write_parquet,
+                              on_error=self.metrics.sink_errors.labels("parquet").inc,
+                              on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc)
+        self.metrics.sink_pending_rows.labels("parquet").set_function(
+            lambda: self.sink.pending_rows)
         self.deltas: DeltaLog | None = None
         self.dead_letter_topic: str | None = None  # bound in build_app
         # Changelog records of delta expiry, in order: each item's records are to be on
@@ -513,14 +518,13 @@ class PulseWorker:
             self.expiry_records.extend(self.deltas.expire(partition, cut_ms, carry))
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
-        if not rows:
-            return
-        try:
-            with self.metrics.sink_seconds.labels("parquet").time():
-                self.writer.write(rows)
-        except Exception:  # a sink outage must not stop the stream; it is counted
-            self.metrics.sink_errors.labels("parquet").inc()
-            log.exception("writing %d snapshot rows failed", len(rows))
+        """Hand the rows to the sink queue (written in the background, kept and retried
+        while the sink fails), and retry what is waiting."""
+        self.sink.submit(rows)
+
+    def _write_parquet(self, rows: Sequence[SnapshotRow]) -> None:
+        with self.metrics.sink_seconds.labels("parquet").time():
+            self.writer.write(rows)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -680,7 +684,7 @@ def build_app(worker: PulseWorker) -> faust.App:
         rows: list[SnapshotRow] = []
         for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
             await asyncio.sleep(AGENT_TURN_S)
-        await asyncio.get_running_loop().run_in_executor(None, worker.write_rows, rows)
+        worker.write_rows(rows)  # in the background: a hung disk must not stop expiry
 
     return app
 
