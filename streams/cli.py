@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default="data/demo")
     demo.add_argument("--metrics-port", type=int, default=9464)
 
+    redrive = sub.add_parser("redrive", help="re-produce dead letters to their source topics "
+                             "once the cause is fixed (docs/reliability.md)")
+    redrive.add_argument("--broker", help="host:port (default from config)")
+    redrive.add_argument("--reason", action="append", default=[],
+                         help="only letters with this reason (repeatable; default "
+                              "wrong_partition)")
+    redrive.add_argument("--all-reasons", action="store_true", help="every reason")
+
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
 
@@ -178,6 +186,20 @@ def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfi
                     args.metrics_port)
 
 
+def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from schemas.events import Reason
+    from streams.redrive import redrive
+
+    unknown = set(args.reason) - set(Reason.ALL)
+    if unknown:
+        raise UsageError(f"unknown --reason {', '.join(sorted(unknown))}")
+    reasons = frozenset() if args.all_reasons else frozenset(
+        args.reason or [Reason.WRONG_PARTITION])
+    broker = (args.broker or runtime.broker).removeprefix("kafka://")
+    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons))
+    return 0
+
+
 def _compact(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from sinks.compact import compact
 
@@ -212,6 +234,7 @@ _COMMANDS = {
     "generate": _generate,
     "demo": _demo,
     "compact": _compact,
+    "redrive": _redrive,
     "backfill": _backfill,
     "grafana": _grafana,
 }

@@ -35,8 +35,16 @@ from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
-from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
+from schemas.events import (
+    DEAD_LETTER_TOPIC,
+    DEFAULT_TOPICS,
+    Event,
+    Reason,
+    Rejection,
+    newest_ts,
+)
 from sinks.parquet import SinkQueue, SnapshotWriter
 from sinks.prometheus import WorkerMetrics
 from streams.config import MetricConfig, RuntimeConfig
@@ -53,6 +61,7 @@ DELTA_MAX_EVENTS = 2000
 # restart) with room for the key, headers and batch overhead.
 RECORD_MAX_BYTES = 900_000
 DEAD_LETTER_KEEP_BYTES = 64 * 1024  # of a dead letter that would not fit: its first bytes
+KEY_HASH_CACHE = 100_000  # keys whose murmur2 hash is kept (cleared when over)
 SEND_RETRY_FIRST_S = 0.2
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a bug in batch handling; restart to resume
 SEND_RETRY_MAX_S = 5.0
@@ -336,6 +345,10 @@ class PulseWorker:
             lambda: self.sink.pending_rows)
         self.deltas: DeltaLog | None = None
         self.dead_letter_topic: str | None = None  # bound in build_app
+        # Partition count of a topic (None: unknown, no partition check); build_app
+        # binds it to the consumer's metadata.
+        self.partitions_of: Callable[[str], int | None] = lambda topic: None
+        self._key_hashes: dict[bytes, int] = {}
         # Changelog records of delta expiry, in order: each item's records are to be on
         # the broker before the next item's are written (carry before deletions).
         self.expiry_records: list[list[Record]] = []
@@ -357,8 +370,10 @@ class PulseWorker:
         tags: dict[int, str] = {}
         for message_event in batch:
             msg = message_event.message
+            misplaced = self._misplaced(msg)
             # A missing key counts as a mismatch: keys are what keep a community whole.
-            result = self.ingestor.parse(msg.topic, msg.value, msg.key or b"", now_ms)
+            result = misplaced or self.ingestor.parse(msg.topic, msg.value, msg.key or b"",
+                                                      now_ms)
             parsed.append((msg.topic, msg.partition, result))
             for number, rejection in enumerate(result.rejections):
                 if self.dead_letter_topic is not None:
@@ -375,6 +390,29 @@ class PulseWorker:
         # Kafka timestamp of the newest message: how far behind the producers we are.
         lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp) if batch else None
         return PreparedBatch(parsed, records, lag)
+
+    def _misplaced(self, msg: Any) -> Ingested | None:
+        """A message on another partition than the Java client's murmur2 partitioner
+        puts its key on (the contract: SPEC 1), as a wrong_partition rejection.
+
+        A producer with another partitioner (librdkafka's default is crc32) would split
+        a community over workers; once it is fixed, `community-pulse redrive` puts
+        these messages where they belong."""
+        key = msg.key
+        partitions = self.partitions_of(msg.topic) if key else None
+        if not partitions:
+            return None
+        hashed = self._key_hashes.get(key)
+        if hashed is None:
+            if len(self._key_hashes) > KEY_HASH_CACHE:
+                self._key_hashes.clear()
+            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+        expected = hashed % partitions
+        if expected == msg.partition:
+            return None
+        detail = (f"the key belongs on partition {expected} of {partitions} (murmur2), "
+                  f"not {msg.partition}")
+        return Ingested([], [Rejection(msg.value or b"", Reason.WRONG_PARTITION, detail)])
 
     def apply(self, prepared: PreparedBatch) -> None:
         """Count and apply a prepared batch (once its records are on the broker): one
@@ -631,6 +669,7 @@ def build_app(worker: PulseWorker) -> faust.App:
         partitions=rt.partitions, internal=True,
     )
     worker.dead_letter_topic = dead_letter_topic.get_topic_name()
+    worker.partitions_of = app.consumer.topic_partitions
     table = app.Table(
         "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes
     )

@@ -7,13 +7,17 @@ in tests/test_faults_long.py (make faults). docs/reliability.md lists them all.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, KafkaAdminClient
+from kafka.partitioner.default import murmur2
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
@@ -160,3 +164,42 @@ def test_big_records_are_split_or_bounded_and_nothing_crashes(
         assert_snapshot_equals_replay(restarted, stream, tmp_path / "replayed-again")
     finally:
         restarted.stop()
+
+
+def test_messages_on_the_wrong_partition_are_dead_lettered_and_redriven(
+        kafka: LocalKafka, stream: Stream, tmp_path: Path) -> None:
+    # A producer with another partitioner puts one community's messages on partitions
+    # that are not murmur2(key) % 4: another worker would count that community too.
+    names = fresh_names()
+    names.create_topics(kafka)
+    misplaced_community = stream.communities[0].encode()
+    placed = [m for m in stream.messages if m[1] != misplaced_community]
+    misplaced = [m for m in stream.messages if m[1] == misplaced_community]
+    produce(kafka.bootstrap, names.prefix, placed)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    for topic, key, value in misplaced:
+        right = (murmur2(key) & 0x7FFFFFFF) % 4
+        producer.send(names.prefix + topic, key=key, value=value, partition=(right + 1) % 4)
+    producer.flush()
+    producer.close()
+    worker = WorkerProcess(kafka.bootstrap, tmp_path / "data", names.prefix, names.app_id)
+    try:
+        wait_for(lambda: committed_through_end(kafka.bootstrap, names), 120,
+                 "the worker to commit everything")
+        samples = worker.scrape()
+        assert sum(v for labels, v in samples["community_pulse_events_dead_lettered_total"]
+                   if labels["reason"] == "wrong_partition") == len(misplaced)
+        wait_for(lambda: owns(worker, len(stream.communities) - 1), 30, "the others")
+        redriven = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "redrive", "--broker", kafka.bootstrap],
+            env={**os.environ, "PULSE_TOPIC_PREFIX": names.prefix,
+                 "PULSE_APP_ID": names.app_id},
+            capture_output=True, text=True, timeout=120)
+        assert redriven.returncode == 0, redriven.stderr
+        assert redriven.stdout.startswith(f"redrove {len(misplaced)} dead letter(s)")
+        wait_for(lambda: owns(worker, len(stream.communities)), 120, "every community")
+        wait_for(lambda: committed_through_end(kafka.bootstrap, names), 120,
+                 "the redriven messages committed")
+        assert_snapshot_equals_replay(worker, stream, tmp_path / "replayed")
+    finally:
+        worker.stop()
