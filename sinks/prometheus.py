@@ -239,7 +239,8 @@ class PipelineCollector(Collector):
 class WorkerMetrics:
     """What a worker serves on /metrics: cached community series + live pipeline metrics."""
 
-    def __init__(self, stats: Mapping[str, TopicStats], min_members: int) -> None:
+    def __init__(self, stats: Mapping[str, TopicStats], min_members: int,
+                 liveness_timeout_s: float = 30.0) -> None:
         self.communities = CommunitySeries(min_members)
         self.registry = CollectorRegistry()
         self.registry.register(PipelineCollector(stats))
@@ -260,6 +261,13 @@ class WorkerMetrics:
             f"{NS}_sink_dropped_rows", "Snapshot rows given up on: the oldest, when too "
             "many waited for a failing sink.", ["sink"], registry=reg)
         self.sink_dropped_rows.labels("parquet")
+        self.assigned_partitions = Gauge(
+            f"{NS}_assigned_partitions", "Source topic partitions assigned to this worker "
+            "(0 while cut off from Kafka).", registry=reg)
+        self.consumer_lag_messages = Gauge(
+            f"{NS}_consumer_lag_messages", "Messages on our partitions not consumed yet "
+            "(highwater minus position), polled every few seconds whether or not "
+            "batches arrive.", ["topic"], registry=reg)
         self.send_retries = Counter(
             f"{NS}_kafka_send_retries", "Changelog and dead-letter records the broker did "
             "not take at once; retried until it does (the batch is not committed before).",
@@ -274,6 +282,16 @@ class WorkerMetrics:
             f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest snapshot.",
             registry=reg)
 
+        self.liveness_timeout_s = liveness_timeout_s
+        self.heartbeat = time.monotonic()
+
+    def beat(self) -> None:
+        """Called from an event-loop timer: the loop is turning."""
+        self.heartbeat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.heartbeat <= self.liveness_timeout_s
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry) + self.communities.render().encode()
 
@@ -284,12 +302,20 @@ class WorkerMetrics:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
+                path = self.path.split("?")[0]
+                if path == "/healthz":  # liveness: the event loop's heartbeat is recent
+                    alive = metrics.alive()
+                    self._reply(200 if alive else 503, b"ok\n" if alive else
+                                b"event loop stuck\n", "text/plain; charset=utf-8")
+                    return
+                if path not in ("/metrics", "/"):
                     self.send_error(404)
                     return
-                body = metrics.exposition()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+
+            def _reply(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -94,6 +94,8 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # /healthz fails when the event loop has not turned for this long (a stuck worker).
+    liveness_timeout_s: float = 30.0
     # Steering files (SPEC 5, docs/steering.md); None: the feature is off.
     goals_file: Path | None = None
     experts_file: Path | None = None

@@ -61,6 +61,9 @@ DELTA_MAX_EVENTS = 2000
 # restart) with room for the key, headers and batch overhead.
 RECORD_MAX_BYTES = 900_000
 DEAD_LETTER_KEEP_BYTES = 64 * 1024  # of a dead letter that would not fit: its first bytes
+LAG_POLL_INTERVAL_S = 5.0  # how often the worker asks the broker for its lag
+LAG_POLL_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
 KEY_HASH_CACHE = 100_000  # keys whose murmur2 hash is kept (cleared when over)
 SEND_RETRY_FIRST_S = 0.2
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a bug in batch handling; restart to resume
@@ -337,7 +340,8 @@ class PulseWorker:
         # ordered set: a community that changes again keeps its place in the queue).
         self.dirty: dict[str, None] = {}
         self.writer = SnapshotWriter(runtime.data_dir)
-        self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported)
+        self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported,
+                                     runtime.liveness_timeout_s)
         self.sink = SinkQueue(self._write_parquet,
                               on_error=self.metrics.sink_errors.labels("parquet").inc,
                               on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc)
@@ -349,6 +353,11 @@ class PulseWorker:
         # binds it to the consumer's metadata.
         self.partitions_of: Callable[[str], int | None] = lambda topic: None
         self._key_hashes: dict[bytes, int] = {}
+        # Last answer from the broker (monotonic); past the session timeout without one,
+        # the group has given our partitions to others: stop exporting and writing.
+        self.last_contact = time.monotonic()
+        self.session_timeout_s = 60.0  # build_app takes Faust's broker_session_timeout
+        self._cut_off = False
         # Changelog records of delta expiry, in order: each item's records are to be on
         # the broker before the next item's are written (carry before deletions).
         self.expiry_records: list[list[Record]] = []
@@ -468,6 +477,40 @@ class PulseWorker:
             self.dirty.pop(community_id, None)
         self.metrics.owned.set(len(self.core.communities))
 
+    # ---- contact with the broker --------------------------------------------------------
+
+    def cut_off(self) -> bool:
+        """Whether the broker has not answered for longer than the session timeout: the
+        consumer group has moved our partitions to other workers by now. The community
+        gauges go (other workers export them) and no live rows are written until the
+        broker answers again."""
+        if time.monotonic() - self.last_contact <= self.session_timeout_s:
+            return False
+        if not self._cut_off:
+            self._cut_off = True
+            log.warning("no answer from Kafka for %.0f s (session timeout): not exporting "
+                        "or writing %d communities until it is back",
+                        time.monotonic() - self.last_contact, len(self.core.communities))
+            self.metrics.communities.retain(set())
+            self.metrics.owned.set(0)
+            self.metrics.assigned_partitions.set(0)
+            self.metrics.consumer_lag_messages.clear()
+        return True
+
+    def in_contact(self, lag_by_topic: dict[str, int], partitions: int) -> None:
+        """The broker answered: the lag of each topic (highwater minus position over
+        our partitions) and how many source partitions are ours."""
+        self.last_contact = time.monotonic()
+        if self._cut_off:
+            self._cut_off = False
+            log.warning("Kafka answers again")
+            self.dirty.update(dict.fromkeys(self.core.communities))
+            self.metrics.owned.set(len(self.core.communities))
+        self.metrics.consumer_lag_messages.clear()
+        for topic, lag in lag_by_topic.items():
+            self.metrics.consumer_lag_messages.labels(topic).set(lag)
+        self.metrics.assigned_partitions.set(partitions)
+
     # ---- snapshots --------------------------------------------------------------------
 
     def refresh_steps(self) -> Iterator[None]:
@@ -479,7 +522,7 @@ class PulseWorker:
         changes all the time, gauges lag a little more instead of starving ingestion.
         """
         started = time.monotonic()
-        if started < self._next_refresh or self.behind:
+        if started < self._next_refresh or self.behind or self.cut_off():
             return  # while catching up, gauges wait for the full snapshot
         spent = 0.0
         slice_start = time.perf_counter()
@@ -506,6 +549,8 @@ class PulseWorker:
         BEHIND_SNAPSHOT_EVERY-th does: numbers over a half-read backlog are soon
         outdated, and the time is better spent reading it."""
         self._snapshot_ticks += 1
+        if self.cut_off():
+            return False  # the partitions are someone else's by now: no rows as if ours
         return not self.behind or self._snapshot_ticks % BEHIND_SNAPSHOT_EVERY == 0
 
     def snapshot_steps(self, as_of: int, rows: list[SnapshotRow]) -> Iterator[None]:
@@ -696,6 +741,30 @@ def build_app(worker: PulseWorker) -> faust.App:
     async def declare_dead_letter_topic() -> None:
         await dead_letter_topic.maybe_declare()
 
+    worker.session_timeout_s = app.conf.broker_session_timeout
+    contact_probe = TP(worker.dead_letter_topic, 0)  # asked even with nothing assigned
+
+    async def poll_lag() -> None:
+        consumer = app.consumer
+        ours = [tp for tp in consumer.assignment() if tp.topic in source_topics]
+        highwaters = await consumer.highwaters(*ours, contact_probe)
+        lag: dict[str, int] = dict.fromkeys(source_topics, 0)
+        for tp in ours:
+            position = await consumer.position(tp)
+            if position is not None and tp in highwaters:
+                lag[tp.topic] += max(0, highwaters[tp] - position)
+        worker.in_contact(lag, len(ours))
+
+    @app.timer(interval=LAG_POLL_INTERVAL_S)
+    async def watch_kafka() -> None:
+        # The lag gauge moves without batches arriving (a stuck or starved consumer
+        # shows), and a broker that does not answer is noticed (cut_off).
+        try:
+            await asyncio.wait_for(poll_lag(), LAG_POLL_TIMEOUT_S)
+        except Exception as exc:  # no answer, whatever the reason: no contact
+            log.info("lag poll failed: %r", exc)
+        worker.cut_off()
+
     @app.timer(interval=REFRESH_INTERVAL_S)
     async def write_expiry() -> None:
         while worker.expiry_records:  # carry pieces on the broker before any deletion
@@ -734,4 +803,17 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     app = build_app(worker)
     worker.metrics.serve(runtime.metrics_port)
     log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    keep_beating(faust_worker.loop, worker.metrics.beat)
+    faust_worker.execute_from_commandline()
+
+
+def keep_beating(loop: asyncio.AbstractEventLoop, beat: Callable[[], None]) -> None:
+    """Call `beat` every HEARTBEAT_INTERVAL_S from the event loop itself (not a Faust
+    timer, which starts only with the app): /healthz fails when the beats stop, i.e.
+    when something blocks the loop; /metrics is served from its own thread."""
+    def tick() -> None:
+        beat()
+        loop.call_later(HEARTBEAT_INTERVAL_S, tick)
+
+    loop.call_soon(tick)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +18,7 @@ from faust.types.tuples import ConsumerMessage
 from kafka.errors import KafkaTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.devkafka import free_port
 from schemas.events import Event, Rejection
 from schemas.producer import TOPIC_OF
 from streams.config import MetricConfig, RuntimeConfig
@@ -29,8 +32,10 @@ from streams.worker import (
     _encoded_chunks,
     dead_letter,
     faust_app,
+    keep_beating,
     withhold_acks,
 )
+from tests.workers import wait_for
 
 
 def test_consumer_fetch_wait_is_short_unless_configured_otherwise() -> None:
@@ -212,3 +217,45 @@ def test_deltas_are_cut_by_bytes_as_well_as_by_count() -> None:
     chunks = list(_encoded_chunks(events))
     assert len(chunks) > 1 and all(len(value) <= RECORD_MAX_BYTES for _, value in chunks)
     assert [e for chunk, _ in chunks for e in chunk] == events
+
+
+def test_healthz_fails_once_the_event_loop_stops_beating(tmp_path: Path) -> None:
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path,
+                                                       liveness_timeout_s=1.5))
+    port = free_port()
+    server = worker.metrics.serve(port, host="127.0.0.1")
+    try:
+        def status() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as reply:
+                    return int(reply.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        loop = asyncio.new_event_loop()
+        keep_beating(loop, worker.metrics.beat)
+        loop.run_until_complete(asyncio.sleep(0.1))  # the loop turns: beats
+        assert status() == 200
+        loop.run_until_complete(asyncio.sleep(0))
+        wait_for(lambda: status() == 503, 10, "/healthz to fail while the loop is stuck")
+        loop.run_until_complete(asyncio.sleep(0.1))  # turning again: the overdue beat
+        assert status() == 200
+        loop.close()
+    finally:
+        server.shutdown()
+
+
+def test_a_worker_cut_off_from_kafka_stops_exporting_and_writing(tmp_path: Path) -> None:
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path), clock=lambda: NOW_S)
+    worker.handle_batch(batch_of(community_events("a", 6, 1, "x")))
+    worker.in_contact({"community.posts": 0}, 4)
+    worker.take_snapshot()
+    assert gauge(worker, "a") == 1.0 and worker.snapshot_due()
+    worker.last_contact -= worker.session_timeout_s + 1  # no answer since
+    assert worker.cut_off() and gauge(worker, "a") is None and not worker.snapshot_due()
+    refresh(worker)
+    assert gauge(worker, "a") is None
+    worker.in_contact({"community.posts": 3}, 4)  # the broker answers again
+    assert not worker.cut_off() and worker.snapshot_due()
+    refresh(worker)
+    assert gauge(worker, "a") == 1.0
