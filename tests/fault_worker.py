@@ -5,6 +5,8 @@
 FAULT:
     raise-mid-batch:N   the Nth core update of two or more events applies half of them
                         and raises (a bug half-way through a batch)
+    fast-clock:T0:X     the worker's clock (snapshots, expiry, event-time checks) starts
+                        at epoch seconds T0 and runs X times as fast as the wall clock
     none                no fault (the same launcher, for comparison)
 """
 
@@ -15,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams import pipeline
+import time
+
+from streams import pipeline, worker
 from streams.cli import main
 
 
@@ -35,11 +39,27 @@ def raise_mid_batch(nth: int) -> None:
     pipeline.Ingestor.apply = apply  # type: ignore[method-assign]
 
 
+def fast_clock(start_s: float, speed: float) -> None:
+    began = time.time()
+    original = worker.PulseWorker.__init__
+
+    def clock() -> float:
+        return start_s + (time.time() - began) * speed
+
+    def init(self: worker.PulseWorker, *args: object, **kwargs: object) -> None:
+        original(self, *args, **{**kwargs, "clock": clock})  # type: ignore[arg-type]
+
+    worker.PulseWorker.__init__ = init  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     fault, *args = sys.argv[1:]
     name, _, arg = fault.partition(":")
     if name == "raise-mid-batch":
         raise_mid_batch(int(arg))
+    elif name == "fast-clock":
+        start, speed = arg.split(":")
+        fast_clock(float(start), float(speed))
     elif name != "none":
         sys.exit(f"unknown fault {fault}")
     sys.exit(main(args))
