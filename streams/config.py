@@ -88,11 +88,38 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # Security and privacy (docs/security.md). Secrets are never settings: they come from
+    # the *_file named here or from PULSE_KAFKA_SASL_PASSWORD / PULSE_KAFKA_SSL_KEY_PASSWORD /
+    # PULSE_PSEUDONYM_KEY (streams/kafka_auth.py, streams/privacy.py).
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in the container images
+    metrics_tls_certfile: str = ""
+    metrics_tls_keyfile: str = ""
+    metrics_basic_auth_user: str = ""  # password: metrics_basic_auth_password_file or env
+    metrics_basic_auth_password_file: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # or SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password_file: str = ""
+    kafka_ssl_cafile: str = ""  # empty: the system's CAs
+    kafka_ssl_certfile: str = ""  # client certificate and key: mutual TLS
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_key_password_file: str = ""
+    kafka_ssl_check_hostname: bool = True
+    topic_replication_factor: int = 1  # 3 on a real cluster
+    topic_min_insync_replicas: int = 1  # 2 on a real cluster
+    pseudonymise_user_ids: bool = False
+    pseudonym_key_file: str = ""
+    # Leave communities under min_members_exported out of Parquet too (not only /metrics).
+    parquet_omit_small_communities: bool = False
 
 
 def tune_gc() -> None:
     """Set GC_THRESHOLDS for this process (the worker and replay commands do)."""
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
 
 
 def _coerce(current: Any, raw: Any, name: str) -> Any:
@@ -107,6 +134,13 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
             return {str(k): float(v) for k, v in raw.items()}
         if isinstance(current, Path):
             return Path(raw)
+        if isinstance(current, bool):  # bool("false") would be True
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in _BOOLEANS:
+                raise ValueError(raw)
+            return _BOOLEANS[text]
         return type(current)(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for {name}: {raw!r}") from exc
@@ -145,3 +179,16 @@ def _with_env(obj: T) -> T:
         if f"PULSE_{f.name.upper()}" in os.environ
     }
     return _apply(obj, env, "environment") if env else obj
+
+
+def read_secret(file_setting: str, path: str, env_name: str) -> str:
+    """A secret from the file a setting names, else from an environment variable; "" when
+    neither is set. Errors name the setting and the file, never the content."""
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file_setting} {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file_setting} {path} is not UTF-8 text") from exc
+    return os.environ.get(env_name, "").strip()
