@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,11 @@ class MetricConfig:
     weight_responsiveness: float = 1.0
     weight_participation: float = 1.0
     weight_reciprocity: float = 1.0
+    # Content experts per community (SPEC 5), read from `RuntimeConfig.experts_file` by
+    # `load`; None: no roster, so the expert columns stay empty. Not a setting of its own,
+    # and out of repr: the roster's user ids never leave the process.
+    experts: Mapping[str, frozenset[str]] | None = field(
+        default=None, repr=False, metadata={"setting": False})
 
     def __post_init__(self) -> None:
         if not self.windows_days or any(w <= 0 for w in self.windows_days):
@@ -95,22 +101,25 @@ class RuntimeConfig:
     metrics_tls_certfile: str = ""
     metrics_tls_keyfile: str = ""
     metrics_basic_auth_user: str = ""  # password: metrics_basic_auth_password_file or env
-    metrics_basic_auth_password_file: str = ""
+    metrics_basic_auth_password_file: Path | None = None
     kafka_security_protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL
     kafka_sasl_mechanism: str = "PLAIN"  # or SCRAM-SHA-256, SCRAM-SHA-512
     kafka_sasl_username: str = ""
-    kafka_sasl_password_file: str = ""
+    kafka_sasl_password_file: Path | None = None
     kafka_ssl_cafile: str = ""  # empty: the system's CAs
     kafka_ssl_certfile: str = ""  # client certificate and key: mutual TLS
     kafka_ssl_keyfile: str = ""
-    kafka_ssl_key_password_file: str = ""
+    kafka_ssl_key_password_file: Path | None = None
     kafka_ssl_check_hostname: bool = True
     topic_replication_factor: int = 1  # 3 on a real cluster
     topic_min_insync_replicas: int = 1  # 2 on a real cluster
     pseudonymise_user_ids: bool = False
-    pseudonym_key_file: str = ""
+    pseudonym_key_file: Path | None = None
     # Leave communities under min_members_exported out of Parquet too (not only /metrics).
     parquet_omit_small_communities: bool = False
+    # Steering files (SPEC 5, docs/steering.md); None: the feature is off.
+    goals_file: Path | None = None
+    experts_file: Path | None = None
 
 
 def tune_gc() -> None:
@@ -132,8 +141,6 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
                 pairs = (item.split("=", 1) for item in raw.split(",") if item)
                 return {k: float(v) for k, v in pairs}
             return {str(k): float(v) for k, v in raw.items()}
-        if isinstance(current, Path):
-            return Path(raw)
         if isinstance(current, bool):  # bool("false") would be True
             if isinstance(raw, bool):
                 return raw
@@ -141,13 +148,15 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
             if text not in _BOOLEANS:
                 raise ValueError(raw)
             return _BOOLEANS[text]
+        if isinstance(current, Path) or name.endswith("_file"):
+            return Path(raw) if raw != "" else None
         return type(current)(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for {name}: {raw!r}") from exc
 
 
 def _apply(obj: Any, values: dict[str, Any], origin: str) -> Any:
-    known = {f.name for f in fields(obj)}
+    known = {f.name for f in fields(obj) if f.metadata.get("setting", True)}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) in {origin}: {', '.join(sorted(unknown))}")
@@ -168,7 +177,14 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
         metrics = _apply(metrics, doc.get("metrics", {}), str(path))
         runtime = _apply(runtime, doc.get("runtime", {}), str(path))
-    return _with_env(metrics), _with_env(runtime)
+    metrics, runtime = _with_env(metrics), _with_env(runtime)
+    if runtime.experts_file is not None:
+        from streams.privacy import Pseudonymiser  # (both build on this module)
+        from streams.steering.files import read_experts
+
+        metrics = replace(metrics, experts=read_experts(
+            runtime.experts_file, Pseudonymiser.from_runtime(runtime)))
+    return metrics, runtime
 
 
 def _with_env(obj: T) -> T:
@@ -176,12 +192,12 @@ def _with_env(obj: T) -> T:
     env = {
         f.name: os.environ[f"PULSE_{f.name.upper()}"]
         for f in fields(obj)
-        if f"PULSE_{f.name.upper()}" in os.environ
+        if f"PULSE_{f.name.upper()}" in os.environ and f.metadata.get("setting", True)
     }
     return _apply(obj, env, "environment") if env else obj
 
 
-def read_secret(file_setting: str, path: str, env_name: str) -> str:
+def read_secret(file_setting: str, path: Path | None, env_name: str) -> str:
     """A secret from the file a setting names, else from an environment variable; "" when
     neither is set. Errors name the setting and the file, never the content."""
     if path:

@@ -5,8 +5,9 @@ keyed hash (HMAC-SHA-256 with a secret key, truncated to 128 bits, hex) as soon 
 event is decoded, so the worker's state, its changelog topic and everything derived from
 them hold no raw user id. Every metric counts distinct users, and equal ids stay equal
 (distinct ones distinct, but for a 2^-128 chance), so the numbers do not change. Rosters
-that name users (experts, managers: SPEC section 5) must go through `roster_user_ids`
-so that they meet the same pseudonyms.
+that name users (experts, managers: SPEC section 5) are hashed with the same key when
+they are loaded (`streams.steering.files._roster_ids`), so that they meet the same
+pseudonyms.
 
 Log hygiene: `install_log_filters` keeps message content and user ids out of the log
 lines Faust writes itself.
@@ -75,14 +76,6 @@ class Pseudonymiser:
         """Replace the user id of decoded events in place."""
         for event in events:
             event.user_id = self(event.user_id)
-
-
-def roster_user_ids(runtime: RuntimeConfig, user_ids: Iterable[str]) -> list[str]:
-    """User ids of a roster (experts, managers) as the worker's state holds them: hashed
-    with the same key when pseudonymisation is on, unchanged when it is off. Call it
-    once when the roster is loaded."""
-    pseudonymise = Pseudonymiser.from_runtime(runtime)
-    return list(user_ids) if pseudonymise is None else pseudonymise.many(user_ids)
 
 
 # faust.topics.Topic._on_published (faust-streaming 0.15) logs, on a failed send,

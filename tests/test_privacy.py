@@ -21,8 +21,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
-from streams.config import ConfigError, RuntimeConfig
-from streams.privacy import Pseudonymiser, SendFailureFilter, roster_user_ids
+from streams import config
+from streams.config import ConfigError
+from streams.privacy import Pseudonymiser, SendFailureFilter
 from streams.worker import faust_app
 from tests.workers import WorkerProcess, wait_for
 
@@ -94,19 +95,22 @@ def test_pseudonyms_are_keyed_stable_and_hide_the_id() -> None:
 
 def test_rosters_are_hashed_with_the_same_key(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_text("a-key-of-thirty-two-bytes-000000\n")
-    on = RuntimeConfig(pseudonymise_user_ids=True, pseudonym_key_file=str(key_file))
-    decoder = Pseudonymiser.from_runtime(on)
-    assert decoder is not None
-    assert roster_user_ids(on, ["ann", SECRET_USER]) == [decoder("ann"), decoder(SECRET_USER)]
-    assert roster_user_ids(RuntimeConfig(), ["ann"]) == ["ann"]  # off: unchanged
+    roster = tmp_path / "experts.yml"
+    roster.write_text(f"experts:\n  c1: [ann, {SECRET_USER}]\n")
+    key = "a-key-of-thirty-two-bytes-000000"
+    (tmp_path / "key").write_text(key + "\n")
+    monkeypatch.setenv("PULSE_EXPERTS_FILE", str(roster))
+    assert config.load()[0].experts == {"c1": frozenset({"ann", SECRET_USER})}  # off
+    monkeypatch.setenv("PULSE_PSEUDONYMISE_USER_IDS", "true")
+    monkeypatch.setenv("PULSE_PSEUDONYM_KEY_FILE", str(tmp_path / "key"))
+    decoder = Pseudonymiser(key.encode())  # what the worker's decoder applies to events
+    assert config.load()[0].experts == {"c1": frozenset({decoder("ann"), decoder(SECRET_USER)})}
+    monkeypatch.delenv("PULSE_PSEUDONYM_KEY_FILE")
     monkeypatch.delenv("PULSE_PSEUDONYM_KEY", raising=False)
     with pytest.raises(ConfigError, match="needs a key"):
-        Pseudonymiser.from_runtime(RuntimeConfig(pseudonymise_user_ids=True))
-    monkeypatch.setenv("PULSE_PSEUDONYM_KEY", "a-key-of-thirty-two-bytes-000000")
-    from_env = Pseudonymiser.from_runtime(RuntimeConfig(pseudonymise_user_ids=True))
-    assert from_env is not None and from_env("ann") == decoder("ann")
+        config.load()
+    monkeypatch.setenv("PULSE_PSEUDONYM_KEY", key)
+    assert config.load()[0].experts == {"c1": frozenset({decoder("ann"), decoder(SECRET_USER)})}
 
 
 def _event(n: int, user: str, **extra: object) -> dict[str, object]:
