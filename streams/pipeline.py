@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from schemas.events import Event, Rejection, decode_lines, decode_message, newest_ts
 from streams.core import PulseCore
+from streams.privacy import Pseudonymiser
 
 
 @dataclass
@@ -33,10 +34,12 @@ class Ingested(NamedTuple):  # a tuple: built once per Kafka message, so kept ch
 class Ingestor:
     """Validates raw messages of known topics and applies them to the core."""
 
-    def __init__(self, core: PulseCore, topics: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, core: PulseCore, topics: Mapping[str, frozenset[str]],
+                 pseudonymise: Pseudonymiser | None = None) -> None:
         self.core = core
         self.topics = dict(topics)
         self.stats = {topic: TopicStats() for topic in topics}
+        self.pseudonymise = pseudonymise  # applied to every decoded event's user id
 
     def ingest(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode, count and apply one message."""
@@ -51,15 +54,23 @@ class Ingestor:
     def parse(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode one message without counting it: the worker counts a batch only once
         its changelog and dead-letter writes are on the broker."""
-        return Ingested(*decode_message(value, self.topics[topic], now_ms, key))
+        events, rejections = decode_message(value, self.topics[topic], now_ms, key)
+        return Ingested(self.pseudonymised(events), rejections)
 
     def decode_lines(self, topic: str, values: Sequence[bytes], now_ms: int) -> Ingested:
         """`decode` for many keyless messages at once (see `schemas.events.decode_lines`)."""
         events, rejections = decode_lines(values, self.topics[topic], now_ms)
-        return self.counted(topic, events, rejections)
+        return self.counted(topic, self.pseudonymised(events), rejections)
+
+    def pseudonymised(self, events: list[Event]) -> list[Event]:
+        """The decoded events with their user ids pseudonymised (when configured), before
+        they go anywhere: core, changelog, counters."""
+        if self.pseudonymise is not None:
+            self.pseudonymise.events(events)
+        return events
 
     def counted(self, topic: str, events: list[Event], rejections: list[Rejection]) -> Ingested:
-        """Count messages decoded elsewhere (`decode` and `decode_lines` do it)."""
+        """Count messages decoded (and pseudonymised) elsewhere, as `decode` does."""
         stats = self.stats[topic]
         stats.consumed += len(events) + len(rejections)
         for rejection in rejections:

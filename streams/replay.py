@@ -11,6 +11,7 @@ bounded on long histories.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import re
@@ -37,6 +38,7 @@ from streams.bulk import EventColumns, apply_columns
 from streams.config import MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
+from streams.privacy import Pseudonymiser
 
 SOURCE = "replay"
 Ints = npt.NDArray[np.int64]
@@ -195,7 +197,7 @@ def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: 
     objects = not any(message.lstrip().startswith(b"[") for message in messages)
     decoded, rejections = decode_lines(messages, allowed, now_ms) if objects else ([], [])
     if objects and not rejections and len(decoded) == len(messages):  # one event a line
-        ingestor.counted(SOURCE, decoded, [])
+        ingestor.counted(SOURCE, ingestor.pseudonymised(decoded), [])
         events += decoded
         places += [place for place, _ in pending]
     else:
@@ -240,6 +242,7 @@ def replay(
     now_ms: int | None = None,
     show_progress: bool = False,
     jobs: int | None = None,
+    pseudonymise: Pseudonymiser | None = None,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
@@ -248,6 +251,8 @@ def replay(
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events, place = read_events(files, ingestor, now_ms)
+    if pseudonymise is not None:  # each distinct user id once, not each event
+        events = dataclasses.replace(events, users=pseudonymise.many(events.users))
     stats = ingestor.stats[SOURCE]
     if not len(events):
         return ReplayResult(stats, [], 0, [str(f) for f in files])

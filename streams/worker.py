@@ -49,7 +49,9 @@ from sinks.parquet import SinkQueue, SnapshotWriter
 from sinks.prometheus import WorkerMetrics
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
+from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingested, Ingestor
+from streams.privacy import Pseudonymiser, install_log_filters
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +336,7 @@ class PulseWorker:
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
         self.core = PulseCore(metric_config)
-        self.ingestor = Ingestor(self.core, self.topics)
+        self.ingestor = Ingestor(self.core, self.topics, Pseudonymiser.from_runtime(runtime))
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
@@ -348,7 +350,8 @@ class PulseWorker:
         self.metrics.sink_pending_rows.labels("parquet").set_function(
             lambda: self.sink.pending_rows)
         self.deltas: DeltaLog | None = None
-        self.dead_letter_topic: str | None = None  # bound in build_app
+        self.dead_letter: Any = None  # faust Topic, bound in build_app
+        self.dead_letter_topic: str | None = None  # its name
         # Partition count of a topic (None: unknown, no partition check); build_app
         # binds it to the consumer's metadata.
         self.partitions_of: Callable[[str], int | None] = lambda topic: None
@@ -682,12 +685,25 @@ class PulseApp(faust.App):
 
 
 def faust_app(
-    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0
+    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
+    security: KafkaSecurity | None = None, replication: int = 1,
+    session_timeout_s: float = 60.0,
 ) -> faust.App:
-    """The Faust settings the worker runs with (the benchmark's floor uses them too)."""
+    """The Faust settings the worker runs with (the benchmark's floor uses them too).
+
+    Faust reads environment variables of its own (BROKER_URL, PROCESSING_GUARANTEE, ...)
+    over the arguments given here; `env={}` stops that, so the product's settings win
+    (`ignored_faust_environment` names what was ignored)."""
     app = PulseApp(
         app_id,
+        env={},
         broker=broker,
+        broker_credentials=(security or KafkaSecurity()).faust_credentials(),
+        topic_replication_factor=replication,
+        # How long the group waits for a silent worker before its partitions move on;
+        # a worker cut off for that long stops exporting and writing (PulseWorker.cut_off).
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=min(3.0, session_timeout_s / 10),
         # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
         datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
         store="memory://",
@@ -703,20 +719,31 @@ def faust_app(
     return app
 
 
-def build_app(worker: PulseWorker) -> faust.App:
+def ignored_faust_environment() -> list[str]:
+    """Faust's own environment variables that are set here, which faust_app ignores."""
+    names = {param.env_name for param in faust.Settings.SETTINGS.values() if param.env_name}
+    return sorted(name for name in names if name in os.environ)
+
+
+def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> faust.App:
     rt = worker.runtime
-    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms)
+    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms, security,
+                    rt.topic_replication_factor, rt.session_timeout_s)
+    # Topics the worker creates when they are missing (replication: topic_replication_factor).
+    topic_config = {"min.insync.replicas": str(rt.topic_min_insync_replicas)}
     source = app.topic(
-        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions, internal=True
+        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions,
+        internal=True, config=topic_config,
     )
-    dead_letter_topic = app.topic(
+    worker.dead_letter = dead_letter_topic = app.topic(
         rt.topic_prefix + DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes,
-        partitions=rt.partitions, internal=True,
+        partitions=rt.partitions, internal=True, config=topic_config,
     )
     worker.dead_letter_topic = dead_letter_topic.get_topic_name()
     worker.partitions_of = app.consumer.topic_partitions
     table = app.Table(
-        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes
+        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
+        extra_topic_configs=topic_config,
     )
     worker.deltas = DeltaLog(table)
     source_topics = set(worker.topics)
@@ -799,8 +826,15 @@ def build_app(worker: PulseWorker) -> faust.App:
 
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
+    install_log_filters()
+    security = KafkaSecurity.from_runtime(runtime)
+    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    ignored = ignored_faust_environment()
+    if ignored:
+        log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
+                    "its settings from the config file and PULSE_* only", ", ".join(ignored))
     worker = PulseWorker(metric_config, runtime)
-    app = build_app(worker)
+    app = build_app(worker, security)
     worker.metrics.serve(runtime.metrics_port)
     log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
     faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)

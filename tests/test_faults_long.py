@@ -31,7 +31,7 @@ pytestmark = pytest.mark.faults
 
 # Dead members leave the group after 10 s, not Faust's 60 s: a restarted worker gets its
 # partitions back quickly, so the kills land while it processes.
-FAST_GROUP = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
+FAST_GROUP = {"PULSE_SESSION_TIMEOUT_S": "10"}
 
 
 def _produce_steadily(bootstrap: str, names: Names, messages: list, per_second: float,
