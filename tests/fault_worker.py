@@ -5,8 +5,9 @@
 FAULT:
     raise-mid-batch:N   the Nth core update of two or more events applies half of them
                         and raises (a bug half-way through a batch)
-    fast-clock:T0:X     the worker's clock (snapshots, expiry, event-time checks) starts
-                        at epoch seconds T0 and runs X times as fast as the wall clock
+    fast-clock:T0:X     the worker's clock (snapshots, expiry, event-time checks) is
+                        T0 + (wall clock - T0) * X: at epoch seconds T0 it agrees with
+                        the wall clock, then runs X times as fast
     none                no fault (the same launcher, for comparison)
 """
 
@@ -40,11 +41,10 @@ def raise_mid_batch(nth: int) -> None:
 
 
 def fast_clock(start_s: float, speed: float) -> None:
-    began = time.time()
     original = worker.PulseWorker.__init__
 
     def clock() -> float:
-        return start_s + (time.time() - began) * speed
+        return start_s + (time.time() - start_s) * speed
 
     def init(self: worker.PulseWorker, *args: object, **kwargs: object) -> None:
         original(self, *args, **{**kwargs, "clock": clock})  # type: ignore[arg-type]
