@@ -497,3 +497,13 @@ def test_rows_have_every_configured_window() -> None:
     core.apply([post("a", T - D, "p")])
     assert [r.window_days for r in core.snapshot(T)] == [1, 3, 7]
     assert [r.posts for r in core.snapshot(T)] == [0, 1, 1]  # t - 1d is outside (t - 1d, t]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 item 6, not done: ids are deduplicated "
+                   "within the UTC day of their ts (docs/reliability.md)")
+def test_a_repeated_event_id_with_another_day_is_still_a_duplicate() -> None:
+    core = PulseCore(MetricConfig())
+    post = Event("e1", "post", "c", "u1", T - 3 * DAY_MS, post_id="p1")
+    restamped = Event("e1", "post", "c", "u1", T - DAY_MS, post_id="p1")  # producer retry
+    assert core.apply([post]) == 0
+    assert core.apply([restamped]) == 1
