@@ -31,10 +31,10 @@ from typing import Any, NamedTuple
 
 import faust
 import msgspec
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
-from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
 from schemas.events import (
@@ -140,6 +140,9 @@ class Record(NamedTuple):
     value: bytes | None
     partition: int | None
     headers: list[tuple[str, bytes]] | None = None
+    # What to write instead when the broker refuses this record as too large (a topic
+    # with a smaller max.message.bytes): a dead letter's bare headers.
+    smaller: Record | None = None
 
 
 class DurableSender:
@@ -160,31 +163,33 @@ class DurableSender:
         pending = list(records)
         delay = SEND_RETRY_FIRST_S
         while pending:
-            failed: list[Record] = []
+            failed: list[tuple[Record, BaseException]] = []
             sent: list[tuple[Record, Any]] = []
-            problem: BaseException | None = None
             for record in pending:
                 try:
                     sent.append((record, await self.producer.send(
                         record.topic, record.key, record.value, record.partition, None,
                         record.headers)))
                 except ProducerSendError as exc:  # e.g. no metadata for the topic in time
-                    failed.append(record)
-                    problem = exc
+                    failed.append((record, exc.__cause__ or exc))
             for record, future in sent:
                 try:
                     await future
                 except KafkaError as exc:
-                    failed.append(record)
-                    problem = exc
+                    failed.append((record, exc))
             if not failed:
                 return
             self.on_retry(len(failed))
-            log.warning("%d of %d records not on the broker yet (%r); retrying in %.1f s",
-                        len(failed), len(pending), problem, delay)
+            for topic in sorted({record.topic for record, _ in failed}):
+                problems = {type(exc).__name__ for record, exc in failed if record.topic == topic}
+                # No record content in the log: only the topic and the error's kind.
+                log.warning("send to topic %s failed (%s); retrying in %.1f s", topic,
+                            ", ".join(sorted(problems)), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, SEND_RETRY_MAX_S)
-            pending = failed
+            pending = [record.smaller if record.smaller is not None and isinstance(
+                exc, (MessageSizeTooLargeError, RecordTooLargeError)) else record
+                for record, exc in failed]
 
 
 def exit_unclean(exc: Exception) -> None:
@@ -314,12 +319,17 @@ def dead_letter(topic: str, msg: Any, rejection: Rejection, number: int) -> Reco
         ("dead_letter_id", f"{source}/{number}".encode()),
     ]
     key, value = msg.key, rejection.raw
+    digest = [("original_size", str(len(value)).encode()),
+              ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
+    # If the topic refuses even that (a small max.message.bytes): the headers alone,
+    # which still say where the original is (source topic, partition, offset).
+    bare = Record(topic, None, b"", None, [(name, text[:100]) for name, text in headers]
+                  + digest)
     if len(value) + len(key or b"") > RECORD_MAX_BYTES:
-        headers += [("original_size", str(len(value)).encode()),
-                    ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
+        headers += digest
         value = value[:DEAD_LETTER_KEEP_BYTES]
         key = key[:DEAD_LETTER_KEEP_BYTES] if key else key
-    return Record(topic, key, value, None, headers)
+    return Record(topic, key, value, None, headers, bare)
 
 
 class PulseWorker:

@@ -12,10 +12,10 @@ from typing import Any
 from unittest.mock import patch
 
 import msgspec
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
-from kafka.errors import KafkaTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.devkafka import free_port
@@ -259,3 +259,31 @@ def test_a_worker_cut_off_from_kafka_stops_exporting_and_writing(tmp_path: Path)
     assert not worker.cut_off() and worker.snapshot_due()
     refresh(worker)
     assert gauge(worker, "a") == 1.0
+
+
+class _SmallTopicProducer(_FlakyProducer):
+    """A dead-letter topic whose max.message.bytes refuses anything but a bare record."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any) -> Any:
+        self.attempts.append(value)
+        future = asyncio.get_running_loop().create_future()
+        if value:
+            future.set_exception(MessageSizeTooLargeError())
+        else:
+            future.set_result(None)
+        return future
+
+
+def test_a_dead_letter_the_topic_refuses_as_too_large_is_written_bare() -> None:
+    msg = SimpleNamespace(topic="community.posts", partition=1, offset=5, key=b"c")
+    letter = dead_letter("dl", msg, Rejection(b"x" * 1000, "wrong_topic", "d" * 500), 0)
+    producer = _SmallTopicProducer()
+    with patch("streams.worker.SEND_RETRY_FIRST_S", 0.0):
+        asyncio.run(DurableSender(producer).send([letter]))
+    assert producer.attempts == [b"x" * 1000, b""]
+    bare = letter.smaller
+    assert bare is not None and bare.key is None
+    headers = dict(bare.headers or [])
+    assert headers["dead_letter_id"] == b"community.posts/1/5/0"
+    assert headers["original_size"] == b"1000" and len(headers["detail"]) == 100
