@@ -135,7 +135,9 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
                     show_progress=sys.stderr.isatty(), jobs=args.jobs,
-                    pseudonymise=Pseudonymiser.from_runtime(runtime))
+                    pseudonymise=Pseudonymiser.from_runtime(runtime),
+                    parquet_min_members=runtime.min_members_exported
+                    if runtime.parquet_omit_small_communities else 0)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"

@@ -29,6 +29,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.columnar import events_table, scan_json_lines, scan_parquet
@@ -243,6 +244,7 @@ def replay(
     show_progress: bool = False,
     jobs: int | None = None,
     pseudonymise: Pseudonymiser | None = None,
+    parquet_min_members: int = 0,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
@@ -266,6 +268,8 @@ def replay(
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
         table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
                                                   ("window_days", "ascending")])
+        if parquet_min_members:  # small communities left out (parquet_omit_small_communities)
+            table = table.filter(pc.greater_equal(table["members"], parquet_min_members))
         writer.write_table(t, table)
         rows_written += table.num_rows
         if stamps is not None:

@@ -353,6 +353,8 @@ class PulseWorker:
             self.deltas.expire(partition, cut_ms, carry)
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
+            rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
             return
         try:
