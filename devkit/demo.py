@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka, die_with_parent, free_port
+from streams.kafka_auth import KafkaSecurity
 
 TIER_NAMES = {0: "low (<15%)", 1: "medium (15-30%)", 2: "high (>=30%)"}
 TIER_ACTIONS = {
@@ -76,27 +77,37 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
 
 
 def run_demo(
-    n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int
+    n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
+    secured: bool = False,
 ) -> int:
+    """With `secured`, the broker gets a SASL_SSL listener and every client of the demo
+    (worker, history loader, live producer) logs in with SCRAM-SHA-512 over TLS."""
     data_dir.mkdir(parents=True, exist_ok=True)
     run_dir = data_dir / "run"
     try:
         metrics_port = _usable_port(metrics_port)
     except OSError:
         metrics_port = free_port()
-    print(f"starting Apache Kafka (KRaft) in {run_dir} ...", flush=True)
-    with LocalKafka(run_dir=run_dir) as kafka:
+    print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) in {run_dir} ...",
+          flush=True)
+    with LocalKafka(run_dir=run_dir, secured=secured) as kafka:
+        bootstrap, security = kafka.bootstrap, KafkaSecurity()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
+        env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
+        if kafka.secured is not None:
+            bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
+            env.update(kafka.secured.settings_env())
         worker_log = (run_dir / "worker.log").open("ab")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap,
+            [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap,
              "--data-dir", str(data_dir), "--metrics-port", str(metrics_port),
              "--snapshot-interval", "5"],
-            stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             preexec_fn=die_with_parent,  # no orphaned worker if the demo is killed hard
         )
         try:
-            return _drive(kafka.bootstrap, worker, n_communities, rate, duration, data_dir,
-                          metrics_port)
+            return _drive(bootstrap, security, worker, n_communities, rate, duration,
+                          data_dir, metrics_port)
         except KeyboardInterrupt:
             print("\nstopping ...")
             return 0
@@ -126,6 +137,7 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
 
 def _drive(
     bootstrap: str,
+    security: KafkaSecurity,
     worker: subprocess.Popen[bytes],
     n_communities: int,
     rate: float,
@@ -144,8 +156,9 @@ def _drive(
     messages += [(topic, b"x", value) for topic, value in gen.BAD_MESSAGES]
     print(f"loading {len(history):,} historical events ({len(messages):,} messages) ...",
           flush=True)
-    gen.produce(bootstrap, messages)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    gen.produce(bootstrap, messages, security)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                             **security.client_kwargs())
     interactive = sys.stdout.isatty()
     started = last_draw = time.monotonic()
     seq = 0

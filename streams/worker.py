@@ -37,7 +37,7 @@ from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.parquet import SnapshotWriter
-from sinks.prometheus import WorkerMetrics
+from sinks.prometheus import MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
@@ -391,6 +391,8 @@ class PulseWorker:
             self.deltas.expire(partition, cut_ms, carry)
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
+            rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
             return
         try:
@@ -575,6 +577,7 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
+    access = MetricsAccess.from_runtime(runtime)
     check_access(runtime.broker, security)  # a refused login: one line, not endless retries
     ignored = ignored_faust_environment()
     if ignored:
@@ -582,6 +585,8 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
     worker = PulseWorker(metric_config, runtime)
     app = build_app(worker, security)
-    worker.metrics.serve(runtime.metrics_port)
-    log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
+    worker.metrics.serve(runtime.metrics_port, runtime.metrics_host, access)
+    log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
+                runtime.metrics_host, runtime.metrics_port,
+                " (basic auth)" if access.user else "", runtime.data_dir)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
