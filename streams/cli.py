@@ -29,6 +29,17 @@ class UsageError(Exception):
     """Expected failure: reported as one line, exit code 2."""
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port number (0: any free port)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is outside 0-65535")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config file (see docs/metrics.md)")
@@ -37,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the streaming worker (Faust)")
     worker.add_argument("--broker", help="kafka://host:port (default from config)")
     worker.add_argument("--data-dir", help="snapshot output folder or URI")
-    worker.add_argument("--metrics-port", type=int)
+    worker.add_argument("--metrics-port", type=port)
     worker.add_argument("--partitions", type=int)
     worker.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
     worker.add_argument("--loglevel", default="warning")
@@ -67,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="live events per second")
     demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
     demo.add_argument("--data-dir", default="data/demo")
-    demo.add_argument("--metrics-port", type=int, default=9464)
+    demo.add_argument("--metrics-port", type=port, default=9464)
 
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
@@ -137,8 +148,14 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
+    where = "; ".join(result.invalid.described())
+    first = f"; first: {where}" if where else ""
+    if not result.rows_written:
+        raise UsageError(f"no valid events in {len(args.files)} file(s) ({s.consumed:,} "
+                         f"messages, {s.dead_lettered.total():,} invalid{first}); nothing "
+                         f"written to {args.data_dir}")
     print(f"replayed {s.consumed:,} events in {seconds:.1f}s: {s.processed:,} processed, "
-          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}); "
+          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}{first}); "
           f"{len(result.snapshot_times)} snapshot time(s), {result.rows_written:,} rows "
           f"in {args.data_dir}")
     return 0
