@@ -24,8 +24,9 @@ from devkit.devkafka import LocalKafka, die_with_parent, free_port
 
 TIER_NAMES = {0: "low (<15%)", 1: "medium (15-30%)", 2: "high (>=30%)"}
 TIER_ACTIONS = {
-    0: "merge similar communities, stimulate creators/critics, bring in a content expert",
-    1: "worth joining and listening to; stimulate more creators and critics",
+    0: "merge similar communities, get more members posting and replying, bring in a "
+       "content expert",
+    1: "worth joining and listening to; get more members posting and replying",
     2: "community of practice: be part of it; add a content expert as critic",
 }
 
@@ -51,8 +52,8 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
     tiers = per_community("community_pulse_tier")
     scores = per_community("community_pulse_sustainability_score")
     stagnating = per_community("community_pulse_stagnating", None)
-    lines = [f"communities exported: {len(tiers)}   (28-day window; tier = share of members "
-             "who are creator or critic)"]
+    lines = [f"communities exported: {len(tiers)}   (28-day window; tier by the share of "
+             "members who are creator, conversationalist or critic)"]
     for level in (2, 1, 0):
         names = sorted((c for c, t in tiers.items() if t == level), key=lambda c: -scores[c])
         shown = ", ".join(f"{c} ({scores[c]:.0f})" for c in names[:4])

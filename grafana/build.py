@@ -54,12 +54,12 @@ STAGNATING_MAPPING = [
 ]
 
 ACTIONS_MD = """\
-### What to do, per tier (share of members active as creator or critic)
+### What to do, per tier (contributor share: members who are creator, conversationalist or critic)
 
 **Low — below 15%.** The information shared is not representative of the whole group.
-- Focus on a group where 15% or more of the users act as creator or critic.
+- Focus on a group where 15% or more of the members post or reply.
 - Merge similar communities (the small ones too) and explain why the group is made larger.
-- Stimulate more users to act as critic or creator: apply *talking*, or provoke
+- Stimulate more members to post or reply: apply *talking*, or provoke
   reactions as a creator yourself.
 - And/or bring in a content expert and let them act as critic.
 
@@ -67,7 +67,7 @@ ACTIONS_MD = """\
 be part of it: listening (and talking) shows what people need and what valuable
 knowledge lives there.
 - Bring similar communities (the small ones too) together and explain why.
-- Stimulate even more users to act as critic or creator.
+- Stimulate even more members to post or reply.
 - And/or bring in a content expert who acts as critic.
 
 **High — 30% or more.** A community of practice you must be part of: much information is
@@ -207,14 +207,14 @@ def overview() -> Json:
         target(f"max by (community) (community:community_pulse_sustainability_score:change_7d"
                f"{{{w}}})", table=True),
     ])
-    names = ["Tier", "Creator+critic share", "Score", "Stagnating", "Members", "Unanswered",
+    names = ["Tier", "Contributor share", "Score", "Stagnating", "Members", "Unanswered",
              "Score Δ 7d"]
     rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
     overrides = [
         {"matcher": {"id": "byName", "options": "Tier"},
          "properties": [{"id": "mappings", "value": TIER_MAPPING},
                         {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
-        {"matcher": {"id": "byName", "options": "Creator+critic share"},
+        {"matcher": {"id": "byName", "options": "Contributor share"},
          "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}]},
         {"matcher": {"id": "byName", "options": "Score"},
          "properties": [{"id": "decimals", "value": 0}, {"id": "max", "value": 100},
@@ -297,7 +297,7 @@ def community() -> Json:
              mappings=TIER_MAPPING),
         stat("Members", (4, 0, 3, 4), f"max(community_pulse_members{{{cw}}})",
              thresholds=[(None, "blue")]),
-        stat("Creator+critic share", (7, 0, 4, 4),
+        stat("Contributor share", (7, 0, 4, 4),
              f"max(community_pulse_contributor_share_ratio{{{cw}}})", "percentunit",
              thresholds=[(None, "red"), (0.15, "yellow"), (0.3, "green")]),
         stat("Sustainability", (11, 0, 3, 4),
