@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default="data/demo")
     demo.add_argument("--metrics-port", type=port, default=9464)
 
+    sql = sub.add_parser("sql", help="query the history (the views of DATA_DIR/pulse.duckdb)")
+    sql.add_argument("query", nargs="?", help="SQL (default: read from standard input)")
+    sql.add_argument("--data-dir", help="the worker's, demo's or replay's data folder "
+                     "(default from config)")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows to print")
+
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
 
@@ -191,8 +197,30 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
 def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from devkit.demo import run_demo
 
+    if args.communities < 1 or args.rate <= 0 or args.duration < 0:
+        raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port)
+                    args.metrics_port, metrics)
+
+
+def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    import duckdb
+
+    catalogue = Path(args.data_dir or runtime.data_dir) / "pulse.duckdb"
+    if not catalogue.is_file():
+        raise UsageError(f"no {catalogue}: run the demo, the worker or replay first, or pass "
+                         "--data-dir")
+    query = args.query if args.query is not None else sys.stdin.read()
+    try:
+        with duckdb.connect(str(catalogue), read_only=True) as con:
+            result = con.sql(query)
+            if result is not None:
+                table = result.to_arrow_table()
+                con.from_arrow(table).show(max_rows=args.max_rows)
+                print(f"{table.num_rows:,} row(s)")
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL: {' '.join(str(exc).split())}") from None
+    return 0
 
 
 def _compact(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -228,6 +256,7 @@ _COMMANDS = {
     "replay": _replay,
     "generate": _generate,
     "demo": _demo,
+    "sql": _sql,
     "compact": _compact,
     "backfill": _backfill,
     "grafana": _grafana,
