@@ -241,13 +241,23 @@ def _drive(
     return 0
 
 
+def _command() -> str:
+    """How to run `community-pulse` from here: it is in the venv, not on PATH."""
+    command = Path(sys.executable).parent / "community-pulse"
+    if not command.exists():
+        return "community-pulse"
+    return os.path.relpath(command) if command.is_relative_to(Path.cwd()) else str(command)
+
+
 def _draw(metrics_port: int, rate: float, data_dir: Path, interactive: bool) -> None:
     try:
         text = summary(scrape(metrics_port), rate)
     except OSError:
         text = "waiting for the worker's first snapshot ..."
     where = (f"metrics: http://127.0.0.1:{metrics_port}/metrics   parquet: "
-             f"{data_dir.resolve()}/snapshots   duckdb: {data_dir.resolve()}/pulse.duckdb")
+             f"{data_dir.resolve()}/snapshots   duckdb: {data_dir.resolve()}/pulse.duckdb\n"
+             f"query it: {_command()} sql --data-dir {data_dir} \"FROM latest_snapshots\"   "
+             "(more in docs/querying.md)")
     if interactive:
         sys.stdout.write("\x1b[2J\x1b[H")
     print(f"community-pulse demo  ({time.strftime('%H:%M:%S')}, Ctrl-C to stop)\n{text}\n"
