@@ -103,6 +103,7 @@ def run_demo(
     metrics: MetricConfig | None = None,
 ) -> int:
     start_clean(data_dir)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     run_dir = data_dir / "run"
     run_dir.mkdir()
     try:
@@ -134,6 +135,10 @@ def run_demo(
         finally:
             stop_worker(worker)
             worker_log.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def demo_history(communities: list[gen.Community], now_ms: int, rng: random.Random
