@@ -11,6 +11,7 @@ bounded on long histories.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import re
@@ -37,6 +38,7 @@ from streams.bulk import EventColumns, apply_columns
 from streams.config import MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
+from streams.privacy import Pseudonymiser
 
 SOURCE = "replay"
 Ints = npt.NDArray[np.int64]
@@ -300,6 +302,7 @@ def replay(
     now_ms: int | None = None,
     show_progress: bool = False,
     jobs: int | None = None,
+    pseudonymise: Pseudonymiser | None = None,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
@@ -311,6 +314,8 @@ def replay(
         check_readable(path)
     invalid = InvalidInput()
     events, place = read_events(files, ingestor, now_ms, invalid)
+    if pseudonymise is not None:  # each distinct user id once, not each event
+        events = dataclasses.replace(events, users=pseudonymise.many(events.users))
     stats = ingestor.stats[SOURCE]
     if not len(events):
         return ReplayResult(stats, [], 0, [str(f) for f in files], invalid)
