@@ -10,9 +10,14 @@ no label ever carries a user id.
 
 from __future__ import annotations
 
+import base64
+import hmac
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -24,14 +29,18 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import _get_ssl_ctx
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from schemas.events import Reason
+from streams.config import ConfigError, RuntimeConfig, read_secret
 from streams.core import SnapshotRow
 from streams.pipeline import TopicStats
+from streams.steering.goals import STATUSES, Goal, GoalRow
 
 NS = "community_pulse"
+PASSWORD_ENV = "PULSE_METRICS_BASIC_AUTH_PASSWORD"
 ROLE_FIELDS = {
     "creator": "creators",
     "conversationalist": "conversationalists",
@@ -50,7 +59,8 @@ COMMUNITY_FAMILIES = {
     f"{NS}_role_users": "Members by primary role on the ladder.",
     f"{NS}_contributor_share_ratio":
         "Share of members who are creator, conversationalist or critic.",
-    f"{NS}_tier": "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
+    f"{NS}_tier": "Tier by the share of members who are creator, conversationalist or "
+                  "critic: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
     f"{NS}_sustainability_score": "Sustainability score, 0-100.",
     f"{NS}_sustainability_component_ratio":
         "Sustainability component in [0,1] (absent when undefined).",
@@ -199,6 +209,52 @@ def openmetrics_history(
     return "".join(parts).encode()
 
 
+GOAL_FAMILIES = {
+    f"{NS}_goal_value": "Value of the goal's metric (absent when undefined), SPEC 5.",
+    f"{NS}_goal_expected": "Where the goal's metric should be now: on the line from the "
+                           "baseline at start to the target at the deadline.",
+    f"{NS}_goal_target": "The goal's target value.",
+    f"{NS}_goal_progress_ratio": "(value - baseline) / (target - baseline); 1 = target.",
+    f"{NS}_goal_status": "1 for the goal's status now, 0 for the other statuses.",
+}
+
+
+def goal_samples(goals: Iterable[Goal], rows: Iterable[GoalRow]) -> Iterator[Sample]:
+    """The series of each goal's row (labels goal, community, window, metric)."""
+    by_id = {goal.id: goal for goal in goals}
+    for row in rows:
+        base = (("goal", row.goal_id), ("community", row.community_id),
+                ("window", f"{row.window_days}d"), ("metric", row.metric))
+        labels = _labels(base)
+        if row.value is not None:
+            yield f"{NS}_goal_value", labels, row.value
+        yield f"{NS}_goal_expected", labels, row.expected
+        yield f"{NS}_goal_target", labels, by_id[row.goal_id].target
+        if row.progress is not None:
+            yield f"{NS}_goal_progress_ratio", labels, row.progress
+        for status in STATUSES:
+            yield (f"{NS}_goal_status", _labels((*base, ("status", status))),
+                   float(status == row.status))
+
+
+class GoalSeries:
+    """Goal gauges, rendered when the goals are evaluated (each snapshot), not per scrape."""
+
+    def __init__(self) -> None:
+        self._page = ""
+
+    def update(self, goals: Iterable[Goal], rows: Iterable[GoalRow]) -> None:
+        lines: dict[str, list[str]] = {family: [] for family in GOAL_FAMILIES}
+        for family, labels, value in goal_samples(goals, rows):
+            lines[family].append(f"{family}{{{labels}}} {floatToGoString(value)}\n")
+        self._page = "".join(  # (one assignment: the HTTP thread reads it)
+            f"# HELP {family} {GOAL_FAMILIES[family]}\n# TYPE {family} gauge\n{''.join(found)}"
+            for family, found in lines.items() if found)
+
+    def render(self) -> str:
+        return self._page
+
+
 class PipelineCollector(Collector):
     """Pipeline counters per topic, read from the ingestor's live stats."""
 
@@ -242,6 +298,7 @@ class WorkerMetrics:
     def __init__(self, stats: Mapping[str, TopicStats], min_members: int,
                  liveness_timeout_s: float = 30.0) -> None:
         self.communities = CommunitySeries(min_members)
+        self.goals = GoalSeries()
         self.registry = CollectorRegistry()
         self.registry.register(PipelineCollector(stats))
         reg = self.registry
@@ -293,23 +350,32 @@ class WorkerMetrics:
         return time.monotonic() - self.heartbeat <= self.liveness_timeout_s
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry) + self.communities.render().encode()
+        return (generate_latest(self.registry) + self.communities.render().encode()
+                + self.goals.render().encode())
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    def serve(self, port: int, host: str = "127.0.0.1", access: MetricsAccess | None = None
+              ) -> ThreadingHTTPServer:
         """Serve /metrics from a daemon thread (what start_http_server does, plus the
-        cached community series)."""
+        cached community series), over TLS and behind basic auth when `access` says so."""
         metrics = self
+        guard = access or MetricsAccess()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
-                if path == "/healthz":  # liveness: the event loop's heartbeat is recent
-                    alive = metrics.alive()
+                if path == "/healthz":  # liveness: the event loop's heartbeat is recent;
+                    alive = metrics.alive()  # a yes/no, so no auth (probes send none)
                     self._reply(200 if alive else 503, b"ok\n" if alive else
                                 b"event loop stuck\n", "text/plain; charset=utf-8")
                     return
                 if path not in ("/metrics", "/"):
                     self.send_error(404)
+                    return
+                if not guard.allows(self.headers.get("Authorization")):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="community-pulse"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
 
@@ -324,6 +390,47 @@ class WorkerMetrics:
                 return  # no access log on stderr
 
         server = ThreadingHTTPServer((host, port), Handler)
+        if guard.certfile:
+            # prometheus_client's own TLS context for its exporters (start_http_server's).
+            context = _get_ssl_ctx(guard.certfile, guard.keyfile, ssl.PROTOCOL_TLS_SERVER)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         return server
+
+
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Who may read /metrics and how: TLS (certificate and key files) and HTTP basic auth
+    (a user and a password); both optional."""
+
+    certfile: str = ""
+    keyfile: str = ""
+    user: str = ""
+    password: str = dataclass_field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("/metrics over TLS needs metrics_tls_certfile and "
+                              "metrics_tls_keyfile")
+        if bool(self.user) != bool(self.password):
+            raise ConfigError("basic auth on /metrics needs metrics_basic_auth_user and a "
+                              f"password ({PASSWORD_ENV} or metrics_basic_auth_password_file)")
+
+    @classmethod
+    def from_runtime(cls, runtime: RuntimeConfig) -> MetricsAccess:
+        password = read_secret("metrics_basic_auth_password_file",
+                               runtime.metrics_basic_auth_password_file, PASSWORD_ENV)
+        return cls(str(runtime.metrics_tls_certfile or ""), str(runtime.metrics_tls_keyfile or ""),
+                   runtime.metrics_basic_auth_user, password if runtime.metrics_basic_auth_user
+                   else "")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certfile else "http"
+
+    def allows(self, authorization: str | None) -> bool:
+        if not self.user:
+            return True
+        expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return hmac.compare_digest((authorization or "").encode(), expected.encode())

@@ -29,6 +29,17 @@ class UsageError(Exception):
     """Expected failure: reported as one line, exit code 2."""
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port number (0: any free port)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is outside 0-65535")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config file (see docs/metrics.md)")
@@ -37,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the streaming worker (Faust)")
     worker.add_argument("--broker", help="kafka://host:port (default from config)")
     worker.add_argument("--data-dir", help="snapshot output folder or URI")
-    worker.add_argument("--metrics-port", type=int)
+    worker.add_argument("--metrics-port", type=port)
     worker.add_argument("--partitions", type=int)
     worker.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
     worker.add_argument("--loglevel", default="warning")
@@ -67,7 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="live events per second")
     demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
     demo.add_argument("--data-dir", default="data/demo")
-    demo.add_argument("--metrics-port", type=int, default=9464)
+    demo.add_argument("--metrics-port", type=port, default=9464)
+    demo.add_argument("--secured", action="store_true",
+                      help="SASL_SSL (SCRAM-SHA-512 over TLS) between every client and Kafka")
+
+    sql = sub.add_parser("sql", help="query the history (the views of DATA_DIR/pulse.duckdb)")
+    sql.add_argument("query", nargs="?", help="SQL (default: read from standard input)")
+    sql.add_argument("--data-dir", help="the worker's, demo's or replay's data folder "
+                     "(default from config)")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows to print")
 
     redrive = sub.add_parser("redrive", help="re-produce dead letters to their source topics "
                              "once the cause is fixed (docs/reliability.md)")
@@ -86,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--out", type=Path, required=True)
     backfill.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
                           help="extra label on every series, e.g. job=community-pulse")
+
+    goals = sub.add_parser("goals", help="SMART goals (docs/steering.md)")
+    goals_sub = goals.add_subparsers(dest="goals_command", required=True, parser_class=_Parser)
+    check = goals_sub.add_parser(
+        "check", help="validate a goals file and print each goal's status from the snapshots")
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--data-dir", help="snapshot folder (default: the data_dir setting)")
 
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
@@ -134,21 +160,31 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from streams.privacy import Pseudonymiser
     from streams.replay import parse_duration, parse_time, replay
+    from streams.steering.files import read_goals
 
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be positive")
+    goals = read_goals(runtime.goals_file, metrics.windows_days) if runtime.goals_file else []
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty(), jobs=args.jobs,
-                    pseudonymise=Pseudonymiser.from_runtime(runtime))
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals,
+                    pseudonymise=Pseudonymiser.from_runtime(runtime),
+                    parquet_min_members=runtime.min_members_exported
+                    if runtime.parquet_omit_small_communities else 0)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
+    where = "; ".join(result.invalid.described())
+    first = f"; first: {where}" if where else ""
+    if not result.rows_written:
+        raise UsageError(f"no valid events in {len(args.files)} file(s) ({s.consumed:,} "
+                         f"messages, {s.dead_lettered.total():,} invalid{first}); nothing "
+                         f"written to {args.data_dir}")
     print(f"replayed {s.consumed:,} events in {seconds:.1f}s: {s.processed:,} processed, "
-          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}); "
+          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}{first}); "
           f"{len(result.snapshot_times)} snapshot time(s), {result.rows_written:,} rows "
           f"in {args.data_dir}")
     return 0
@@ -185,8 +221,30 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
 def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from devkit.demo import run_demo
 
+    if args.communities < 1 or args.rate <= 0 or args.duration < 0:
+        raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port)
+                    args.metrics_port, metrics, args.secured)
+
+
+def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    import duckdb
+
+    catalogue = Path(args.data_dir or runtime.data_dir) / "pulse.duckdb"
+    if not catalogue.is_file():
+        raise UsageError(f"no {catalogue}: run the demo, the worker or replay first, or pass "
+                         "--data-dir")
+    query = args.query if args.query is not None else sys.stdin.read()
+    try:
+        with duckdb.connect(str(catalogue), read_only=True) as con:
+            result = con.sql(query)
+            if result is not None:
+                table = result.to_arrow_table()
+                con.from_arrow(table).show(max_rows=args.max_rows)
+                print(f"{table.num_rows:,} row(s)")
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL: {' '.join(str(exc).split())}") from None
+    return 0
 
 
 def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -225,6 +283,42 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     return 0
 
 
+def _goals(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from sinks.parquet import latest_rows
+    from streams.steering.files import read_goals
+    from streams.steering.goals import communities, evaluate, to_utc
+
+    goals = read_goals(args.file, metrics.windows_days)
+    data_dir = args.data_dir or runtime.data_dir
+    rows = latest_rows(data_dir, sorted(communities(goals)))
+    print(f"{args.file}: {len(goals)} goal(s), valid; status from the newest snapshots in "
+          f"{data_dir}" + ("" if rows else " (none yet)"))
+    newest = max((row["as_of_ms"] for row in rows), default=None)
+    table = [("goal", "community", "metric", "window", "as_of", "value", "expected",
+              "progress", "status")]
+    for goal in goals:
+        mine = [r for r in rows if (r["community_id"], r["window_days"])
+                == (goal.community, goal.window_days)]
+        t = mine[0]["as_of_ms"] if mine else newest
+        if t is None:
+            table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
+                          "-", "-", "-", "-", "no_data"))
+            continue
+        (row,) = evaluate([goal], mine, t)
+        table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
+                      to_utc(t), _number(row.value), _number(row.expected),
+                      "-" if row.progress is None else f"{row.progress:.0%}", row.status))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _grafana(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from sinks import grafana
 
@@ -236,10 +330,12 @@ _COMMANDS = {
     "replay": _replay,
     "generate": _generate,
     "demo": _demo,
+    "sql": _sql,
     "compact": _compact,
     "redrive": _redrive,
     "backfill": _backfill,
     "grafana": _grafana,
+    "goals": _goals,
 }
 
 if __name__ == "__main__":

@@ -20,18 +20,27 @@ in-memory PulseCore is derived from it and rebuilt on recovery.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import faust
 import msgspec
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
@@ -46,12 +55,15 @@ from schemas.events import (
     newest_ts,
 )
 from sinks.parquet import SinkQueue, SnapshotWriter
-from sinks.prometheus import WorkerMetrics
-from streams.config import MetricConfig, RuntimeConfig
+from sinks.prometheus import MetricsAccess, WorkerMetrics
+from sinks.steering import goals_table
+from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
 from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingested, Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
+from streams.steering import goals as steering_goals
+from streams.steering.files import read_goals
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +390,14 @@ class PulseWorker:
         self._next_refresh = 0.0
         self.behind = False  # consuming a backlog: skip the fast refresh
         self._snapshot_ticks = 0
+        self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
+                      if runtime.goals_file else [])
+        self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
+        # Goal rows waiting for their snapshot's write (by as_of), for the sink thread.
+        self._unwritten_goals: dict[int, list[steering_goals.GoalRow]] = {}
+        # Source partitions this worker owns (set on each assignment); None: all of them
+        # (no consumer group, e.g. in tests). Decides who reports goals without data.
+        self.assigned: set[int] | None = None
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -463,6 +483,7 @@ class PulseWorker:
 
     def recover(self, partitions: set[int]) -> None:
         """Rebuild the communities of our partitions from the recovered table."""
+        self.assigned = set(partitions)
         if self.deltas is None:
             return
         self.revoke(set(self.partition_of.values()) - partitions)
@@ -587,9 +608,35 @@ class PulseWorker:
         owned = set(self.core.communities)
         rows[:] = [row for row in rows if row.community_id in owned]  # revoked meanwhile
         self.metrics.communities.retain(owned)
+        self._evaluate_goals(as_of, rows)
         self.metrics.owned.set(len(owned))
         self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(as_of - self.config.retention_ms)
+
+    def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
+        """The goals of the communities this worker owns, at this snapshot (gauges only
+        for communities above the privacy threshold; a goal without data only from the
+        worker that owns its community's partition)."""
+        if not self.goals:
+            return
+        named = steering_goals.communities(self.goals)
+        inputs = {row.community_id: row for row in rows if row.community_id in named}
+        mine = [goal for goal in self.goals
+                if goal.community in inputs or self._owns_partition_of(goal.community)]
+        self.goal_rows = steering_goals.evaluate(
+            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
+        min_members = self.runtime.min_members_exported
+        self.metrics.goals.update(self.goals, [
+            g for g in self.goal_rows
+            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+
+    def _owns_partition_of(self, community_id: str) -> bool:
+        """Whether the community's events would come to this worker (keys go to
+        partitions by Kafka's default partitioner, murmur2, as the SPEC's keys do)."""
+        if self.assigned is None:
+            return True
+        partition = (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
+        return partition in self.assigned
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """The whole snapshot in one go (the timer interleaves the steps instead)."""
@@ -616,11 +663,22 @@ class PulseWorker:
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
         """Hand the rows to the sink queue (written in the background, kept and retried
         while the sink fails), and retry what is waiting."""
+        if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
+            rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
+        for as_of in {row.as_of_ms for row in rows}:  # written with their snapshot
+            goals = [g for g in self.goal_rows if g.as_of_ms == as_of]
+            if goals:
+                self._unwritten_goals[as_of] = goals
         self.sink.submit(rows)
 
     def _write_parquet(self, rows: Sequence[SnapshotRow]) -> None:
         with self.metrics.sink_seconds.labels("parquet").time():
             self.writer.write(rows)
+            for as_of in sorted({row.as_of_ms for row in rows}):
+                goals = self._unwritten_goals.get(as_of)
+                if goals:
+                    self.writer.tables.write("goals", goals_table(goals))
+                    del self._unwritten_goals[as_of]
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -694,6 +752,14 @@ class PulseApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def _scratch_dir(app_id: str) -> str:
+    """Faust wants a local folder even with in-memory tables: a fresh one per process
+    under $TMPDIR (not the CWD), removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=f"community-pulse-{app_id}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def faust_app(
     app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
     security: KafkaSecurity | None = None, replication: int = 1,
@@ -714,8 +780,7 @@ def faust_app(
         # a worker cut off for that long stops exporting and writing (PulseWorker.cut_off).
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=min(3.0, session_timeout_s / 10),
-        # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
-        datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
+        datadir=_scratch_dir(app_id),
         store="memory://",
         topic_partitions=partitions,
         table_standby_replicas=0,
@@ -756,6 +821,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         extra_topic_configs=topic_config,
     )
     worker.deltas = DeltaLog(table)
+    worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
     sender = DurableSender(app.producer, worker.metrics.send_retries.inc)
 
@@ -834,10 +900,62 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     return app
 
 
+class StartupError(ConfigError):
+    """The worker cannot start with these settings; the message is one line."""
+
+
+BROKER_CHECK_TIMEOUT_S = 15.0
+
+
+def describe_startup_failure(exc: BaseException, runtime: RuntimeConfig) -> str:
+    """One line for what stopped the worker from starting. New causes (e.g. a refused
+    login) get their own branch here."""
+    if isinstance(exc, KafkaConnectionError | TimeoutError):
+        return (f"cannot reach Kafka at {runtime.broker} ({exc}); is the broker running? "
+                "Set it with --broker or PULSE_BROKER")
+    return f"cannot use Kafka at {runtime.broker}: {type(exc).__name__}: {exc}"
+
+
+def check_broker(app: faust.App, runtime: RuntimeConfig) -> None:
+    """Connect to the brokers once, with the app's own addresses and credentials, before
+    Faust starts: Faust's own failure would be a crash with a page of traceback."""
+
+    async def connect() -> None:
+        client = AIOKafkaClient(
+            bootstrap_servers=faust_aiokafka.server_list(app.conf.broker, 9092),
+            request_timeout_ms=int(BROKER_CHECK_TIMEOUT_S * 1000),
+            **faust_aiokafka.credentials_to_aiokafka_auth(app.conf.broker_credentials,
+                                                          app.conf.ssl_context))
+        try:
+            await asyncio.wait_for(client.bootstrap(), BROKER_CHECK_TIMEOUT_S)
+        finally:
+            await client.close()
+
+    kafka_log = logging.getLogger("aiokafka")
+    level, loop = kafka_log.level, asyncio.new_event_loop()
+    kafka_log.setLevel(logging.CRITICAL)  # its "Unable connect" lines: we say it once
+    try:
+        loop.run_until_complete(connect())
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise StartupError(describe_startup_failure(exc, runtime)) from None
+    finally:
+        kafka_log.setLevel(level)
+        loop.close()
+
+
+def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
+    try:
+        worker.metrics.serve(port, host, access)
+    except OSError as exc:
+        raise StartupError(f"cannot serve /metrics on port {port}: {exc.strerror or exc} "
+                           "(choose another with --metrics-port)") from None
+
+
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
+    access = MetricsAccess.from_runtime(runtime)
     check_access(runtime.broker, security)  # a refused login: one line, not endless retries
     ignored = ignored_faust_environment()
     if ignored:
@@ -845,9 +963,14 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
     worker = PulseWorker(metric_config, runtime)
     app = build_app(worker, security)
-    worker.metrics.serve(runtime.metrics_port)
-    log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
+    check_broker(app, runtime)
+    serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
+    log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
+                runtime.metrics_host, runtime.metrics_port,
+                " (basic auth)" if access.user else "", runtime.data_dir)
     faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    if not sys.stdout.isatty():
+        faust_worker.spinner = None  # it writes cursor escape codes, also into a log file
     keep_beating(faust_worker.loop, worker.metrics.beat)
     faust_worker.execute_from_commandline()
 
