@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,12 @@ def _produce_steadily(bootstrap: str, names: Names, messages: list, per_second: 
     done.set()
 
 
+def _busy(worker: WorkerProcess, bootstrap: str, names: Names) -> bool:
+    """The worker consumes, or there is nothing left to consume."""
+    return bool(worker.total(worker.scrape(), "community_pulse_events_consumed_total")
+                or committed_through_end(bootstrap, names))
+
+
 def _dead_letters(bootstrap: str, names: Names) -> list[dict[str, bytes]]:
     consumer = KafkaConsumer(names.prefix + DEAD_LETTER_TOPIC, bootstrap_servers=bootstrap,
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)
@@ -64,17 +71,22 @@ def test_kill_9_at_20_random_points_loses_nothing(tmp_path: Path) -> None:
         names.create_topics(broker)
         produced = threading.Event()
         producer = threading.Thread(target=_produce_steadily, daemon=True, args=(
-            broker.bootstrap, names, messages, len(messages) / 150, produced))
+            broker.bootstrap, names, messages, len(messages) / 300, produced))
         producer.start()
+        consumed = 0.0
         for i in range(20):
             worker = WorkerProcess(broker.bootstrap, tmp_path / f"w{i}", names.prefix,
                                    names.app_id, extra_env=FAST_GROUP)
-            time.sleep(rng.uniform(4, 14))  # where the kill lands
+            # Once it consumes (after the group has dropped the worker killed before),
+            # the kill lands at a random point of its work.
+            wait_for(partial(_busy, worker, broker.bootstrap, names), 120,
+                     f"worker {i} to consume")
+            time.sleep(rng.uniform(0.2, 6.0))
             try:
-                samples = worker.scrape()
-                kills.append(worker.total(samples, "community_pulse_events_consumed_total"))
+                consumed = worker.total(worker.scrape(), "community_pulse_events_consumed_total")
             except (AssertionError, OSError):
-                kills.append(-1)  # not serving yet
+                consumed = -1
+            kills.append(consumed)
             worker.kill()
         producer.join()
         final = WorkerProcess(broker.bootstrap, tmp_path / "final", names.prefix,
