@@ -121,6 +121,8 @@ def test_broker_outage_with_the_worker_running(outage_s: int, tmp_path: Path) ->
             wait_for(lambda: committed_through_end(broker.bootstrap, names), 120,
                      "the first half committed")
             wait_for(lambda: owns(worker, len(stream.communities)), 60, "every community")
+            wait_for(lambda: worker.value(worker.scrape(), "community_pulse_assigned_partitions")
+                     == 20, 60, "the lag poll to see the 20 source partitions")
             broker.crash()
             down_at = time.monotonic()
             if outage_s > 90:
@@ -128,12 +130,11 @@ def test_broker_outage_with_the_worker_running(outage_s: int, tmp_path: Path) ->
                 # it still owned the communities (PipelineNoConsumers fires on this).
                 def cut_off() -> Samples | None:
                     samples = worker.scrape()
-                    assigned = worker.value(samples, "community_pulse_assigned_partitions")
-                    return samples if assigned == 0 else None
+                    return None if "community_pulse_members" in samples else samples
 
                 samples = wait_for(cut_off, outage_s - 10, "the worker to notice it is cut off")
-                assert "community_pulse_members" not in samples
-                assert time.monotonic() - down_at >= 60
+                assert time.monotonic() - down_at >= 60  # the session timeout, not sooner
+                assert worker.value(samples, "community_pulse_assigned_partitions") == 0
             time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
             assert worker.proc.poll() is None  # survived the outage
             broker.restart()
