@@ -380,7 +380,7 @@ class PulseWorker:
         self._key_hashes: dict[bytes, int] = {}
         # Last answer from the broker (monotonic); past the session timeout without one,
         # the group has given our partitions to others: stop exporting and writing.
-        self.last_contact = time.monotonic()
+        self.last_contact: float | None = None  # None: not asked yet (still starting)
         self.session_timeout_s = 60.0  # build_app takes Faust's broker_session_timeout
         self._cut_off = False
         # Changelog records of delta expiry, in order: each item's records are to be on
@@ -518,13 +518,14 @@ class PulseWorker:
         consumer group has moved our partitions to other workers by now. The community
         gauges go (other workers export them) and no live rows are written until the
         broker answers again."""
-        if time.monotonic() - self.last_contact <= self.session_timeout_s:
+        if self.last_contact is None or (
+                time.monotonic() - self.last_contact <= self.session_timeout_s):
             return False
         if not self._cut_off:
             self._cut_off = True
             log.warning("no answer from Kafka for %.0f s (session timeout): not exporting "
                         "or writing %d communities until it is back",
-                        time.monotonic() - self.last_contact, len(self.core.communities))
+                        self.session_timeout_s, len(self.core.communities))
             self.metrics.communities.retain(set())
             self.metrics.owned.set(0)
             self.metrics.assigned_partitions.set(0)
@@ -660,16 +661,19 @@ class PulseWorker:
                      for event in self.core.communities[c].memberships_through(cut_ms)]
             self.expiry_records.extend(self.deltas.expire(partition, cut_ms, carry))
 
-    def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
-        """Hand the rows to the sink queue (written in the background, kept and retried
-        while the sink fails), and retry what is waiting."""
+    def write_rows(self, rows: Sequence[SnapshotRow], wait: bool = True) -> None:
+        """Hand the rows to the sink queue (written by its thread, kept and retried while
+        the sink fails) and retry what is waiting; `wait` until that attempt is over
+        (the snapshot timer does not: a hung disk must not stop expiry)."""
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
             rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         for as_of in {row.as_of_ms for row in rows}:  # written with their snapshot
             goals = [g for g in self.goal_rows if g.as_of_ms == as_of]
             if goals:
                 self._unwritten_goals[as_of] = goals
-        self.sink.submit(rows)
+        attempt = self.sink.submit(rows)
+        if wait and attempt is not None:
+            attempt.result()
 
     def _write_parquet(self, rows: Sequence[SnapshotRow]) -> None:
         with self.metrics.sink_seconds.labels("parquet").time():
@@ -866,6 +870,8 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
             await asyncio.wait_for(poll_lag(), LAG_POLL_TIMEOUT_S)
         except Exception as exc:  # no answer, whatever the reason: no contact
             log.info("lag poll failed: %r", exc)
+            if worker.last_contact is None:  # the first poll: the clock starts now
+                worker.last_contact = time.monotonic()
         worker.cut_off()
 
     @app.timer(interval=REFRESH_INTERVAL_S)
@@ -895,7 +901,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         rows: list[SnapshotRow] = []
         for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
             await asyncio.sleep(AGENT_TURN_S)
-        worker.write_rows(rows)  # in the background: a hung disk must not stop expiry
+        worker.write_rows(rows, wait=False)  # a hung disk must not stop expiry
 
     return app
 

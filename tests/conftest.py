@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from devkit.devkafka import LocalKafka
+pytest.register_assert_rewrite("tests.faults", "tests.workers")
+
+from devkit.devkafka import LocalKafka  # noqa: E402
 
 LONG_MARKERS = {"faults": "make faults", "soak": "make soak"}
 

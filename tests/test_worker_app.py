@@ -251,6 +251,7 @@ def test_a_worker_cut_off_from_kafka_stops_exporting_and_writing(tmp_path: Path)
     worker.in_contact({"community.posts": 0}, 4)
     worker.take_snapshot()
     assert gauge(worker, "a") == 1.0 and worker.snapshot_due()
+    assert worker.last_contact is not None
     worker.last_contact -= worker.session_timeout_s + 1  # no answer since
     assert worker.cut_off() and gauge(worker, "a") is None and not worker.snapshot_due()
     refresh(worker)
