@@ -17,7 +17,14 @@ from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams.config import MetricConfig
 from streams.replay import replay
-from tests.workers import Samples, WorkerProcess, comparable, parquet_rows, settled_snapshot
+from tests.workers import (
+    Samples,
+    WorkerProcess,
+    comparable,
+    parquet_rows,
+    settled_snapshot,
+    wait_for,
+)
 
 Message = tuple[str, bytes, bytes]  # (topic without prefix, key, value)
 
@@ -88,3 +95,13 @@ def assert_snapshot_equals_replay(worker: WorkerProcess, stream: Stream, out: Pa
     replayed = parquet_rows(out, as_of)
     assert {r["community_id"] for r in replayed} == set(stream.communities)
     assert [comparable(r) for r in streamed] == [comparable(r) for r in replayed]
+
+
+def finish_and_compare(worker: WorkerProcess, bootstrap: str, names: Names, stream: Stream,
+                       out: Path, timeout: float = 240) -> None:
+    """Wait until everything is committed and every community owned, then compare the
+    worker's next snapshot with `replay`."""
+    wait_for(lambda: committed_through_end(bootstrap, names), timeout,
+             "the worker to commit everything")
+    wait_for(lambda: owns(worker, len(stream.communities)), 120, "every community")
+    assert_snapshot_equals_replay(worker, stream, out)

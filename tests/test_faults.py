@@ -26,6 +26,7 @@ from tests.faults import (
     Stream,
     assert_snapshot_equals_replay,
     committed_through_end,
+    finish_and_compare,
     fresh_names,
     make_stream,
     owns,
@@ -56,10 +57,7 @@ def test_a_batch_that_raises_half_way_is_not_committed(
     assert "injected fault" in faulty.log.read_text()
     worker = WorkerProcess(kafka.bootstrap, tmp_path / "after", names.prefix, names.app_id)
     try:
-        wait_for(lambda: committed_through_end(kafka.bootstrap, names), 120,
-                 "the restarted worker to commit everything")
-        wait_for(lambda: owns(worker, len(stream.communities)), 60, "every community")
-        assert_snapshot_equals_replay(worker, stream, tmp_path / "replayed")
+        finish_and_compare(worker, kafka.bootstrap, names, stream, tmp_path / "replayed")
     finally:
         worker.stop()
 
@@ -197,9 +195,6 @@ def test_messages_on_the_wrong_partition_are_dead_lettered_and_redriven(
             capture_output=True, text=True, timeout=120)
         assert redriven.returncode == 0, redriven.stderr
         assert redriven.stdout.startswith(f"redrove {len(misplaced)} dead letter(s)")
-        wait_for(lambda: owns(worker, len(stream.communities)), 120, "every community")
-        wait_for(lambda: committed_through_end(kafka.bootstrap, names), 120,
-                 "the redriven messages committed")
-        assert_snapshot_equals_replay(worker, stream, tmp_path / "replayed")
+        finish_and_compare(worker, kafka.bootstrap, names, stream, tmp_path / "replayed")
     finally:
         worker.stop()

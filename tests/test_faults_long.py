@@ -20,8 +20,8 @@ from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC
 from tests.faults import (
     Names,
-    assert_snapshot_equals_replay,
     committed_through_end,
+    finish_and_compare,
     fresh_names,
     make_stream,
     owns,
@@ -92,10 +92,8 @@ def test_kill_9_at_20_random_points_loses_nothing(tmp_path: Path) -> None:
         final = WorkerProcess(broker.bootstrap, tmp_path / "final", names.prefix,
                               names.app_id, extra_env=FAST_GROUP)
         try:
-            wait_for(lambda: committed_through_end(broker.bootstrap, names), 300,
-                     "the last worker to commit everything")
-            wait_for(lambda: owns(final, len(stream.communities)), 120, "every community")
-            assert_snapshot_equals_replay(final, stream, tmp_path / "replayed")
+            finish_and_compare(final, broker.bootstrap, names, stream, tmp_path / "replayed",
+                               timeout=300)
         finally:
             final.stop()
         letters = _dead_letters(broker.bootstrap, names)
@@ -139,9 +137,7 @@ def test_broker_outage_with_the_worker_running(outage_s: int, tmp_path: Path) ->
             assert worker.proc.poll() is None  # survived the outage
             broker.restart()
             produce(broker.bootstrap, names.prefix, stream.messages[half:])
-            wait_for(lambda: committed_through_end(broker.bootstrap, names), 300,
-                     "everything committed after the outage")
-            wait_for(lambda: owns(worker, len(stream.communities)), 120, "every community")
-            assert_snapshot_equals_replay(worker, stream, tmp_path / "replayed")
+            finish_and_compare(worker, broker.bootstrap, names, stream,
+                               tmp_path / "replayed", timeout=300)
         finally:
             worker.stop()
