@@ -27,6 +27,9 @@ from tests.workers import (
 )
 
 Message = tuple[str, bytes, bytes]  # (topic without prefix, key, value)
+# Dead members leave the group after 10 s, not 60: a restarted worker gets its partitions
+# back soon (tests that kill workers would otherwise wait a minute each time).
+FAST_GROUP = {"PULSE_SESSION_TIMEOUT_S": "10"}
 
 
 @dataclass

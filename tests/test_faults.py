@@ -23,6 +23,7 @@ from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC
 from tests.faults import (
+    FAST_GROUP,
     Stream,
     assert_snapshot_equals_replay,
     committed_through_end,
@@ -47,7 +48,7 @@ def test_a_batch_that_raises_half_way_is_not_committed(
     names.create_topics(kafka)
     produce(kafka.bootstrap, names.prefix, stream.messages)
     faulty = WorkerProcess(kafka.bootstrap, tmp_path / "faulty", names.prefix, names.app_id,
-                           fault="raise-mid-batch:3")
+                           fault="raise-mid-batch:3", extra_env=FAST_GROUP)
     try:
         wait_for(lambda: faulty.proc.poll() is not None
                  or committed_through_end(kafka.bootstrap, names), 120,
@@ -55,7 +56,8 @@ def test_a_batch_that_raises_half_way_is_not_committed(
     finally:
         faulty.stop()
     assert "injected fault" in faulty.log.read_text()
-    worker = WorkerProcess(kafka.bootstrap, tmp_path / "after", names.prefix, names.app_id)
+    worker = WorkerProcess(kafka.bootstrap, tmp_path / "after", names.prefix, names.app_id,
+                           extra_env=FAST_GROUP)
     try:
         finish_and_compare(worker, kafka.bootstrap, names, stream, tmp_path / "replayed")
     finally:
@@ -73,7 +75,7 @@ def test_broker_stalled_and_crashed_mid_stream_loses_nothing(
         names.create_topics(broker)
         produce(broker.bootstrap, names.prefix, stream.messages[:quarter])
         worker = WorkerProcess(broker.bootstrap, tmp_path / "first", names.prefix,
-                               names.app_id)
+                               names.app_id, extra_env=FAST_GROUP)
         try:
             wait_for(lambda: worker.total(worker.scrape(),
                                           "community_pulse_events_processed_total"), 90,
@@ -92,7 +94,7 @@ def test_broker_stalled_and_crashed_mid_stream_loses_nothing(
         finally:
             worker.kill()
         restarted = WorkerProcess(broker.bootstrap, tmp_path / "second", names.prefix,
-                                  names.app_id)
+                                  names.app_id, extra_env=FAST_GROUP)
         try:
             wait_for(lambda: owns(restarted, len(stream.communities)), 120, "every community")
             assert_snapshot_equals_replay(restarted, stream, tmp_path / "replayed")
@@ -132,7 +134,8 @@ def test_big_records_are_split_or_bounded_and_nothing_crashes(
             [*gen.to_messages(posts, 100), *gen.to_messages(joins, 500),
              ("community.posts", b"x", oversized)], max_request_size=4_000_000)
     stream = Stream([community, "old-members"], events_file, [])
-    worker = WorkerProcess(kafka.bootstrap, tmp_path / "first", names.prefix, names.app_id)
+    worker = WorkerProcess(kafka.bootstrap, tmp_path / "first", names.prefix, names.app_id,
+                           extra_env=FAST_GROUP)
     try:
         wait_for(lambda: committed_through_end(kafka.bootstrap, names), 120,
                  "the worker to commit everything")
@@ -156,7 +159,8 @@ def test_big_records_are_split_or_bounded_and_nothing_crashes(
     carry_pieces = {r.key for r in changelog if b"\x1fcarry#" in r.key and r.value}
     changelog.close()
     assert len(carry_pieces) >= 2  # the carry did not fit one record
-    restarted = WorkerProcess(kafka.bootstrap, tmp_path / "second", names.prefix, names.app_id)
+    restarted = WorkerProcess(kafka.bootstrap, tmp_path / "second", names.prefix, names.app_id,
+                              extra_env=FAST_GROUP)
     try:
         wait_for(lambda: owns(restarted, 2), 90, "both communities back from the changelog")
         assert_snapshot_equals_replay(restarted, stream, tmp_path / "replayed-again")

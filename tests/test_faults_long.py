@@ -19,6 +19,7 @@ from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC
 from tests.faults import (
+    FAST_GROUP,
     Names,
     committed_through_end,
     finish_and_compare,
@@ -30,9 +31,6 @@ from tests.workers import Samples, WorkerProcess, produce, wait_for
 
 pytestmark = pytest.mark.faults
 
-# Dead members leave the group after 10 s, not Faust's 60 s: a restarted worker gets its
-# partitions back quickly, so the kills land while it processes.
-FAST_GROUP = {"PULSE_SESSION_TIMEOUT_S": "10"}
 
 
 def _produce_steadily(bootstrap: str, names: Names, messages: list, per_second: float,
