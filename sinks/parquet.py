@@ -25,7 +25,8 @@ from streams.core import SnapshotRow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: `closing` (docs/querying.md)
+FINAL_KEY = b"community_pulse.final"  # closing files: "true" once past the grace period
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -57,6 +58,8 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("sustainability", pa.float64(), nullable=False),
         pa.field("stagnating", pa.bool_(), nullable=False),
         pa.field("last_activity", pa.timestamp("ms", tz="UTC")),
+        # true: a closing row (as_of a UTC midnight, final by event time); false: live.
+        pa.field("closing", pa.bool_(), nullable=False),
     ],
     metadata={"community_pulse.schema_version": SCHEMA_VERSION},
 )
@@ -65,9 +68,25 @@ _ROW_FIELDS = [f.name for f in fields(SnapshotRow)]
 _RENAMED = {"as_of_ms": "as_of", "last_activity_ms": "last_activity"}
 
 
-def rows_to_table(rows: Sequence[SnapshotRow]) -> pa.Table:
+def rows_to_table(rows: Sequence[SnapshotRow], closing: bool = False) -> pa.Table:
     columns = {_RENAMED.get(name, name): [getattr(r, name) for r in rows] for name in _ROW_FIELDS}
+    columns["closing"] = [closing] * len(rows)
     return pa.Table.from_pydict(columns, schema=SNAPSHOT_SCHEMA)
+
+
+def closing_file_name(as_of_ms: int, partition: int) -> str:
+    """A partition's closing rows at one midnight: always this one file, so rewriting
+    them (late events within grace) replaces it whichever communities it holds."""
+    return f"{_stamp(as_of_ms)}-closing-p{partition}.parquet"
+
+
+def is_closing_file(name: str) -> bool:
+    return "-closing-p" in name
+
+
+def _stamp(as_of_ms: int) -> str:
+    as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
+    return f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z"
 
 
 class SnapshotWriter:
@@ -83,6 +102,21 @@ class SnapshotWriter:
     def snapshots_dir(self) -> str:
         return f"{self.root}/snapshots"
 
+    def folder(self, as_of_ms: int) -> str:
+        """The Hive partition of an as_of: its UTC date."""
+        as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
+        return f"{self.snapshots_dir}/date={as_of:%Y-%m-%d}"
+
+    def read_closing(self, as_of_ms: int, partition: int) -> pa.Table | None:
+        """A partition's closing file at a midnight (None when there is none); whether
+        it is final is in its schema metadata under FINAL_KEY."""
+        path = f"{self.folder(as_of_ms)}/{closing_file_name(as_of_ms, partition)}"
+        try:
+            with self.fs.open_input_file(path) as source:
+                return pq.read_table(source)
+        except FileNotFoundError:
+            return None
+
     def write(self, rows: Sequence[SnapshotRow]) -> list[str]:
         """Write rows grouped by the UTC date of their as_of; return the file paths."""
         by_as_of: dict[int, list[SnapshotRow]] = {}
@@ -91,16 +125,17 @@ class SnapshotWriter:
         return [self.write_table(as_of, rows_to_table(group))
                 for as_of, group in sorted(by_as_of.items())]
 
-    def write_table(self, as_of_ms: int, table: pa.Table) -> str:
-        """Write the rows (SNAPSHOT_SCHEMA) of one as_of; return the file path."""
-        as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
-        digest = hashlib.blake2b(digest_size=8)
-        keys = zip(table["community_id"].to_pylist(), table["window_days"].to_pylist(),
-                   strict=True)
-        for key in sorted(set(keys)):
-            digest.update(repr(key).encode())
-        folder = f"{self.snapshots_dir}/date={as_of:%Y-%m-%d}"
-        name = f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z-{digest.hexdigest()}.parquet"
+    def write_table(self, as_of_ms: int, table: pa.Table, name: str | None = None) -> str:
+        """Write the rows (SNAPSHOT_SCHEMA) of one as_of; return the file path. The file
+        name is `name`, else derived from the rows' keys."""
+        if name is None:
+            digest = hashlib.blake2b(digest_size=8)
+            keys = zip(table["community_id"].to_pylist(), table["window_days"].to_pylist(),
+                       strict=True)
+            for key in sorted(set(keys)):
+                digest.update(repr(key).encode())
+            name = f"{_stamp(as_of_ms)}-{digest.hexdigest()}.parquet"
+        folder = self.folder(as_of_ms)
         self.fs.create_dir(folder, recursive=True)
         final, temporary = f"{folder}/{name}", f"{folder}/.{name}.tmp"
         with self.fs.open_output_stream(temporary) as sink:
@@ -124,12 +159,18 @@ def catalogue_sql(data_dir: str | Path) -> list[str]:
     """The views of DATA_DIR/pulse.duckdb; also usable on any DuckDB connection."""
     source = snapshots_glob(data_dir).replace("'", "''")
     return [
-        # Deduplicate defensively: the newest file wins for a (community, window, as_of).
+        # Deduplicate defensively: for a (community, window, as_of), a closing row wins
+        # over a live one, then the newest file. Schema 1 files have no `closing`: live.
         f"""CREATE OR REPLACE VIEW snapshots AS
-        SELECT * EXCLUDE (filename) FROM read_parquet('{source}',
+        SELECT * EXCLUDE (filename) REPLACE (coalesce(closing, false) AS closing)
+        FROM read_parquet('{source}',
             hive_partitioning = true, union_by_name = true, filename = true)
         QUALIFY row_number() OVER (
-            PARTITION BY community_id, window_days, as_of ORDER BY filename DESC) = 1""",
+            PARTITION BY community_id, window_days, as_of
+            ORDER BY coalesce(closing, false) DESC, filename DESC) = 1""",
+        # One final-by-event-time row per community x window x UTC midnight (SPEC 4).
+        """CREATE OR REPLACE VIEW daily AS
+        SELECT * FROM snapshots WHERE closing""",
         """CREATE OR REPLACE VIEW latest_snapshots AS
         SELECT * FROM snapshots
         QUALIFY row_number() OVER (
@@ -168,7 +209,7 @@ def read_rows(data_dir: str | Path) -> list[SnapshotRow]:
     con = duckdb.connect()
     for statement in catalogue_sql(data_dir)[:1]:
         con.execute(statement)
-    rel = con.sql("""SELECT * EXCLUDE (date, as_of, last_activity),
+    rel = con.sql("""SELECT * EXCLUDE (date, as_of, last_activity, closing),
                             epoch_ms(as_of) AS as_of_ms, epoch_ms(last_activity) AS last_activity_ms
                      FROM snapshots ORDER BY as_of, community_id, window_days""")
     names = rel.columns

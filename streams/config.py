@@ -88,6 +88,20 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # Closing rows (SPEC 4, docs/metrics.md#closing-rows): how long after a UTC midnight
+    # late events still rewrite its closing row, and how many days back a worker writes
+    # the closing rows it missed (down, behind, or started on topics with history).
+    closing_grace_hours: float = 24.0
+    closing_backfill_days: int = 35
+
+    def __post_init__(self) -> None:
+        if self.closing_grace_hours < 0 or self.closing_backfill_days < 0:
+            raise ConfigError("closing_grace_hours and closing_backfill_days must not be "
+                              "negative")
+
+    @property
+    def closing_grace_ms(self) -> int:
+        return int(self.closing_grace_hours * HOUR_MS)
 
 
 def tune_gc() -> None:
