@@ -93,6 +93,9 @@ class RuntimeConfig:
     # the closing rows it missed (down, behind, or started on topics with history).
     closing_grace_hours: float = 24.0
     closing_backfill_days: int = 35
+    # For drills and tests only: the worker's clock runs this many seconds off the
+    # system's (e.g. -172800: as if two days earlier), to rehearse downtime.
+    clock_offset_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.closing_grace_hours < 0 or self.closing_backfill_days < 0:

@@ -758,7 +758,9 @@ def committed_offsets(app: faust.App) -> Mapping[Any, int | None]:
 
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
-    worker = PulseWorker(metric_config, runtime)
+    offset = runtime.clock_offset_s
+    worker = PulseWorker(metric_config, runtime,
+                         clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker)
     worker.metrics.serve(runtime.metrics_port)
     log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
