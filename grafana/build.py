@@ -81,6 +81,10 @@ within the agreed service level (who notices, who responds within what time).
 """
 
 
+CLOSING_NOTE = ("Closing values: the rows at UTC midnights, final by event time (the "
+                "`daily` view of the Parquet history), exported by the worker from its state, "
+                "so they exist from its first hour.")
+
 # --------------------------------------------------------------------------- panels
 
 
@@ -127,8 +131,10 @@ def field_config(unit: str = "short", *, mappings: list[Json] | None = None, min
 
 
 def stat(title: str, grid: tuple[int, int, int, int], expr: str, unit: str = "short",
-         **fc: Any) -> Json:
+         description: str = "", **fc: Any) -> Json:
+    extra = {"description": description} if description else {}
     return panel("stat", title, grid, [target(expr)], fieldConfig=field_config(unit, **fc),
+                 **extra,
                  options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False},
                           "colorMode": "background", "graphMode": "none"})
 
@@ -208,7 +214,7 @@ def overview() -> Json:
                f"{{{w}}})", table=True),
     ])
     names = ["Tier", "Creator+critic share", "Score", "Stagnating", "Members", "Unanswered",
-             "Score Δ 7d"]
+             "Score Δ 7d (closing)"]
     rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
     overrides = [
         {"matcher": {"id": "byName", "options": "Tier"},
@@ -303,9 +309,10 @@ def community() -> Json:
         stat("Sustainability", (11, 0, 3, 4),
              f"max(community_pulse_sustainability_score{{{cw}}})", min_=0, max_=100,
              thresholds=[(None, "red"), (40, "yellow"), (70, "green")]),
-        stat("Score change 7d", (14, 0, 3, 4),
+        stat("Score change 7d (closing)", (14, 0, 3, 4),
              f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
-             thresholds=[(None, "red"), (-15, "yellow"), (0, "green")]),
+             thresholds=[(None, "red"), (-15, "yellow"), (0, "green")],
+             description=CLOSING_NOTE),
         stat("Stagnating", (17, 0, 3, 4), f"max(community_pulse_stagnating{{{c}}})",
              mappings=STAGNATING_MAPPING),
         stat("Last activity", (20, 0, 4, 4),
@@ -327,7 +334,7 @@ def community() -> Json:
         timeseries("Sustainability score", (0, 23, 12, 9), refs([
             target(f"max(community_pulse_sustainability_score{{{cw}}})", "score"),
             target(f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
-                   "change over 7 days"),
+                   "change over the 7 days to the last midnight (closing values)"),
         ]), min_=-100, max_=100),
         timeseries("Activity in the window", (12, 23, 12, 9), [target(
             f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")]),
@@ -400,6 +407,16 @@ def pipeline() -> Json:
         timeseries("Sink errors", (16, 21, 8, 8), [target(
             f"sum by (instance, sink) (increase(community_pulse_sink_errors_total{{{inst}}}"
             f"{rate}))", "{{instance}} {{sink}}")]),
+        stat("Workers catching up", (0, 29, 6, 4),
+             f"sum(community_pulse_catching_up{{{inst}}})",
+             thresholds=[(None, "green"), (1, "orange")],
+             description="Reading a backlog: no live rows written, trend alerts withheld."),
+        stat("Oldest newest closing midnight", (6, 29, 6, 4),
+             f"min(community_pulse_closing_timestamp_seconds{{{inst}}}) * 1000",
+             "dateTimeFromNow", thresholds=[(None, "text")], description=CLOSING_NOTE),
+        timeseries("Events too late for closing rows", (12, 29, 12, 8), [target(
+            f"sum by (instance) (rate(community_pulse_closing_late_events_total{{{inst}}}"
+            f"{rate}))", "{{instance}}")], "eps"),
     ]
     return dashboard("community-pulse-pipeline", "Community Pulse — pipeline health", panels,
                      [datasource_var(), instance_var], ["pipeline"],

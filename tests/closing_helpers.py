@@ -30,14 +30,26 @@ def daily_rows(data_dir: Path) -> dict[Key, dict[str, Any]]:
     return {(r["community_id"], r["window_days"], r["t"]): r for r in rows}
 
 
+def live_rows(data_dir: Path, first: bool = False) -> dict[Key, dict[str, Any]]:
+    """The live rows of a data dir by key (`first`: only those of the oldest as_of)."""
+    con = duckdb.connect()
+    for statement in catalogue_sql(data_dir):
+        con.execute(statement)
+    rel = con.sql(f"""SELECT * EXCLUDE (date), epoch_ms(as_of) AS t FROM snapshots
+                      WHERE NOT closing {"QUALIFY t = min(t) OVER ()" if first else ""}""")
+    rows = [dict(zip(rel.columns, values, strict=True)) for values in rel.fetchall()]
+    return {(r["community_id"], r["window_days"], r["t"]): r for r in rows}
+
+
 def replayed_daily(events: list[dict], out: Path, as_of_ms: int | None = None,
-                   every_day: bool = True) -> dict[Key, dict[str, Any]]:
-    """`replay --snapshot-every 1d` (or `--as-of`) of the events: its `daily` rows."""
+                   every_day: bool = True, live: bool = False) -> dict[Key, dict[str, Any]]:
+    """`replay --snapshot-every 1d` (or `--as-of`) of the events: its `daily` rows (or,
+    `live`, its rows at a moment that is not a midnight)."""
     source = out.with_suffix(".jsonl")
     source.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in events))
     replay([source], out, MetricConfig(), as_of_ms=as_of_ms,
            every_ms=86_400_000 if every_day else None)
-    return daily_rows(out)
+    return live_rows(out) if live else daily_rows(out)
 
 
 def same(a: dict[str, Any], b: dict[str, Any]) -> bool:

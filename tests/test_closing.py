@@ -21,7 +21,10 @@ D = 20_000 * DAY_MS  # a midnight
 GRACE = 24 * HOUR
 
 
-def run_pass(book: ClosingBook, sink: dict[tuple[int, int], Written], partition: int,
+Sink = dict[tuple[int, int], Written]  # what a sink holds per (partition, midnight)
+
+
+def run_pass(book: ClosingBook, sink: Sink, partition: int,
              mark: int, first_event: int | None) -> list[Task]:
     """What the worker does with the book: ask the sink, plan, write, report done."""
     for midnight in book.to_check(partition, mark, first_event):
@@ -41,7 +44,7 @@ def test_midnights() -> None:
 
 
 def test_open_rewritten_for_late_events_then_final_once() -> None:
-    book, sink = ClosingBook(GRACE, 3), {}
+    book, sink = ClosingBook(GRACE, 3), Sink()
     first = D - 10 * DAY_MS
     tasks = run_pass(book, sink, 0, D + HOUR, first)
     # Backfill: three days back, the older ones final at once, today's open.
@@ -75,7 +78,7 @@ def test_a_restarted_book_rewrites_open_files_whole_and_leaves_final_ones() -> N
 
 
 def test_nothing_before_the_first_event_or_the_exact_state() -> None:
-    book, sink = ClosingBook(GRACE, 30), {}
+    book, sink = ClosingBook(GRACE, 30), Sink()
     assert run_pass(book, sink, 0, D + HOUR, None) == []  # no events at all
     # An event exactly at a midnight counts for that midnight (ts <= as_of).
     assert run_pass(book, sink, 1, D + HOUR, D)[0].midnight == D
@@ -85,7 +88,7 @@ def test_nothing_before_the_first_event_or_the_exact_state() -> None:
 
 
 def test_forgotten_partitions_start_over() -> None:
-    book, sink = ClosingBook(GRACE, 1), {}
+    book, sink = ClosingBook(GRACE, 1), Sink()
     run_pass(book, sink, 0, D + HOUR, D - DAY_MS)
     book.forget([0])
     assert book.partitions == {}
@@ -109,7 +112,7 @@ steps = st.lists(st.tuples(
 def test_every_midnight_is_final_once_and_open_rows_follow_late_events(
         history: list, backfill: int, grace_hours: int) -> None:
     grace = grace_hours * HOUR
-    book, sink = ClosingBook(grace, backfill), {}
+    book, sink = ClosingBook(grace, backfill), Sink()
     mark, first = D, D - 3 * DAY_MS
     finals: dict[int, int] = {}  # midnight -> times written final
     for advance, arrivals, restart in history:
