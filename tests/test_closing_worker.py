@@ -100,7 +100,7 @@ def test_shuffled_history_late_events_and_a_restart_equal_replay(tmp_path: Path)
     assert worker.mark == NOW_MS
     worker.close_midnights()
     backfill_from = MIDNIGHT - RuntimeConfig().closing_backfill_days * DAY_MS
-    got = daily_rows(worker.writer.root and tmp_path / "data")
+    got = daily_rows(tmp_path / "data")
     assert {k[2] for k in got} == set(range(backfill_from, MIDNIGHT + 1, DAY_MS))
     want = in_range(replayed_daily(events, tmp_path / "replay-1"), backfill_from, MIDNIGHT)
     assert not differences(got, want)
