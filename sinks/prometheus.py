@@ -304,7 +304,8 @@ class WorkerMetrics:
             f"{NS}_consumer_lag_seconds", "Now minus the Kafka timestamp of the newest "
             "message processed: how far behind the producers the worker is.", registry=reg)
         self.last_snapshot = Gauge(
-            f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest snapshot.",
+            f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest live snapshot "
+            "written (none are while catching up).",
             registry=reg)
         self.catching_up = Gauge(
             f"{NS}_catching_up", "1 while the worker reads a backlog (what was in its "

@@ -70,6 +70,7 @@ class _Partition:
     # Midnights at or after this one can be computed exactly from the retained state.
     exact_from: int | None = None
     written: dict[int, Written] = field(default_factory=dict)
+    open: set[int] = field(default_factory=set)  # the midnights written OPEN
     written_here: set[int] = field(default_factory=set)  # by this process: rows cached
     dirty: dict[int, set[str]] = field(default_factory=dict)
     newest_final: int | None = None
@@ -103,22 +104,21 @@ class ClosingBook:
         for partition in partitions:
             self.partitions.pop(partition, None)
 
-    def arrived(self, partition: int, community: str, timestamps: Iterable[int]) -> int:
+    def arrived(self, partition: int, community: str, timestamps: list[int]) -> int:
         """Events of one community arrived; return how many came too late (after the
         grace of a midnight at or after their ts, now final). The open midnights they
         reach are marked for a rewrite of this community's row."""
-        book = self._part(partition)
-        late = 0
-        oldest = None
-        for ts in timestamps:
-            if book.newest_final is not None and ts <= book.newest_final:
-                late += 1
-            elif oldest is None or ts < oldest:
-                oldest = ts
-        if oldest is not None:
-            for midnight, written in book.written.items():
-                if written is Written.OPEN and midnight >= oldest:
-                    book.dirty.setdefault(midnight, set()).add(community)
+        book = self.partitions.get(partition) or self._part(partition)
+        oldest, late, newest_final = min(timestamps), 0, book.newest_final
+        if newest_final is not None and oldest <= newest_final:  # (rare: a loop only then)
+            in_time = [ts for ts in timestamps if ts > newest_final]
+            late = len(timestamps) - len(in_time)
+            if not in_time:
+                return late
+            oldest = min(in_time)
+        for midnight in book.open:
+            if midnight >= oldest:
+                book.dirty.setdefault(midnight, set()).add(community)
         return late
 
     def to_check(self, partition: int, mark: int, first_event: int | None) -> list[int]:
@@ -130,9 +130,7 @@ class ClosingBook:
     def learn(self, partition: int, midnight: int, written: Written) -> None:
         """What the sink holds for a midnight (from `to_check`)."""
         book = self._part(partition)
-        book.written[midnight] = written
-        if written is Written.FINAL:
-            self._finalised(book, midnight)
+        self._set(book, midnight, written)
 
     # ---- what to write ---------------------------------------------------------------
 
@@ -157,16 +155,20 @@ class ClosingBook:
     def done(self, task: Task) -> None:
         """The task's rows are written."""
         book = self._part(task.partition)
-        book.written[task.midnight] = Written.FINAL if task.final else Written.OPEN
         book.written_here.add(task.midnight)
         book.dirty.pop(task.midnight, None)
-        if task.final:
-            self._finalised(book, task.midnight)
+        self._set(book, task.midnight, Written.FINAL if task.final else Written.OPEN)
 
-    def _finalised(self, book: _Partition, midnight: int) -> None:
-        book.dirty.pop(midnight, None)
-        if book.newest_final is None or midnight > book.newest_final:
-            book.newest_final = midnight
+    def _set(self, book: _Partition, midnight: int, written: Written) -> None:
+        book.written[midnight] = written
+        if written is Written.OPEN:
+            book.open.add(midnight)
+            return
+        book.open.discard(midnight)
+        if written is Written.FINAL:
+            book.dirty.pop(midnight, None)
+            if book.newest_final is None or midnight > book.newest_final:
+                book.newest_final = midnight
 
     # ---- ranges ----------------------------------------------------------------------
 

@@ -199,6 +199,7 @@ class PulseWorker:
         # partitions before it is processed; None while catching up (or rebalancing).
         self.mark: int | None = None
         self.newest_closing = 0  # the newest midnight whose closing rows were written
+        self._exported_at: int | None = None  # the newest midnight of the trend series
         self.closing = ClosingBook(runtime.closing_grace_ms, runtime.closing_backfill_days)
         self.first_event: dict[int, int] = {}  # partition -> oldest event time applied
         self.processed_next: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
@@ -386,7 +387,8 @@ class PulseWorker:
         rows[:] = [row for row in rows if row.community_id in owned]  # revoked meanwhile
         self.metrics.communities.retain(owned)
         self.metrics.owned.set(len(owned))
-        self.metrics.last_snapshot.set(as_of / 1000)
+        if self.mark is not None:  # (while catching up, live rows are not written)
+            self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(self.expiry_cut(as_of))
 
     def take_snapshot(self) -> list[SnapshotRow]:
@@ -443,7 +445,7 @@ class PulseWorker:
         self._ends_seen = None if now is None else (now, now_ms)
         self.metrics.catching_up.set(0 if caught_up else 1)
         if not caught_up:  # trend series over a half-read backlog: withdrawn
-            self.metrics.closing.retain(set())
+            self.export_closing(None)
 
     def closing_checks(self, mark: int) -> list[tuple[int, int]]:
         """(partition, midnight) pairs whose closing file the sink must be asked about."""
@@ -477,6 +479,7 @@ class PulseWorker:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
         slice_start = time.perf_counter()
+        oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
         for partition in sorted(self._partitions()):
             for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
                 midnight = task.midnight
@@ -490,8 +493,10 @@ class PulseWorker:
                     names = sorted(task.communities)
                 for community_id in names:
                     state = self.core.communities.get(community_id)
-                    oldest = state.oldest_ts() if state is not None else None
-                    if state is None or oldest is None or oldest > midnight:
+                    if community_id not in oldest:
+                        oldest[community_id] = state.oldest_ts() if state else None
+                    first = oldest[community_id]
+                    if state is None or first is None or first > midnight:
                         rows.pop(community_id, None)  # no event at or before the midnight
                         values.pop(community_id, None)
                     else:
@@ -534,15 +539,17 @@ class PulseWorker:
             if task.midnight > self.newest_closing:
                 self.newest_closing = task.midnight
                 self.metrics.closing_as_of.set(task.midnight / 1000)
-        self.export_closing(mark)
+        if tasks or self._exported_at != midnight_at_or_before(mark):
+            self.export_closing(mark)
 
     def export_closing(self, mark: int | None) -> None:
         """The trend series: each community's closing values at the newest midnight
         (ago=0d) and TREND_DAYS before it; none while catching up."""
         if mark is None:
             self.metrics.closing.retain(set())
+            self._exported_at = None
             return
-        newest = midnight_at_or_before(mark)
+        newest = self._exported_at = midnight_at_or_before(mark)
         for midnight in [d for d in self._closing_values if d < newest - TREND_DAYS * DAY_MS]:
             del self._closing_values[midnight]
         for community_id in self.partition_of:
