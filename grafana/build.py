@@ -411,7 +411,7 @@ def pipeline() -> Json:
              f"sum(community_pulse_catching_up{{{inst}}})",
              thresholds=[(None, "green"), (1, "orange")],
              description="Reading a backlog: no live rows written, trend alerts withheld."),
-        stat("Oldest newest closing midnight", (6, 29, 6, 4),
+        stat("Closing rows up to (slowest worker)", (6, 29, 6, 4),
              f"min(community_pulse_closing_timestamp_seconds{{{inst}}}) * 1000",
              "dateTimeFromNow", thresholds=[(None, "text")], description=CLOSING_NOTE),
         timeseries("Events too late for closing rows", (12, 29, 12, 8), [target(

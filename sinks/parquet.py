@@ -195,14 +195,17 @@ class SnapshotWriter:
         is `name`, else named after the rows' keys."""
         return self.tables.write_at("snapshots", as_of_ms, table, name)
 
-    def read_closing(self, as_of_ms: int, partition: int) -> pa.Table | None:
-        """A partition's closing file at a midnight (None when there is none); whether
-        it is final is in its schema metadata under FINAL_KEY."""
+    def read_closing(self, as_of_ms: int, partition: int, columns: list[str] | None = None
+                     ) -> tuple[bool, pa.Table | None] | None:
+        """A partition's closing file at a midnight: None when there is none, else
+        whether it is final (FINAL_KEY) and, when `columns` are asked for, those."""
         folder = self.tables.folder("snapshots", as_of_ms)
+        path = f"{folder}/{closing_file_name(as_of_ms, partition)}"
         try:
-            with self.fs.open_input_file(f"{folder}/{closing_file_name(as_of_ms, partition)}"
-                                         ) as source:
-                return pq.read_table(source)
+            with self.fs.open_input_file(path) as source:
+                parquet = pq.ParquetFile(source)
+                final = (parquet.schema_arrow.metadata or {}).get(FINAL_KEY) == b"true"
+                return final, parquet.read(columns=columns) if columns else None
         except FileNotFoundError:
             return None
 

@@ -61,6 +61,7 @@ SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 AGENT_TURN_S = SLICE_S
 CATCH_UP_CHECK_S = 1.0
 TREND_DAYS = 7  # the closing series compare the newest midnight with this many days before
+_VALUE_COLUMNS = ["community_id", "window_days", "members", "sustainability", "tier"]
 _SEP = "\x1f"
 _encoder = msgspec.msgpack.Encoder()
 
@@ -452,25 +453,28 @@ class PulseWorker:
         return [(p, midnight) for p in sorted(self._partitions())
                 for midnight in self.closing.to_check(p, mark, self.first_event.get(p))]
 
-    def read_closings(self, checks: list[tuple[int, int]]
-                      ) -> list[tuple[int, int, pa.Table | None]]:
-        """The closing files of `checks` (I/O: runs in an executor thread)."""
-        return [(p, midnight, self.writer.read_closing(midnight, p)) for p, midnight in checks]
+    def read_closings(self, checks: list[tuple[int, int]], mark: int
+                      ) -> list[tuple[int, int, tuple[bool, pa.Table | None] | None]]:
+        """What the sink holds for `checks`: per file whether it is final, and the
+        values the trend series need of recent ones (I/O: runs in an executor thread)."""
+        keep_from = midnight_at_or_before(mark) - TREND_DAYS * DAY_MS
+        return [(p, midnight, self.writer.read_closing(
+            midnight, p, _VALUE_COLUMNS if midnight >= keep_from else None))
+            for p, midnight in checks]
 
-    def learn_closings(self, found: list[tuple[int, int, pa.Table | None]], mark: int) -> None:
+    def learn_closings(self, found: list[tuple[int, int, tuple[bool, pa.Table | None] | None]]
+                       ) -> None:
         """What the sink holds: open files are rewritten, final ones never; the values
         of recent ones feed the trend series."""
-        keep_from = midnight_at_or_before(mark) - TREND_DAYS * DAY_MS
-        for partition, midnight, table in found:
-            if table is None:
+        for partition, midnight, file in found:
+            if file is None:
                 self.closing.learn(partition, midnight, Written.ABSENT)
                 continue
-            final = (table.schema.metadata or {}).get(FINAL_KEY) == b"true"
+            final, table = file
             self.closing.learn(partition, midnight, Written.FINAL if final else Written.OPEN)
-            if midnight >= keep_from:
+            if table is not None:
                 values = self._closing_values.setdefault(midnight, {})
-                for row in table.select(["community_id", "window_days", "members",
-                                         "sustainability", "tier"]).to_pylist():
+                for row in table.to_pylist():
                     values.setdefault(row["community_id"], []).append(ClosingValue(
                         row["window_days"], row["members"], row["sustainability"],
                         TIERS.index(row["tier"])))
@@ -565,7 +569,7 @@ class PulseWorker:
         mark = self.mark
         if mark is None:
             return []
-        self.learn_closings(self.read_closings(self.closing_checks(mark)), mark)
+        self.learn_closings(self.read_closings(self.closing_checks(mark), mark))
         out: list[tuple[Task, pa.Table]] = []
         for _ in self.closing_steps(mark, out):
             pass
@@ -745,8 +749,8 @@ def build_app(worker: PulseWorker) -> faust.App:
             return
         checks = worker.closing_checks(mark)
         if checks:
-            found = await loop.run_in_executor(None, worker.read_closings, checks)
-            worker.learn_closings(found, mark)
+            found = await loop.run_in_executor(None, worker.read_closings, checks, mark)
+            worker.learn_closings(found)
         closing: list[tuple[Task, pa.Table]] = []
         for _ in worker.closing_steps(mark, closing):
             await asyncio.sleep(AGENT_TURN_S)
