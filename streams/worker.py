@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,20 @@ import msgspec
 import pyarrow as pa
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
+from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.parquet import FINAL_KEY, SnapshotWriter, closing_file_name, rows_to_table
 from sinks.prometheus import ClosingValue, WorkerMetrics
+from sinks.steering import goals_table
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
+from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingestor
+from streams.privacy import Pseudonymiser, install_log_filters
+from streams.steering import goals as steering_goals
+from streams.steering.files import read_goals
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +191,7 @@ class PulseWorker:
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
         self.core = PulseCore(metric_config)
-        self.ingestor = Ingestor(self.core, self.topics)
+        self.ingestor = Ingestor(self.core, self.topics, Pseudonymiser.from_runtime(runtime))
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
@@ -210,6 +218,12 @@ class PulseWorker:
         self._closing_rows: dict[tuple[int, int], dict[str, list[SnapshotRow]]] = {}
         # midnight -> community -> its closing values, for the trend series (TREND_DAYS).
         self._closing_values: dict[int, dict[str, list[ClosingValue]]] = {}
+        self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
+                      if runtime.goals_file else [])
+        self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
+        # Source partitions this worker owns (set on each assignment); None: all of them
+        # (no consumer group, e.g. in tests). Decides who reports goals without data.
+        self.assigned: set[int] | None = None
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -266,7 +280,7 @@ class PulseWorker:
         return timestamps
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
-        log.debug("dead letter from %s: %s", msg.topic, rejection.message)
+        log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
         if self.dead_letter is None:
             return
         self.dead_letter.send_soon(
@@ -285,6 +299,7 @@ class PulseWorker:
 
     def recover(self, partitions: set[int]) -> None:
         """Rebuild the communities of our partitions from the recovered table."""
+        self.assigned = set(partitions)
         if self.deltas is None:
             return
         self.revoke(set(self.partition_of.values()) - partitions)
@@ -387,10 +402,36 @@ class PulseWorker:
         owned = set(self.core.communities)
         rows[:] = [row for row in rows if row.community_id in owned]  # revoked meanwhile
         self.metrics.communities.retain(owned)
+        self._evaluate_goals(as_of, rows)
         self.metrics.owned.set(len(owned))
         if self.mark is not None:  # (while catching up, live rows are not written)
             self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(self.expiry_cut(as_of))
+
+    def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
+        """The goals of the communities this worker owns, at this snapshot (gauges only
+        for communities above the privacy threshold; a goal without data only from the
+        worker that owns its community's partition)."""
+        if not self.goals:
+            return
+        named = steering_goals.communities(self.goals)
+        inputs = {row.community_id: row for row in rows if row.community_id in named}
+        mine = [goal for goal in self.goals
+                if goal.community in inputs or self._owns_partition_of(goal.community)]
+        self.goal_rows = steering_goals.evaluate(
+            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
+        min_members = self.runtime.min_members_exported
+        self.metrics.goals.update(self.goals, [
+            g for g in self.goal_rows
+            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+
+    def _owns_partition_of(self, community_id: str) -> bool:
+        """Whether the community's events would come to this worker (keys go to
+        partitions by Kafka's default partitioner, murmur2, as the SPEC's keys do)."""
+        if self.assigned is None:
+            return True
+        partition = (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
+        return partition in self.assigned
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """The whole snapshot in one go (the timer interleaves the steps instead)."""
@@ -583,6 +624,10 @@ class PulseWorker:
         try:
             with self.metrics.sink_seconds.labels("parquet").time():
                 self.writer.write(rows)
+                written = {row.as_of_ms for row in rows}
+                goal_rows = [g for g in self.goal_rows if g.as_of_ms in written]
+                if goal_rows:
+                    self.writer.tables.write("goals", goals_table(goal_rows))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()
             log.exception("writing %d snapshot rows failed", len(rows))
@@ -660,12 +705,20 @@ class PulseApp(faust.App):
 
 
 def faust_app(
-    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0
+    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
+    security: KafkaSecurity | None = None, replication: int = 1,
 ) -> faust.App:
-    """The Faust settings the worker runs with (the benchmark's floor uses them too)."""
+    """The Faust settings the worker runs with (the benchmark's floor uses them too).
+
+    Faust reads environment variables of its own (BROKER_URL, PROCESSING_GUARANTEE, ...)
+    over the arguments given here; `env={}` stops that, so the product's settings win
+    (`ignored_faust_environment` names what was ignored)."""
     app = PulseApp(
         app_id,
+        env={},
         broker=broker,
+        broker_credentials=(security or KafkaSecurity()).faust_credentials(),
+        topic_replication_factor=replication,
         # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
         datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
         store="memory://",
@@ -681,20 +734,32 @@ def faust_app(
     return app
 
 
-def build_app(worker: PulseWorker) -> faust.App:
+def ignored_faust_environment() -> list[str]:
+    """Faust's own environment variables that are set here, which faust_app ignores."""
+    names = {param.env_name for param in faust.Settings.SETTINGS.values() if param.env_name}
+    return sorted(name for name in names if name in os.environ)
+
+
+def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> faust.App:
     rt = worker.runtime
-    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms)
+    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms, security,
+                    rt.topic_replication_factor)
+    # Topics the worker creates when they are missing (replication: topic_replication_factor).
+    topic_config = {"min.insync.replicas": str(rt.topic_min_insync_replicas)}
     source = app.topic(
-        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions, internal=True
+        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions,
+        internal=True, config=topic_config,
     )
     worker.dead_letter = app.topic(
         rt.topic_prefix + DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes,
-        partitions=rt.partitions, internal=True,
+        partitions=rt.partitions, internal=True, config=topic_config,
     )
     table = app.Table(
-        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes
+        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
+        extra_topic_configs=topic_config,
     )
     worker.deltas = DeltaLog(table)
+    worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
 
     @app.agent(source, name="ingest")
@@ -769,10 +834,17 @@ def committed_offsets(app: faust.App) -> Mapping[Any, int | None]:
 
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
+    install_log_filters()
+    security = KafkaSecurity.from_runtime(runtime)
+    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    ignored = ignored_faust_environment()
+    if ignored:
+        log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
+                    "its settings from the config file and PULSE_* only", ", ".join(ignored))
     offset = runtime.clock_offset_s
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)
-    app = build_app(worker)
+    app = build_app(worker, security)
     worker.metrics.serve(runtime.metrics_port)
     log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
