@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -68,6 +69,7 @@ SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 # message only one step through Faust's fetcher -> stream -> buffer chain.
 AGENT_TURN_S = SLICE_S
 CATCH_UP_CHECK_S = 1.0
+CATCH_UP_CHECKS = 10  # more than this many checks (seconds) behind: catching up
 TREND_DAYS = 7  # the closing series compare the newest midnight with this many days before
 _VALUE_COLUMNS = ["community_id", "window_days", "members", "sustainability", "tier"]
 _SEP = "\x1f"
@@ -212,7 +214,10 @@ class PulseWorker:
         self.closing = ClosingBook(runtime.closing_grace_ms, runtime.closing_backfill_days)
         self.first_event: dict[int, int] = {}  # partition -> oldest event time applied
         self.processed_next: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
-        self._ends_seen: tuple[dict[tuple[str, int], int], int] | None = None
+        # The end offsets of the last checks, with their times, newest last.
+        self._ends_seen: deque[tuple[dict[tuple[str, int], int], int]] = deque(
+            maxlen=CATCH_UP_CHECKS)
+        self._ownership = 0  # changes with every revoke and recovery (closing passes)
         # Rows of the midnights this process wrote and that are still open, per partition,
         # so a late event recomputes one community's row, not the partition's.
         self._closing_rows: dict[tuple[int, int], dict[str, list[SnapshotRow]]] = {}
@@ -306,6 +311,7 @@ class PulseWorker:
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         self.first_event.clear()
+        self._ownership += 1
         for partition, events in self.deltas.load(partitions):
             for event in events:
                 self.partition_of[event.community_id] = partition
@@ -327,6 +333,7 @@ class PulseWorker:
         Their table data stays until recovery: a partition revoked and assigned back in
         the same rebalance is not re-read from the changelog.
         """
+        self._ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
@@ -472,21 +479,26 @@ class PulseWorker:
 
     def observe_offsets(self, ends: Mapping[Any, int] | None,
                         committed: Mapping[Any, int | None], now_ms: int) -> None:
-        """Caught up when all that was in our partitions at the previous check (`ends`,
-        their end offsets then) is processed: everything that arrived before that check
-        is in the state, so it becomes the arrival mark. `ends` None: unknown
+        """Note the end offsets of our partitions now. The arrival mark is the time of
+        the newest of the last CATCH_UP_CHECKS checks whose end offsets are all processed:
+        everything that arrived before it is in the state. None of them: catching up (so
+        a worker that keeps up, a second or two behind, is not). `ends` None: unknown
         (rebalancing, broker unreachable), so catching up."""
         def done(tp: tuple[str, int]) -> int:
             return max(self.processed_next.get(tp, 0), committed.get(tp) or 0)
 
-        seen = self._ends_seen
-        now = None if ends is None else {(tp[0], tp[1]): end for tp, end in ends.items()}
-        caught_up = (now is not None and seen is not None and set(seen[0]) == set(now)
-                     and all(done(tp) >= end for tp, end in seen[0].items()))
-        self.mark = seen[1] if caught_up and seen is not None else None
-        self._ends_seen = None if now is None else (now, now_ms)
-        self.metrics.catching_up.set(0 if caught_up else 1)
-        if not caught_up:  # trend series over a half-read backlog: withdrawn
+        self.mark = None
+        if ends is None:
+            self._ends_seen.clear()
+        else:
+            now = {(tp[0], tp[1]): end for tp, end in ends.items()}
+            for seen, at in reversed(self._ends_seen):  # newest first
+                if set(seen) == set(now) and all(done(tp) >= end for tp, end in seen.items()):
+                    self.mark = at
+                    break
+            self._ends_seen.append((now, now_ms))
+        self.metrics.catching_up.set(0 if self.mark is not None else 1)
+        if self.mark is None:  # trend series over a half-read backlog: withdrawn
             self.export_closing(None)
 
     def closing_checks(self, mark: int) -> list[tuple[int, int]]:
@@ -523,7 +535,7 @@ class PulseWorker:
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
-        slice_start = time.perf_counter()
+        slice_start, ownership = time.perf_counter(), self._ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
         for partition in sorted(self._partitions()):
             for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
@@ -552,6 +564,9 @@ class PulseWorker:
                     if time.perf_counter() - slice_start > SLICE_S:
                         yield
                         slice_start = time.perf_counter()
+                        if self._ownership != ownership:  # a rebalance: rows may miss
+                            out.clear()  # communities; the next pass starts over
+                            return
                 table = rows_to_table([r for c in sorted(rows) for r in rows[c]], closing=True)
                 final = b"true" if task.final else b"false"
                 out.append((task, table.replace_schema_metadata(
