@@ -44,6 +44,9 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_consumer_lag_seconds", "community_pulse_consumer_lag_messages",
     "community_pulse_assigned_partitions", "community_pulse_kafka_send_retries_total",
     "community_pulse_sink_pending_rows", "community_pulse_sink_dropped_rows_total",
+    "community_pulse_catching_up",
+    "community_pulse_closing_sustainability_score", "community_pulse_closing_tier",
+    "community_pulse_closing_timestamp_seconds", "community_pulse_closing_late_events_total",
     # steering (docs/steering.md)
     "community_pulse_goal_value", "community_pulse_goal_expected", "community_pulse_goal_target",
     "community_pulse_goal_progress_ratio", "community_pulse_goal_status",
