@@ -104,12 +104,16 @@ class ClosingBook:
         for partition in partitions:
             self.partitions.pop(partition, None)
 
-    def arrived(self, partition: int, community: str, timestamps: list[int]) -> int:
-        """Events of one community arrived; return how many came too late (after the
-        grace of a midnight at or after their ts, now final). The open midnights they
-        reach are marked for a rewrite of this community's row."""
+    def arrived(self, partition: int, community: str, timestamps: list[int],
+                oldest: int | None = None) -> int:
+        """Events of one community arrived (`oldest`: the oldest of their times, when
+        known); return how many came too late (after the grace of a midnight at or after
+        their ts, now final). The open midnights they reach are marked for a rewrite of
+        this community's row."""
         book = self.partitions.get(partition) or self._part(partition)
-        oldest, late, newest_final = min(timestamps), 0, book.newest_final
+        if oldest is None:
+            oldest = min(timestamps)
+        late, newest_final = 0, book.newest_final
         if newest_final is not None and oldest <= newest_final:  # (rare: a loop only then)
             in_time = [ts for ts in timestamps if ts > newest_final]
             late = len(timestamps) - len(in_time)

@@ -275,18 +275,18 @@ class PulseWorker:
 
     def _arrived(self, partition: int, events: list[Event]) -> None:
         """Tell the closing book what arrived (one community's events)."""
-        timestamps = self._arrived_before(partition, events)
-        late = self.closing.arrived(partition, events[0].community_id, timestamps)
+        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+        oldest = self._oldest_in(partition, timestamps)
+        late = self.closing.arrived(partition, events[0].community_id, timestamps, oldest)
         if late:
             self.metrics.closing_late.inc(late)
 
-    def _arrived_before(self, partition: int, events: list[Event]) -> list[int]:
-        """Note the oldest event time of the partition; return the events' times."""
-        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+    def _oldest_in(self, partition: int, timestamps: list[int]) -> int:
+        """Note the oldest event time of the partition; return the oldest of these."""
         oldest = min(timestamps)
         if oldest < self.first_event.get(partition, oldest + 1):
             self.first_event[partition] = oldest
-        return timestamps
+        return oldest
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
         log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
@@ -320,7 +320,7 @@ class PulseWorker:
             for event in events:
                 self.partition_of[event.community_id] = partition
             if events:
-                self._arrived_before(partition, events)
+                self._oldest_in(partition, [event.ts for event in events])  # type: ignore[misc]
             self.core.apply(events)
         self.closing.forget(set(self.closing.partitions) - partitions)
         for partition in partitions:  # the changelog keeps what its last cut left
