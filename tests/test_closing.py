@@ -77,6 +77,27 @@ def test_a_restarted_book_rewrites_open_files_whole_and_leaves_final_ones() -> N
         (D - 2 * DAY_MS, None, True), (D, None, False)]
 
 
+def test_events_that_reach_kafka_after_an_open_midnights_grace_leave_its_rows() -> None:
+    # The worker wrote D while open, then fell behind (or was down): events arriving
+    # (Kafka time) after D + grace while D is not final yet are too late for D.
+    book, sink = ClosingBook(GRACE, 1), Sink()
+    run_pass(book, sink, 0, D + HOUR, D - DAY_MS)
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + 2 * HOUR) == 0  # in time: dirty
+    assert book.arrived(0, "c", [D - 2 * HOUR, D + HOUR], arrival=D + GRACE) == 1
+    assert book.arrived(0, "d", [D - 3 * HOUR], arrival=D + GRACE + HOUR) == 1
+    tasks = run_pass(book, sink, 0, D + GRACE + 2 * HOUR, D - DAY_MS)
+    assert [(t.midnight, t.communities, t.final, t.keep) for t in tasks] == [
+        (D, frozenset(), True, frozenset({"c", "d"})), (D + DAY_MS, None, False, frozenset())]
+    # A restarted worker learns the open file first, then reads the backlog.
+    book, sink = ClosingBook(GRACE, 1), {(0, D): Written.OPEN}
+    for midnight in book.to_check(0, D + GRACE + HOUR, D - DAY_MS):
+        book.learn(0, midnight, sink.get((0, midnight), Written.ABSENT))
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + GRACE) == 1
+    tasks = book.plan(0, D + GRACE + HOUR, D - DAY_MS)
+    assert [(t.midnight, t.communities, t.keep) for t in tasks] == [
+        (D, None, frozenset({"c"})), (D + DAY_MS, None, frozenset())]
+
+
 def test_nothing_before_the_first_event_or_the_exact_state() -> None:
     book, sink = ClosingBook(GRACE, 30), Sink()
     assert run_pass(book, sink, 0, D + HOUR, None) == []  # no events at all

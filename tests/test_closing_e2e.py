@@ -1,6 +1,7 @@
 """Closing rows on the real broker: a worker started on topics that already hold 30 days of
 history, shuffled across days; late events within and beyond the grace period; the worker
-stopped for two days (its clock set back with `clock_offset_s`) and restarted; two workers
+stopped for two days (its clock set back with `clock_offset_s`) and restarted, with events
+that reached Kafka after a grace period ran out while it was down; two workers
 sharing one history through rebalances. After each, the `daily` view equals replay of the
 same events (`--snapshot-every 1d` for all midnights, `--as-of` for some), value by value,
 with one row per key.
@@ -107,25 +108,33 @@ def test_closing_rows_equal_replay_on_the_real_broker(kafka: LocalKafka, tmp_pat
     finally:
         worker.stop()
 
-    # 3. Down for two days; the events of those days arrive meanwhile. Restarted with
-    # the real clock: state from the changelog, then the backlog; the missed midnights
-    # are written once caught up, what was final stays as it was.
+    # 3. Down for two days; the events of those days arrive meanwhile, and three posts
+    # for the day before d1 that reach Kafka only after d1's grace (too late for d1:
+    # its rows stay as last written). Restarted with the real clock: state from the
+    # changelog, the closing files looked at, then the backlog; the missed midnights are
+    # written once caught up, what was final stays as it was.
     later = renamed([e for c in gen.plan(6, 200, random.Random(15)) for e in
                      gen.history(c, now, 3, random.Random(16)) if e["ts"] > then], "later-")
-    produce(kafka, prefix, later)
+    after_grace = [post(20 + i, d1 - (i + 1) * HOUR) for i in range(3)]
+    produce(kafka, prefix, later + after_grace)
     restarted = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
     try:
-        wait_for(lambda: settled(restarted, len(later), d0), 180, "the restarted backfill")
+        wait_for(lambda: settled(restarted, len(later) + len(after_grace), d0), 180,
+                 "the restarted backfill")
+        samples = restarted.scrape()
+        assert restarted.value(samples, "community_pulse_closing_late_events_total") == len(
+            after_grace)
         got = daily_rows(data)
         assert {k[2] for k in got} == set(range(backfill_from, d0 + 1, DAY_MS))
-        events = history + within + beyond + later
+        events = history + within + beyond + later + after_grace
         final = replayed_daily(events, tmp_path / "replay-all")
-        assert not differences(in_range(got, d1, d0), in_range(final, d1, d0))
+        assert not differences(in_range(got, d1 + DAY_MS, d0), in_range(final, d1 + DAY_MS, d0))
+        assert not differences(in_range(got, d1, d1), in_range(everything, d1, d1))
         assert not differences(in_range(got, backfill_from, d1 - DAY_MS),
                                in_range(without_beyond, backfill_from, d1 - DAY_MS))
         # `replay --as-of` a midnight gives the same rows as the daily snapshots.
-        for midnight in (backfill_from, d1, d0):
-            at = replayed_daily(events if midnight >= d1 else history + within,
+        for midnight in (backfill_from, d1 + DAY_MS, d0):
+            at = replayed_daily(events if midnight > d1 else history + within,
                                 tmp_path / f"replay-at-{midnight}", as_of_ms=midnight,
                                 every_day=False)
             assert at and not differences(in_range(got, midnight, midnight), at)
