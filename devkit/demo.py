@@ -21,12 +21,14 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka, die_with_parent, free_port
+from devkit.devkafka import DevKafkaError, LocalKafka, die_with_parent, free_port
 from streams.config import DAY_MS, MetricConfig
 
 HISTORY_DAYS = 35
@@ -117,7 +119,7 @@ def run_demo(
     days = seed_daily_snapshots(history, data_dir, metrics or MetricConfig())
     print(f"wrote {days} days of daily snapshots of the same history with replay", flush=True)
     print("starting Apache Kafka (KRaft) ...", flush=True)
-    with LocalKafka() as kafka:  # in a temporary folder, removed when it stops
+    with _broker(run_dir) as kafka:
         worker_log = (run_dir / "worker.log").open("ab")
         worker = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap,
@@ -135,6 +137,25 @@ def run_demo(
         finally:
             stop_worker(worker)
             worker_log.close()
+
+
+@contextmanager
+def _broker(run_dir: Path) -> Iterator[LocalKafka]:
+    """A local broker in a temporary folder, removed when it stops. A broker that does not
+    start is one line; its details (the log's tail) go to run/broker-error.log."""
+    kafka = LocalKafka()
+    try:
+        kafka.start()
+    except DevKafkaError as exc:
+        kafka.stop()
+        details = run_dir / "broker-error.log"
+        details.write_text(f"{exc}\n")
+        raise DemoError(f"the Kafka broker did not start: {str(exc).splitlines()[0]} "
+                        f"(details in {details})") from None
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:
