@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit import generate as gen
 from devkit.devkafka import DevKafkaError, LocalKafka, die_with_parent, free_port
 from streams.config import DAY_MS, MetricConfig
+from streams.kafka_auth import KafkaSecurity
 
 HISTORY_DAYS = 35
 SHOWN = 4  # communities named per tier in the summary
@@ -102,8 +103,10 @@ def cut(items: list[str], limit: int) -> str:
 
 def run_demo(
     n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
-    metrics: MetricConfig | None = None,
+    metrics: MetricConfig | None = None, secured: bool = False,
 ) -> int:
+    """With `secured`, the broker gets a SASL_SSL listener and every client of the demo
+    (worker, history loader, live producer) logs in with SCRAM-SHA-512 over TLS."""
     start_clean(data_dir)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     run_dir = data_dir / "run"
@@ -118,18 +121,24 @@ def run_demo(
     history = demo_history(communities, now_ms, rng)
     days = seed_daily_snapshots(history, data_dir, metrics or MetricConfig())
     print(f"wrote {days} days of daily snapshots of the same history with replay", flush=True)
-    print("starting Apache Kafka (KRaft) ...", flush=True)
-    with _broker(run_dir) as kafka:
+    print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) ...", flush=True)
+    with _broker(run_dir, secured) as kafka:
+        bootstrap, security = kafka.bootstrap, KafkaSecurity()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
+        env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
+        if kafka.secured is not None:
+            bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
+            env.update(kafka.secured.settings_env())
         worker_log = (run_dir / "worker.log").open("ab")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap,
+            [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap,
              "--data-dir", str(data_dir), "--metrics-port", str(metrics_port),
              "--snapshot-interval", "5"],
-            stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             preexec_fn=die_with_parent,  # no orphaned worker if the demo is killed hard
         )
         try:
-            return _drive(kafka.bootstrap, worker, communities, history, rng, rate, duration,
+            return _drive(bootstrap, security, worker, communities, history, rng, rate, duration,
                           data_dir, metrics_port)
         except KeyboardInterrupt:
             print("\nstopping ...")
@@ -140,10 +149,10 @@ def run_demo(
 
 
 @contextmanager
-def _broker(run_dir: Path) -> Iterator[LocalKafka]:
+def _broker(run_dir: Path, secured: bool) -> Iterator[LocalKafka]:
     """A local broker in a temporary folder, removed when it stops. A broker that does not
     start is one line; its details (the log's tail) go to run/broker-error.log."""
-    kafka = LocalKafka()
+    kafka = LocalKafka(secured=secured)
     try:
         kafka.start()
     except DevKafkaError as exc:
@@ -225,6 +234,7 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
 
 def _drive(
     bootstrap: str,
+    security: KafkaSecurity,
     worker: subprocess.Popen[bytes],
     communities: list[gen.Community],
     history: list[dict],
@@ -240,8 +250,9 @@ def _drive(
     messages += [(topic, b"x", value) for topic, value in gen.BAD_MESSAGES]
     print(f"loading {len(history):,} historical events ({len(messages):,} messages) ...",
           flush=True)
-    gen.produce(bootstrap, messages)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    gen.produce(bootstrap, messages, security)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                             **security.client_kwargs())
     interactive = sys.stdout.isatty()
     started = last_draw = time.monotonic()
     seq = 0

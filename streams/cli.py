@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
     demo.add_argument("--data-dir", default="data/demo")
     demo.add_argument("--metrics-port", type=port, default=9464)
+    demo.add_argument("--secured", action="store_true",
+                      help="SASL_SSL (SCRAM-SHA-512 over TLS) between every client and Kafka")
 
     sql = sub.add_parser("sql", help="query the history (the views of DATA_DIR/pulse.duckdb)")
     sql.add_argument("query", nargs="?", help="SQL (default: read from standard input)")
@@ -166,7 +168,9 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
                     show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals,
-                    pseudonymise=Pseudonymiser.from_runtime(runtime))
+                    pseudonymise=Pseudonymiser.from_runtime(runtime),
+                    parquet_min_members=runtime.min_members_exported
+                    if runtime.parquet_omit_small_communities else 0)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
@@ -223,7 +227,7 @@ def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfi
     if args.communities < 1 or args.rate <= 0 or args.duration < 0:
         raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port, metrics)
+                    args.metrics_port, metrics, args.secured)
 
 
 def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:

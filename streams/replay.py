@@ -308,6 +308,7 @@ def replay(
     jobs: int | None = None,
     pseudonymise: Pseudonymiser | None = None,
     goals: Sequence[steering_goals.Goal] = (),
+    parquet_min_members: int = 0,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
@@ -335,6 +336,8 @@ def replay(
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
         table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
                                                   ("window_days", "ascending")])
+        if parquet_min_members:  # small communities left out (parquet_omit_small_communities)
+            table = table.filter(pc.greater_equal(table["members"], parquet_min_members))
         writer.write_table(t, table)
         rows_written += table.num_rows
         if goals:

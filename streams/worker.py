@@ -41,7 +41,7 @@ from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.parquet import SnapshotWriter
-from sinks.prometheus import WorkerMetrics
+from sinks.prometheus import MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
@@ -395,6 +395,8 @@ class PulseWorker:
             self.deltas.expire(partition, cut_ms, carry)
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
+            rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
             return
         try:
@@ -625,9 +627,9 @@ def check_broker(app: faust.App, runtime: RuntimeConfig) -> None:
         loop.close()
 
 
-def serve_metrics(worker: PulseWorker, port: int) -> None:
+def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
     try:
-        worker.metrics.serve(port)
+        worker.metrics.serve(port, host, access)
     except OSError as exc:
         raise StartupError(f"cannot serve /metrics on port {port}: {exc.strerror or exc} "
                            "(choose another with --metrics-port)") from None
@@ -637,6 +639,7 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
+    access = MetricsAccess.from_runtime(runtime)
     check_access(runtime.broker, security)  # a refused login: one line, not endless retries
     ignored = ignored_faust_environment()
     if ignored:
@@ -645,8 +648,10 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     worker = PulseWorker(metric_config, runtime)
     app = build_app(worker, security)
     check_broker(app, runtime)
-    serve_metrics(worker, runtime.metrics_port)
-    log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
+    serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
+    log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
+                runtime.metrics_host, runtime.metrics_port,
+                " (basic auth)" if access.user else "", runtime.data_dir)
     faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     if not sys.stdout.isatty():
         faust_worker.spinner = None  # it writes cursor escape codes, also into a log file
