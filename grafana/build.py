@@ -335,6 +335,7 @@ def community() -> Json:
         timeseries("Activity in the window", (12, 23, 12, 9), [target(
             f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")]),
         *goal_panels(c, 32),
+        *steering_panels(cw, 41),
     ]
     return dashboard("community-pulse-community", "Community Pulse — community", panels,
                      [datasource_var(), community_var, window_var()], ["community"],
@@ -366,6 +367,35 @@ def goal_panels(selector: str, y: int) -> list[Json]:
                 {"id": "organize", "options": {
                     "excludeByName": {"Time": True, "Value #A": True},
                     "renameByName": {"Value #B": "progress"}}}]),
+    ]
+
+
+def steering_panels(selector: str, y: int) -> list[Json]:
+    """Content experts (with a roster) and soft/hard content of one community."""
+    return [
+        stat("Content experts (members)", (0, y, 4, 4),
+             f"max(community_pulse_experts{{{selector}}})", thresholds=[(None, "blue")]),
+        stat("Experts replying", (4, y, 4, 4),
+             f"max(community_pulse_experts_replying{{{selector}}})",
+             thresholds=[(None, "red"), (1, "green")]),
+        stat("Expert needed", (0, y + 4, 8, 4),
+             f"max(community_pulse_expert_needed{{{selector}}})", mappings=[{
+                 "type": "value", "options": {
+                     "0": {"text": "no: an expert replies", "color": "green", "index": 0},
+                     "1": {"text": "YES: bring in a content expert as critic", "color": "red",
+                           "index": 1}}}]),
+        timeseries("Replies by content experts", (8, y, 8, 8), [target(
+            f"max(community_pulse_expert_replies{{{selector}}})", "expert replies")]),
+        timeseries("Soft (ugc) and hard (managed) content: posts and engagement",
+                   (16, y, 8, 8), refs([
+                       target(f"max by (kind) (community_pulse_content_posts{{{selector}}})",
+                              "{{kind}} posts"),
+                       target(f"max by (kind) (community_pulse_content_engagement_ratio"
+                              f"{{{selector}}})", "{{kind}} engagement"),
+                   ]), overrides=[{"matcher": {"id": "byRegexp", "options": "/engagement$/"},
+                                   "properties": [{"id": "unit", "value": "percentunit"},
+                                                  {"id": "custom.axisPlacement",
+                                                   "value": "right"}]}]),
     ]
 
 

@@ -31,7 +31,7 @@ from streams.core import SnapshotRow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the steering columns (experts ... ugc_engagement)
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -63,6 +63,13 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("sustainability", pa.float64(), nullable=False),
         pa.field("stagnating", pa.bool_(), nullable=False),
         pa.field("last_activity", pa.timestamp("ms", tz="UTC")),
+        # Steering (SPEC 5, schema version 2); NULL in rows written before. The expert
+        # counts are NULL without a roster file too.
+        *(pa.field(name, pa.int64()) for name in ("experts", "experts_replying",
+                                                  "expert_replies")),
+        pa.field("expert_needed", pa.bool_()),
+        *(pa.field(name, pa.int64()) for name in ("managed_posts", "ugc_posts")),
+        *(pa.field(name, pa.float64()) for name in ("managed_engagement", "ugc_engagement")),
     ],
     metadata={"community_pulse.schema_version": SCHEMA_VERSION},
 )

@@ -34,7 +34,8 @@ def state_of(core: PulseCore) -> dict[str, Any]:
         cid: {
             "users": {uid: list(log) for uid, log in s.users.items()},
             "kinds": {kind: list(log.view()) for kind, log in s.kinds.items()},
-            "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest)
+            "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest,
+                              th.managed)
                         for pid, th in s.threads.items()},
             "ids": ids_by_day(s),
         }

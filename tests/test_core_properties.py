@@ -41,6 +41,8 @@ SMALL = MetricConfig(
     stagnation_quiet_days=2,
     stagnation_compare_days=3,
     stagnation_drop_ratio=0.5,  # ties (1 of 2, 2 of 4 writers) are then common
+    # content experts (SPEC 5): a roster for two communities, none for the third
+    experts={"c1": frozenset({"u1", "u2"}), "c2": frozenset({"u3", "nobody"})},
 )
 CONFIGS = (DEFAULT, SMALL)
 
