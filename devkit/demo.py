@@ -60,6 +60,7 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
         lines.append(f"  {'':<16}       -> {TIER_ACTIONS[level]}")
     stuck = sorted(c for c, v in stagnating.items() if v)
     lines.append(f"stagnating: {len(stuck)}  {', '.join(stuck[:6])}")
+    lines.extend(goal_lines(samples))
 
     def total(name: str) -> float:
         return sum(value for _, value in samples.get(name, []))
@@ -75,6 +76,49 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
     return "\n".join(lines)
 
 
+EXAMPLE_GOALS = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "goals.yml"
+
+
+def demo_goals(run_dir: Path, now_ms: int) -> Path:
+    """The example goals file with its dates moved so that every goal started 14 days
+    before now (the demo's history is the last five weeks)."""
+    import yaml
+
+    from streams.steering.files import read_goals
+    from streams.steering.goals import to_utc
+
+    goals = read_goals(EXAMPLE_GOALS)
+    document = yaml.safe_load(EXAMPLE_GOALS.read_text(encoding="utf-8"))
+    for goal, item in zip(goals, document["goals"], strict=True):
+        shift = now_ms - 14 * 86_400_000 - goal.start_ms
+        for field, ms in (("start", goal.start_ms), ("deadline", goal.deadline_ms),
+                          ("sustain_until", goal.sustain_until_ms)):
+            item[field] = to_utc(ms + shift)
+    path = run_dir / "goals.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def goal_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
+    """One line per goal: its status, value and expected value (docs/steering.md)."""
+    def by_goal(name: str) -> dict[str, float]:
+        return {labels["goal"]: value for labels, value in samples.get(name, [])}
+
+    values, expected = by_goal("community_pulse_goal_value"), by_goal(
+        "community_pulse_goal_expected")
+    targets = by_goal("community_pulse_goal_target")
+    lines = []
+    for labels, value in sorted(samples.get("community_pulse_goal_status", []),
+                                key=lambda s: s[0]["goal"]):
+        if value == 1:
+            goal = labels["goal"]
+            now = f"{values[goal]:.3g}" if goal in values else "-"
+            lines.append(f"  goal {goal:<16} {labels['status']:<11} {labels['metric']} of "
+                         f"{labels['community']} ({labels['window']}): {now}, expected "
+                         f"{expected.get(goal, 0):.3g}, target {targets.get(goal, 0):.3g}")
+    return [f"goals: {len(lines)}", *lines] if lines else []
+
+
 def run_demo(
     n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int
 ) -> int:
@@ -87,10 +131,12 @@ def run_demo(
     print(f"starting Apache Kafka (KRaft) in {run_dir} ...", flush=True)
     with LocalKafka(run_dir=run_dir) as kafka:
         worker_log = (run_dir / "worker.log").open("ab")
+        goals = demo_goals(run_dir, int(time.time() * 1000))
         worker = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap,
              "--data-dir", str(data_dir), "--metrics-port", str(metrics_port),
              "--snapshot-interval", "5"],
+            env={**os.environ, "PULSE_GOALS_FILE": str(goals)},
             stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=die_with_parent,  # no orphaned worker if the demo is killed hard
         )

@@ -36,3 +36,9 @@ def test_demo_runs_end_to_end_with_its_default_relative_data_dir(tmp_path: Path)
     with duckdb.connect(str(data / "pulse.duckdb"), read_only=True) as db:
         communities = db.execute("SELECT count(DISTINCT community_id) FROM snapshots").fetchone()
     assert communities is not None and communities[0] == 8
+    # The example goals (deploy/examples/goals.yml, moved to now): status lines and a table.
+    assert re.search(r"^goals: 4$", final, re.M), final
+    assert len(re.findall(r"^  goal \S+ +(on_track|behind) ", final, re.M)) == 4, final
+    with duckdb.connect(str(data / "pulse.duckdb"), read_only=True) as db:
+        goals = db.execute("SELECT count(DISTINCT goal_id) FROM goals").fetchone()
+    assert goals == (4,)

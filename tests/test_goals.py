@@ -351,3 +351,24 @@ def test_goals_check_prints_each_status_and_refuses_a_bad_file(
     assert refused.stderr == (f"community-pulse: error: {bad}: goal 'nowhere': metric: "
                               f"unknown metric 'memberz' (numeric snapshot columns: "
                               f"{', '.join(METRICS)})\n")
+
+
+def test_the_worked_example_of_the_docs() -> None:
+    """docs/steering.md: the goal of its goals-file example, at the moments of its worked
+    example's table, gives every number of that table."""
+    import re
+
+    import yaml
+
+    doc = (Path(__file__).parent.parent / "docs" / "steering.md").read_text()
+    section = doc.split("## SMART goals", 1)[1].split("## Content experts", 1)[0]
+    (goal,) = parse_goals(yaml.safe_load(re.findall(r"```yaml\n(.*?)```", section, re.S)[0]),
+                          "docs/steering.md", (7, 28))
+    table = section.split("### Worked example", 1)[1]
+    lines = re.findall(r"^\| (\d{4}-\S+) \| (\S+) \| (\S+) \| (\S+) \| (\w+) \|$", table, re.M)
+    assert len(lines) == 6
+    for as_of, value, expected, progress, status in lines:
+        (row,) = evaluate([goal], [_row(contributor_share=float(value))], parse_time(as_of))
+        assert row.expected == pytest.approx(float(expected)), as_of
+        assert row.progress == pytest.approx(float(progress)), as_of
+        assert row.status == status, (as_of, value)
