@@ -131,6 +131,7 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from streams.privacy import Pseudonymiser
     from streams.replay import parse_duration, parse_time, replay
     from streams.steering.files import read_goals
 
@@ -142,7 +143,8 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals)
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs,
+                    pseudonymise=Pseudonymiser.from_runtime(runtime), goals=goals)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
@@ -155,6 +157,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from devkit import generate as gen
+    from streams.kafka_auth import KafkaSecurity
     from streams.replay import parse_time
 
     if args.communities < 1 or args.users < 1 or args.days < 1 or args.batch_size < 1:
@@ -174,7 +177,7 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
             for _, _, value in messages:
                 out.write(value + b"\n")
     else:
-        gen.produce(args.bootstrap, messages)
+        gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
     print(f"generated {len(events):,} events in {len(messages):,} messages for "
           f"{len(communities)} communities -> {args.out or args.bootstrap}")
     return 0

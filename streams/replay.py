@@ -11,6 +11,7 @@ bounded on long histories.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import re
@@ -39,6 +40,7 @@ from streams.bulk import EventColumns, apply_columns
 from streams.config import MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
+from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
 
 SOURCE = "replay"
@@ -244,6 +246,7 @@ def replay(
     now_ms: int | None = None,
     show_progress: bool = False,
     jobs: int | None = None,
+    pseudonymise: Pseudonymiser | None = None,
     goals: Sequence[steering_goals.Goal] = (),
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
@@ -254,6 +257,8 @@ def replay(
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events, place = read_events(files, ingestor, now_ms)
+    if pseudonymise is not None:  # each distinct user id once, not each event
+        events = dataclasses.replace(events, users=pseudonymise.many(events.users))
     stats = ingestor.stats[SOURCE]
     if not len(events):
         return ReplayResult(stats, [], 0, [str(f) for f in files])
