@@ -276,6 +276,7 @@ def overview() -> Json:
                        "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
         table,
         text("Recommended actions per tier", (16, 13, 8, 14), ACTIONS_MD),
+        goals_overview(27),
     ]
     return dashboard("community-pulse-overview", "Community Pulse — overview", panels,
                      [datasource_var(), window_var()], ["overview"],
@@ -397,6 +398,28 @@ def steering_panels(selector: str, y: int) -> list[Json]:
                                                   {"id": "custom.axisPlacement",
                                                    "value": "right"}]}]),
     ]
+
+
+def goals_overview(y: int) -> Json:
+    """Every goal (docs/steering.md): community, metric, status and progress."""
+    return panel("table", "SMART goals of all communities (status and progress)",
+                 (0, y, 24, 8), refs([
+                     target("max by (goal, community, metric, window, status) "
+                            "(community_pulse_goal_status) == 1", table=True),
+                     target("max by (goal, community, metric, window) "
+                            "(community_pulse_goal_progress_ratio)", table=True)]),
+                 fieldConfig={"defaults": {}, "overrides": [
+                     {"matcher": {"id": "byName", "options": "progress"},
+                      "properties": [{"id": "unit", "value": "percentunit"},
+                                     {"id": "custom.cellOptions",
+                                      "value": {"type": "gauge", "mode": "basic"}},
+                                     {"id": "max", "value": 1}]}]},
+                 options={"showHeader": True, "sortBy": [{"displayName": "status"}]},
+                 transformations=[
+                     {"id": "merge", "options": {}},
+                     {"id": "organize", "options": {
+                         "excludeByName": {"Time": True, "Value #A": True},
+                         "renameByName": {"Value #B": "progress"}}}])
 
 
 def _dashed(regex: str, dash: list[int]) -> Json:

@@ -92,7 +92,8 @@ def test_pseudonyms_in_bulk_match_pseudonyms_per_event(
     event's: the same state, and the snapshots of the raw ids."""
     arrived = props._with_duplicates(data.draw(props.event_logs(config), label="events"), rnd)
     pseudonymise = Pseudonymiser(props.PSEUDONYM_KEY)
-    raw, per_event, bulk = PulseCore(config), PulseCore(config), PulseCore(config)
+    hashed = props.pseudonymised_config(config)
+    raw, per_event, bulk = PulseCore(config), PulseCore(hashed), PulseCore(hashed)
     raw.apply(arrived)
     per_event.apply(props.pseudonymised(arrived))
     every = columns(arrived)
