@@ -372,3 +372,34 @@ def test_the_worked_example_of_the_docs() -> None:
         assert row.expected == pytest.approx(float(expected)), as_of
         assert row.progress == pytest.approx(float(progress)), as_of
         assert row.status == status, (as_of, value)
+
+
+def test_a_goal_without_data_comes_from_the_worker_owning_its_partition(
+        tmp_path: Path) -> None:
+    """Workers of one group each own some partitions; a goal whose community has no rows
+    there is reported (no_data) only by the worker whose partition its key goes to, as
+    the producers' partitioner (kafka-python's default: murmur2) sends it."""
+    from types import SimpleNamespace
+
+    from kafka.partitioner.default import DefaultPartitioner
+
+    cluster = SimpleNamespace(topics=lambda: {"t"}, partitions_for_topic=lambda _: {0, 1, 2, 3},
+                              available_partitions_for_topic=lambda _: {0, 1, 2, 3})
+
+    def partition_of(community: str) -> int:
+        key = community.encode()
+        return int(DefaultPartitioner().partition("t", key, key, None, None, cluster))
+
+    goals = tmp_path / "goals.yml"
+    goals.write_text(HISTORY_GOALS)
+    by_worker = {}
+    for partition in range(4):  # four workers, no events: every goal has no data
+        worker = PulseWorker(MetricConfig(), RuntimeConfig(
+            data_dir=tmp_path / str(partition), goals_file=goals, partitions=4))
+        worker.assigned = {partition}
+        worker.take_snapshot()
+        by_worker[partition] = {g.goal_id: g.status for g in worker.goal_rows}
+    for goal in read_goals(goals):
+        owners = [p for p, found in by_worker.items() if goal.id in found]
+        assert owners == [partition_of(goal.community)], goal.id
+        assert by_worker[owners[0]][goal.id] == "no_data"
