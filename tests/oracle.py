@@ -481,15 +481,13 @@ def oracle_goals(goals: Sequence[Any], values: Sequence[tuple[str, int, str, int
         con.execute("CREATE TABLE goals (id VARCHAR, community VARCHAR, metric VARCHAR, "
                     "window_days BIGINT, baseline DOUBLE, target DOUBLE, start_ms BIGINT, "
                     "deadline_ms BIGINT, sustain_until_ms BIGINT)")
-        for g in goals:
-            con.execute("INSERT INTO goals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [g.id, g.community, g.metric, g.window_days, g.baseline, g.target,
-                         g.start_ms, g.deadline_ms, g.sustain_until_ms])
+        con.executemany("INSERT INTO goals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [[g.id, g.community, g.metric, g.window_days, g.baseline, g.target,
+                          g.start_ms, g.deadline_ms, g.sustain_until_ms] for g in goals])
         con.execute("CREATE TABLE vals (community_id VARCHAR, window_days BIGINT, "
                     "metric VARCHAR, t BIGINT, value DOUBLE)")
-        for community_id, window_days, metric, t, value in values:
-            con.execute("INSERT INTO vals VALUES (?, ?, ?, ?, ?)",
-                        [community_id, window_days, metric, t, value])
+        if values:
+            con.executemany("INSERT INTO vals VALUES (?, ?, ?, ?, ?)", [list(v) for v in values])
         con.execute("CREATE TABLE as_ofs (t BIGINT)")
         con.executemany("INSERT INTO as_ofs VALUES (?)", [[int(t)] for t in set(as_ofs)])
         cursor = con.execute(_GOALS_SQL)

@@ -109,7 +109,7 @@ def _goals_and_values(draw: st.DrawFn) -> tuple[list[Goal], list[tuple], list[in
     return goals, values, as_ofs
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_goals_and_values())
 def test_goals_agree_with_the_sql_oracle(case: tuple[list[Goal], list[tuple], list[int]]
                                          ) -> None:
