@@ -343,7 +343,11 @@ def test_goals_check_prints_each_status_and_refuses_a_bad_file(
     assert by_goal["healthy-share"][4] == "2026-11-18T12:00:00Z"
     assert by_goal["healthy-share"][-1] in ("on_track", "behind")
     empty = _cli("goals", "check", str(goals_file), "--data-dir", str(tmp_path / "none"))
-    assert empty.returncode == 0 and "(none yet)" in empty.stdout
+    assert empty.returncode == 0 and "(none of these communities)" in empty.stdout
+    # From event files, exactly at --as-of (as replay computes it): the same statuses.
+    exact = _cli("goals", "check", str(goals_file), "--events", str(source), "--as-of", END)
+    assert exact.returncode == 0, exact.stderr
+    assert exact.stdout.splitlines()[1:] == lines[1:]
     bad = tmp_path / "bad.yml"
     bad.write_text(HISTORY_GOALS.replace("metric: members", "metric: memberz"))
     refused = _cli("goals", "check", str(bad))

@@ -155,3 +155,26 @@ def test_roster_ids_never_leave_the_process(tmp_path: Path) -> None:
         assert user not in series.render()
         assert user not in repr(CONFIG)
     assert "community_pulse_expert_needed" in series.render()
+
+
+def test_the_experts_command_prints_the_counts_and_no_id(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(msgspec.json.encode(e) for e in worked_example()))
+    roster = tmp_path / "experts.yml"
+    roster.write_text("experts:\n  it-support: [erik, fatima, gert]\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "streams.cli", "experts", str(source),
+                               *args], capture_output=True, text=True, check=False)
+
+    done = cli("--as-of", "2026-11-18T12:00:00Z", "--experts", str(roster))
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert lines[0][-4:] == ["experts", "replying", "replies", "expert_needed"]
+    assert [line[-4:] for line in lines[1:]] == [["2", "1", "2", "no"], ["2", "1", "3", "no"]]
+    assert not any(u in done.stdout + done.stderr for u in ("erik", "fatima", "gert"))
+    missing = cli()
+    assert missing.returncode == 2 and missing.stderr.startswith("community-pulse: error: ")
