@@ -51,7 +51,8 @@ def test_every_sql_example_runs_and_the_main_ones_return_rows(catalogue: Path) -
     assert movers and all(len(row) == 4 for row in movers)
     ladder = next(r for s, r in results.items() if "date_trunc('week'" in s)
     assert ladder and all(sum(row[1:]) > 0 for row in ladder)
-    behind = next(r for s, r in results.items() if "behind_since" in s)
-    assert [row[:2] for row in behind] == [("share-up", "medium-0001")] and behind[0][3] > 1
+    standing = next(r for s, r in results.items() if "AS since" in s)
+    assert [row[:3] for row in standing] == [("share-up", "medium-0001", "behind")]
+    assert standing[0][4] > 1  # behind for days
     content = next(r for s, r in results.items() if "managed_engagement" in s)
     assert content[-1][1] > 0 and content[-1][2] > 0 and 0 < content[-1][3] <= 1
