@@ -348,21 +348,27 @@ class PulseWorker:
         self._expire(as_of - self.config.retention_ms)
 
     def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
-        """The goals of the communities this worker owns, at this snapshot (gauges only
-        for communities above the privacy threshold; a goal without data only from the
-        worker that owns its community's partition)."""
+        """The goals at this snapshot, for the gauges (only for communities above the
+        privacy threshold)."""
         if not self.goals:
             return
-        named = steering_goals.communities(self.goals)
-        inputs = {row.community_id: row for row in rows if row.community_id in named}
-        mine = [goal for goal in self.goals
-                if goal.community in inputs or self._owns_partition_of(goal.community)]
-        self.goal_rows = steering_goals.evaluate(
-            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
-        min_members = self.runtime.min_members_exported
+        self.goal_rows = self.goals_at(as_of, rows)
+        small = {row.community_id for row in rows
+                 if row.members < self.runtime.min_members_exported}
         self.metrics.goals.update(self.goals, [
-            g for g in self.goal_rows
-            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+            g for g in self.goal_rows if g.community_id not in small])
+
+    def goals_at(self, as_of: int, rows: Sequence[SnapshotRow]
+                 ) -> list[steering_goals.GoalRow]:
+        """The goals of the communities this worker owns, from the snapshot rows at
+        `as_of`: of each community in the rows, and (no_data) of each community without
+        rows whose partition this worker owns."""
+        named = steering_goals.communities(self.goals)
+        inputs = [asdict(row) for row in rows if row.community_id in named]
+        present = {row["community_id"] for row in inputs}
+        mine = [goal for goal in self.goals
+                if goal.community in present or self._owns_partition_of(goal.community)]
+        return steering_goals.evaluate(mine, inputs, as_of)
 
     def _owns_partition_of(self, community_id: str) -> bool:
         """Whether the community's events would come to this worker (keys go to
@@ -395,16 +401,18 @@ class PulseWorker:
             self.deltas.expire(partition, cut_ms, carry)
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        moments = sorted({row.as_of_ms for row in rows})
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
             rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
-        if not rows:
+        if not moments:
             return
         try:
             with self.metrics.sink_seconds.labels("parquet").time():
-                self.writer.write(rows)
-                written = {row.as_of_ms for row in rows}
-                goal_rows = [g for g in self.goal_rows if g.as_of_ms in written]
-                if goal_rows:
+                if rows:
+                    self.writer.write(rows)
+                if self.goals:  # (from the rows written: none of omitted communities)
+                    goal_rows = [g for t in moments
+                                 for g in self.goals_at(t, [r for r in rows if r.as_of_ms == t])]
                     self.writer.tables.write("goals", goals_table(goal_rows))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()

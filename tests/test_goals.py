@@ -407,3 +407,29 @@ def test_a_goal_without_data_comes_from_the_worker_owning_its_partition(
         owners = [p for p, found in by_worker.items() if goal.id in found]
         assert owners == [partition_of(goal.community)], goal.id
         assert by_worker[owners[0]][goal.id] == "no_data"
+
+
+def test_a_small_community_left_out_of_parquet_leaves_its_goal_without_data(
+        tmp_path: Path) -> None:
+    """parquet_omit_small_communities: the goals table shows no value of a community the
+    snapshots leave out, in replay and the worker alike; nor do the gauges."""
+    as_of = parse_time(END)
+    events = [Event(f"e{i}", "post", "tiny", f"u{i}", as_of - 1000 * (i + 1), post_id=f"p{i}")
+              for i in range(2)]
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(msgspec.json.encode(e) for e in events))
+    goals = tmp_path / "goals.yml"
+    goals.write_text(HISTORY_GOALS.replace("community: no-such-community", "community: tiny"))
+    replay([source], tmp_path / "replay", MetricConfig(), as_of_ms=as_of,
+           goals=read_goals(goals), parquet_min_members=5)
+    runtime = RuntimeConfig(data_dir=tmp_path / "worker", goals_file=goals,
+                            parquet_omit_small_communities=True, min_members_exported=5)
+    worker = PulseWorker(MetricConfig(), runtime, clock=lambda: as_of / 1000)
+    worker.core.apply(events)
+    worker.write_rows(worker.take_snapshot())
+    for name in ("replay", "worker"):
+        with duckdb.connect(str(tmp_path / name / "pulse.duckdb"), read_only=True) as con:
+            rows = con.sql("SELECT goal_id, status, value FROM goals "
+                           "WHERE community_id = 'tiny'").fetchall()
+        assert rows == [("nowhere", "no_data", None)], name
+    assert 'community="tiny"' not in worker.metrics.exposition().decode()
