@@ -290,23 +290,29 @@ def test_replay_writes_a_goal_row_per_goal_and_snapshot_time(
 
 def test_the_worker_shows_the_same_goals_as_replay(
         tmp_path: Path, history: tuple[Path, Path]) -> None:
+    """The goals table: replay's at its midnights (closing rows) equals the worker's,
+    which it writes with its closing rows; the gauges show the goals now."""
+    from tests.test_closing_worker import Clock, Feeder, feed
+
     source, goals_file = history
     as_of = parse_time(END)
-    replay([source], tmp_path / "replay", MetricConfig(), as_of_ms=as_of,
+    replay([source], tmp_path / "replay", MetricConfig(), as_of_ms=as_of, every_ms=DAY_MS,
            goals=read_goals(goals_file))
-    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path / "worker",
-                                                       goals_file=goals_file),
-                         clock=lambda: as_of / 1000)
-    worker.core.apply(msgspec.json.decode(line, type=Event)
-                      for line in source.read_bytes().splitlines())
-    rows = worker.take_snapshot()
-    worker.write_rows(rows)
-    queries = "SELECT goal_id, status, value, expected, progress FROM goals ORDER BY goal_id"
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(
+        data_dir=tmp_path / "worker", goals_file=goals_file, partitions=2), clock=Clock(as_of))
+    feed(worker, Feeder(), [msgspec.json.decode(line) for line in
+                            source.read_bytes().splitlines()])
+    assert worker.close_midnights()
+    queries = ("SELECT goal_id, epoch_ms(as_of), status, value, expected, progress FROM goals "
+               "WHERE epoch_ms(as_of) % 86400000 = 0 ORDER BY ALL")
     with duckdb.connect(str(tmp_path / "replay" / "pulse.duckdb"), read_only=True) as con:
         from_replay = con.sql(queries).fetchall()
     with duckdb.connect(str(tmp_path / "worker" / "pulse.duckdb"), read_only=True) as con:
         from_worker = con.sql(queries).fetchall()
-    assert from_worker == from_replay and len(from_worker) == 4
+    midnights = {row[1] for row in from_worker}  # (the worker backfills 35 days)
+    assert len(midnights) >= 25 and len(from_worker) == 4 * len(midnights)
+    assert from_worker == [row for row in from_replay if row[1] in midnights]
+    worker.take_snapshot()
     # Gauges: a status series per status (one of them 1), value against expected.
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(worker.metrics.exposition().decode())
@@ -314,15 +320,24 @@ def test_the_worker_shows_the_same_goals_as_replay(
     statuses = {labels: v for (name, labels), v in samples.items()
                 if name == "community_pulse_goal_status"}
     assert len(statuses) == 4 * len(STATUSES)
-    for goal_id, status, value, expected, _ in from_worker:
-        mine = {dict(k)["status"]: v for k, v in statuses.items() if dict(k)["goal"] == goal_id}
-        assert mine[status] == 1 and sum(mine.values()) == 1
+    for goal in worker.goal_rows:  # (now, not a midnight: the live goals)
+        mine = {dict(k)["status"]: v for k, v in statuses.items()
+                if dict(k)["goal"] == goal.goal_id}
+        assert mine[goal.status] == 1 and sum(mine.values()) == 1
         got = {name: v for (name, labels), v in samples.items()
-               if dict(labels).get("goal") == goal_id and "status" not in dict(labels)}
-        assert got["community_pulse_goal_expected"] == pytest.approx(expected)
+               if dict(labels).get("goal") == goal.goal_id and "status" not in dict(labels)}
+        assert got["community_pulse_goal_expected"] == pytest.approx(goal.expected)
         assert got.get("community_pulse_goal_value") == (
-            pytest.approx(value) if value is not None else None)
+            pytest.approx(goal.value) if goal.value is not None else None)
+    assert sorted((g.goal_id, g.status) for g in worker.goal_rows) == con_rows(
+        tmp_path / "replay", "SELECT goal_id, status FROM goals WHERE as_of = ?::TIMESTAMPTZ "
+        "ORDER BY goal_id", END)
     assert all("user" not in dict(labels) for _, labels in samples)
+
+
+def con_rows(data_dir: Path, sql: str, *params: Any) -> list[tuple]:
+    with duckdb.connect(str(data_dir / "pulse.duckdb"), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -413,23 +428,27 @@ def test_a_small_community_left_out_of_parquet_leaves_its_goal_without_data(
         tmp_path: Path) -> None:
     """parquet_omit_small_communities: the goals table shows no value of a community the
     snapshots leave out, in replay and the worker alike; nor do the gauges."""
+    from tests.test_closing_worker import Clock, Feeder, feed
+
     as_of = parse_time(END)
-    events = [Event(f"e{i}", "post", "tiny", f"u{i}", as_of - 1000 * (i + 1), post_id=f"p{i}")
-              for i in range(2)]
+    midnight = as_of - as_of % DAY_MS
+    events = [Event(f"e{i}", "post", "tiny", f"u{i}", midnight - 1000 * (i + 1),
+                    post_id=f"p{i}") for i in range(2)]
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"\n".join(msgspec.json.encode(e) for e in events))
     goals = tmp_path / "goals.yml"
     goals.write_text(HISTORY_GOALS.replace("community: no-such-community", "community: tiny"))
-    replay([source], tmp_path / "replay", MetricConfig(), as_of_ms=as_of,
+    replay([source], tmp_path / "replay", MetricConfig(), as_of_ms=midnight,
            goals=read_goals(goals), parquet_min_members=5)
-    runtime = RuntimeConfig(data_dir=tmp_path / "worker", goals_file=goals,
+    runtime = RuntimeConfig(data_dir=tmp_path / "worker", goals_file=goals, partitions=2,
                             parquet_omit_small_communities=True, min_members_exported=5)
-    worker = PulseWorker(MetricConfig(), runtime, clock=lambda: as_of / 1000)
-    worker.core.apply(events)
-    worker.write_rows(worker.take_snapshot())
-    for name in ("replay", "worker"):
-        with duckdb.connect(str(tmp_path / name / "pulse.duckdb"), read_only=True) as con:
-            rows = con.sql("SELECT goal_id, status, value FROM goals "
-                           "WHERE community_id = 'tiny'").fetchall()
-        assert rows == [("nowhere", "no_data", None)], name
+    worker = PulseWorker(MetricConfig(), runtime, clock=Clock(as_of))
+    feed(worker, Feeder(), [msgspec.to_builtins(e) for e in events])
+    worker.close_midnights()
+    worker.take_snapshot()
+    query = ("SELECT goal_id, status, value FROM goals WHERE community_id = 'tiny' "
+             "AND as_of = ?::TIMESTAMPTZ")
+    at = "2026-11-18T00:00:00Z"
+    assert con_rows(tmp_path / "replay", query, at) == [("nowhere", "no_data", None)]
+    assert con_rows(tmp_path / "worker", query, at) == [("nowhere", "no_data", None)]
     assert 'community="tiny"' not in worker.metrics.exposition().decode()
