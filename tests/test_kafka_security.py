@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,12 @@ from kafka import KafkaConsumer
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka, Secured
-from schemas.events import DEFAULT_TOPICS
+from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams import config
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.kafka_auth import Acl, KafkaAccessError, KafkaSecurity, check_access
 from streams.worker import PulseWorker, build_app, faust_app, ignored_faust_environment
-from tests.workers import wait_for
+from tests.workers import WorkerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,3 +201,29 @@ def test_replication_and_min_insync_replicas_reach_the_topics_the_worker_creates
     source = next(agent.channel for agent in app.agents.values())
     for topic in (changelog, worker.dead_letter, source):
         assert (topic.config or {}).get("min.insync.replicas") == "2"
+
+
+def test_worker_over_mutual_tls(secured_kafka: LocalKafka, tmp_path: Path) -> None:
+    """The worker's Faust clients with a client certificate (SSLCredentials): it consumes
+    and keeps its changelog on the listener that requires one."""
+    s = _secured(secured_kafka)
+    prefix, app_id = f"m{uuid.uuid4().hex[:8]}.", f"pulse-{uuid.uuid4().hex[:8]}"
+    secured_kafka.create_topics([prefix + t for t in (*DEFAULT_TOPICS, DEAD_LETTER_TOPIC)])
+    events = [{"event_id": f"e{n}", "type": "post", "community_id": f"c{n % 3}",
+               "user_id": f"u{n}", "ts": 1_767_225_600_000 + n, "post_id": f"p{n}"}
+              for n in range(30)]
+    messages = [(prefix + topic, key, value) for topic, key, value in gen.to_messages(events, 1)]
+    gen.produce(s.sasl_ssl_bootstrap, messages, s.security("PLAIN"))
+    env = {"PULSE_KAFKA_SECURITY_PROTOCOL": "SSL", "PULSE_KAFKA_SSL_CAFILE": str(s.cafile),
+           "PULSE_KAFKA_SSL_CERTFILE": str(s.client_certfile),
+           "PULSE_KAFKA_SSL_KEYFILE": str(s.client_keyfile)}
+    worker = WorkerProcess(s.ssl_bootstrap, tmp_path / "data", prefix, app_id, extra_env=env)
+    try:
+        wait_for(lambda: worker.total(worker.scrape(), "community_pulse_events_processed_total")
+                 == len(events), 90, "the events consumed over mutual TLS")
+        changelog = f"{app_id}-community-events-changelog"
+        mtls = KafkaSecurity("SSL", cafile=str(s.cafile), certfile=str(s.client_certfile),
+                             keyfile=str(s.client_keyfile))
+        wait_for(lambda: _count(s.ssl_bootstrap, [changelog], mtls), 30, "the changelog")
+    finally:
+        worker.stop()
