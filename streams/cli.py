@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
                           help="extra label on every series, e.g. job=community-pulse")
 
+    goals = sub.add_parser("goals", help="SMART goals (docs/steering.md)")
+    goals_sub = goals.add_subparsers(dest="goals_command", required=True, parser_class=_Parser)
+    check = goals_sub.add_parser(
+        "check", help="validate a goals file and print each goal's status from the snapshots")
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--data-dir", help="snapshot folder (default: the data_dir setting)")
+
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
     grafana.add_argument("rest", nargs=argparse.REMAINDER)
@@ -128,15 +135,17 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from streams.privacy import Pseudonymiser
     from streams.replay import parse_duration, parse_time, replay
+    from streams.steering.files import read_goals
 
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be positive")
+    goals = read_goals(runtime.goals_file, metrics.windows_days) if runtime.goals_file else []
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty(), jobs=args.jobs,
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals,
                     pseudonymise=Pseudonymiser.from_runtime(runtime),
                     parquet_min_members=runtime.min_members_exported
                     if runtime.parquet_omit_small_communities else 0)
@@ -207,6 +216,42 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     return 0
 
 
+def _goals(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from sinks.parquet import latest_rows
+    from streams.steering.files import read_goals
+    from streams.steering.goals import communities, evaluate, to_utc
+
+    goals = read_goals(args.file, metrics.windows_days)
+    data_dir = args.data_dir or runtime.data_dir
+    rows = latest_rows(data_dir, sorted(communities(goals)))
+    print(f"{args.file}: {len(goals)} goal(s), valid; status from the newest snapshots in "
+          f"{data_dir}" + ("" if rows else " (none yet)"))
+    newest = max((row["as_of_ms"] for row in rows), default=None)
+    table = [("goal", "community", "metric", "window", "as_of", "value", "expected",
+              "progress", "status")]
+    for goal in goals:
+        mine = [r for r in rows if (r["community_id"], r["window_days"])
+                == (goal.community, goal.window_days)]
+        t = mine[0]["as_of_ms"] if mine else newest
+        if t is None:
+            table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
+                          "-", "-", "-", "-", "no_data"))
+            continue
+        (row,) = evaluate([goal], mine, t)
+        table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
+                      to_utc(t), _number(row.value), _number(row.expected),
+                      "-" if row.progress is None else f"{row.progress:.0%}", row.status))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _grafana(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from sinks import grafana
 
@@ -221,6 +266,7 @@ _COMMANDS = {
     "compact": _compact,
     "backfill": _backfill,
     "grafana": _grafana,
+    "goals": _goals,
 }
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_event_time_lag_seconds", "community_pulse_sink_errors_total",
     "community_pulse_owned_communities", "community_pulse_last_snapshot_timestamp_seconds",
     "community_pulse_consumer_lag_seconds",
+    # steering (docs/steering.md)
+    "community_pulse_goal_value", "community_pulse_goal_expected", "community_pulse_goal_target",
+    "community_pulse_goal_progress_ratio", "community_pulse_goal_status",
 })
 EXPORTED_HISTOGRAMS = frozenset({
     "community_pulse_snapshot_duration_seconds", "community_pulse_sink_duration_seconds"})
