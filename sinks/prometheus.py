@@ -59,7 +59,8 @@ COMMUNITY_FAMILIES = {
     f"{NS}_role_users": "Members by primary role on the ladder.",
     f"{NS}_contributor_share_ratio":
         "Share of members who are creator, conversationalist or critic.",
-    f"{NS}_tier": "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
+    f"{NS}_tier": "Tier by the share of members who are creator, conversationalist or "
+                  "critic: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
     f"{NS}_sustainability_score": "Sustainability score, 0-100.",
     f"{NS}_sustainability_component_ratio":
         "Sustainability component in [0,1] (absent when undefined).",

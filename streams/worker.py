@@ -20,13 +20,15 @@ in-memory PulseCore is derived from it and rebuilt on recovery.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -39,9 +41,9 @@ from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, 
 from sinks.parquet import SnapshotWriter
 from sinks.prometheus import MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
-from streams.config import MetricConfig, RuntimeConfig
+from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
-from streams.kafka_auth import KafkaSecurity, check_access
+from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
 from streams.pipeline import Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
 from streams.steering import goals as steering_goals
@@ -480,6 +482,14 @@ class PulseApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def _scratch_dir(app_id: str) -> str:
+    """Faust wants a local folder even with in-memory tables: a fresh one per process
+    under $TMPDIR (not the CWD), removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=f"community-pulse-{app_id}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def faust_app(
     app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
     security: KafkaSecurity | None = None, replication: int = 1,
@@ -495,8 +505,7 @@ def faust_app(
         broker=broker,
         broker_credentials=(security or KafkaSecurity()).faust_credentials(),
         topic_replication_factor=replication,
-        # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
-        datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
+        datadir=_scratch_dir(app_id),
         store="memory://",
         topic_partitions=partitions,
         table_standby_replicas=0,
@@ -575,20 +584,45 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     return app
 
 
+class StartupError(ConfigError):
+    """The worker cannot start with these settings; the message is one line."""
+
+
+def check_broker(runtime: RuntimeConfig, security: KafkaSecurity) -> None:
+    """The broker preflight (streams.kafka_auth.check_access) before Faust starts, whose
+    own failures are endless retries (a refused login) or a page of traceback."""
+    try:
+        check_access(runtime.broker, security)
+    except KafkaAccessError as exc:
+        hint = "" if exc.reached else "; set it with --broker or PULSE_BROKER"
+        raise StartupError(f"{exc}{hint}") from None
+
+
+def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
+    try:
+        worker.metrics.serve(port, host, access)
+    except OSError as exc:
+        raise StartupError(f"cannot serve /metrics on port {port}: {exc.strerror or exc} "
+                           "(choose another with --metrics-port)") from None
+
+
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
     access = MetricsAccess.from_runtime(runtime)
-    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
     worker = PulseWorker(metric_config, runtime)
     app = build_app(worker, security)
-    worker.metrics.serve(runtime.metrics_port, runtime.metrics_host, access)
+    serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
                 runtime.metrics_host, runtime.metrics_port,
                 " (basic auth)" if access.user else "", runtime.data_dir)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    if not sys.stdout.isatty():
+        faust_worker.spinner = None  # it writes cursor escape codes, also into a log file
+    faust_worker.execute_from_commandline()

@@ -18,7 +18,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaConsumer
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka, Secured
+from devkit.devkafka import LocalKafka, Secured, free_port
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams import config
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
@@ -227,3 +227,11 @@ def test_worker_over_mutual_tls(secured_kafka: LocalKafka, tmp_path: Path) -> No
         wait_for(lambda: _count(s.ssl_bootstrap, [changelog], mtls), 30, "the changelog")
     finally:
         worker.stop()
+
+
+def test_unreachable_broker_is_one_line_for_generate(tmp_path: Path) -> None:
+    out = _cli("generate", "--bootstrap", f"127.0.0.1:{free_port()}", "--communities", "1",
+               env={}, timeout=60)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert "cannot reach Kafka at 127.0.0.1:" in lines[0] and "Connect call failed" in lines[0]
