@@ -270,6 +270,13 @@ def test_changelog_holds_raw_user_ids_only_without_pseudonyms(pipeline: Pipeline
     assert stored.isdisjoint(raw) == pipeline.secured
 
 
+def test_worker_log_names_no_user_and_no_secret(pipeline: Pipeline) -> None:
+    log = pipeline.worker.log.read_text()
+    assert "user-" not in log  # every generated user id starts so; bad input names "u"
+    for secret in (pipeline.env.get("PULSE_KAFKA_SASL_PASSWORD"), PSEUDONYM_KEY):
+        assert secret is None or secret not in log
+
+
 def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> None:
     pipeline.worker.stop()
     restarted = WorkerProcess(pipeline.bootstrap, pipeline.tmp / "after-restart",
