@@ -75,7 +75,7 @@ class KafkaSecurity:
     @classmethod
     def from_runtime(cls, runtime: RuntimeConfig) -> KafkaSecurity:
         """The settings' security, with secrets read from their files or the environment."""
-        sasl = runtime.kafka_security_protocol.startswith("SASL_")
+        sasl = runtime.kafka_security_protocol.upper().startswith("SASL_")
         return cls(
             protocol=runtime.kafka_security_protocol.upper(),
             mechanism=runtime.kafka_sasl_mechanism.upper(),
