@@ -95,6 +95,20 @@ def _partition_of_key(key: bytes) -> int:
     return int(key.split(_SEP.encode(), 1)[0])
 
 
+RAW_IDS = "raw"  # DeltaLog.user_ids without pseudonymisation
+_USER_IDS_TAG = "user-ids"
+_USER_IDS_SUFFIX = f"{_SEP}{_USER_IDS_TAG}".encode()
+
+
+class UserIdsMismatch(ConfigError):
+    """The changelog was written with other user ids than this worker's; one line."""
+
+
+def _describe_user_ids(stored: bytes) -> str:
+    return "raw" if stored == RAW_IDS.encode() else (
+        f"pseudonymised (key fingerprint {stored.decode(errors='replace')})")
+
+
 class DeltaLog:
     """Accepted events per partition and batch, kept in a changelog-backed Faust table.
 
@@ -103,12 +117,19 @@ class DeltaLog:
     which is where Faust recovers them from when the partition is assigned to a worker.
     """
 
-    def __init__(self, table: TableT) -> None:
+    def __init__(self, table: TableT, user_ids: str = RAW_IDS) -> None:
         self.table = table
         # partition -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[int, list[tuple[int, bytes]]] = {}
+        # How user ids are stored (raw, or the pseudonym key's fingerprint), recorded per
+        # partition beside its deltas: a worker must not mix two kinds in one state.
+        self.user_ids = user_ids.encode()
+        self.marked: set[int] = set()
 
     def append(self, partition: int, tag: str, events: list[Event]) -> None:
+        if partition not in self.marked:
+            self._put(partition, _delta_key(partition, _USER_IDS_TAG), self.user_ids)
+            self.marked.add(partition)
         # Chunked so that one changelog message stays well below Kafka's 1 MiB default.
         for start in range(0, len(events), DELTA_MAX_EVENTS):
             chunk = events[start : start + DELTA_MAX_EVENTS]
@@ -146,18 +167,42 @@ class DeltaLog:
         changelog stays for the worker that owns them now.
         """
         self.index = {}
+        self.marked = self._check_user_ids(partitions)
         for key, value in list(self.table.data.items()):
             partition = _partition_of_key(key)
             if partition not in partitions:
                 del self.table.data[key]
                 continue
-            if not value:
+            if not value or key.endswith(_USER_IDS_SUFFIX):
                 continue
             events = _decode_events(value)
             if not key.endswith(b"carry") and events:
                 newest = newest_ts(events)
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
+
+
+    def _check_user_ids(self, partitions: set[int]) -> set[int]:
+        """The partitions whose deltas say how they store user ids; raises
+        UserIdsMismatch when that is not how this worker stores them. Deltas that say
+        nothing (written before the record existed) hold raw ids."""
+        marked: dict[int, bytes] = {}
+        unmarked: set[int] = set()
+        for key, value in self.table.data.items():
+            partition = _partition_of_key(key)
+            if partition in partitions and value:
+                if key.endswith(_USER_IDS_SUFFIX):
+                    marked[partition] = value
+                else:
+                    unmarked.add(partition)
+        found = set(marked.values()) | ({RAW_IDS.encode()} if unmarked - set(marked) else set())
+        for stored in found - {self.user_ids}:
+            raise UserIdsMismatch(
+                f"the changelog {self.table.changelog_topic.get_topic_name()} holds user ids "
+                f"{_describe_user_ids(stored)}, but this worker stores them "
+                f"{_describe_user_ids(self.user_ids)}: pseudonymisation was switched or its "
+                "key changed; start with a new app_id (docs/security.md, key rotation)")
+        return set(marked)
 
 
 class PulseWorker:
@@ -174,7 +219,8 @@ class PulseWorker:
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
         self.core = PulseCore(metric_config)
-        self.ingestor = Ingestor(self.core, self.topics, Pseudonymiser.from_runtime(runtime))
+        self.pseudonymise = Pseudonymiser.from_runtime(runtime)
+        self.ingestor = Ingestor(self.core, self.topics, self.pseudonymise)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
@@ -543,7 +589,8 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
         extra_topic_configs=topic_config,
     )
-    worker.deltas = DeltaLog(table)
+    worker.deltas = DeltaLog(table, RAW_IDS if worker.pseudonymise is None
+                             else worker.pseudonymise.fingerprint)
     worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
 
@@ -561,7 +608,11 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     @table.on_recover
     async def on_recover() -> None:
         active = app.assignor.assigned_actives()
-        worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        try:
+            worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        except UserIdsMismatch as exc:  # counting a user twice: refuse, in one line
+            print(f"community-pulse: error: {exc}", file=sys.stderr, flush=True)
+            os._exit(2)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:

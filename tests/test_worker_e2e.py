@@ -247,8 +247,9 @@ def _changelog_user_ids(pipeline: Pipeline) -> set[str]:
     consumer = KafkaConsumer(
         f"{pipeline.app_id}-community-events-changelog", bootstrap_servers=pipeline.bootstrap,
         auto_offset_reset="earliest", consumer_timeout_ms=3000, **pipeline.client)
-    try:
-        values = [record.value for record in consumer if record.value]
+    try:  # (deltas, not the record of how they store user ids)
+        values = [record.value for record in consumer
+                  if record.value and not record.key.endswith(b"\x1fuser-ids")]
     finally:
         consumer.close()
     if pipeline.secured:
@@ -299,3 +300,23 @@ def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> N
         assert restarted.total(samples, "community_pulse_events_processed_total") == 0
     finally:
         restarted.stop()
+
+
+def test_a_worker_that_stores_user_ids_otherwise_refuses_the_changelog(
+        pipeline: Pipeline) -> None:
+    """Switching pseudonymisation on (plain run) or changing its key (secured run) under
+    the same app_id would count every user twice: the worker stops with one line."""
+    key_file = pipeline.tmp / "another.key"
+    key_file.write_text("another-pseudonym-key-0123456789")
+    env = {**pipeline.env, "PULSE_PSEUDONYMISE_USER_IDS": "true",
+           "PULSE_PSEUDONYM_KEY_FILE": str(key_file)}
+    other = WorkerProcess(pipeline.bootstrap, pipeline.tmp / "other-key", pipeline.prefix,
+                          pipeline.app_id, extra_env=env)
+    try:
+        other.proc.wait(timeout=120)
+    finally:
+        other.stop()
+    assert other.proc.returncode == 2
+    (line,) = [ln for ln in other.log.read_text().splitlines() if "error:" in ln]
+    stored = "pseudonymised (key fingerprint " if pipeline.secured else "raw,"
+    assert f"holds user ids {stored}" in line and "new app_id" in line
