@@ -69,6 +69,7 @@ class Secured:
 
     sasl_ssl_bootstrap: str
     ssl_bootstrap: str
+    sasl_plaintext_bootstrap: str  # SASL without TLS (PLAIN, SCRAM-SHA-512)
     cafile: Path
     client_certfile: Path
     client_keyfile: Path
@@ -447,24 +448,31 @@ class LocalKafka:
         except CertError as exc:
             raise DevKafkaError(str(exc)) from None
         self._broker_keystore = certs.broker_keystore
-        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", certs.cafile,
+        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                       f"127.0.0.1:{free_port()}", certs.cafile,
                        certs.client_certfile, certs.client_keyfile)
 
     def _secured_config(self) -> dict[str, str]:
-        """Listeners SASL_SSL (PLAIN, SCRAM-SHA-512) and SSL (client certificate required)."""
+        """Listeners SASL_SSL and SASL_PLAINTEXT (PLAIN, SCRAM-SHA-512), SSL (client
+        certificate required)."""
         if self.secured is None:
             return {}
         s = self.secured
         plain_login = "org.apache.kafka.common.security.plain.PlainLoginModule"
         scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        listeners = (f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap},"
+                     f"SASL_PLAINTEXT://{s.sasl_plaintext_bootstrap}")
         return {
-            "listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
-            "advertised.listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL",
+            "listeners": listeners,
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map":
+                "SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT",
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
-            "listener.name.sasl_ssl.plain.sasl.jaas.config":
-                f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": f"{scram_login} required;",
+            **{f"listener.name.{name}.plain.sasl.jaas.config":
+               f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
+               for name in ("sasl_ssl", "sasl_plaintext")},
+            **{f"listener.name.{name}.scram-sha-512.sasl.jaas.config": f"{scram_login} required;"
+               for name in ("sasl_ssl", "sasl_plaintext")},
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self._broker_keystore),
             "ssl.truststore.type": "PEM",

@@ -113,6 +113,17 @@ def test_mutual_tls_for_the_producer_and_for_faust_s_clients(secured_kafka: Loca
     assert asyncio.run(consume()) == 3
 
 
+def test_sasl_without_tls(secured_kafka: LocalKafka, unique_topic) -> None:
+    s = _secured(secured_kafka)
+    topic = unique_topic("saslplain")
+    plain = KafkaSecurity("SASL_PLAINTEXT", "PLAIN", s.plain_user, s.plain_password)
+    gen.produce(s.sasl_plaintext_bootstrap, [(topic, b"c1", b"{}")] * 2, plain)
+    assert _count(s.sasl_plaintext_bootstrap, [topic], plain) == 2
+    wrong = KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", s.scram_user, "wrong")
+    with pytest.raises(KafkaAccessError, match="refused the SCRAM-SHA-512 login"):
+        check_access(s.sasl_plaintext_bootstrap, wrong)
+
+
 def test_untrusted_broker_certificate_is_one_clear_error(secured_kafka: LocalKafka) -> None:
     s = _secured(secured_kafka)
     system_cas = KafkaSecurity("SASL_SSL", "PLAIN", s.plain_user, s.plain_password)
