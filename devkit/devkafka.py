@@ -594,7 +594,8 @@ class LocalKafka:
 # -- command line -------------------------------------------------------------------------
 
 
-def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str) -> None:
+def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str,
+         secured: bool = False) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -602,11 +603,16 @@ def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap)
+    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap,
+                       secured=secured)
     try:
         kafka.start()
         print(f"devkafka: Kafka {KAFKA_VERSION} ready on {kafka.bootstrap} "
               f"(dir {kafka.dir}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        if kafka.secured is not None:  # settings for the product's clients (test users)
+            env = " ".join(f"{k}={v}" for k, v in kafka.secured.settings_env().items())
+            print(f"devkafka: SASL_SSL on {kafka.secured.sasl_ssl_bootstrap}: {env}",
+                  file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             if not kafka.running():
                 raise DevKafkaError(f"Kafka broker exited unexpectedly; see {kafka.log_file}")
@@ -625,12 +631,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--controller-port", type=int, default=None, help="default: a free port")
     run.add_argument("--dir", default=None, help="run directory (default: a temp dir)")
     run.add_argument("--heap", default="512m", help="JVM max heap (default 512m)")
+    run.add_argument("--secured", action="store_true",
+                     help="also SASL_SSL, SASL_PLAINTEXT and mutual-TLS listeners")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":
             print(fetch_jars())
         else:
-            _run(args.port or 0, args.controller_port, args.dir, args.heap)
+            _run(args.port or 0, args.controller_port, args.dir, args.heap, args.secured)
     except DevKafkaError as e:
         print(f"devkafka: error: {e}", file=sys.stderr)
         return 1
