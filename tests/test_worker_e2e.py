@@ -38,7 +38,7 @@ from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
-from streams.worker import _decode_events
+from streams.worker import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
 from tests.workers import Samples, WorkerProcess, wait_for
 
 N_COMMUNITIES = 10
@@ -247,9 +247,9 @@ def _changelog_user_ids(pipeline: Pipeline) -> set[str]:
     consumer = KafkaConsumer(
         f"{pipeline.app_id}-community-events-changelog", bootstrap_servers=pipeline.bootstrap,
         auto_offset_reset="earliest", consumer_timeout_ms=3000, **pipeline.client)
-    try:  # (deltas, not the record of how they store user ids)
-        values = [record.value for record in consumer
-                  if record.value and not record.key.endswith(b"\x1fuser-ids")]
+    try:  # (deltas, not the records of how they store user ids and of expiry cuts)
+        values = [record.value for record in consumer if record.value
+                  and not record.key.endswith((_USER_IDS_SUFFIX, _CUT_SUFFIX))]
     finally:
         consumer.close()
     if pipeline.secured:
