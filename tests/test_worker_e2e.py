@@ -29,6 +29,7 @@ import duckdb
 import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit import generate as gen
 from devkit.devkafka import SCRAM_USER, LocalKafka
@@ -269,6 +270,19 @@ def test_changelog_holds_raw_user_ids_only_without_pseudonyms(pipeline: Pipeline
 
     stored = wait_for(complete, 60, "every accepted event's user in the changelog")
     assert stored.isdisjoint(raw) == pipeline.secured
+
+
+def test_the_changelog_topic_gets_min_insync_replicas_from_the_settings(
+        pipeline: Pipeline) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.kafka.bootstrap)  # (admin listener)
+    try:
+        topic = f"{pipeline.app_id}-community-events-changelog"
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    setting = described["topic"][topic]["min.insync.replicas"]
+    assert setting["value"] == str(RuntimeConfig().topic_min_insync_replicas)
+    assert setting["config_source"] == "DYNAMIC_TOPIC_CONFIG"  # set when the worker created it
 
 
 def test_worker_log_names_no_user_and_no_secret(pipeline: Pipeline) -> None:
