@@ -25,8 +25,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
+from sinks.parquet import rows_to_table
 from streams import config
 from streams.cli import main
+from streams.closing import Task
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore
 from streams.privacy import Pseudonymiser, SendFailureFilter
@@ -210,12 +212,19 @@ def test_worker_leaves_small_communities_out_of_parquet_when_asked(tmp_path: Pat
     core = PulseCore(MetricConfig())
     core.apply([Event(f"e{n}", "join", "big" if n < 6 else "small", f"u{n}", 1_767_225_600_000)
                 for n in range(8)])
-    rows = core.snapshot(1_767_225_600_000)
+    midnight = 1_767_225_600_000
+    rows = core.snapshot(midnight)
     for omit, expected in ((False, {"big", "small"}), (True, {"big"})):
         runtime = RuntimeConfig(data_dir=tmp_path / str(omit), min_members_exported=5,
                                 parquet_omit_small_communities=omit)
-        PulseWorker(MetricConfig(), runtime).write_rows(rows)
-        assert {row[0] for row in _snapshot_rows(tmp_path / str(omit))} == expected
+        worker = PulseWorker(MetricConfig(), runtime)
+        worker.write_rows(rows)  # live rows
+        task = Task(partition=0, midnight=midnight, communities=None, final=True)
+        assert worker.write_closings([(task, rows_to_table(rows, closing=True))]) == [task]
+        files = str(tmp_path / str(omit) / "snapshots" / "**" / "*.parquet")
+        got = duckdb.sql(f"SELECT DISTINCT community_id, closing FROM read_parquet('{files}')")
+        assert got is not None and sorted(got.fetchall()) == sorted(
+            (c, closing) for c in expected for closing in (False, True))
 
 
 class _Table:
