@@ -340,11 +340,10 @@ def replay(
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
         table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
                                                   ("window_days", "ascending")])
-        # Small communities left out (parquet_omit_small_communities); goals, which name
-        # their communities on purpose, still see them.
-        kept = table.filter(pc.greater_equal(table["members"], parquet_min_members))
-        writer.write_table(t, kept)
-        rows_written += kept.num_rows
+        if parquet_min_members:  # small communities left out (parquet_omit_small_communities)
+            table = table.filter(pc.greater_equal(table["members"], parquet_min_members))
+        writer.write_table(t, table)
+        rows_written += table.num_rows
         if goals:
             goal_rows = _goal_rows(goals, t, table)
             writer.tables.write("goals", goals_table(goal_rows))

@@ -497,9 +497,7 @@ class PulseWorker:
         """The goals table's rows at a closing midnight, from one partition's closing
         rows: of its communities, and (no_data) of goals whose community has no closing row
         there but belongs to this partition (seen in it, or its key would go to it)."""
-        if self.runtime.parquet_omit_small_communities:  # as the snapshots' Parquet does
-            table = table.filter(pc.greater_equal(table["members"],
-                                                  self.runtime.min_members_exported))
+        table = self._publishable(table)  # as the snapshots' Parquet
         named = pa.array(sorted(steering_goals.communities(self.goals)), pa.string())
         rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
         return self._goals_of(rows, midnight, lambda community: self.partition_of.get(
@@ -731,7 +729,7 @@ class PulseWorker:
 
     def _publishable(self, table: pa.Table) -> pa.Table:
         """Closing rows without the small communities when asked (privacy, as in
-        write_rows); the rows kept in memory and the goals still have them."""
+        write_rows); the rows kept in memory still have them."""
         if not self.runtime.parquet_omit_small_communities:
             return table
         return table.filter(pc.greater_equal(table["members"],
