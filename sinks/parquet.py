@@ -32,7 +32,7 @@ from streams.core import SnapshotRow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"  # 2: `closing` (docs/querying.md)
+SCHEMA_VERSION = "2"  # 2: `closing` and the steering columns (docs/querying.md)
 FINAL_KEY = b"community_pulse.final"  # closing files: "true" once past the grace period
 
 SNAPSHOT_SCHEMA = pa.schema(
@@ -65,6 +65,13 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("sustainability", pa.float64(), nullable=False),
         pa.field("stagnating", pa.bool_(), nullable=False),
         pa.field("last_activity", pa.timestamp("ms", tz="UTC")),
+        # Steering (SPEC 5, schema version 2); NULL in rows written before. The expert
+        # counts are NULL without a roster file too.
+        *(pa.field(name, pa.int64()) for name in ("experts", "experts_replying",
+                                                  "expert_replies")),
+        pa.field("expert_needed", pa.bool_()),
+        *(pa.field(name, pa.int64()) for name in ("managed_posts", "ugc_posts")),
+        *(pa.field(name, pa.float64()) for name in ("managed_engagement", "ugc_engagement")),
         # true: a closing row (as_of a UTC midnight, final by event time); false: live.
         pa.field("closing", pa.bool_(), nullable=False),
     ],

@@ -39,6 +39,7 @@ from typing import Any
 import faust
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -428,29 +429,52 @@ class PulseWorker:
         self._expire(self.expiry_cut(as_of))
 
     def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
-        """The goals of the communities this worker owns, at this snapshot (gauges only
-        for communities above the privacy threshold; a goal without data only from the
-        worker that owns its community's partition)."""
+        """The goals at this snapshot, for the gauges (only for communities above the
+        privacy threshold)."""
         if not self.goals:
             return
-        named = steering_goals.communities(self.goals)
-        inputs = {row.community_id: row for row in rows if row.community_id in named}
-        mine = [goal for goal in self.goals
-                if goal.community in inputs or self._owns_partition_of(goal.community)]
-        self.goal_rows = steering_goals.evaluate(
-            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
-        min_members = self.runtime.min_members_exported
+        self.goal_rows = self.goals_at(as_of, rows)
+        small = {row.community_id for row in rows
+                 if row.members < self.runtime.min_members_exported}
         self.metrics.goals.update(self.goals, [
-            g for g in self.goal_rows
-            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+            g for g in self.goal_rows if g.community_id not in small])
+
+    def goals_at(self, as_of: int, rows: Sequence[SnapshotRow]
+                 ) -> list[steering_goals.GoalRow]:
+        """The goals of the communities this worker owns, from its snapshot rows at
+        `as_of`: of each community in the rows, and (no_data) of each community without
+        rows whose partition this worker owns."""
+        named = steering_goals.communities(self.goals)
+        return self._goals_of([asdict(row) for row in rows if row.community_id in named],
+                              as_of, self._owns_partition_of)
+
+    def closing_goals(self, partition: int, midnight: int, table: pa.Table
+                      ) -> list[steering_goals.GoalRow]:
+        """The goals table's rows at a closing midnight, from one partition's closing
+        rows: of its communities, and (no_data) of goals whose community has no closing row
+        there but belongs to this partition (seen in it, or its key would go to it)."""
+        if self.runtime.parquet_omit_small_communities:  # as the snapshots' Parquet does
+            table = table.filter(pc.greater_equal(table["members"],
+                                                  self.runtime.min_members_exported))
+        named = pa.array(sorted(steering_goals.communities(self.goals)), pa.string())
+        rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
+        return self._goals_of(rows, midnight, lambda community: self.partition_of.get(
+            community, self._partition_by_key(community)) == partition)
+
+    def _goals_of(self, rows: list[dict[str, Any]], as_of: int,
+                  owns: Callable[[str], bool]) -> list[steering_goals.GoalRow]:
+        present = {row["community_id"] for row in rows}
+        mine = [goal for goal in self.goals if goal.community in present or owns(goal.community)]
+        return steering_goals.evaluate(mine, rows, as_of)
 
     def _owns_partition_of(self, community_id: str) -> bool:
-        """Whether the community's events would come to this worker (keys go to
-        partitions by Kafka's default partitioner, murmur2, as the SPEC's keys do)."""
-        if self.assigned is None:
-            return True
-        partition = (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
-        return partition in self.assigned
+        """Whether the community's events would come to this worker."""
+        return self.assigned is None or self._partition_by_key(community_id) in self.assigned
+
+    def _partition_by_key(self, community_id: str) -> int:
+        """The partition of a community's key by Kafka's default partitioner (murmur2, as
+        the producers' clients do with the SPEC's keys)."""
+        return (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """The whole snapshot in one go (the timer interleaves the steps instead)."""
@@ -605,6 +629,9 @@ class PulseWorker:
                 with self.metrics.sink_seconds.labels("parquet").time():
                     self.writer.write_table(task.midnight, table,
                                             closing_file_name(task.midnight, task.partition))
+                    if self.goals:  # the goals table: one row per goal and midnight
+                        self.writer.tables.write("goals", goals_table(
+                            self.closing_goals(task.partition, task.midnight, table)))
             except Exception:  # counted like live rows; the book retries next time
                 self.metrics.sink_errors.labels("parquet").inc()
                 log.exception("writing closing rows of partition %d at %d failed",
@@ -670,6 +697,8 @@ class PulseWorker:
         return done
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        """Live rows to Parquet. (The goals table comes from the closing rows, see
+        `write_closings`; live goals are in the gauges.)"""
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
             rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
@@ -677,10 +706,6 @@ class PulseWorker:
         try:
             with self.metrics.sink_seconds.labels("parquet").time():
                 self.writer.write(rows)
-                written = {row.as_of_ms for row in rows}
-                goal_rows = [g for g in self.goal_rows if g.as_of_ms in written]
-                if goal_rows:
-                    self.writer.tables.write("goals", goals_table(goal_rows))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()
             log.exception("writing %d snapshot rows failed", len(rows))
