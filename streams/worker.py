@@ -609,19 +609,23 @@ class PulseWorker:
                     rows.setdefault(row.community_id, []).append(row)
                 self._closing_rows[(partition, midnight)] = rows
             if table is not None:
-                values = self._closing_values.setdefault(midnight, {})
+                read: dict[str, list[ClosingValue]] = {}
                 for row in table.to_pylist():
-                    values.setdefault(row["community_id"], []).append(ClosingValue(
+                    read.setdefault(row["community_id"], []).append(ClosingValue(
                         row["window_days"], row["members"], row["sustainability"],
                         TIERS.index(row["tier"])))
+                self._closing_values.setdefault(midnight, {}).update(read)
 
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
         slice_start, ownership = time.perf_counter(), self._ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
+        planned: list[Task] = []
         for partition in sorted(self._partitions()):
-            for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
+            tasks = self.closing.plan(partition, mark, self.first_event.get(partition))
+            planned += tasks
+            for task in tasks:
                 midnight = task.midnight
                 rows = self._closing_rows.setdefault((partition, midnight), {})
                 values = self._closing_values.setdefault(midnight, {})
@@ -651,6 +655,8 @@ class PulseWorker:
                         slice_start = time.perf_counter()
                         if self._ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
+                            for planned_task in planned:
+                                self.closing.retry(planned_task)
                             return
                 table = rows_to_table([r for c in sorted(rows) for r in rows[c]], closing=True)
                 final = b"true" if task.final else b"false"
@@ -676,8 +682,13 @@ class PulseWorker:
             done.append(task)
         return done
 
-    def closing_written(self, tasks: list[Task], mark: int) -> None:
+    def closing_written(self, attempted: list[tuple[Task, pa.Table]], tasks: list[Task],
+                        mark: int) -> None:
+        """After `write_closings`: `tasks` of the `attempted` are written."""
         owned = self._partitions()
+        for task, _ in attempted:
+            if task not in tasks:
+                self.closing.retry(task)
         for task in tasks:
             if task.partition not in owned:
                 continue  # revoked meanwhile: the new owner reads the file
@@ -724,7 +735,7 @@ class PulseWorker:
         for _ in self.closing_steps(mark, out):
             pass
         done = self.write_closings(out)
-        self.closing_written(done, mark)
+        self.closing_written(out, done, mark)
         return done
 
     def _publishable(self, table: pa.Table) -> pa.Table:
@@ -957,7 +968,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         for _ in worker.closing_steps(mark, closing):
             await asyncio.sleep(AGENT_TURN_S)
         done = await loop.run_in_executor(None, worker.write_closings, closing)
-        worker.closing_written(done, mark)
+        worker.closing_written(closing, done, mark)
 
     return app
 
