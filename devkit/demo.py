@@ -21,12 +21,14 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka, die_with_parent, free_port
+from devkit.devkafka import DevKafkaError, LocalKafka, die_with_parent, free_port
 from streams.config import DAY_MS, MetricConfig
 from streams.kafka_auth import KafkaSecurity
 
@@ -166,8 +168,7 @@ def run_demo(
     days = seed_daily_snapshots(history, data_dir, metrics or MetricConfig(), goals)
     print(f"wrote {days} days of daily snapshots of the same history with replay", flush=True)
     print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) ...", flush=True)
-    # In a temporary folder, removed when it stops.
-    with LocalKafka(secured=secured) as kafka:
+    with _broker(run_dir, secured) as kafka:
         bootstrap, security = kafka.bootstrap, KafkaSecurity()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
         env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
@@ -192,6 +193,25 @@ def run_demo(
         finally:
             stop_worker(worker)
             worker_log.close()
+
+
+@contextmanager
+def _broker(run_dir: Path, secured: bool) -> Iterator[LocalKafka]:
+    """A local broker in a temporary folder, removed when it stops. A broker that does not
+    start is one line; its details (the log's tail) go to run/broker-error.log."""
+    kafka = LocalKafka(secured=secured)
+    try:
+        kafka.start()
+    except DevKafkaError as exc:
+        kafka.stop()
+        details = run_dir / "broker-error.log"
+        details.write_text(f"{exc}\n")
+        raise DemoError(f"the Kafka broker did not start: {str(exc).splitlines()[0]} "
+                        f"(details in {details})") from None
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

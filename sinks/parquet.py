@@ -88,6 +88,18 @@ def rows_to_table(rows: Sequence[SnapshotRow], closing: bool = False) -> pa.Tabl
     return pa.Table.from_pydict(columns, schema=SNAPSHOT_SCHEMA)
 
 
+def table_rows(table: pa.Table) -> list[SnapshotRow]:
+    """Rows of SNAPSHOT_SCHEMA (e.g. read back from a file) as SnapshotRow."""
+    columns = {}
+    for name in _ROW_FIELDS:
+        column = table[_RENAMED.get(name, name)]
+        if name in _RENAMED:  # timestamps back to epoch ms
+            column = pc.cast(column, pa.int64())
+        columns[name] = column.to_pylist()
+    return [SnapshotRow(**dict(zip(columns, values, strict=True)))
+            for values in zip(*columns.values(), strict=True)]
+
+
 def closing_file_name(as_of_ms: int, partition: int) -> str:
     """A partition's closing rows at one midnight: always this one file, so rewriting
     them (late events within grace) replaces it whichever communities it holds."""
@@ -205,14 +217,17 @@ class SnapshotWriter:
     def read_closing(self, as_of_ms: int, partition: int, columns: list[str] | None = None
                      ) -> tuple[bool, pa.Table | None] | None:
         """A partition's closing file at a midnight: None when there is none, else
-        whether it is final (FINAL_KEY) and, when `columns` are asked for, those."""
+        whether it is final (FINAL_KEY) and its rows: all of an open file, of a final
+        one the `columns` asked for (None: none)."""
         folder = self.tables.folder("snapshots", as_of_ms)
         path = f"{folder}/{closing_file_name(as_of_ms, partition)}"
         try:
             with self.fs.open_input_file(path) as source:
                 parquet = pq.ParquetFile(source)
                 final = (parquet.schema_arrow.metadata or {}).get(FINAL_KEY) == b"true"
-                return final, parquet.read(columns=columns) if columns else None
+                if not final:
+                    return False, parquet.read()
+                return True, parquet.read(columns=columns) if columns else None
         except FileNotFoundError:
             return None
 

@@ -131,16 +131,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics, runtime = config_module.load(args.config)
         return _COMMANDS[args.command](args, metrics, runtime)
     except (ConfigError, UsageError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug, not bad input: still one line unless asked
         if os.environ.get("PULSE_DEBUG"):
             raise
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+        print(f"{PROG}: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(set PULSE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line, whatever a library put in it."""
+    return " ".join(str(exc).split())
 
 
 def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -218,7 +223,13 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
             for _, _, value in messages:
                 out.write(value + b"\n")
     else:
-        gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
+        from kafka.errors import KafkaError
+
+        try:
+            gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
+        except KafkaError as exc:
+            raise UsageError(f"cannot produce to Kafka at {args.bootstrap}: {exc}; is the "
+                             "broker running?") from None
     print(f"generated {len(events):,} events in {len(messages):,} messages for "
           f"{len(communities)} communities -> {args.out or args.bootstrap}")
     return 0
@@ -268,7 +279,13 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     labels = dict(item.split("=", 1) for item in args.label if "=" in item)
     if len(labels) != len(args.label):
         raise UsageError("--label takes NAME=VALUE")
-    rows = read_rows(args.data_dir)
+    import duckdb
+
+    try:
+        rows = read_rows(args.data_dir)
+    except duckdb.Error:
+        raise UsageError(f"no snapshots in {args.data_dir}: run the demo, the worker or "
+                         "replay first") from None
     args.out.write_bytes(openmetrics_history(rows, runtime.min_members_exported, labels))
     print(f"wrote {len(rows):,} snapshot rows to {args.out}; load them with: promtool tsdb "
           f"create-blocks-from openmetrics {args.out} PROMETHEUS_DATA_DIR")

@@ -47,7 +47,13 @@ from faust.types import TP, EventT, StreamT, TableT
 from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
-from sinks.parquet import FINAL_KEY, SnapshotWriter, closing_file_name, rows_to_table
+from sinks.parquet import (
+    FINAL_KEY,
+    SnapshotWriter,
+    closing_file_name,
+    rows_to_table,
+    table_rows,
+)
 from sinks.prometheus import ClosingValue, MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
@@ -254,7 +260,7 @@ class PulseWorker:
             events = result.events
             if not events:
                 continue
-            self._arrived(msg.partition, events)
+            self._arrived(msg.partition, events, min(int(msg.timestamp * 1000), now_ms))
             community_id = events[0].community_id  # one community per message (its key)
             self.partition_of[community_id] = msg.partition
             self.dirty[community_id] = None
@@ -274,20 +280,22 @@ class PulseWorker:
             for partition, events in by_partition.items():
                 self.deltas.append(partition, tags[partition], events)
 
-    def _arrived(self, partition: int, events: list[Event]) -> None:
-        """Tell the closing book what arrived (one community's events)."""
-        timestamps = self._arrived_before(partition, events)
-        late = self.closing.arrived(partition, events[0].community_id, timestamps)
+    def _arrived(self, partition: int, events: list[Event], arrival_ms: int) -> None:
+        """Tell the closing book what arrived (one community's events) and when it reached
+        Kafka (its timestamp; the worker's clock if that is earlier)."""
+        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+        oldest = self._oldest_in(partition, timestamps)
+        late = self.closing.arrived(partition, events[0].community_id, timestamps, oldest,
+                                    arrival_ms)
         if late:
             self.metrics.closing_late.inc(late)
 
-    def _arrived_before(self, partition: int, events: list[Event]) -> list[int]:
-        """Note the oldest event time of the partition; return the events' times."""
-        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+    def _oldest_in(self, partition: int, timestamps: list[int]) -> int:
+        """Note the oldest event time of the partition; return the oldest of these."""
         oldest = min(timestamps)
         if oldest < self.first_event.get(partition, oldest + 1):
             self.first_event[partition] = oldest
-        return timestamps
+        return oldest
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
         log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
@@ -321,7 +329,7 @@ class PulseWorker:
             for event in events:
                 self.partition_of[event.community_id] = partition
             if events:
-                self._arrived_before(partition, events)
+                self._oldest_in(partition, [event.ts for event in events])  # type: ignore[misc]
             self.core.apply(events)
         self.closing.forget(set(self.closing.partitions) - partitions)
         for partition in partitions:  # the changelog keeps what its last cut left
@@ -553,6 +561,11 @@ class PulseWorker:
                 continue
             final, table = file
             self.closing.learn(partition, midnight, Written.FINAL if final else Written.OPEN)
+            if table is not None and not final:  # an open file: its rows as written
+                rows: dict[str, list[SnapshotRow]] = {}
+                for row in table_rows(table):
+                    rows.setdefault(row.community_id, []).append(row)
+                self._closing_rows[(partition, midnight)] = rows
             if table is not None:
                 values = self._closing_values.setdefault(midnight, {})
                 for row in table.to_pylist():
@@ -577,6 +590,8 @@ class PulseWorker:
                 else:
                     names = sorted(task.communities)
                 for community_id in names:
+                    if community_id in task.keep and community_id in rows:
+                        continue  # reached by events after the grace: stays as written
                     state = self.core.communities.get(community_id)
                     if community_id not in oldest:
                         oldest[community_id] = state.oldest_ts() if state else None
@@ -649,6 +664,12 @@ class PulseWorker:
                 for value in self._closing_values.get(newest - days * DAY_MS, {}).get(
                     community_id, ())])
         self.metrics.closing.retain(set(self.partition_of))
+
+    def learn_closing_files(self, now_ms: int) -> None:
+        """Ask the sink which closing files exist, with the clock for the range (after a
+        recovery, before the backlog streams in: so events that arrive after an open
+        midnight's grace are recognised as too late while catching up)."""
+        self.learn_closings(self.read_closings(self.closing_checks(now_ms), now_ms))
 
     def close_midnights(self) -> list[Task]:
         """One closing pass in one go (the timer interleaves the steps and does the I/O
@@ -830,6 +851,14 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     async def on_recover() -> None:
         active = app.assignor.assigned_actives()
         worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        # Faust resumes the source partitions after this returns: the closing files are
+        # known before the backlog streams in (see learn_closing_files).
+        now_ms = int(worker.clock() * 1000)
+        checks = worker.closing_checks(now_ms)
+        if checks:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, worker.read_closings, checks, now_ms)
+            worker.learn_closings(found)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
