@@ -193,7 +193,11 @@ def test_parquet_and_metrics_agree(pipeline: Pipeline) -> None:
                             **labels) == row["critics"]
         assert worker.value(samples, "community_pulse_stagnating",
                             community=row["community_id"]) == float(row["stagnating"])
+        for kind in ("managed", "ugc"):  # soft and hard content (SPEC 5)
+            assert worker.value(samples, "community_pulse_content_posts", kind=kind,
+                                **labels) == row[f"{kind}_posts"]
     assert exported > 0
+    assert sum(r["managed_posts"] for r in rows) > 0 and sum(r["ugc_posts"] for r in rows) > 0
     assert any(r["stagnating"] for r in rows) and not all(r["stagnating"] for r in rows)
 
 
