@@ -41,7 +41,9 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_events_duplicates_total", "community_pulse_events_dead_lettered_total",
     "community_pulse_event_time_lag_seconds", "community_pulse_sink_errors_total",
     "community_pulse_owned_communities", "community_pulse_last_snapshot_timestamp_seconds",
-    "community_pulse_consumer_lag_seconds",
+    "community_pulse_consumer_lag_seconds", "community_pulse_catching_up",
+    "community_pulse_closing_sustainability_score", "community_pulse_closing_tier",
+    "community_pulse_closing_timestamp_seconds", "community_pulse_closing_late_events_total",
     # steering (docs/steering.md)
     "community_pulse_goal_value", "community_pulse_goal_expected", "community_pulse_goal_target",
     "community_pulse_goal_progress_ratio", "community_pulse_goal_status",
