@@ -34,7 +34,8 @@ from streams.kafka_auth import KafkaSecurity
 HISTORY_DAYS = 35
 SHOWN = 4  # communities named per tier in the summary
 MARKER = ".community-pulse-demo"  # a folder with this file was made by a demo
-DEMO_ENTRIES = {MARKER, "run", "snapshots", "pulse.duckdb", "pulse.duckdb.wal"}
+DEMO_ENTRIES = {MARKER, "run", "snapshots", "pulse.duckdb", "pulse.duckdb.wal", "goals",
+                "goals.yml"}
 
 
 class DemoError(ValueError):
@@ -79,6 +80,7 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
         lines.append(f"  {'':<16}       -> {TIER_ACTIONS[level]}")
     stuck = sorted(c for c, v in stagnating.items() if v)
     lines.append(f"stagnating: {len(stuck)}  {cut(stuck, 6)}")
+    lines.extend(goal_lines(samples))
 
     def total(name: str) -> float:
         return sum(value for _, value in samples.get(name, []))
@@ -100,6 +102,49 @@ def cut(items: list[str], limit: int) -> str:
     return ", ".join(items[:limit]) + more
 
 
+EXAMPLE_GOALS = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "goals.yml"
+
+
+def demo_goals(data_dir: Path, now_ms: int) -> Path:
+    """The example goals file with its dates moved so that every goal started 14 days
+    before now (the demo's history is the last five weeks)."""
+    import yaml
+
+    from streams.steering.files import read_goals
+    from streams.steering.goals import to_utc
+
+    goals = read_goals(EXAMPLE_GOALS)
+    document = yaml.safe_load(EXAMPLE_GOALS.read_text(encoding="utf-8"))
+    for goal, item in zip(goals, document["goals"], strict=True):
+        shift = now_ms - 14 * 86_400_000 - goal.start_ms
+        for field, ms in (("start", goal.start_ms), ("deadline", goal.deadline_ms),
+                          ("sustain_until", goal.sustain_until_ms)):
+            item[field] = to_utc(ms + shift)
+    path = data_dir / "goals.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def goal_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
+    """One line per goal: its status, value and expected value (docs/steering.md)."""
+    def by_goal(name: str) -> dict[str, float]:
+        return {labels["goal"]: value for labels, value in samples.get(name, [])}
+
+    values, expected = by_goal("community_pulse_goal_value"), by_goal(
+        "community_pulse_goal_expected")
+    targets = by_goal("community_pulse_goal_target")
+    lines = []
+    for labels, value in sorted(samples.get("community_pulse_goal_status", []),
+                                key=lambda s: s[0]["goal"]):
+        if value == 1:
+            goal = labels["goal"]
+            now = f"{values[goal]:.3g}" if goal in values else "-"
+            lines.append(f"  goal {goal:<16} {labels['status']:<11} {labels['metric']} of "
+                         f"{labels['community']} ({labels['window']}): {now}, expected "
+                         f"{expected.get(goal, 0):.3g}, target {targets.get(goal, 0):.3g}")
+    return [f"goals: {len(lines)}", *lines] if lines else []
+
+
 def run_demo(
     n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
     secured: bool = False,
@@ -118,11 +163,13 @@ def run_demo(
     now_ms = int(time.time() * 1000)
     communities = gen.plan(n_communities, 20 * n_communities, rng)
     history = demo_history(communities, now_ms, rng)
+    goals = demo_goals(data_dir, now_ms)
     print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) ...", flush=True)
     with _broker(run_dir, secured) as kafka:
         bootstrap, security = kafka.bootstrap, KafkaSecurity()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
         env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
+        env["PULSE_GOALS_FILE"] = str(goals)  # the example goals, moved to now
         if kafka.secured is not None:
             bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
             env.update(kafka.secured.settings_env())

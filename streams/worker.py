@@ -39,6 +39,7 @@ from typing import Any
 import faust
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -46,7 +47,13 @@ from faust.types import TP, EventT, StreamT, TableT
 from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
-from sinks.parquet import FINAL_KEY, SnapshotWriter, closing_file_name, rows_to_table
+from sinks.parquet import (
+    FINAL_KEY,
+    SnapshotWriter,
+    closing_file_name,
+    rows_to_table,
+    table_rows,
+)
 from sinks.prometheus import ClosingValue, MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
@@ -253,7 +260,7 @@ class PulseWorker:
             events = result.events
             if not events:
                 continue
-            self._arrived(msg.partition, events)
+            self._arrived(msg.partition, events, min(int(msg.timestamp * 1000), now_ms))
             community_id = events[0].community_id  # one community per message (its key)
             self.partition_of[community_id] = msg.partition
             self.dirty[community_id] = None
@@ -273,20 +280,22 @@ class PulseWorker:
             for partition, events in by_partition.items():
                 self.deltas.append(partition, tags[partition], events)
 
-    def _arrived(self, partition: int, events: list[Event]) -> None:
-        """Tell the closing book what arrived (one community's events)."""
-        timestamps = self._arrived_before(partition, events)
-        late = self.closing.arrived(partition, events[0].community_id, timestamps)
+    def _arrived(self, partition: int, events: list[Event], arrival_ms: int) -> None:
+        """Tell the closing book what arrived (one community's events) and when it reached
+        Kafka (its timestamp; the worker's clock if that is earlier)."""
+        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+        oldest = self._oldest_in(partition, timestamps)
+        late = self.closing.arrived(partition, events[0].community_id, timestamps, oldest,
+                                    arrival_ms)
         if late:
             self.metrics.closing_late.inc(late)
 
-    def _arrived_before(self, partition: int, events: list[Event]) -> list[int]:
-        """Note the oldest event time of the partition; return the events' times."""
-        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+    def _oldest_in(self, partition: int, timestamps: list[int]) -> int:
+        """Note the oldest event time of the partition; return the oldest of these."""
         oldest = min(timestamps)
         if oldest < self.first_event.get(partition, oldest + 1):
             self.first_event[partition] = oldest
-        return timestamps
+        return oldest
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
         log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
@@ -320,7 +329,7 @@ class PulseWorker:
             for event in events:
                 self.partition_of[event.community_id] = partition
             if events:
-                self._arrived_before(partition, events)
+                self._oldest_in(partition, [event.ts for event in events])  # type: ignore[misc]
             self.core.apply(events)
         self.closing.forget(set(self.closing.partitions) - partitions)
         for partition in partitions:  # the changelog keeps what its last cut left
@@ -420,29 +429,52 @@ class PulseWorker:
         self._expire(self.expiry_cut(as_of))
 
     def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
-        """The goals of the communities this worker owns, at this snapshot (gauges only
-        for communities above the privacy threshold; a goal without data only from the
-        worker that owns its community's partition)."""
+        """The goals at this snapshot, for the gauges (only for communities above the
+        privacy threshold)."""
         if not self.goals:
             return
-        named = steering_goals.communities(self.goals)
-        inputs = {row.community_id: row for row in rows if row.community_id in named}
-        mine = [goal for goal in self.goals
-                if goal.community in inputs or self._owns_partition_of(goal.community)]
-        self.goal_rows = steering_goals.evaluate(
-            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
-        min_members = self.runtime.min_members_exported
+        self.goal_rows = self.goals_at(as_of, rows)
+        small = {row.community_id for row in rows
+                 if row.members < self.runtime.min_members_exported}
         self.metrics.goals.update(self.goals, [
-            g for g in self.goal_rows
-            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+            g for g in self.goal_rows if g.community_id not in small])
+
+    def goals_at(self, as_of: int, rows: Sequence[SnapshotRow]
+                 ) -> list[steering_goals.GoalRow]:
+        """The goals of the communities this worker owns, from its snapshot rows at
+        `as_of`: of each community in the rows, and (no_data) of each community without
+        rows whose partition this worker owns."""
+        named = steering_goals.communities(self.goals)
+        return self._goals_of([asdict(row) for row in rows if row.community_id in named],
+                              as_of, self._owns_partition_of)
+
+    def closing_goals(self, partition: int, midnight: int, table: pa.Table
+                      ) -> list[steering_goals.GoalRow]:
+        """The goals table's rows at a closing midnight, from one partition's closing
+        rows: of its communities, and (no_data) of goals whose community has no closing row
+        there but belongs to this partition (seen in it, or its key would go to it)."""
+        if self.runtime.parquet_omit_small_communities:  # as the snapshots' Parquet does
+            table = table.filter(pc.greater_equal(table["members"],
+                                                  self.runtime.min_members_exported))
+        named = pa.array(sorted(steering_goals.communities(self.goals)), pa.string())
+        rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
+        return self._goals_of(rows, midnight, lambda community: self.partition_of.get(
+            community, self._partition_by_key(community)) == partition)
+
+    def _goals_of(self, rows: list[dict[str, Any]], as_of: int,
+                  owns: Callable[[str], bool]) -> list[steering_goals.GoalRow]:
+        present = {row["community_id"] for row in rows}
+        mine = [goal for goal in self.goals if goal.community in present or owns(goal.community)]
+        return steering_goals.evaluate(mine, rows, as_of)
 
     def _owns_partition_of(self, community_id: str) -> bool:
-        """Whether the community's events would come to this worker (keys go to
-        partitions by Kafka's default partitioner, murmur2, as the SPEC's keys do)."""
-        if self.assigned is None:
-            return True
-        partition = (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
-        return partition in self.assigned
+        """Whether the community's events would come to this worker."""
+        return self.assigned is None or self._partition_by_key(community_id) in self.assigned
+
+    def _partition_by_key(self, community_id: str) -> int:
+        """The partition of a community's key by Kafka's default partitioner (murmur2, as
+        the producers' clients do with the SPEC's keys)."""
+        return (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """The whole snapshot in one go (the timer interleaves the steps instead)."""
@@ -529,6 +561,11 @@ class PulseWorker:
                 continue
             final, table = file
             self.closing.learn(partition, midnight, Written.FINAL if final else Written.OPEN)
+            if table is not None and not final:  # an open file: its rows as written
+                rows: dict[str, list[SnapshotRow]] = {}
+                for row in table_rows(table):
+                    rows.setdefault(row.community_id, []).append(row)
+                self._closing_rows[(partition, midnight)] = rows
             if table is not None:
                 values = self._closing_values.setdefault(midnight, {})
                 for row in table.to_pylist():
@@ -553,6 +590,8 @@ class PulseWorker:
                 else:
                     names = sorted(task.communities)
                 for community_id in names:
+                    if community_id in task.keep and community_id in rows:
+                        continue  # reached by events after the grace: stays as written
                     state = self.core.communities.get(community_id)
                     if community_id not in oldest:
                         oldest[community_id] = state.oldest_ts() if state else None
@@ -584,6 +623,9 @@ class PulseWorker:
                 with self.metrics.sink_seconds.labels("parquet").time():
                     self.writer.write_table(task.midnight, table,
                                             closing_file_name(task.midnight, task.partition))
+                    if self.goals:  # the goals table: one row per goal and midnight
+                        self.writer.tables.write("goals", goals_table(
+                            self.closing_goals(task.partition, task.midnight, table)))
             except Exception:  # counted like live rows; the book retries next time
                 self.metrics.sink_errors.labels("parquet").inc()
                 log.exception("writing closing rows of partition %d at %d failed",
@@ -623,6 +665,12 @@ class PulseWorker:
                     community_id, ())])
         self.metrics.closing.retain(set(self.partition_of))
 
+    def learn_closing_files(self, now_ms: int) -> None:
+        """Ask the sink which closing files exist, with the clock for the range (after a
+        recovery, before the backlog streams in: so events that arrive after an open
+        midnight's grace are recognised as too late while catching up)."""
+        self.learn_closings(self.read_closings(self.closing_checks(now_ms), now_ms))
+
     def close_midnights(self) -> list[Task]:
         """One closing pass in one go (the timer interleaves the steps and does the I/O
         in a thread instead)."""
@@ -638,6 +686,8 @@ class PulseWorker:
         return done
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        """Live rows to Parquet. (The goals table comes from the closing rows, see
+        `write_closings`; live goals are in the gauges.)"""
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
             rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
@@ -645,10 +695,6 @@ class PulseWorker:
         try:
             with self.metrics.sink_seconds.labels("parquet").time():
                 self.writer.write(rows)
-                written = {row.as_of_ms for row in rows}
-                goal_rows = [g for g in self.goal_rows if g.as_of_ms in written]
-                if goal_rows:
-                    self.writer.tables.write("goals", goals_table(goal_rows))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()
             log.exception("writing %d snapshot rows failed", len(rows))
@@ -805,6 +851,14 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     async def on_recover() -> None:
         active = app.assignor.assigned_actives()
         worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        # Faust resumes the source partitions after this returns: the closing files are
+        # known before the backlog streams in (see learn_closing_files).
+        now_ms = int(worker.clock() * 1000)
+        checks = worker.closing_checks(now_ms)
+        if checks:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, worker.read_closings, checks, now_ms)
+            worker.learn_closings(found)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
