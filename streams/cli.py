@@ -249,7 +249,7 @@ def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfi
     if args.communities < 1 or args.rate <= 0 or args.duration < 0:
         raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port, metrics, args.secured)
+                    args.metrics_port, args.secured)
 
 
 def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:

@@ -41,9 +41,7 @@ import faust
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
-    KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
     RecordTooLargeError,
@@ -74,7 +72,7 @@ from sinks.steering import goals_table
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
-from streams.kafka_auth import KafkaSecurity, check_access
+from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
 from streams.pipeline import Ingested, Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
 from streams.steering import goals as steering_goals
@@ -248,6 +246,20 @@ def withhold_acks(batch: Sequence[EventT]) -> None:
         event.message.acked = True
 
 
+RAW_IDS = "raw"  # DeltaLog.user_ids without pseudonymisation
+_USER_IDS_TAG = "user-ids"
+_USER_IDS_SUFFIX = f"{_SEP}{_USER_IDS_TAG}".encode()
+
+
+class UserIdsMismatch(ConfigError):
+    """The changelog was written with other user ids than this worker's; one line."""
+
+
+def _describe_user_ids(stored: bytes) -> str:
+    return "raw" if stored == RAW_IDS.encode() else (
+        f"pseudonymised (key fingerprint {stored.decode(errors='replace')})")
+
+
 class DeltaLog:
     """Accepted events per partition and batch, kept in a changelog-backed Faust table.
 
@@ -256,13 +268,17 @@ class DeltaLog:
     which is where Faust recovers them from when the partition is assigned to a worker.
     """
 
-    def __init__(self, table: TableT) -> None:
+    def __init__(self, table: TableT, user_ids: str = RAW_IDS) -> None:
         self.table = table
         # partition -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[int, list[tuple[int, bytes]]] = {}
         self.carry_keys: dict[int, set[bytes]] = {}  # partition -> keys of its carry pieces
         # partition -> the newest expiry cut: its state is exact from cut + retention
         self.cuts: dict[int, int] = {}
+        # How user ids are stored (raw, or the pseudonym key's fingerprint), recorded per
+        # partition beside its deltas: a worker must not mix two kinds in one state.
+        self.user_ids = user_ids.encode()
+        self.marked: set[int] = set()
 
     @property
     def topic(self) -> str:
@@ -272,6 +288,10 @@ class DeltaLog:
         """Store the events; returns the changelog records to write (the caller writes
         them and waits for the broker: see DurableSender)."""
         records = []
+        if partition not in self.marked:
+            records.append(self._put(partition, _delta_key(partition, _USER_IDS_TAG),
+                                     self.user_ids))
+            self.marked.add(partition)
         for number, (chunk, value) in enumerate(_encoded_chunks(events)):
             key = _delta_key(partition, f"{tag}#{number}")
             records.append(self._put(partition, key, value))
@@ -318,12 +338,13 @@ class DeltaLog:
         """
         self.index, self.cuts = {}, {}
         self.carry_keys = {}
+        self.marked = self._check_user_ids(partitions)
         for key, value in list(self.table.data.items()):
             partition = _partition_of_key(key)
             if partition not in partitions:
                 del self.table.data[key]
                 continue
-            if not value:
+            if not value or key.endswith(_USER_IDS_SUFFIX):
                 continue
             if key.endswith(_CUT_SUFFIX):
                 self.cuts[partition] = int(value)
@@ -335,6 +356,29 @@ class DeltaLog:
                 newest = newest_ts(events)
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
+
+
+    def _check_user_ids(self, partitions: set[int]) -> set[int]:
+        """The partitions whose deltas say how they store user ids; raises
+        UserIdsMismatch when that is not how this worker stores them. Deltas that say
+        nothing (written before the record existed) hold raw ids."""
+        marked: dict[int, bytes] = {}
+        unmarked: set[int] = set()
+        for key, value in self.table.data.items():
+            partition = _partition_of_key(key)
+            if partition in partitions and value:
+                if key.endswith(_USER_IDS_SUFFIX):
+                    marked[partition] = value
+                else:
+                    unmarked.add(partition)
+        found = set(marked.values()) | ({RAW_IDS.encode()} if unmarked - set(marked) else set())
+        for stored in found - {self.user_ids}:
+            raise UserIdsMismatch(
+                f"the changelog {self.table.changelog_topic.get_topic_name()} holds user ids "
+                f"{_describe_user_ids(stored)}, but this worker stores them "
+                f"{_describe_user_ids(self.user_ids)}: pseudonymisation was switched or its "
+                "key changed; start with a new app_id (docs/security.md, key rotation)")
+        return set(marked)
 
 
 class PreparedBatch(NamedTuple):
@@ -388,7 +432,8 @@ class PulseWorker:
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
         self.core = PulseCore(metric_config)
-        self.ingestor = Ingestor(self.core, self.topics, Pseudonymiser.from_runtime(runtime))
+        self.pseudonymise = Pseudonymiser.from_runtime(runtime)
+        self.ingestor = Ingestor(self.core, self.topics, self.pseudonymise)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
@@ -722,9 +767,7 @@ class PulseWorker:
         """The goals table's rows at a closing midnight, from one partition's closing
         rows: of its communities, and (no_data) of goals whose community has no closing row
         there but belongs to this partition (seen in it, or its key would go to it)."""
-        if self.runtime.parquet_omit_small_communities:  # as the snapshots' Parquet does
-            table = table.filter(pc.greater_equal(table["members"],
-                                                  self.runtime.min_members_exported))
+        table = self._publishable(table)  # as the snapshots' Parquet
         named = pa.array(sorted(steering_goals.communities(self.goals)), pa.string())
         rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
         return self._goals_of(rows, midnight, lambda community: self.partition_of.get(
@@ -836,19 +879,23 @@ class PulseWorker:
                     rows.setdefault(row.community_id, []).append(row)
                 self._closing_rows[(partition, midnight)] = rows
             if table is not None:
-                values = self._closing_values.setdefault(midnight, {})
+                read: dict[str, list[ClosingValue]] = {}
                 for row in table.to_pylist():
-                    values.setdefault(row["community_id"], []).append(ClosingValue(
+                    read.setdefault(row["community_id"], []).append(ClosingValue(
                         row["window_days"], row["members"], row["sustainability"],
                         TIERS.index(row["tier"])))
+                self._closing_values.setdefault(midnight, {}).update(read)
 
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
         slice_start, ownership = time.perf_counter(), self._ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
+        planned: list[Task] = []
         for partition in sorted(self._partitions()):
-            for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
+            tasks = self.closing.plan(partition, mark, self.first_event.get(partition))
+            planned += tasks
+            for task in tasks:
                 midnight = task.midnight
                 rows = self._closing_rows.setdefault((partition, midnight), {})
                 values = self._closing_values.setdefault(midnight, {})
@@ -878,6 +925,8 @@ class PulseWorker:
                         slice_start = time.perf_counter()
                         if self._ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
+                            for planned_task in planned:
+                                self.closing.retry(planned_task)
                             return
                 table = rows_to_table([r for c in sorted(rows) for r in rows[c]], closing=True)
                 final = b"true" if task.final else b"false"
@@ -890,7 +939,7 @@ class PulseWorker:
         for task, table in written:
             try:
                 with self.metrics.sink_seconds.labels("parquet").time():
-                    self.writer.write_table(task.midnight, table,
+                    self.writer.write_table(task.midnight, self._publishable(table),
                                             closing_file_name(task.midnight, task.partition))
                     if self.goals:  # the goals table: one row per goal and midnight
                         self.writer.tables.write("goals", goals_table(
@@ -903,8 +952,13 @@ class PulseWorker:
             done.append(task)
         return done
 
-    def closing_written(self, tasks: list[Task], mark: int) -> None:
+    def closing_written(self, attempted: list[tuple[Task, pa.Table]], tasks: list[Task],
+                        mark: int) -> None:
+        """After `write_closings`: `tasks` of the `attempted` are written."""
         owned = self._partitions()
+        for task, _ in attempted:
+            if task not in tasks:
+                self.closing.retry(task)
         for task in tasks:
             if task.partition not in owned:
                 continue  # revoked meanwhile: the new owner reads the file
@@ -951,8 +1005,16 @@ class PulseWorker:
         for _ in self.closing_steps(mark, out):
             pass
         done = self.write_closings(out)
-        self.closing_written(done, mark)
+        self.closing_written(out, done, mark)
         return done
+
+    def _publishable(self, table: pa.Table) -> pa.Table:
+        """Closing rows without the small communities when asked (privacy, as in
+        write_rows); the rows kept in memory still have them."""
+        if not self.runtime.parquet_omit_small_communities:
+            return table
+        return table.filter(pc.greater_equal(table["members"],
+                                             self.runtime.min_members_exported))
 
     def write_rows(self, rows: Sequence[SnapshotRow], wait: bool = True) -> None:
         """Live rows to Parquet, through the sink queue (written by its thread, kept and
@@ -1109,7 +1171,8 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
         extra_topic_configs=topic_config,
     )
-    worker.deltas = DeltaLog(table)
+    worker.deltas = DeltaLog(table, RAW_IDS if worker.pseudonymise is None
+                             else worker.pseudonymise.fingerprint)
     worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
     sender = DurableSender(app.producer, worker.metrics.send_retries.inc)
@@ -1168,7 +1231,11 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     @table.on_recover
     async def on_recover() -> None:
         active = app.assignor.assigned_actives()
-        worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        try:
+            worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        except UserIdsMismatch as exc:  # counting a user twice: refuse, in one line
+            print(f"community-pulse: error: {exc}", file=sys.stderr, flush=True)
+            os._exit(2)
         # Faust resumes the source partitions after this returns: the closing files are
         # known before the backlog streams in (see learn_closing_files).
         now_ms = int(worker.clock() * 1000)
@@ -1220,7 +1287,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         for _ in worker.closing_steps(mark, closing):
             await asyncio.sleep(AGENT_TURN_S)
         done = await loop.run_in_executor(None, worker.write_closings, closing)
-        worker.closing_written(done, mark)
+        worker.closing_written(closing, done, mark)
 
     return app
 
@@ -1236,43 +1303,14 @@ class StartupError(ConfigError):
     """The worker cannot start with these settings; the message is one line."""
 
 
-BROKER_CHECK_TIMEOUT_S = 15.0
-
-
-def describe_startup_failure(exc: BaseException, runtime: RuntimeConfig) -> str:
-    """One line for what stopped the worker from starting. New causes (e.g. a refused
-    login) get their own branch here."""
-    if isinstance(exc, KafkaConnectionError | TimeoutError):
-        return (f"cannot reach Kafka at {runtime.broker} ({exc}); is the broker running? "
-                "Set it with --broker or PULSE_BROKER")
-    return f"cannot use Kafka at {runtime.broker}: {type(exc).__name__}: {exc}"
-
-
-def check_broker(app: faust.App, runtime: RuntimeConfig) -> None:
-    """Connect to the brokers once, with the app's own addresses and credentials, before
-    Faust starts: Faust's own failure would be a crash with a page of traceback."""
-
-    async def connect() -> None:
-        client = AIOKafkaClient(
-            bootstrap_servers=faust_aiokafka.server_list(app.conf.broker, 9092),
-            request_timeout_ms=int(BROKER_CHECK_TIMEOUT_S * 1000),
-            **faust_aiokafka.credentials_to_aiokafka_auth(app.conf.broker_credentials,
-                                                          app.conf.ssl_context))
-        try:
-            await asyncio.wait_for(client.bootstrap(), BROKER_CHECK_TIMEOUT_S)
-        finally:
-            await client.close()
-
-    kafka_log = logging.getLogger("aiokafka")
-    level, loop = kafka_log.level, asyncio.new_event_loop()
-    kafka_log.setLevel(logging.CRITICAL)  # its "Unable connect" lines: we say it once
+def check_broker(runtime: RuntimeConfig, security: KafkaSecurity) -> None:
+    """The broker preflight (streams.kafka_auth.check_access) before Faust starts, whose
+    own failures are endless retries (a refused login) or a page of traceback."""
     try:
-        loop.run_until_complete(connect())
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise StartupError(describe_startup_failure(exc, runtime)) from None
-    finally:
-        kafka_log.setLevel(level)
-        loop.close()
+        check_access(runtime.broker, security)
+    except KafkaAccessError as exc:
+        hint = "" if exc.reached else "; set it with --broker or PULSE_BROKER"
+        raise StartupError(f"{exc}{hint}") from None
 
 
 def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
@@ -1288,7 +1326,7 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
     access = MetricsAccess.from_runtime(runtime)
-    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
@@ -1297,7 +1335,6 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
-    check_broker(app, runtime)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
                 runtime.metrics_host, runtime.metrics_port,

@@ -13,6 +13,7 @@ import pytest
 
 pytest.register_assert_rewrite("tests.faults", "tests.workers")
 
+from devkit.devcerts import DevCerts, make_certs  # noqa: E402
 from devkit.devkafka import LocalKafka  # noqa: E402
 
 LONG_MARKERS = {"faults": "make faults", "soak": "make soak"}
@@ -59,6 +60,13 @@ def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKaf
     with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka-secured"), secured=True,
                     acls=True) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    """A throw-away CA with a server certificate for 127.0.0.1 (`broker_keystore`: key and
+    chain in one PEM) and a client certificate, for the https tests."""
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
