@@ -1,4 +1,4 @@
-"""`community-pulse`: worker, replay, generate, demo, compact, grafana push.
+"""`community-pulse`: worker, replay, generate, demo, compact, grafana push, steering.
 
 Bad arguments and bad files end with one line on stderr and a non-zero exit.
 """
@@ -78,6 +78,28 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--out", type=Path, required=True)
     backfill.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
                           help="extra label on every series, e.g. job=community-pulse")
+
+    merges = sub.add_parser(
+        "suggest-merges", help="communities to merge: low and medium ones with the "
+        "communities that share most members (SPEC 5)")
+    merges.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
+    merges.add_argument("--as-of", required=True, help="RFC 3339 time")
+    merges.add_argument("--window", type=int, default=28, help="days (default 28)")
+    merges.add_argument("--min-overlap", type=float, default=0.10,
+                        help="least Jaccard index of the members (default 0.10)")
+    merges.add_argument("--top", type=int, default=3, help="suggestions per community")
+    merges.add_argument("--out", type=Path, help="also write them: .parquet, else CSV")
+
+    focus = sub.add_parser(
+        "focus", help="where to start: large, active communities of practice, and each "
+        "manager's open follow-ups (SPEC 5)")
+    focus.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
+    focus.add_argument("--as-of", required=True, help="RFC 3339 time")
+    focus.add_argument("--managers", type=Path, help="managers file (YAML, docs/steering.md)")
+    focus.add_argument("--window", type=int, default=28, help="days (default 28)")
+    focus.add_argument("--min-members", type=int, default=20)
+    focus.add_argument("--max-open", type=int, default=5,
+                       help="most open follow-ups of a manager ready for the next community")
 
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
@@ -200,6 +222,91 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     return 0
 
 
+def _steering_window(window: int) -> None:
+    if window < 1:
+        raise UsageError("--window must be a positive number of days")
+
+
+def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
+                    runtime: RuntimeConfig) -> int:
+    from streams.replay import core_from_files, parse_time
+    from streams.steering.merges import check_arguments, member_sets, suggest_merges
+
+    as_of = parse_time(args.as_of)
+    _steering_window(args.window)
+    check_arguments(args.min_overlap, args.top)
+    core, _ = core_from_files(args.files, metrics)
+    rows = suggest_merges(member_sets(core.communities.values(), as_of, args.window), as_of,
+                          args.window, metrics, args.min_overlap, args.top)
+    print(table_text(rows, ("community_id", "candidate_id", "jaccard", "shared_members",
+                            "merged_members", "merged_contributors", "merged_share",
+                            "merged_tier")) if rows else "no merge suggestions")
+    if args.out:
+        _write_rows(rows, args.out)
+    return 0
+
+
+def _focus(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from dataclasses import replace
+
+    from streams.replay import core_from_files, parse_time
+    from streams.steering.focus import focus_at, load_managers, managers_of
+
+    as_of = parse_time(args.as_of)
+    _steering_window(args.window)
+    if args.min_members < 0 or args.max_open < 0:
+        raise UsageError("--min-members and --max-open must not be negative")
+    managers = load_managers(args.managers) if args.managers else []
+    config = replace(metrics, windows_days=(args.window,))
+    core, _ = core_from_files(args.files, config, managers_of(managers))
+    candidates, followups = focus_at(core, managers, as_of, args.window, args.min_members,
+                                     args.max_open)
+    print(f"where to start ({args.window}-day window): tier high, at least "
+          f"{args.min_members} members, not stagnating")
+    print(table_text(candidates, ("rank", "community_id", "members", "contributors",
+                                  "contributor_share", "sustainability"))
+          if candidates else "  no candidates")
+    if managers:
+        print(f"\nmanagers' open follow-ups (ready for the next community at <= "
+              f"{args.max_open})")
+        print(table_text(followups, ("manager", "open_followups", "ready_for_next",
+                                     "next_community")))
+    return 0
+
+
+def table_text(rows: Sequence[object], columns: Sequence[str]) -> str:
+    """Rows as aligned text columns (floats with 3 decimals, None as -)."""
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    cells = [list(columns), *([cell(getattr(row, c)) for c in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths,
+                                                                         strict=True)).rstrip()
+                     for line in cells)
+
+
+def _write_rows(rows: Sequence[object], out: Path) -> None:
+    """Dataclass rows as Parquet (.parquet) or CSV; `*_ms` times as UTC timestamps."""
+    from dataclasses import asdict
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    records = [asdict(row) for row in rows]  # type: ignore[call-overload]
+    table = pa.Table.from_pylist(records)
+    for name in [n for n in table.column_names if n.endswith("_ms")]:
+        index = table.column_names.index(name)
+        table = table.set_column(index, name[:-3], table[name].cast(pa.timestamp("ms", "UTC")))
+    if out.suffix == ".parquet":
+        pq.write_table(table, out)
+    else:
+        pacsv.write_csv(table, out)
+
+
 def _grafana(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from sinks import grafana
 
@@ -214,6 +321,8 @@ _COMMANDS = {
     "compact": _compact,
     "backfill": _backfill,
     "grafana": _grafana,
+    "suggest-merges": _suggest_merges,
+    "focus": _focus,
 }
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
@@ -229,6 +229,23 @@ def in_time_order(events: EventColumns, place: Ints) -> EventColumns:
     if np.all(place[1:] > place[:-1]):  # (no line was decoded apart: file order already)
         return events.take(np.argsort(events.ts, kind="stable"))
     return events.take(np.lexsort((place, events.ts)))
+
+
+def core_from_files(files: Sequence[Path], config: MetricConfig,
+                    managers_of: Mapping[str, Sequence[str]] | None = None,
+                    now_ms: int | None = None) -> tuple[PulseCore, TopicStats]:
+    """One core holding every valid event of the files (validated and counted as
+    `replay` does), for commands that look at all communities at once."""
+    ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    events, place = read_events(files, ingestor, now_ms)
+    core = PulseCore(config, managers_of)
+    ordered = in_time_order(events, place)
+    stats = ingestor.stats[SOURCE]
+    for start in range(0, len(ordered), APPLY_CHUNK):
+        stats.duplicates += apply_columns(core, ordered.take(slice(start, start + APPLY_CHUNK)))
+    stats.processed = len(ordered) - stats.duplicates
+    return core, stats
 
 
 def replay(
