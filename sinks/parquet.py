@@ -5,6 +5,10 @@ under a hidden temporary name and renamed into place, so readers never see half 
 The name is derived from the content's key (as_of + communities + windows), so writing
 the same snapshot again replaces the file instead of adding rows. DATA_DIR may be a
 local folder or any URI pyarrow.fs understands (s3://, gs://, ...).
+
+The steering tables (SPEC 5: `goals`, `merge_suggestions`, `focus`, `manager_followups`)
+are kept the same way by `TableWriter`, each under DATA_DIR/<table>/date=YYYY-MM-DD/ with
+a view of the same name.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -70,18 +76,84 @@ def rows_to_table(rows: Sequence[SnapshotRow]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SNAPSHOT_SCHEMA)
 
 
-class SnapshotWriter:
-    """Writes snapshot rows; one file per (as_of, set of communities) written."""
+# The history tables besides `snapshots` (SPEC 5), each kept under DATA_DIR/<name>/ with
+# a view <name> in pulse.duckdb: name -> the columns that, with `as_of`, identify a row
+# (the view keeps one row per such key: the newest file's).
+STEERING_TABLES: dict[str, tuple[str, ...]] = {
+    "goals": ("goal_id",),
+    "merge_suggestions": ("community_id", "candidate_id", "window_days"),
+    "focus": ("community_id",),
+    "manager_followups": ("manager",),
+}
+_SNAPSHOT_KEY = ("community_id", "window_days")
+
+
+def records_table(rows: Sequence[Any], schema: pa.Schema) -> pa.Table:
+    """Rows (objects with an attribute per column; `<column>_ms` for a timestamp column
+    kept as epoch ms, like `as_of_ms`) as a table of `schema`."""
+    columns = {}
+    for column in schema.names:
+        attribute = column if not rows or hasattr(rows[0], column) else f"{column}_ms"
+        columns[column] = [getattr(row, attribute) for row in rows]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+class TableWriter:
+    """Writes rows of a history table, one file per (table, as_of, set of row keys).
+
+    A table's rows of one `as_of` go to DATA_DIR/<table>/date=YYYY-MM-DD/<as_of>-<digest>
+    .parquet (atomically: a hidden temporary name, then a rename); the digest covers the
+    rows' keys, so writing the same rows again replaces the file instead of adding rows.
+    The table's view in pulse.duckdb is (re)created after its first file.
+    """
 
     def __init__(self, data_dir: str | Path) -> None:
         self.fs, root = pafs.FileSystem.from_uri(_as_uri(data_dir))
         self.root = root.rstrip("/")
         self.data_dir = str(data_dir)
-        self._catalogue_ready = False
+        self._catalogued: set[str] = set()
+
+    def table_dir(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def write(self, name: str, table: pa.Table) -> list[str]:
+        """Write the rows (any as_of, an `as_of` timestamp column); return the paths."""
+        if not table.num_rows:
+            return []
+        as_of = pc.cast(table["as_of"], pa.int64()).to_numpy()
+        return [self.write_at(name, int(t), table.filter(pa.array(as_of == t)))
+                for t in sorted(set(as_of.tolist()))]
+
+    def write_at(self, name: str, as_of_ms: int, table: pa.Table) -> str:
+        """Write the rows of one as_of; return the file path."""
+        as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
+        digest = hashlib.blake2b(digest_size=8)
+        key = _SNAPSHOT_KEY if name == "snapshots" else STEERING_TABLES[name]
+        keys = zip(*(table[column].to_pylist() for column in key), strict=True)
+        for row_key in sorted(set(keys)):
+            digest.update(repr(row_key).encode())
+        folder = f"{self.table_dir(name)}/date={as_of:%Y-%m-%d}"
+        file_name = f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z-{digest.hexdigest()}.parquet"
+        self.fs.create_dir(folder, recursive=True)
+        final, temporary = f"{folder}/{file_name}", f"{folder}/.{file_name}.tmp"
+        with self.fs.open_output_stream(temporary) as sink:
+            pq.write_table(table, sink, compression="zstd")
+        self.fs.move(temporary, final)
+        if name not in self._catalogued and ensure_catalogue(self.data_dir):
+            self._catalogued.add(name)
+        return final
+
+
+class SnapshotWriter:
+    """Writes snapshot rows; one file per (as_of, set of communities) written."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.tables = TableWriter(data_dir)
+        self.fs, self.data_dir = self.tables.fs, self.tables.data_dir
 
     @property
     def snapshots_dir(self) -> str:
-        return f"{self.root}/snapshots"
+        return self.tables.table_dir("snapshots")
 
     def write(self, rows: Sequence[SnapshotRow]) -> list[str]:
         """Write rows grouped by the UTC date of their as_of; return the file paths."""
@@ -93,22 +165,7 @@ class SnapshotWriter:
 
     def write_table(self, as_of_ms: int, table: pa.Table) -> str:
         """Write the rows (SNAPSHOT_SCHEMA) of one as_of; return the file path."""
-        as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
-        digest = hashlib.blake2b(digest_size=8)
-        keys = zip(table["community_id"].to_pylist(), table["window_days"].to_pylist(),
-                   strict=True)
-        for key in sorted(set(keys)):
-            digest.update(repr(key).encode())
-        folder = f"{self.snapshots_dir}/date={as_of:%Y-%m-%d}"
-        name = f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z-{digest.hexdigest()}.parquet"
-        self.fs.create_dir(folder, recursive=True)
-        final, temporary = f"{folder}/{name}", f"{folder}/.{name}.tmp"
-        with self.fs.open_output_stream(temporary) as sink:
-            pq.write_table(table, sink, compression="zstd")
-        self.fs.move(temporary, final)
-        if not self._catalogue_ready:
-            self._catalogue_ready = ensure_catalogue(self.data_dir)
-        return final
+        return self.tables.write_at("snapshots", as_of_ms, table)
 
 
 def _as_uri(data_dir: str | Path) -> str:
@@ -123,7 +180,7 @@ def snapshots_glob(data_dir: str | Path) -> str:
 def catalogue_sql(data_dir: str | Path) -> list[str]:
     """The views of DATA_DIR/pulse.duckdb; also usable on any DuckDB connection."""
     source = snapshots_glob(data_dir).replace("'", "''")
-    return [
+    snapshot_views = [
         # Deduplicate defensively: the newest file wins for a (community, window, as_of).
         f"""CREATE OR REPLACE VIEW snapshots AS
         SELECT * EXCLUDE (filename) FROM read_parquet('{source}',
@@ -142,6 +199,32 @@ def catalogue_sql(data_dir: str | Path) -> list[str]:
             FROM snapshots)
         WHERE previous_tier IS DISTINCT FROM tier AND previous_tier IS NOT NULL""",
     ]
+    return [*(snapshot_views if _has_files(data_dir, "snapshots") else []),
+            *steering_views(data_dir)]
+
+
+def _has_files(data_dir: str | Path, table: str) -> bool:
+    """Whether a table has a file yet (a view over no files cannot be made). On object
+    storage, whether its prefix holds anything (folders exist only with objects)."""
+    if "://" in str(data_dir):
+        fs, root = pafs.FileSystem.from_uri(str(data_dir))
+        return fs.get_file_info(f"{root.rstrip('/')}/{table}").type != pafs.FileType.NotFound
+    return next(Path(data_dir).glob(f"{table}/*/*.parquet"), None) is not None
+
+
+def steering_views(data_dir: str | Path) -> list[str]:
+    """A view per steering table that has files."""
+    statements = []
+    for name, key in STEERING_TABLES.items():
+        if not _has_files(data_dir, name):
+            continue
+        source = f"{_as_uri(data_dir).rstrip('/')}/{name}/*/*.parquet".replace("'", "''")
+        statements.append(f"""CREATE OR REPLACE VIEW {name} AS
+        SELECT * EXCLUDE (filename) FROM read_parquet('{source}',
+            hive_partitioning = true, union_by_name = true, filename = true)
+        QUALIFY row_number() OVER (
+            PARTITION BY {", ".join(key)}, as_of ORDER BY filename DESC) = 1""")
+    return statements
 
 
 def ensure_catalogue(data_dir: str | Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,11 @@ class MetricConfig:
     weight_responsiveness: float = 1.0
     weight_participation: float = 1.0
     weight_reciprocity: float = 1.0
+    # Content experts per community (SPEC 5), read from `RuntimeConfig.experts_file` by
+    # `load`; None: no roster, so the expert columns stay empty. Not a setting of its own,
+    # and out of repr: the roster's user ids never leave the process.
+    experts: Mapping[str, frozenset[str]] | None = field(
+        default=None, repr=False, metadata={"setting": False})
 
     def __post_init__(self) -> None:
         if not self.windows_days or any(w <= 0 for w in self.windows_days):
@@ -88,6 +94,9 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # Steering files (SPEC 5, docs/steering.md); None: the feature is off.
+    goals_file: Path | None = None
+    experts_file: Path | None = None
 
 
 def tune_gc() -> None:
@@ -105,15 +114,15 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
                 pairs = (item.split("=", 1) for item in raw.split(",") if item)
                 return {k: float(v) for k, v in pairs}
             return {str(k): float(v) for k, v in raw.items()}
-        if isinstance(current, Path):
-            return Path(raw)
+        if isinstance(current, Path) or name.endswith("_file"):
+            return Path(raw) if raw != "" else None
         return type(current)(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for {name}: {raw!r}") from exc
 
 
 def _apply(obj: Any, values: dict[str, Any], origin: str) -> Any:
-    known = {f.name for f in fields(obj)}
+    known = {f.name for f in fields(obj) if f.metadata.get("setting", True)}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) in {origin}: {', '.join(sorted(unknown))}")
@@ -134,7 +143,12 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
         metrics = _apply(metrics, doc.get("metrics", {}), str(path))
         runtime = _apply(runtime, doc.get("runtime", {}), str(path))
-    return _with_env(metrics), _with_env(runtime)
+    metrics, runtime = _with_env(metrics), _with_env(runtime)
+    if runtime.experts_file is not None:
+        from streams.steering.files import read_experts  # (steering builds on this module)
+
+        metrics = replace(metrics, experts=read_experts(runtime.experts_file))
+    return metrics, runtime
 
 
 def _with_env(obj: T) -> T:
@@ -142,6 +156,6 @@ def _with_env(obj: T) -> T:
     env = {
         f.name: os.environ[f"PULSE_{f.name.upper()}"]
         for f in fields(obj)
-        if f"PULSE_{f.name.upper()}" in os.environ
+        if f"PULSE_{f.name.upper()}" in os.environ and f.metadata.get("setting", True)
     }
     return _apply(obj, env, "environment") if env else obj

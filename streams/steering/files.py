@@ -1,0 +1,82 @@
+"""The steering files (SPEC 5): YAML read and validated here, and only here.
+
+- goals file (`goals_file`): `goals: [{id, community, metric, window_days, baseline,
+  target, start, deadline, sustain_until, description}]`, see `streams.steering.goals`;
+- experts roster (`experts_file`): `experts: {<community_id>: [<user_id>, ...]}`.
+
+A bad file raises a `ConfigError` subclass with one line that names the goal (or
+community) and the field. Rosters hold user ids: they are loaded only by `read_experts`
+(`_roster_ids` is the one place a pseudonymisation of user ids must also apply to them),
+and no message, log line or output ever shows one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streams.config import ConfigError
+from streams.steering.goals import Goal, parse_goals
+
+MAX_ID_CHARS = 256  # as event user ids (schemas.events)
+
+
+class RosterError(ConfigError):
+    """An invalid roster file; the message names the community, never a user id."""
+
+
+def _load_yaml(path: Path | str, what: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{where}") from None
+
+
+def read_goals(path: Path | str, windows_days: Sequence[int] | None = None) -> list[Goal]:
+    """The goals of a goals file, validated (see `streams.steering.goals.parse_goals`)."""
+    return parse_goals(_load_yaml(path, "goals file"), str(path), windows_days)
+
+
+def read_experts(path: Path | str) -> dict[str, frozenset[str]]:
+    """Community id -> its content experts' user ids (as the events name users)."""
+    document = _load_yaml(path, "experts file")
+    if document is None:
+        return {}
+    if not isinstance(document, Mapping) or set(document) - {"experts"}:
+        raise RosterError(f"{path}: expected a mapping with one key, experts: "
+                          "{<community_id>: [<user_id>, ...]}")
+    experts = document.get("experts") or {}
+    if not isinstance(experts, Mapping):
+        raise RosterError(f"{path}: experts: expected a mapping of community id to user ids")
+    roster = {}
+    for community, users in experts.items():
+        if not isinstance(community, str) or not community:
+            raise RosterError(f"{path}: experts: community ids must be text")
+        if users is None:
+            users = []
+        if not isinstance(users, list):
+            raise RosterError(f"{path}: community {community!r}: expected a list of user ids")
+        for index, user in enumerate(users, start=1):
+            if not isinstance(user, str) or not 0 < len(user) <= MAX_ID_CHARS:
+                # (the entry itself is not shown: it may be a user id)
+                raise RosterError(f"{path}: community {community!r}: entry #{index}: expected "
+                                  f"a user id (text of 1-{MAX_ID_CHARS} characters)")
+        roster[community] = _roster_ids(users)
+    return roster
+
+
+def _roster_ids(user_ids: Iterable[str]) -> frozenset[str]:
+    """User ids of a roster as the core sees event user ids. The one place to apply a
+    pseudonymisation of user ids (events' and rosters' must match)."""
+    return frozenset(user_ids)
