@@ -84,10 +84,10 @@ def _parser() -> argparse.ArgumentParser:
         "communities that share most members (SPEC 5)")
     merges.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
     merges.add_argument("--as-of", required=True, help="RFC 3339 time")
-    merges.add_argument("--window", type=int, default=28, help="days (default 28)")
-    merges.add_argument("--min-overlap", type=float, default=0.10,
+    merges.add_argument("--window", type=int, help="days (default: steering_window_days, 28)")
+    merges.add_argument("--min-overlap", type=float,
                         help="least Jaccard index of the members (default 0.10)")
-    merges.add_argument("--top", type=int, default=3, help="suggestions per community")
+    merges.add_argument("--top", type=int, help="suggestions per community (default 3)")
     merges.add_argument("--out", type=Path, help="also write them: .parquet, else CSV")
 
     focus = sub.add_parser(
@@ -95,11 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "manager's open follow-ups (SPEC 5)")
     focus.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
     focus.add_argument("--as-of", required=True, help="RFC 3339 time")
-    focus.add_argument("--managers", type=Path, help="managers file (YAML, docs/steering.md)")
-    focus.add_argument("--window", type=int, default=28, help="days (default 28)")
-    focus.add_argument("--min-members", type=int, default=20)
-    focus.add_argument("--max-open", type=int, default=5,
-                       help="most open follow-ups of a manager ready for the next community")
+    focus.add_argument("--managers", type=Path,
+                       help="managers file (YAML, docs/steering.md; default: managers_file)")
+    focus.add_argument("--window", type=int, help="days (default: steering_window_days, 28)")
+    focus.add_argument("--min-members", type=int, help="of a candidate (default 20)")
+    focus.add_argument("--max-open", type=int, help="most open follow-ups of a manager ready "
+                       "for the next community (default 5)")
 
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
@@ -222,8 +223,15 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     return 0
 
 
-def _steering_window(window: int) -> None:
-    if window < 1:
+def _steering_defaults(args: argparse.Namespace, runtime: RuntimeConfig) -> None:
+    """Fill in the options left out from the settings (streams.config)."""
+    defaults = {"window": runtime.steering_window_days, "min_overlap": runtime.merge_min_overlap,
+                "top": runtime.merge_top, "min_members": runtime.focus_min_members,
+                "max_open": runtime.max_open_followups, "managers": runtime.managers_file}
+    for name, value in defaults.items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
+    if args.window < 1:
         raise UsageError("--window must be a positive number of days")
 
 
@@ -233,7 +241,7 @@ def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
     from streams.steering.merges import check_arguments, member_sets, suggest_merges
 
     as_of = parse_time(args.as_of)
-    _steering_window(args.window)
+    _steering_defaults(args, runtime)
     check_arguments(args.min_overlap, args.top)
     core, _ = core_from_files(args.files, metrics)
     rows = suggest_merges(member_sets(core.communities.values(), as_of, args.window), as_of,
@@ -250,13 +258,14 @@ def _focus(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConf
     from dataclasses import replace
 
     from streams.replay import core_from_files, parse_time
-    from streams.steering.focus import focus_at, load_managers, managers_of
+    from streams.steering.files import read_managers
+    from streams.steering.focus import focus_at, managers_of
 
     as_of = parse_time(args.as_of)
-    _steering_window(args.window)
+    _steering_defaults(args, runtime)
     if args.min_members < 0 or args.max_open < 0:
         raise UsageError("--min-members and --max-open must not be negative")
-    managers = load_managers(args.managers) if args.managers else []
+    managers = read_managers(args.managers) if args.managers else []
     config = replace(metrics, windows_days=(args.window,))
     core, _ = core_from_files(args.files, config, managers_of(managers))
     candidates, followups = focus_at(core, managers, as_of, args.window, args.min_members,

@@ -13,21 +13,19 @@ keep up with the follow-up there. So:
 - `manager_followups`: per manager, open follow-ups, `ready_for_next` (at most
   `max_open_followups`) and the best candidate they do not follow yet.
 
-Pure like the core. The managers file is read by `load_managers`, the one place where
-managers' user ids enter the process; outputs carry the manager's `name` only.
+Pure like the core. The managers file is read by `streams.steering.files.read_managers`
+(where all rosters of user ids enter the process); outputs carry the manager's `name`
+only.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from streams.config import DAY_MS
+from streams.config import DAY_MS, ConfigError
 from streams.core import MAX_MANAGERS, WHO_BITS, CommunityState, PulseCore
 
 DEFAULT_MIN_MEMBERS = 20
@@ -35,7 +33,7 @@ DEFAULT_MAX_OPEN_FOLLOWUPS = 5
 _WHO_MASK = (1 << WHO_BITS) - 1
 
 
-class ManagersFileError(ValueError):
+class ManagersFileError(ConfigError):
     """A managers file that cannot be used; the message is one line."""
 
 
@@ -48,10 +46,9 @@ class Manager:
     follows: tuple[str, ...]
 
 
-def parse_managers(doc: Any, source: str,
-                   pseudonymise: Callable[[str], str] | None = None) -> list[Manager]:
-    """`managers: [{name, user_id, follows: [community_id, ...]}]`, checked; user ids
-    pseudonymised like event user ids when the pipeline does that."""
+def parse_managers(doc: Any, source: str) -> list[Manager]:
+    """`managers: [{name, user_id, follows: [community_id, ...]}]`, checked (a message
+    names the manager and the field, never a user id)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("managers"), list):
         raise ManagersFileError(f"{source}: needs a list 'managers:'")
     managers: list[Manager] = []
@@ -77,7 +74,6 @@ def parse_managers(doc: Any, source: str,
                 f"{source}: {label}: 'follows' must be a list of community ids")
         if any(m.name == name for m in managers):
             raise ManagersFileError(f"{source}: {label}: 'name' appears twice")
-        user_id = pseudonymise(user_id) if pseudonymise else user_id
         if any(m.user_id == user_id for m in managers):
             raise ManagersFileError(f"{source}: {label}: 'user_id' appears twice")
         managers.append(Manager(name, user_id, tuple(dict.fromkeys(follows))))
@@ -86,21 +82,6 @@ def parse_managers(doc: Any, source: str,
         raise ManagersFileError(f"{source}: community {crowded[0]!r}: 'follows': more than "
                                 f"{MAX_MANAGERS} managers")
     return managers
-
-
-def load_managers(path: str | Path,
-                  pseudonymise: Callable[[str], str] | None = None) -> list[Manager]:
-    """The managers file (YAML), checked; see `parse_managers`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManagersFileError(f"cannot read managers file {path}: {exc.strerror}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ManagersFileError(f"managers file {path} is not valid YAML: {problem}") from None
-    return parse_managers(doc, f"managers file {path}", pseudonymise)
 
 
 def managers_of(managers: Iterable[Manager]) -> dict[str, list[str]]:
