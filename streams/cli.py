@@ -147,8 +147,12 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
-    from streams.replay import parse_duration, parse_time, replay
+    from streams.replay import Steering, parse_duration, parse_time, replay
+    from streams.steering.files import read_managers
+    from streams.steering.network import SteeringSettings
 
+    steering = Steering(SteeringSettings.of(runtime), read_managers(runtime.managers_file)
+                        if runtime.managers_file else [])
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
@@ -156,7 +160,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty(), jobs=args.jobs)
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs, steering=steering)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"

@@ -33,10 +33,13 @@ import pyarrow.parquet as pq
 from schemas.columnar import events_table, scan_json_lines, scan_parquet
 from schemas.events import EVENT_TYPES, Event, decode_lines
 from sinks.parquet import SnapshotWriter, rows_to_table
+from sinks.steering import SteeringSink
 from streams.bulk import EventColumns, apply_columns
-from streams.config import MetricConfig
+from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
+from streams.steering.focus import Manager, managers_of
+from streams.steering.network import SteeringSettings, community_inputs
 
 SOURCE = "replay"
 Ints = npt.NDArray[np.int64]
@@ -257,11 +260,13 @@ def replay(
     now_ms: int | None = None,
     show_progress: bool = False,
     jobs: int | None = None,
+    steering: Steering | None = None,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
     one consumer group would; this process writes each snapshot time's rows as one
-    file, so the output is the same for any number of jobs."""
+    file, so the output is the same for any number of jobs. With `steering`, the
+    steering tables too, at the steering times (see `Steering`)."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events, place = read_events(files, ingestor, now_ms)
@@ -274,12 +279,18 @@ def replay(
     writer = SnapshotWriter(data_dir)
     progress = Progress(len(events), show_progress)
     rows_written = 0
-    partitions = _Partitions(events, place, config, times, _jobs(jobs, events))
+    partitions = _Partitions(events, place, config, times, _jobs(jobs, events), steering)
+    sink = steering.sink(data_dir, config) if steering is not None else None
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
-        table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
-                                                  ("window_days", "ascending")])
+        table = pa.concat_tables([part[0] for part in tables]).sort_by(
+            [("community_id", "ascending"), ("window_days", "ascending")])
         writer.write_table(t, table)
         rows_written += table.num_rows
+        if sink is not None and len(tables[0]) > 1:  # a steering time
+            sketches = pa.concat_tables([part[1] for part in tables])
+            counts = pa.concat_tables([part[2] for part in tables])
+            sink.write_inputs(sketches, counts)
+            sink.write_network(t, table, sketches, counts)
         if stamps is not None:
             progress.update(int(np.searchsorted(stamps, t, side="right")))
     duplicates = partitions.duplicates
@@ -301,11 +312,31 @@ def _jobs(jobs: int | None, events: EventColumns) -> int:
     return max(1, min(jobs, len(events.communities)))
 
 
-def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, times: list[int]
-                   ) -> Generator[tuple[int, pa.Table], None, int]:
-    """Snapshot rows of these events' communities per time; returns the duplicates."""
+@dataclass(frozen=True)
+class Steering:
+    """Steering tables in a replay (SPEC 5): each partition writes what a worker would
+    about its communities (sketches, follow-up counts), and this process the
+    network-wide tables from them. At the last snapshot time and at every UTC midnight
+    among the snapshot times (the closing moments), not at every time: a sketch costs a
+    pass over every member."""
+
+    settings: SteeringSettings
+    managers: Sequence[Manager] = ()
+
+    def due(self, t: int, times: list[int]) -> bool:
+        return t == times[-1] or t % DAY_MS == 0
+
+    def sink(self, data_dir: Path | str, config: MetricConfig) -> SteeringSink:
+        return SteeringSink(data_dir, self.settings, self.managers, config)
+
+
+def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, times: list[int],
+                   steering: Steering | None = None
+                   ) -> Generator[tuple[int, list[pa.Table]], None, int]:
+    """Snapshot rows of these events' communities per time, and at steering times the
+    steering inputs (sketches, follow-up counts); returns the duplicates."""
     events = in_time_order(events, place)
-    core = PulseCore(config)
+    core = PulseCore(config, managers_of(steering.managers) if steering else None)
     done = duplicates = 0
     for t in times:
         upto = int(np.searchsorted(events.ts, t, side="right"))
@@ -313,7 +344,11 @@ def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, time
             chunk = events.take(slice(start, min(upto, start + APPLY_CHUNK)))
             duplicates += apply_columns(core, chunk)
         done = max(done, upto)
-        yield t, rows_to_table(core.snapshot(t))
+        tables = [rows_to_table(core.snapshot(t))]
+        if steering is not None and steering.due(t, times):
+            tables.extend(community_inputs(core.communities.values(), steering.managers, t,
+                                           steering.settings))
+        yield t, tables
         if t != times[-1]:  # (after the last one, nothing needs the memory back)
             core.expire(t - config.retention_ms)
     # Events after the last snapshot: not shown, but counted.
@@ -325,14 +360,16 @@ class _Partitions:
     iteration, `duplicates` holds the partitions' total."""
 
     def __init__(self, events: EventColumns, place: Ints, config: MetricConfig,
-                 times: list[int], jobs: int) -> None:
+                 times: list[int], jobs: int, steering: Steering | None = None) -> None:
         self.events, self.place = events, place
         self.config, self.times, self.jobs = config, times, jobs
+        self.steering = steering
         self.duplicates = 0
 
-    def __iter__(self) -> Iterator[list[pa.Table]]:
+    def __iter__(self) -> Iterator[list[list[pa.Table]]]:
         if self.jobs == 1:
-            run = _run_partition(self.events, self.place, self.config, self.times)
+            run = _run_partition(self.events, self.place, self.config, self.times,
+                                 self.steering)
             while True:
                 try:
                     yield [next(run)[1]]
@@ -350,8 +387,8 @@ class _Partitions:
                 pipes.append(receive)
                 children.append(child)
             for _ in self.times:
-                yield [pa.ipc.open_stream(_received(pipe, "table")).read_all()
-                       for pipe in pipes]
+                yield [[pa.ipc.open_stream(table).read_all()
+                        for table in _received(pipe, "tables")] for pipe in pipes]
             self.duplicates = sum(_received(pipe, "duplicates") for pipe in pipes)
             for child in children:
                 child.join()
@@ -362,27 +399,31 @@ class _Partitions:
 
 
 def _child(partitions: _Partitions, part: int, send: Connection) -> None:
-    """One partition in a forked process: its snapshot tables (Arrow IPC), then its
-    duplicate count, or the error that stopped it."""
+    """One partition in a forked process: its tables of each snapshot time (Arrow IPC),
+    then its duplicate count, or the error that stopped it."""
     try:
         events, place = partitions.events, partitions.place
         mine = np.flatnonzero(events.community % partitions.jobs == part)
         run = _run_partition(events.take(mine), place[mine], partitions.config,
-                             partitions.times)
+                             partitions.times, partitions.steering)
         while True:
             try:
-                _, table = next(run)
+                _, tables = next(run)
             except StopIteration as finished:
                 send.send(("duplicates", finished.value))
                 break
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as stream:
-                stream.write_table(table)
-            send.send(("table", sink.getvalue().to_pybytes()))
+            send.send(("tables", [_ipc(table) for table in tables]))
     except BaseException as exc:  # tell the parent, which would otherwise wait for ever
         send.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         send.close()
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
 
 def _received(pipe: Connection, expected: str) -> Any:

@@ -10,6 +10,9 @@ Topology (one agent, all event topics co-partitioned by community_id):
     refresh timer (0.5 s)  -> communities that changed -> /metrics gauges
     snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
                               (every third tick only, while catching up on a backlog)
+    steering timer (60 s)  -> sketches and follow-up counts of the owned communities
+                              -> Parquet; the owner of partition 0 also forms the
+                              network-wide steering tables (sinks.steering)
 
 State: the table holds each partition's recent accepted events as per-batch deltas
 (keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
@@ -29,15 +32,25 @@ from typing import Any
 
 import faust
 import msgspec
+import pyarrow as pa
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.parquet import SnapshotWriter
 from sinks.prometheus import WorkerMetrics
+from sinks.steering import STALE_AFTER_INTERVALS, SteeringSink
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
 from streams.pipeline import Ingestor
+from streams.steering.files import read_managers
+from streams.steering.focus import managers_of
+from streams.steering.network import (
+    FOLLOWUP_COUNTS_SCHEMA,
+    SKETCH_SCHEMA,
+    SteeringSettings,
+    community_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +176,11 @@ class PulseWorker:
         self.runtime = runtime
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
-        self.core = PulseCore(metric_config)
+        self.managers = read_managers(runtime.managers_file) if runtime.managers_file else []
+        self.core = PulseCore(metric_config, managers_of(self.managers))
+        self.steering = SteeringSink(runtime.data_dir, SteeringSettings.of(runtime),
+                                     self.managers, metric_config)
+        self.partitions: set[int] = set()  # of the event topics, assigned to this worker
         self.ingestor = Ingestor(self.core, self.topics)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
@@ -238,6 +255,7 @@ class PulseWorker:
         if self.deltas is None:
             return
         self.revoke(set(self.partition_of.values()) - partitions)
+        self.partitions = set(partitions)
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         for partition, events in self.deltas.load(partitions):
@@ -254,6 +272,7 @@ class PulseWorker:
         Their table data stays until recovery: a partition revoked and assigned back in
         the same rebalance is not re-read from the changelog.
         """
+        self.partitions -= partitions
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
@@ -358,6 +377,42 @@ class PulseWorker:
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()
             log.exception("writing %d snapshot rows failed", len(rows))
+
+
+    # ---- steering ---------------------------------------------------------------------
+
+    def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
+        """Sketches and follow-up counts of the owned communities at `as_of` into
+        `inputs`, yielding after every SLICE_S of work like `snapshot_steps`."""
+        parts: list[tuple[pa.Table, pa.Table]] = []
+        slice_start = time.perf_counter()
+        for community_id in sorted(self.core.communities):
+            state = self.core.communities.get(community_id)  # may be revoked meanwhile
+            if state is not None:
+                parts.append(community_inputs([state], self.managers, as_of,
+                                              self.steering.settings))
+            if time.perf_counter() - slice_start > SLICE_S:
+                yield
+                slice_start = time.perf_counter()
+        inputs[:] = [pa.concat_tables([p[i] for p in parts] or [schema.empty_table()])
+                     for i, schema in enumerate((SKETCH_SCHEMA, FOLLOWUP_COUNTS_SCHEMA))]
+
+    def publish_steering(self, as_of: int, inputs: Sequence[pa.Table]) -> None:
+        """Write this worker's steering inputs; the owner of partition 0 then forms the
+        network-wide tables from every worker's newest (run off the event loop)."""
+        try:
+            with self.metrics.sink_seconds.labels("steering").time():
+                self.steering.write_inputs(*inputs)
+                if 0 not in self.partitions:
+                    self.metrics.show_steering(None)
+                    return
+                interval_s = max(self.runtime.steering_interval_s,
+                                 self.runtime.snapshot_interval_s)
+                since = as_of - int(STALE_AFTER_INTERVALS * interval_s * 1000)
+                self.metrics.show_steering(self.steering.network_from_data_dir(as_of, since))
+        except Exception:  # a sink outage must not stop the stream; it is counted
+            self.metrics.sink_errors.labels("steering").inc()
+            log.exception("writing the steering tables failed")
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -493,6 +548,14 @@ def build_app(worker: PulseWorker) -> faust.App:
     async def refresh() -> None:
         for _ in worker.refresh_steps():
             await asyncio.sleep(AGENT_TURN_S)  # let the agent consume between slices
+
+    @app.timer(interval=rt.steering_interval_s)
+    async def steering() -> None:
+        as_of, inputs = int(worker.clock() * 1000), list[pa.Table]()
+        for _ in worker.steering_steps(as_of, inputs):
+            await asyncio.sleep(AGENT_TURN_S)
+        await asyncio.get_running_loop().run_in_executor(
+            None, worker.publish_steering, as_of, inputs)
 
     @app.timer(interval=rt.snapshot_interval_s)
     async def snapshot() -> None:
