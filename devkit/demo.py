@@ -60,6 +60,7 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
         lines.append(f"  {'':<16}       -> {TIER_ACTIONS[level]}")
     stuck = sorted(c for c, v in stagnating.items() if v)
     lines.append(f"stagnating: {len(stuck)}  {', '.join(stuck[:6])}")
+    lines.extend(steering_lines(samples))
 
     def total(name: str) -> float:
         return sum(value for _, value in samples.get(name, []))
@@ -73,6 +74,20 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
                  f"dead-lettered {total('community_pulse_events_dead_lettered_total'):,.0f}")
     lines.append(f"live rate {rate:,.0f} events/s   event-time lag {lag:.1f}s")
     return "\n".join(lines)
+
+
+def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
+    """Where to start and what to merge (docs/steering.md), from the worker's gauges."""
+    ranks = sorted((value, labels["community"]) for labels, value in
+                   samples.get("community_pulse_focus_rank", []))
+    merges = sorted(((-value, labels["community"], labels["candidate"]) for labels, value in
+                     samples.get("community_pulse_merge_suggestion_jaccard", [])))
+    if not ranks and not merges:
+        return ["where to start / merge suggestions: waiting for the first steering pass"]
+    start = ", ".join(f"{int(rank)}. {c}" for rank, c in ranks[:5]) or "none"
+    merge = ", ".join(f"{a} + {b} ({-j:.0%} shared)" for j, a, b in merges[:3]) or "none"
+    return [f"where to start (communities of practice, best first): {start}",
+            f"merge suggestions (low/medium communities, member overlap): {merge}"]
 
 
 def run_demo(
@@ -91,6 +106,8 @@ def run_demo(
             [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap,
              "--data-dir", str(data_dir), "--metrics-port", str(metrics_port),
              "--snapshot-interval", "5"],
+            # A steering pass (focus, merges) every 15 s unless set otherwise.
+            env={"PULSE_STEERING_INTERVAL_S": "15", **os.environ},
             stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=die_with_parent,  # no orphaned worker if the demo is killed hard
         )

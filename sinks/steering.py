@@ -5,8 +5,9 @@
   (`write_inputs`).
 - The worker that owns partition 0 of the event topics (Kafka's group assignment picks
   it: after a rebalance, the new owner takes over, and no two workers own it at once)
-  then reads the newest row per community of `snapshots`, `member_sketches` and
-  `followup_counts` written within `STALE_AFTER_INTERVALS` steering intervals, from
+  then reads the newest row per community of `member_sketches` and `followup_counts`
+  written within `STALE_AFTER_INTERVALS` steering intervals, and of `snapshots` within
+  as many snapshot intervals (times BEHIND_SNAPSHOT_EVERY: fewer while catching up), from
   DATA_DIR (the folder or object store all workers write to), and writes
   `merge_suggestions`, `focus` and `manager_followups` at its own `as_of`
   (`network_from_data_dir`). Only files whose name (their `as_of`) lies in that span
@@ -31,7 +32,7 @@ from streams.config import MetricConfig
 from streams.steering.focus import Manager
 from streams.steering.network import SCHEMAS, SteeringSettings, network_tables
 
-STALE_AFTER_INTERVALS = 3
+STALE_AFTER_INTERVALS = 3  # of the steering inputs' interval, and of the snapshots'
 _KEYS = {"snapshots": ("community_id", "window_days"), **STEERING_TABLES}
 
 
@@ -61,12 +62,16 @@ class SteeringSink:
             self.writer.write(name, table)
         return tables
 
-    def network_from_data_dir(self, as_of_ms: int, since_ms: int) -> dict[str, pa.Table]:
-        """The network tables at `as_of` from every worker's newest rows in
-        (since, as_of], written; returned with the sketches they came from."""
-        newest = {name: self.read_newest(name, since_ms, as_of_ms, schema) for name, schema in
-                  (("snapshots", SNAPSHOT_SCHEMA), ("member_sketches", SCHEMAS["member_sketches"]),
-                   ("followup_counts", SCHEMAS["followup_counts"]))}
+    def network_from_data_dir(self, as_of_ms: int, inputs_since_ms: int,
+                              snapshots_since_ms: int) -> dict[str, pa.Table]:
+        """The network tables at `as_of` from every worker's newest sketches and counts
+        in (inputs_since, as_of] and snapshots in (snapshots_since, as_of], written;
+        returned with the sketches they came from."""
+        newest = {name: self.read_newest(name, since, as_of_ms, schema)
+                  for name, since, schema in (
+                      ("snapshots", snapshots_since_ms, SNAPSHOT_SCHEMA),
+                      ("member_sketches", inputs_since_ms, SCHEMAS["member_sketches"]),
+                      ("followup_counts", inputs_since_ms, SCHEMAS["followup_counts"]))}
         tables = self.write_network(as_of_ms, newest["snapshots"], newest["member_sketches"],
                                     newest["followup_counts"])
         return {**tables, "member_sketches": newest["member_sketches"]}

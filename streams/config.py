@@ -106,7 +106,7 @@ class RuntimeConfig:
     merge_top: int = 3
     focus_min_members: int = 20
     max_open_followups: int = 5
-    steering_interval_s: float = 60.0
+    steering_interval_s: float = 900.0
     sketch_size: int = 1024
     sketch_key: str = field(default="community-pulse", repr=False)
 

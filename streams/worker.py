@@ -10,7 +10,7 @@ Topology (one agent, all event topics co-partitioned by community_id):
     refresh timer (0.5 s)  -> communities that changed -> /metrics gauges
     snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
                               (every third tick only, while catching up on a backlog)
-    steering timer (60 s)  -> sketches and follow-up counts of the owned communities
+    steering timer (15 m)  -> sketches and follow-up counts of the owned communities
                               -> Parquet; the owner of partition 0 also forms the
                               network-wide steering tables (sinks.steering)
 
@@ -406,10 +406,12 @@ class PulseWorker:
                 if 0 not in self.partitions:
                     self.metrics.show_steering(None)
                     return
-                interval_s = max(self.runtime.steering_interval_s,
-                                 self.runtime.snapshot_interval_s)
-                since = as_of - int(STALE_AFTER_INTERVALS * interval_s * 1000)
-                self.metrics.show_steering(self.steering.network_from_data_dir(as_of, since))
+                rt, span = self.runtime, STALE_AFTER_INTERVALS * 1000
+                inputs_since = as_of - int(span * rt.steering_interval_s)
+                snapshots_since = as_of - int(
+                    span * rt.snapshot_interval_s * BEHIND_SNAPSHOT_EVERY)
+                self.metrics.show_steering(self.steering.network_from_data_dir(
+                    as_of, inputs_since, snapshots_since))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("steering").inc()
             log.exception("writing the steering tables failed")

@@ -42,6 +42,8 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_event_time_lag_seconds", "community_pulse_sink_errors_total",
     "community_pulse_owned_communities", "community_pulse_last_snapshot_timestamp_seconds",
     "community_pulse_consumer_lag_seconds",
+    "community_pulse_merge_suggestion_jaccard",
+    "community_pulse_merge_suggestion_merged_share_ratio", "community_pulse_focus_rank",
 })
 EXPORTED_HISTOGRAMS = frozenset({
     "community_pulse_snapshot_duration_seconds", "community_pulse_sink_duration_seconds"})

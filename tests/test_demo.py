@@ -26,6 +26,7 @@ def test_demo_runs_end_to_end_with_its_default_relative_data_dir(tmp_path: Path)
     final = run.stdout.rsplit("community-pulse demo", 1)[-1]
     exported = re.search(r"communities exported: (\d+)", final)
     assert exported and int(exported.group(1)) > 0, final
+    assert re.search(r"where to start \(communities of practice, best first\): 1\. ", final)
     counts = re.search(r"events consumed ([\d,]+)\s+processed ([\d,]+)\s+duplicates ([\d,]+)"
                        r"\s+dead-lettered ([\d,]+)", final)
     assert counts, final

@@ -99,7 +99,8 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         producer.send(prefix + topic, key=key, value=value)
     producer.flush()
     worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id,
-                           snapshot_interval=1.0, port=worker_port)
+                           snapshot_interval=1.0, port=worker_port,
+                           extra_env={"PULSE_STEERING_INTERVAL_S": "2"})
 
     rules = []
     for path in RULE_FILES:
@@ -132,6 +133,8 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                  60, "the dead-letter rate")
         wait_for(lambda: query(url, "community:community_pulse_sustainability_score:change_7d"),
                  60, "recording rules over the backfilled week")
+        wait_for(lambda: query(url, "community_pulse_merge_suggestion_jaccard")
+                 and query(url, "community_pulse_focus_rank"), 60, "the steering view")
         yield Stack(url, worker, events)
     finally:
         producer.close()
