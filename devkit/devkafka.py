@@ -8,6 +8,9 @@ Library use::
     with LocalKafka() as kafka:          # free ports, fresh temp dir
         print(kafka.bootstrap)           # "127.0.0.1:PORT"
 
+    with LocalKafka(secured=True) as kafka:   # plus SASL_SSL and mutual-TLS listeners
+        kafka.secured.sasl_ssl_bootstrap      # PLAIN and SCRAM-SHA-512 users, see Secured
+
 Command line::
 
     python -m devkit.devkafka fetch                       # resolve and cache the jars
@@ -35,8 +38,13 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.kafka_auth import KafkaSecurity
 
 KAFKA_VERSION = "4.1.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +53,45 @@ MARKER = ".complete"
 # Quick JVM start for short-lived brokers (tests, demo): C1 only, serial GC. Pass
 # jvm_opts=() (or G1 options) to LocalKafka for long throughput runs.
 FAST_START_JVM_OPTS: tuple[str, ...] = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+
+
+# Users of the secured listeners (test credentials, not secrets).
+PLAIN_USER, PLAIN_PASSWORD = "pulse-plain", "plain-password-for-tests"
+SCRAM_USER, SCRAM_PASSWORD = "pulse-scram", "scram-password-for-tests"
+
+
+@dataclass(frozen=True)
+class Secured:
+    """How to reach a secured LocalKafka: a SASL_SSL listener (mechanisms PLAIN and
+    SCRAM-SHA-512; the SCRAM user is created by Kafka's own storage tool) and an SSL
+    listener that requires a client certificate (mutual TLS), both with certificates of
+    a throw-away CA (devkit/devcerts.py)."""
+
+    sasl_ssl_bootstrap: str
+    ssl_bootstrap: str
+    cafile: Path
+    client_certfile: Path
+    client_keyfile: Path
+    plain_user: str = PLAIN_USER
+    plain_password: str = PLAIN_PASSWORD
+    scram_user: str = SCRAM_USER
+    scram_password: str = SCRAM_PASSWORD
+
+    def settings_env(self, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """PULSE_* variables for a client of the SASL_SSL listener (password included)."""
+        user, password = ((self.scram_user, self.scram_password) if mechanism.startswith("SCRAM")
+                          else (self.plain_user, self.plain_password))
+        return {"PULSE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "PULSE_KAFKA_SASL_MECHANISM": mechanism, "PULSE_KAFKA_SASL_USERNAME": user,
+                "PULSE_KAFKA_SASL_PASSWORD": password, "PULSE_KAFKA_SSL_CAFILE": str(self.cafile)}
+
+    def security(self, mechanism: str = "SCRAM-SHA-512") -> KafkaSecurity:
+        """The product's client settings for the SASL_SSL listener."""
+        from streams.kafka_auth import KafkaSecurity
+
+        env = self.settings_env(mechanism)
+        return KafkaSecurity("SASL_SSL", mechanism, env["PULSE_KAFKA_SASL_USERNAME"],
+                             env["PULSE_KAFKA_SASL_PASSWORD"], cafile=str(self.cafile))
 
 
 class DevKafkaError(RuntimeError):
@@ -198,6 +245,7 @@ class LocalKafka:
         num_partitions: int = 4,
         extra_config: dict[str, str] | None = None,
         jvm_opts: Sequence[str] = FAST_START_JVM_OPTS,
+        secured: bool = False,
     ) -> None:
         self._want_port = port
         self._want_cport = controller_port
@@ -209,6 +257,9 @@ class LocalKafka:
         self.num_partitions = num_partitions
         self.extra_config = dict(extra_config or {})
         self.jvm_opts = list(jvm_opts)
+        self.want_secured = secured
+        self.secured: Secured | None = None  # set by start() when secured
+        self._broker_keystore = Path()
         self.port = 0
         self.controller_port = 0
         self.dir: Path | None = None
@@ -250,13 +301,19 @@ class LocalKafka:
             raise DevKafkaError("broker and controller ports must differ")
         self._make_dir()
         assert self.dir is not None
+        scram: list[str] = []
+        if self.want_secured:
+            self.secured = self._make_secured()
+            scram = ["--add-scram",
+                     f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"]
         props = self._write_config()
         log4j = self._write_log4j()
         base = [java, f"-Xmx{self.heap}", "-Xms128m", *self.jvm_opts,
                 "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
                 f"-Dkafka.logs.dir={self.dir / 'logs'}", "-cp", str(libs / "*")]
         fmt = subprocess.run(
-            [*base, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
+            [*base, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
+             *scram],
             capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )
         if fmt.returncode != 0:
@@ -355,8 +412,45 @@ class LocalKafka:
             self.dir = Path(tempfile.mkdtemp(prefix=f"kafka-{self.port}-", dir=self._run_dir))
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
 
+    def _make_secured(self) -> Secured:
+        from devkit.devcerts import CertError, make_certs
+
+        assert self.dir is not None
+        try:
+            certs = make_certs(self.dir / "tls")
+        except CertError as exc:
+            raise DevKafkaError(str(exc)) from None
+        self._broker_keystore = certs.broker_keystore
+        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", certs.cafile,
+                       certs.client_certfile, certs.client_keyfile)
+
+    def _secured_config(self) -> dict[str, str]:
+        """Listeners SASL_SSL (PLAIN, SCRAM-SHA-512) and SSL (client certificate required)."""
+        if self.secured is None:
+            return {}
+        s = self.secured
+        plain_login = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        return {
+            "listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
+            "advertised.listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": f"{scram_login} required;",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self._broker_keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(s.cafile),
+            "listener.name.ssl.ssl.client.auth": "required",
+            "listener.name.sasl_ssl.ssl.client.auth": "none",
+        }
+
     def _write_config(self) -> Path:
         assert self.dir is not None
+        secured = self._secured_config()
+        joined = ("listeners", "advertised.listeners", "listener.security.protocol.map")
         cfg = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -383,8 +477,12 @@ class LocalKafka:
             "log.segment.bytes": str(64 * 1024 * 1024),
             "log.retention.hours": "168",
             "log.flush.interval.messages": "9223372036854775807",
+            **{k: v for k, v in secured.items() if k not in joined},
             **self.extra_config,
         }
+        for key in joined:  # the secured listeners come on top of the plain ones
+            if key in secured:
+                cfg[key] += "," + secured[key]
         path = self.dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
         return path

@@ -17,6 +17,7 @@ from typing import Any
 from schemas.producer import EnvelopeProducer
 from schemas.producer import envelopes as to_messages
 from streams.config import DAY_MS, HOUR_MS
+from streams.kafka_auth import KafkaSecurity
 
 __all__ = ["PROFILES", "Community", "history", "live_events", "messy_order", "plan",
            "produce", "to_messages"]
@@ -204,8 +205,9 @@ def live_events(
     return out
 
 
-def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]],
+            security: KafkaSecurity | None = None) -> None:
     """Send ready-made messages to Kafka, keyed by community, and wait for acks."""
-    with EnvelopeProducer(bootstrap) as producer:
+    with EnvelopeProducer(bootstrap, security=security or KafkaSecurity()) as producer:
         for topic, key, value in messages:
             producer.send_raw(topic, key, value)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from schemas.events import DEFAULT_TOPICS, MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from streams.kafka_auth import KafkaSecurity
 
 TOPIC_OF = {kind: topic for topic, kinds in DEFAULT_TOPICS.items() for kind in kinds}
 _encode = msgspec.json.encode
@@ -59,14 +62,23 @@ class EnvelopeProducer:
     """Buffers events per (topic, community) and sends them as batch envelopes."""
 
     def __init__(self, bootstrap: str, batch_size: int = 100, topic_prefix: str = "",
-                 **producer_config: Any) -> None:
+                 security: KafkaSecurity | None = None, **producer_config: Any) -> None:
+        """`security` (TLS, SASL; `KafkaSecurity.from_settings()` reads the product's
+        settings) is checked with one login first: a refused one raises KafkaAccessError
+        at once instead of the producer retrying until it times out."""
         from kafka import KafkaProducer
+
+        from streams.kafka_auth import check_access
 
         self.batch_size = batch_size
         self.topic_prefix = topic_prefix
         self._buffer: list[Mapping[str, Any]] = []
+        bootstrap = bootstrap.removeprefix("kafka://")
+        if security is not None:
+            check_access(bootstrap, security)
+            producer_config = {**security.client_kwargs(), **producer_config}
         self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap.removeprefix("kafka://"),
+            bootstrap_servers=bootstrap,
             **{"linger_ms": 20, "batch_size": 512 * 1024,
                "max_request_size": 2 * MAX_MESSAGE_BYTES, **producer_config},
         )

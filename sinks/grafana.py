@@ -188,6 +188,9 @@ def _describe(e: BaseException, url: str) -> str:
         return (f"Grafana at {where} refused access (HTTP 403): the token needs the Editor or "
                 "Admin role (dashboards, folders and alert rules)")
     text = str(e)
+    if re.search(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", text):
+        return (f"the https certificate of Grafana at {where} is not trusted: pass the CA "
+                "that signed it with --ca-file (or GRAFANA_CA_FILE)")
     if isinstance(e, GrafanaException) and e.status_code:
         return f"Grafana at {where} answered HTTP {e.status_code}: {' '.join(text.split())[:200]}"
     if re.search(r"resolve|Name or service not known|getaddrinfo|nodename", text, re.I):
@@ -209,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the repository's grafana/ folder (default: %(default)s)")
     p.add_argument("--datasource-uid", default=DEFAULT_DATASOURCE_UID,
                    help="uid of the Prometheus datasource in Grafana, used by the alert rules")
+    p.add_argument("--ca-file", type=Path, default=os.environ.get("GRAFANA_CA_FILE") or None,
+                   help="CA certificate(s) (PEM) that sign Grafana's https certificate "
+                        "(default: $GRAFANA_CA_FILE, else the system's CAs)")
     p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
     return p
 
@@ -233,6 +239,8 @@ def push(argv: list[str]) -> int:
             token = os.environ.get("GRAFANA_TOKEN", "").strip()
         if not token and not urlsplit(args.url).password:
             raise PushError("no Grafana token: set GRAFANA_TOKEN or pass --token-file")
+        if args.ca_file and not Path(args.ca_file).is_file():
+            raise PushError(f"cannot read CA file {args.ca_file}")
         dashboards = load_dashboards(args.dir)
         group, interval_s, rules = load_rules(args.dir, args.datasource_uid)
     except PushError as e:
@@ -240,6 +248,8 @@ def push(argv: list[str]) -> int:
         return 2
 
     api = GrafanaApi.from_url(args.url, credential=token or None, timeout=args.timeout)
+    if args.ca_file:
+        api.client.verify = str(args.ca_file)  # requests-style: a CA bundle path
     pusher = Pusher(api, print)
     try:
         pusher.folder()
@@ -262,7 +272,7 @@ def main(argv: list[str]) -> int:
     """Entry point of `community-pulse grafana ...`; argv excludes the word `grafana`."""
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: community-pulse grafana push [--url URL] [--token-file FILE] [--dir DIR]"
-              " [--datasource-uid UID]")
+              " [--datasource-uid UID] [--ca-file PEM]")
         return 0 if argv else 2
     if argv[0] != "push":
         print(f"error: unknown grafana command {argv[0]!r} (expected: push)", file=sys.stderr)

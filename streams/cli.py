@@ -147,12 +147,14 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from streams.privacy import Pseudonymiser
     from streams.replay import Steering, parse_duration, parse_time, replay
     from streams.steering.files import read_managers
     from streams.steering.network import SteeringSettings
 
-    steering = Steering(SteeringSettings.of(runtime), read_managers(runtime.managers_file)
-                        if runtime.managers_file else [])
+    pseudonymise = Pseudonymiser.from_runtime(runtime)
+    steering = Steering(SteeringSettings.of(runtime), read_managers(
+        runtime.managers_file, pseudonymise) if runtime.managers_file else [])
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
@@ -160,7 +162,8 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty(), jobs=args.jobs, steering=steering)
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs,
+                    pseudonymise=pseudonymise, steering=steering)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
@@ -173,6 +176,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from devkit import generate as gen
+    from streams.kafka_auth import KafkaSecurity
     from streams.replay import parse_time
 
     if args.communities < 1 or args.users < 1 or args.days < 1 or args.batch_size < 1:
@@ -192,7 +196,7 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
             for _, _, value in messages:
                 out.write(value + b"\n")
     else:
-        gen.produce(args.bootstrap, messages)
+        gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
     print(f"generated {len(events):,} events in {len(messages):,} messages for "
           f"{len(communities)} communities -> {args.out or args.bootstrap}")
     return 0
@@ -261,6 +265,7 @@ def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
 def _focus(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from dataclasses import replace
 
+    from streams.privacy import Pseudonymiser
     from streams.replay import core_from_files, parse_time
     from streams.steering.files import read_managers
     from streams.steering.focus import focus_at, managers_of
@@ -269,9 +274,11 @@ def _focus(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConf
     _steering_defaults(args, runtime)
     if args.min_members < 0 or args.max_open < 0:
         raise UsageError("--min-members and --max-open must not be negative")
-    managers = read_managers(args.managers) if args.managers else []
+    pseudonymise = Pseudonymiser.from_runtime(runtime)  # (events and managers alike)
+    managers = read_managers(args.managers, pseudonymise) if args.managers else []
     config = replace(metrics, windows_days=(args.window,))
-    core, _ = core_from_files(args.files, config, managers_of(managers))
+    core, _ = core_from_files(args.files, config, managers_of(managers),
+                              pseudonymise=pseudonymise)
     candidates, followups = focus_at(core, managers, as_of, args.window, args.min_members,
                                      args.max_open)
     print(f"where to start ({args.window}-day window): tier high, at least "

@@ -94,6 +94,29 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # Security and privacy (docs/security.md). Secrets are never settings: they come from
+    # the *_file named here or from PULSE_KAFKA_SASL_PASSWORD / PULSE_KAFKA_SSL_KEY_PASSWORD /
+    # PULSE_PSEUDONYM_KEY (streams/kafka_auth.py, streams/privacy.py).
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in the container images
+    metrics_tls_certfile: str = ""
+    metrics_tls_keyfile: str = ""
+    metrics_basic_auth_user: str = ""  # password: metrics_basic_auth_password_file or env
+    metrics_basic_auth_password_file: Path | None = None
+    kafka_security_protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # or SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: str = ""  # empty: the system's CAs
+    kafka_ssl_certfile: str = ""  # client certificate and key: mutual TLS
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_key_password_file: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    topic_replication_factor: int = 1  # 3 on a real cluster
+    topic_min_insync_replicas: int = 1  # 2 on a real cluster
+    pseudonymise_user_ids: bool = False
+    pseudonym_key_file: Path | None = None
+    # Leave communities under min_members_exported out of Parquet too (not only /metrics).
+    parquet_omit_small_communities: bool = False
     # Steering files (SPEC 5, docs/steering.md); None: the feature is off.
     goals_file: Path | None = None
     experts_file: Path | None = None
@@ -116,6 +139,10 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
+
+
 def _coerce(current: Any, raw: Any, name: str) -> Any:
     try:
         if isinstance(current, tuple):
@@ -126,6 +153,13 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
                 pairs = (item.split("=", 1) for item in raw.split(",") if item)
                 return {k: float(v) for k, v in pairs}
             return {str(k): float(v) for k, v in raw.items()}
+        if isinstance(current, bool):  # bool("false") would be True
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in _BOOLEANS:
+                raise ValueError(raw)
+            return _BOOLEANS[text]
         if isinstance(current, Path) or name.endswith("_file"):
             return Path(raw) if raw != "" else None
         return type(current)(raw)
@@ -157,9 +191,11 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
         runtime = _apply(runtime, doc.get("runtime", {}), str(path))
     metrics, runtime = _with_env(metrics), _with_env(runtime)
     if runtime.experts_file is not None:
-        from streams.steering.files import read_experts  # (steering builds on this module)
+        from streams.privacy import Pseudonymiser  # (both build on this module)
+        from streams.steering.files import read_experts
 
-        metrics = replace(metrics, experts=read_experts(runtime.experts_file))
+        metrics = replace(metrics, experts=read_experts(
+            runtime.experts_file, Pseudonymiser.from_runtime(runtime)))
     return metrics, runtime
 
 
@@ -171,3 +207,16 @@ def _with_env(obj: T) -> T:
         if f"PULSE_{f.name.upper()}" in os.environ and f.metadata.get("setting", True)
     }
     return _apply(obj, env, "environment") if env else obj
+
+
+def read_secret(file_setting: str, path: Path | None, env_name: str) -> str:
+    """A secret from the file a setting names, else from an environment variable; "" when
+    neither is set. Errors name the setting and the file, never the content."""
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file_setting} {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file_setting} {path} is not UTF-8 text") from exc
+    return os.environ.get(env_name, "").strip()

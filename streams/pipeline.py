@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from schemas.events import Event, Rejection, decode_lines, decode_message, newest_ts
 from streams.core import PulseCore
+from streams.privacy import Pseudonymiser
 
 
 @dataclass
@@ -33,10 +34,12 @@ class Ingested(NamedTuple):  # a tuple: built once per Kafka message, so kept ch
 class Ingestor:
     """Validates raw messages of known topics and applies them to the core."""
 
-    def __init__(self, core: PulseCore, topics: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, core: PulseCore, topics: Mapping[str, frozenset[str]],
+                 pseudonymise: Pseudonymiser | None = None) -> None:
         self.core = core
         self.topics = dict(topics)
         self.stats = {topic: TopicStats() for topic in topics}
+        self.pseudonymise = pseudonymise  # applied to every decoded event's user id
 
     def ingest(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode, count and apply one message."""
@@ -60,6 +63,8 @@ class Ingestor:
         stats.consumed += len(events) + len(rejections)
         for rejection in rejections:
             stats.dead_lettered[rejection.reason] += 1
+        if self.pseudonymise is not None:
+            self.pseudonymise.events(events)
         return Ingested(events, rejections)
 
     def apply(self, topic: str, events: list[Event]) -> None:

@@ -11,6 +11,7 @@ bounded on long histories.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import re
@@ -38,6 +39,7 @@ from streams.bulk import EventColumns, apply_columns
 from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
+from streams.privacy import Pseudonymiser
 from streams.steering.focus import Manager, managers_of
 from streams.steering.network import SteeringSettings, community_inputs
 
@@ -236,12 +238,15 @@ def in_time_order(events: EventColumns, place: Ints) -> EventColumns:
 
 def core_from_files(files: Sequence[Path], config: MetricConfig,
                     managers_of: Mapping[str, Sequence[str]] | None = None,
-                    now_ms: int | None = None) -> tuple[PulseCore, TopicStats]:
-    """One core holding every valid event of the files (validated and counted as
-    `replay` does), for commands that look at all communities at once."""
+                    now_ms: int | None = None, pseudonymise: Pseudonymiser | None = None
+                    ) -> tuple[PulseCore, TopicStats]:
+    """One core holding every valid event of the files (validated, counted and
+    pseudonymised as `replay` does), for commands that look at all communities at once."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events, place = read_events(files, ingestor, now_ms)
+    if pseudonymise is not None:
+        events = dataclasses.replace(events, users=pseudonymise.many(events.users))
     core = PulseCore(config, managers_of)
     ordered = in_time_order(events, place)
     stats = ingestor.stats[SOURCE]
@@ -260,6 +265,7 @@ def replay(
     now_ms: int | None = None,
     show_progress: bool = False,
     jobs: int | None = None,
+    pseudonymise: Pseudonymiser | None = None,
     steering: Steering | None = None,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
@@ -270,6 +276,8 @@ def replay(
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events, place = read_events(files, ingestor, now_ms)
+    if pseudonymise is not None:  # each distinct user id once, not each event
+        events = dataclasses.replace(events, users=pseudonymise.many(events.users))
     stats = ingestor.stats[SOURCE]
     if not len(events):
         return ReplayResult(stats, [], 0, [str(f) for f in files])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,7 +43,9 @@ from sinks.prometheus import WorkerMetrics
 from sinks.steering import STALE_AFTER_INTERVALS, SteeringSink
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
+from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingestor
+from streams.privacy import Pseudonymiser, install_log_filters
 from streams.steering.files import read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
@@ -176,12 +179,14 @@ class PulseWorker:
         self.runtime = runtime
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
-        self.managers = read_managers(runtime.managers_file) if runtime.managers_file else []
+        pseudonymise = Pseudonymiser.from_runtime(runtime)
+        self.managers = (read_managers(runtime.managers_file, pseudonymise)
+                         if runtime.managers_file else [])
         self.core = PulseCore(metric_config, managers_of(self.managers))
         self.steering = SteeringSink(runtime.data_dir, SteeringSettings.of(runtime),
                                      self.managers, metric_config)
         self.partitions: set[int] = set()  # of the event topics, assigned to this worker
-        self.ingestor = Ingestor(self.core, self.topics)
+        self.ingestor = Ingestor(self.core, self.topics, pseudonymise)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
@@ -233,7 +238,7 @@ class PulseWorker:
                 self.deltas.append(partition, tags[partition], events)
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
-        log.debug("dead letter from %s: %s", msg.topic, rejection.message)
+        log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
         if self.dead_letter is None:
             return
         self.dead_letter.send_soon(
@@ -489,12 +494,20 @@ class PulseApp(faust.App):
 
 
 def faust_app(
-    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0
+    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
+    security: KafkaSecurity | None = None, replication: int = 1,
 ) -> faust.App:
-    """The Faust settings the worker runs with (the benchmark's floor uses them too)."""
+    """The Faust settings the worker runs with (the benchmark's floor uses them too).
+
+    Faust reads environment variables of its own (BROKER_URL, PROCESSING_GUARANTEE, ...)
+    over the arguments given here; `env={}` stops that, so the product's settings win
+    (`ignored_faust_environment` names what was ignored)."""
     app = PulseApp(
         app_id,
+        env={},
         broker=broker,
+        broker_credentials=(security or KafkaSecurity()).faust_credentials(),
+        topic_replication_factor=replication,
         # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
         datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
         store="memory://",
@@ -510,18 +523,29 @@ def faust_app(
     return app
 
 
-def build_app(worker: PulseWorker) -> faust.App:
+def ignored_faust_environment() -> list[str]:
+    """Faust's own environment variables that are set here, which faust_app ignores."""
+    names = {param.env_name for param in faust.Settings.SETTINGS.values() if param.env_name}
+    return sorted(name for name in names if name in os.environ)
+
+
+def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> faust.App:
     rt = worker.runtime
-    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms)
+    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms, security,
+                    rt.topic_replication_factor)
+    # Topics the worker creates when they are missing (replication: topic_replication_factor).
+    topic_config = {"min.insync.replicas": str(rt.topic_min_insync_replicas)}
     source = app.topic(
-        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions, internal=True
+        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions,
+        internal=True, config=topic_config,
     )
     worker.dead_letter = app.topic(
         rt.topic_prefix + DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes,
-        partitions=rt.partitions, internal=True,
+        partitions=rt.partitions, internal=True, config=topic_config,
     )
     table = app.Table(
-        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes
+        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
+        extra_topic_configs=topic_config,
     )
     worker.deltas = DeltaLog(table)
     source_topics = set(worker.topics)
@@ -573,8 +597,15 @@ def build_app(worker: PulseWorker) -> faust.App:
 
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
+    install_log_filters()
+    security = KafkaSecurity.from_runtime(runtime)
+    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    ignored = ignored_faust_environment()
+    if ignored:
+        log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
+                    "its settings from the config file and PULSE_* only", ", ".join(ignored))
     worker = PulseWorker(metric_config, runtime)
-    app = build_app(worker)
+    app = build_app(worker, security)
     worker.metrics.serve(runtime.metrics_port)
     log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -25,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "kafka" in getattr(item, "fixturenames", ()):
+        if {"kafka", "secured_kafka"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
 
 
@@ -33,6 +33,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A started single-node broker on free ports; its logs stay under pytest's tmp dir."""
     with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A second broker with SASL_SSL (PLAIN, SCRAM-SHA-512) and mutual-TLS listeners beside
+    its plain one (`.secured`), certificates made by openssl for this session."""
+    with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka-secured"), secured=True) as broker:
         yield broker
 
 

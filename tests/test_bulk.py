@@ -10,6 +10,7 @@ and so must the duplicate counts and the snapshots.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from schemas.events import Event
 from streams.bulk import EventColumns, _stable_order, apply_columns
 from streams.config import DAY_MS, MetricConfig
 from streams.core import CommunityState, PulseCore
+from streams.privacy import Pseudonymiser
 
 try:
     from tests import test_core_properties as props
@@ -79,6 +81,27 @@ def test_bulk_apply_builds_the_same_state_as_per_event_apply(
     assert state_of(bulk) == state_of(one_by_one)
     for as_of in props.AS_OFS:
         assert props._rows(bulk, as_of) == props._rows(one_by_one, as_of)
+
+
+@props.on_random_logs_with_expiry
+def test_pseudonyms_in_bulk_match_pseudonyms_per_event(
+        config: MetricConfig, data: st.DataObject, rnd: random.Random,
+        expire_days: int | None) -> None:
+    """Replay hashes the distinct user ids of its columns; the worker hashes each decoded
+    event's: the same state, and the snapshots of the raw ids."""
+    arrived = props._with_duplicates(data.draw(props.event_logs(config), label="events"), rnd)
+    pseudonymise = Pseudonymiser(props.PSEUDONYM_KEY)
+    raw, per_event, bulk = PulseCore(config), PulseCore(config), PulseCore(config)
+    raw.apply(arrived)
+    per_event.apply(props.pseudonymised(arrived))
+    every = columns(arrived)
+    apply_columns(bulk, replace(every, users=pseudonymise.many(every.users)))
+    if expire_days is not None:
+        for core in (raw, per_event, bulk):
+            core.expire(props.AS_OFS[0] - expire_days * DAY_MS)
+    assert state_of(bulk) == state_of(per_event)
+    for as_of in props.AS_OFS:
+        assert props._rows(bulk, as_of) == props._rows(raw, as_of)
 
 
 def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:

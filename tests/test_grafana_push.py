@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from devkit.devcerts import DevCerts, make_certs
 from sinks import grafana as push_mod
 
 TOKEN = "s3cr3t-test-token"
@@ -89,9 +91,8 @@ class FakeGrafana:
         return rule
 
 
-@pytest.fixture
-def grafana() -> Iterator[tuple[FakeGrafana, str]]:
-    fake = FakeGrafana()
+def _serve(fake: FakeGrafana, tls: ssl.SSLContext | None = None
+           ) -> Iterator[tuple[FakeGrafana, str]]:
 
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
@@ -114,11 +115,30 @@ def grafana() -> Iterator[tuple[FakeGrafana, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake, f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def grafana() -> Iterator[tuple[FakeGrafana, str]]:
+    yield from _serve(FakeGrafana())
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    return make_certs(tmp_path_factory.mktemp("grafana-tls"))
+
+
+@pytest.fixture
+def grafana_https(certs: DevCerts) -> Iterator[tuple[FakeGrafana, str]]:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certs.broker_keystore)  # a certificate for 127.0.0.1 from the test CA
+    yield from _serve(FakeGrafana(), tls)
 
 
 @pytest.fixture(autouse=True)
@@ -243,3 +263,17 @@ def test_contains_ignores_extra_keys_but_not_changes() -> None:
     assert push_mod.contains({"a": 1, "b": [{"c": 2}]}, {"a": 1.0, "b": [{"c": 2, "d": 3}]})
     assert not push_mod.contains({"a": 1}, {"a": 2})
     assert not push_mod.contains({"b": [1]}, {"b": [1, 2]})
+
+
+def test_push_over_https_with_a_ca_file(grafana_https, certs: DevCerts, capsys,
+                                        monkeypatch) -> None:
+    fake, url = grafana_https
+    code, _, err = run(capsys, "--url", url, "--timeout", "5")
+    assert code != 0 and err.count("\n") == 1 and "--ca-file" in err  # not trusted
+    assert fake.requests == []
+    code, out, _ = run(capsys, "--url", url, "--ca-file", str(certs.cafile))
+    assert code == 0, out
+    assert len(fake.dashboards) == 3
+    monkeypatch.setenv("GRAFANA_CA_FILE", str(certs.cafile))
+    code, out, _ = run(capsys, "--url", url)
+    assert code == 0 and out.splitlines()[-1].startswith("grafana push: nothing changed")

@@ -4,6 +4,12 @@ One module-scoped pipeline run serves several assertions: Parquet rows, /metrics
 dead letters with reasons, the consumed = processed + duplicates + dead-lettered balance,
 replay giving identical snapshots, and a restarted worker recovering its state from
 the table changelog.
+
+The run happens twice: on a plain listener, and on a SASL_SSL listener (SCRAM-SHA-512,
+TLS with the test's own CA) with pseudonymised user ids, where every client (the test's
+producer and consumers, the worker's consumer, producer, changelog, dead letters and
+topic creation) logs in; the changelog read back from the broker then holds no raw user
+id, and replay without pseudonyms still gives the same numbers.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import msgspec
@@ -26,10 +33,13 @@ from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from sinks.parquet import snapshots_glob
 from streams.config import MetricConfig
+from streams.privacy import Pseudonymiser
 from streams.replay import replay
+from streams.worker import _decode_events
 from tests.workers import Samples, WorkerProcess, wait_for
 
 N_COMMUNITIES = 10
+PSEUDONYM_KEY = "e2e-pseudonym-key-0123456789abcdef"
 
 BAD = [
     ("community.posts", b"community-x", b"{not json"),
@@ -56,10 +66,15 @@ class Pipeline:
     n_events: int
     worker: WorkerProcess
     tmp: Path
+    bootstrap: str
+    secured: bool
+    env: dict[str, str] = field(default_factory=dict)  # the worker's extra settings
+    client: dict[str, Any] = field(default_factory=dict)  # kafka-python security kwargs
 
 
-def _produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+def _produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]],
+             **client: Any) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, **client)
     for topic, key, value in messages:
         producer.send(prefix + topic, key=key, value=value)
     producer.flush()
@@ -72,9 +87,21 @@ def _consumed_all(worker: WorkerProcess, expected: int) -> Samples | None:
     return samples if done else None
 
 
-@pytest.fixture(scope="module")
-def pipeline(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+@pytest.fixture(scope="module", params=["plain", "sasl_ssl"])
+def pipeline(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    secured = request.param == "sasl_ssl"
     tmp = tmp_path_factory.mktemp("e2e")
+    kafka: LocalKafka = request.getfixturevalue("secured_kafka" if secured else "kafka")
+    bootstrap, env, client = kafka.bootstrap, {}, {}
+    if secured:
+        assert kafka.secured is not None
+        key_file = tmp / "pseudonym.key"
+        key_file.write_text(PSEUDONYM_KEY)
+        bootstrap = kafka.secured.sasl_ssl_bootstrap
+        env = {**kafka.secured.settings_env("SCRAM-SHA-512"),
+               "PULSE_PSEUDONYMISE_USER_IDS": "true", "PULSE_PSEUDONYM_KEY_FILE": str(key_file)}
+        client = kafka.secured.security("SCRAM-SHA-512").client_kwargs()
     prefix = f"t{uuid.uuid4().hex[:8]}."
     app_id = f"pulse-{uuid.uuid4().hex[:8]}"
     rng = random.Random(11)
@@ -87,13 +114,14 @@ def pipeline(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Ite
     # Both forms SPEC 1 allows: single events, then batch envelopes.
     messages = [*gen.to_messages(events[:half], 1), *gen.to_messages(events[half:], 40)]
     kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
-    _produce(kafka.bootstrap, prefix, messages[: len(messages) // 2] + BAD)
-    worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id)
+    _produce(bootstrap, prefix, messages[: len(messages) // 2] + BAD, **client)
+    worker = WorkerProcess(bootstrap, tmp / "data", prefix, app_id, extra_env=env)
     # The rest arrives while the worker runs.
     wait_for(worker.scrape, 60, "the worker's /metrics")
-    _produce(kafka.bootstrap, prefix, messages[len(messages) // 2 :])
+    _produce(bootstrap, prefix, messages[len(messages) // 2 :], **client)
     wait_for(lambda: _consumed_all(worker, len(events) + len(BAD)), 120, "all events consumed")
-    yield Pipeline(kafka, prefix, app_id, events_file, len(events), worker, tmp)
+    yield Pipeline(kafka, prefix, app_id, events_file, len(events), worker, tmp, bootstrap,
+                   secured, env, client)
     worker.stop()
 
 
@@ -181,8 +209,8 @@ def test_counters_balance_and_duplicates_are_counted(pipeline: Pipeline) -> None
 
 def test_bad_input_lands_on_dead_letter_topic_with_reasons(pipeline: Pipeline) -> None:
     consumer = KafkaConsumer(
-        pipeline.prefix + DEAD_LETTER_TOPIC, bootstrap_servers=pipeline.kafka.bootstrap,
-        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        pipeline.prefix + DEAD_LETTER_TOPIC, bootstrap_servers=pipeline.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=5000, **pipeline.client)
     found = {}
     for record in consumer:
         found[record.value] = dict(record.headers)
@@ -208,10 +236,38 @@ def test_replay_gives_identical_snapshots(pipeline: Pipeline) -> None:
     assert [_comparable(r) for r in replayed] == [_comparable(r) for r in streamed]
 
 
+def _changelog_user_ids(pipeline: Pipeline) -> set[str]:
+    """Every user id in the worker's changelog topic, read back from the broker."""
+    consumer = KafkaConsumer(
+        f"{pipeline.app_id}-community-events-changelog", bootstrap_servers=pipeline.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=3000, **pipeline.client)
+    try:
+        values = [record.value for record in consumer if record.value]
+    finally:
+        consumer.close()
+    if pipeline.secured:
+        assert not any(b"user-" in value for value in values)  # not even inside a value
+    return {event.user_id for value in values for event in _decode_events(value)}
+
+
+def test_changelog_holds_raw_user_ids_only_without_pseudonyms(pipeline: Pipeline) -> None:
+    raw = {msgspec.json.decode(line)["user_id"]
+           for line in pipeline.events_file.read_bytes().splitlines()}
+    pseudonymise = Pseudonymiser(PSEUDONYM_KEY.encode())
+    expected = {pseudonymise(u) for u in raw} if pipeline.secured else raw
+
+    def complete() -> set[str] | None:
+        ids = _changelog_user_ids(pipeline)
+        return ids if ids == expected else None
+
+    stored = wait_for(complete, 60, "every accepted event's user in the changelog")
+    assert stored.isdisjoint(raw) == pipeline.secured
+
+
 def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> None:
     pipeline.worker.stop()
-    restarted = WorkerProcess(pipeline.kafka.bootstrap, pipeline.tmp / "after-restart",
-                              pipeline.prefix, pipeline.app_id)
+    restarted = WorkerProcess(pipeline.bootstrap, pipeline.tmp / "after-restart",
+                              pipeline.prefix, pipeline.app_id, extra_env=pipeline.env)
     try:
         def owns_all() -> Samples | None:
             samples = restarted.scrape()

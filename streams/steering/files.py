@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from streams.config import ConfigError
+from streams.privacy import Pseudonymiser
 from streams.steering.focus import Manager, parse_managers
 from streams.steering.goals import Goal, parse_goals
 
@@ -51,8 +52,10 @@ def read_goals(path: Path | str, windows_days: Sequence[int] | None = None) -> l
     return parse_goals(_load_yaml(path, "goals file"), str(path), windows_days)
 
 
-def read_experts(path: Path | str) -> dict[str, frozenset[str]]:
-    """Community id -> its content experts' user ids (as the events name users)."""
+def read_experts(path: Path | str, pseudonymise: Pseudonymiser | None = None
+                 ) -> dict[str, frozenset[str]]:
+    """Community id -> its content experts' user ids (as the events name users, or as
+    `pseudonymise` hashes them: the worker's decoder does the same)."""
     document = _load_yaml(path, "experts file")
     if document is None:
         return {}
@@ -75,22 +78,24 @@ def read_experts(path: Path | str) -> dict[str, frozenset[str]]:
                 # (the entry itself is not shown: it may be a user id)
                 raise RosterError(f"{path}: community {community!r}: entry #{index}: expected "
                                   f"a user id (text of 1-{MAX_ID_CHARS} characters)")
-        roster[community] = _roster_ids(users)
+        roster[community] = _roster_ids(users, pseudonymise)
     return roster
 
 
-def read_managers(path: Path | str) -> list[Manager]:
+def read_managers(path: Path | str, pseudonymise: Pseudonymiser | None = None
+                  ) -> list[Manager]:
     """The managers who agreed to have their follow-ups counted, validated; their user
-    ids as the core sees event user ids."""
+    ids as the core sees event user ids (hashed like them: `_roster_ids`)."""
     managers = parse_managers(_load_yaml(path, "managers file"), f"managers file {path}")
     read = []
     for manager in managers:
-        (user_id,) = _roster_ids([manager.user_id])
+        (user_id,) = _roster_ids([manager.user_id], pseudonymise)
         read.append(Manager(manager.name, user_id, manager.follows))
     return read
 
 
-def _roster_ids(user_ids: Iterable[str]) -> frozenset[str]:
-    """User ids of a roster as the core sees event user ids. The one place to apply a
-    pseudonymisation of user ids (events' and rosters' must match)."""
-    return frozenset(user_ids)
+def _roster_ids(user_ids: Iterable[str], pseudonymise: Pseudonymiser | None = None
+                ) -> frozenset[str]:
+    """User ids of a roster as the core sees event user ids: hashed with the events' key
+    when user ids are pseudonymised (streams.privacy), so that they still meet."""
+    return frozenset(user_ids if pseudonymise is None else pseudonymise.many(user_ids))

@@ -1,0 +1,187 @@
+"""Kafka security against the real broker's secured listeners (SASL_SSL with PLAIN and
+SCRAM-SHA-512, SSL with a required client certificate), configured only through the
+product's settings, and the settings' own rules. The worker's end-to-end run over
+SASL_SSL is in test_worker_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from kafka import KafkaConsumer
+
+from devkit import generate as gen
+from devkit.devkafka import LocalKafka, Secured
+from schemas.events import DEFAULT_TOPICS
+from streams import config
+from streams.config import ConfigError, MetricConfig, RuntimeConfig
+from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
+from streams.worker import PulseWorker, build_app, faust_app, ignored_faust_environment
+from tests.workers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _secured(kafka: LocalKafka) -> Secured:
+    assert kafka.secured is not None
+    return kafka.secured
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
+                          env={**clean, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def _count(bootstrap: str, topics: list[str], security: KafkaSecurity) -> int:
+    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=3000, **security.client_kwargs())
+    try:
+        return sum(1 for _ in consumer)
+    finally:
+        consumer.close()
+
+
+def test_generate_over_sasl_ssl_with_plain_login(secured_kafka: LocalKafka) -> None:
+    s = _secured(secured_kafka)
+    env = s.settings_env("PLAIN")
+    out = _cli("generate", "--bootstrap", s.sasl_ssl_bootstrap, "--communities", "3",
+               "--days", "3", "--no-bad", env=env)
+    assert out.returncode == 0, out.stderr
+    sent = int(out.stdout.split(" in ")[1].split()[0].replace(",", ""))  # "... in N messages"
+    assert s.plain_password not in out.stdout + out.stderr
+    # `generate` writes to the unprefixed topics; read them back through the secured listener
+    counted = wait_for(lambda: _count(s.sasl_ssl_bootstrap, list(DEFAULT_TOPICS),
+                                      s.security("PLAIN")) or None, 60, "messages")
+    assert counted >= sent > 0
+
+
+def test_produce_and_consume_over_sasl_ssl_with_scram(secured_kafka: LocalKafka,
+                                                      unique_topic) -> None:
+    s = _secured(secured_kafka)
+    topic = unique_topic("scram")
+    gen.produce(s.sasl_ssl_bootstrap, [(topic, b"c1", b"{}")] * 5, s.security("SCRAM-SHA-512"))
+    assert _count(s.sasl_ssl_bootstrap, [topic], s.security("SCRAM-SHA-512")) == 5
+
+
+def test_mutual_tls_for_the_producer_and_for_faust_s_clients(secured_kafka: LocalKafka,
+                                                             unique_topic) -> None:
+    s = _secured(secured_kafka)
+    mtls = KafkaSecurity("SSL", cafile=str(s.cafile), certfile=str(s.client_certfile),
+                         keyfile=str(s.client_keyfile))
+    with pytest.raises(KafkaAccessError, match="client certificate"):
+        check_access(s.ssl_bootstrap, KafkaSecurity("SSL", cafile=str(s.cafile)))
+    topic = unique_topic("mtls")
+    gen.produce(s.ssl_bootstrap, [(topic, b"c1", b"{}")] * 3, mtls)
+    # What the worker's Faust app hands aiokafka (consumer, producer, topic creation).
+    app = faust_app("mtls-check", f"kafka://{s.ssl_bootstrap}", 1, security=mtls)
+    auth = credentials_to_aiokafka_auth(app.conf.broker_credentials)
+    assert auth["security_protocol"] == "SSL"
+
+    async def consume() -> int:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.ssl_bootstrap,
+                                    auto_offset_reset="earliest", **auth)
+        await consumer.start()
+        try:
+            batches = await consumer.getmany(timeout_ms=10_000)
+            return sum(len(records) for records in batches.values())
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(consume()) == 3
+
+
+def test_untrusted_broker_certificate_is_one_clear_error(secured_kafka: LocalKafka) -> None:
+    s = _secured(secured_kafka)
+    system_cas = KafkaSecurity("SASL_SSL", "PLAIN", s.plain_user, s.plain_password)
+    with pytest.raises(KafkaAccessError, match=r"not trusted.*kafka_ssl_cafile"):
+        check_access(s.sasl_ssl_bootstrap, system_cas)
+
+
+@pytest.mark.parametrize("command", ["worker", "generate"])
+def test_wrong_password_is_one_line_and_a_non_zero_exit(secured_kafka: LocalKafka,
+                                                        tmp_path: Path, command: str) -> None:
+    s = _secured(secured_kafka)
+    wrong = "not-the-password-4711"
+    env = {**s.settings_env("SCRAM-SHA-512"), "PULSE_KAFKA_SASL_PASSWORD": wrong}
+    args = (["worker", "--broker", s.sasl_ssl_bootstrap, "--data-dir", str(tmp_path),
+             "--metrics-port", "0"] if command == "worker" else
+            ["generate", "--bootstrap", s.sasl_ssl_bootstrap, "--communities", "1"])
+    out = _cli(*args, env=env, timeout=90)  # (a hang fails here)
+    assert out.returncode != 0
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "refused the SCRAM-SHA-512 login of user 'pulse-scram'" in lines[0]
+    assert wrong not in lines[0] and s.scram_password not in lines[0]
+
+
+def test_security_settings_come_from_toml_env_and_files(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("from-a-file\n")
+    toml = tmp_path / "pulse.toml"
+    toml.write_text(f'[runtime]\nkafka_security_protocol = "SASL_PLAINTEXT"\n'
+                    f'kafka_sasl_username = "svc"\nkafka_sasl_password_file = "{password_file}"\n'
+                    f'kafka_ssl_check_hostname = false\ntopic_replication_factor = 3\n')
+    monkeypatch.setenv("PULSE_KAFKA_SASL_MECHANISM", "scram-sha-512")
+    monkeypatch.setenv("PULSE_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    _, runtime = config.load(toml)
+    assert (runtime.topic_replication_factor, runtime.topic_min_insync_replicas) == (3, 2)
+    assert runtime.kafka_ssl_check_hostname is False
+    security = KafkaSecurity.from_runtime(runtime)
+    assert (security.mechanism, security.username, security.password) == (
+        "SCRAM-SHA-512", "svc", "from-a-file")
+    assert "from-a-file" not in repr(security) + repr(runtime)
+    monkeypatch.setenv("PULSE_KAFKA_SSL_CHECK_HOSTNAME", "maybe")
+    with pytest.raises(ConfigError, match="kafka_ssl_check_hostname"):
+        config.load(toml)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"kafka_security_protocol": "TLS"}, "must be one of"),
+    ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "u"}, "needs a password"),
+    ({"kafka_security_protocol": "SASL_SSL"}, "needs kafka_sasl_username"),
+    ({"kafka_security_protocol": "SSL", "kafka_ssl_certfile": "/x"}, "both"),
+    ({"kafka_ssl_cafile": "/etc/hostname"}, "kafka_security_protocol is PLAINTEXT"),
+    ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "/nonexistent"}, "not a readable"),
+    ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "u",
+      "kafka_sasl_password_file": "/nonexistent"}, "cannot read kafka_sasl_password_file"),
+])
+def test_bad_security_settings_are_one_line(settings: dict[str, str], message: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PULSE_KAFKA_SASL_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match=message) as error:
+        KafkaSecurity.from_runtime(RuntimeConfig(**settings))  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)
+
+
+def test_product_settings_win_over_faust_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"BROKER_URL": "kafka://elsewhere:9092",
+                        "PROCESSING_GUARANTEE": "exactly_once",
+                        "TOPIC_REPLICATION_FACTOR": "7", "APP_ENV_PREFIX": "X_"}.items():
+        monkeypatch.setenv(name, value)
+    app = faust_app("env-check", "kafka://127.0.0.1:9", 2, replication=3)
+    assert [str(url) for url in app.conf.broker] == ["kafka://127.0.0.1:9"]
+    assert app.conf.processing_guarantee.value == "at_least_once"
+    assert app.conf.topic_replication_factor == 3
+    assert {"BROKER_URL", "PROCESSING_GUARANTEE", "TOPIC_REPLICATION_FACTOR"} <= set(
+        ignored_faust_environment())
+
+
+def test_replication_and_min_insync_replicas_reach_the_topics_the_worker_creates(
+        tmp_path: Path) -> None:
+    runtime = RuntimeConfig(broker="kafka://127.0.0.1:9", data_dir=tmp_path,
+                            topic_replication_factor=3, topic_min_insync_replicas=2)
+    worker = PulseWorker(MetricConfig(), runtime)
+    app = build_app(worker)
+    assert app.conf.topic_replication_factor == 3
+    changelog = app.tables["community-events"].changelog_topic
+    source = next(agent.channel for agent in app.agents.values())
+    for topic in (changelog, worker.dead_letter, source):
+        assert (topic.config or {}).get("min.insync.replicas") == "2"
