@@ -5,6 +5,7 @@ state built alike per event and in bulk, sketches against the exact command, the
 from __future__ import annotations
 
 import math
+import os
 import random
 import subprocess
 import sys
@@ -331,9 +332,11 @@ def test_bad_managers_files_are_refused_naming_the_manager_and_field(
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str | Path, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "streams.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -371,10 +374,14 @@ def test_suggest_merges_command_prints_and_writes_the_suggestions(
     assert top1.stdout.splitlines()[1:] and len(top1.stdout.splitlines()) == 2
 
 
+@pytest.mark.parametrize("pseudonymised", [False, True])
 def test_focus_command_prints_candidates_and_followups_by_name_only(
-        example_files: dict[str, Path]) -> None:
+        example_files: dict[str, Path], pseudonymised: bool) -> None:
+    # With pseudonymised user ids, the managers' ids are hashed like the events' and meet.
+    env = {"PULSE_PSEUDONYMISE_USER_IDS": "true",
+           "PULSE_PSEUDONYM_KEY": "0123456789abcdef0123"} if pseudonymised else {}
     done = cli("focus", "--as-of", "2026-11-30T00:00:00Z", example_files["followups"],
-               "--managers", example_files["managers"])
+               "--managers", example_files["managers"], env=env)
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "1     ipad-apps" in text and "2     sales-cop" in text and "tiny-cop" not in text
