@@ -134,8 +134,11 @@ def stat(title: str, grid: tuple[int, int, int, int], expr: str, unit: str = "sh
 
 
 def timeseries(title: str, grid: tuple[int, int, int, int], targets: list[Json],
-               unit: str = "short", **fc: Any) -> Json:
-    return panel("timeseries", title, grid, targets, fieldConfig=field_config(unit, **fc),
+               unit: str = "short", overrides: list[Json] | None = None,
+               **fc: Any) -> Json:
+    config = field_config(unit, **fc)
+    config["overrides"] = overrides or []
+    return panel("timeseries", title, grid, targets, fieldConfig=config,
                  options={"legend": {"displayMode": "table", "placement": "right",
                                      "calcs": ["lastNotNull"]},
                           "tooltip": {"mode": "multi", "sort": "desc"}})
@@ -375,10 +378,44 @@ def community() -> Json:
         ]), min_=-100, max_=100),
         timeseries("Activity in the window", (12, 23, 12, 9), [target(
             f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")]),
+        *goal_panels(c, 32),
     ]
     return dashboard("community-pulse-community", "Community Pulse — community", panels,
                      [datasource_var(), community_var, window_var()], ["community"],
                      "One community in depth: roles, listening, sustainability.")
+
+
+def goal_panels(selector: str, y: int) -> list[Json]:
+    """SMART goals (docs/steering.md): each goal's value against its expected line, and
+    where each goal stands."""
+    status = f'max by (goal, status) (community_pulse_goal_status{{{selector}}}) == 1'
+    return [
+        timeseries("Goals: value against the expected line (dashed: expected, dotted: target)",
+                   (0, y, 16, 9), refs([
+                       target(f"max by (goal) (community_pulse_goal_value{{{selector}}})",
+                              "{{goal}}"),
+                       target(f"max by (goal) (community_pulse_goal_expected{{{selector}}})",
+                              "{{goal}} expected"),
+                       target(f"max by (goal) (community_pulse_goal_target{{{selector}}})",
+                              "{{goal}} target"),
+                   ]), overrides=[
+                       _dashed("/ expected$/", [8, 6]), _dashed("/ target$/", [2, 4])]),
+        panel("table", "Goals: status and progress", (16, y, 8, 9), refs([
+            target(status, table=True),
+            target(f"max by (goal) (community_pulse_goal_progress_ratio{{{selector}}})",
+                   table=True)]),
+            fieldConfig={"defaults": {"unit": "percentunit"}, "overrides": []},
+            transformations=[
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {
+                    "excludeByName": {"Time": True, "Value #A": True},
+                    "renameByName": {"Value #B": "progress"}}}]),
+    ]
+
+
+def _dashed(regex: str, dash: list[int]) -> Json:
+    return {"matcher": {"id": "byRegexp", "options": regex},
+            "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": dash}}]}
 
 
 def pipeline() -> Json:

@@ -260,3 +260,20 @@ def read_rows(data_dir: str | Path) -> list[SnapshotRow]:
                      FROM snapshots ORDER BY as_of, community_id, window_days""")
     names = rel.columns
     return [SnapshotRow(**dict(zip(names, values, strict=True))) for values in rel.fetchall()]
+
+
+def latest_rows(data_dir: str | Path, community_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The newest stored snapshot row of each (community, window) of these communities,
+    as column -> value (`as_of` as epoch ms); [] when there are no snapshots yet."""
+    if not _has_files(data_dir, "snapshots"):
+        return []
+    with duckdb.connect() as con:
+        con.execute(catalogue_sql(data_dir)[0])
+        rel = con.execute("""SELECT * EXCLUDE (date, as_of, last_activity),
+                                    epoch_ms(as_of) AS as_of_ms
+                             FROM snapshots WHERE list_contains(?, community_id)
+                             QUALIFY row_number() OVER (
+                                 PARTITION BY community_id, window_days ORDER BY as_of DESC) = 1
+                             ORDER BY community_id, window_days""", [list(community_ids)])
+        names = [d[0] for d in rel.description]
+        return [dict(zip(names, values, strict=True)) for values in rel.fetchall()]

@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 from schemas.events import Reason
 from streams.core import SnapshotRow
 from streams.pipeline import TopicStats
+from streams.steering.goals import STATUSES, Goal, GoalRow
 
 NS = "community_pulse"
 ROLE_FIELDS = {
@@ -200,6 +201,52 @@ def openmetrics_history(
     return "".join(parts).encode()
 
 
+GOAL_FAMILIES = {
+    f"{NS}_goal_value": "Value of the goal's metric (absent when undefined), SPEC 5.",
+    f"{NS}_goal_expected": "Where the goal's metric should be now: on the line from the "
+                           "baseline at start to the target at the deadline.",
+    f"{NS}_goal_target": "The goal's target value.",
+    f"{NS}_goal_progress_ratio": "(value - baseline) / (target - baseline); 1 = target.",
+    f"{NS}_goal_status": "1 for the goal's status now, 0 for the other statuses.",
+}
+
+
+def goal_samples(goals: Iterable[Goal], rows: Iterable[GoalRow]) -> Iterator[Sample]:
+    """The series of each goal's row (labels goal, community, window, metric)."""
+    by_id = {goal.id: goal for goal in goals}
+    for row in rows:
+        base = (("goal", row.goal_id), ("community", row.community_id),
+                ("window", f"{row.window_days}d"), ("metric", row.metric))
+        labels = _labels(base)
+        if row.value is not None:
+            yield f"{NS}_goal_value", labels, row.value
+        yield f"{NS}_goal_expected", labels, row.expected
+        yield f"{NS}_goal_target", labels, by_id[row.goal_id].target
+        if row.progress is not None:
+            yield f"{NS}_goal_progress_ratio", labels, row.progress
+        for status in STATUSES:
+            yield (f"{NS}_goal_status", _labels((*base, ("status", status))),
+                   float(status == row.status))
+
+
+class GoalSeries:
+    """Goal gauges, rendered when the goals are evaluated (each snapshot), not per scrape."""
+
+    def __init__(self) -> None:
+        self._page = ""
+
+    def update(self, goals: Iterable[Goal], rows: Iterable[GoalRow]) -> None:
+        lines: dict[str, list[str]] = {family: [] for family in GOAL_FAMILIES}
+        for family, labels, value in goal_samples(goals, rows):
+            lines[family].append(f"{family}{{{labels}}} {floatToGoString(value)}\n")
+        self._page = "".join(  # (one assignment: the HTTP thread reads it)
+            f"# HELP {family} {GOAL_FAMILIES[family]}\n# TYPE {family} gauge\n{''.join(found)}"
+            for family, found in lines.items() if found)
+
+    def render(self) -> str:
+        return self._page
+
+
 class PipelineCollector(Collector):
     """Pipeline counters per topic, read from the ingestor's live stats."""
 
@@ -242,6 +289,7 @@ class WorkerMetrics:
 
     def __init__(self, stats: Mapping[str, TopicStats], min_members: int) -> None:
         self.communities = CommunitySeries(min_members)
+        self.goals = GoalSeries()
         self.registry = CollectorRegistry()
         self.registry.register(PipelineCollector(stats))
         reg = self.registry
@@ -296,7 +344,8 @@ class WorkerMetrics:
                 self.focus_rank.labels(row["community_id"]).set(row["rank"])
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry) + self.communities.render().encode()
+        return (generate_latest(self.registry) + self.communities.render().encode()
+                + self.goals.render().encode())
 
     def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
         """Serve /metrics from a daemon thread (what start_http_server does, plus the

@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     focus.add_argument("--min-members", type=int, help="of a candidate (default 20)")
     focus.add_argument("--max-open", type=int, help="most open follow-ups of a manager ready "
                        "for the next community (default 5)")
+    goals = sub.add_parser("goals", help="SMART goals (docs/steering.md)")
+    goals_sub = goals.add_subparsers(dest="goals_command", required=True, parser_class=_Parser)
+    check = goals_sub.add_parser(
+        "check", help="validate a goals file and print each goal's status from the snapshots")
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--data-dir", help="snapshot folder (default: the data_dir setting)")
 
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
@@ -149,7 +155,7 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from streams.privacy import Pseudonymiser
     from streams.replay import Steering, parse_duration, parse_time, replay
-    from streams.steering.files import read_managers
+    from streams.steering.files import read_goals, read_managers
     from streams.steering.network import SteeringSettings
 
     pseudonymise = Pseudonymiser.from_runtime(runtime)
@@ -159,10 +165,11 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be positive")
+    goals = read_goals(runtime.goals_file, metrics.windows_days) if runtime.goals_file else []
     config_module.tune_gc()
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
-                    show_progress=sys.stderr.isatty(), jobs=args.jobs,
+                    show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals,
                     pseudonymise=pseudonymise, steering=steering)
     s = result.stats
     seconds = time.monotonic() - started
@@ -327,6 +334,42 @@ def _write_rows(rows: Sequence[object], out: Path) -> None:
         pacsv.write_csv(table, out)
 
 
+def _goals(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from sinks.parquet import latest_rows
+    from streams.steering.files import read_goals
+    from streams.steering.goals import communities, evaluate, to_utc
+
+    goals = read_goals(args.file, metrics.windows_days)
+    data_dir = args.data_dir or runtime.data_dir
+    rows = latest_rows(data_dir, sorted(communities(goals)))
+    print(f"{args.file}: {len(goals)} goal(s), valid; status from the newest snapshots in "
+          f"{data_dir}" + ("" if rows else " (none yet)"))
+    newest = max((row["as_of_ms"] for row in rows), default=None)
+    table = [("goal", "community", "metric", "window", "as_of", "value", "expected",
+              "progress", "status")]
+    for goal in goals:
+        mine = [r for r in rows if (r["community_id"], r["window_days"])
+                == (goal.community, goal.window_days)]
+        t = mine[0]["as_of_ms"] if mine else newest
+        if t is None:
+            table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
+                          "-", "-", "-", "-", "no_data"))
+            continue
+        (row,) = evaluate([goal], mine, t)
+        table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
+                      to_utc(t), _number(row.value), _number(row.expected),
+                      "-" if row.progress is None else f"{row.progress:.0%}", row.status))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _grafana(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from sinks import grafana
 
@@ -343,6 +386,7 @@ _COMMANDS = {
     "grafana": _grafana,
     "suggest-merges": _suggest_merges,
     "focus": _focus,
+    "goals": _goals,
 }
 
 if __name__ == "__main__":

@@ -29,17 +29,20 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.columnar import events_table, scan_json_lines, scan_parquet
 from schemas.events import EVENT_TYPES, Event, decode_lines
+from sinks.network import SteeringSink
 from sinks.parquet import SnapshotWriter, rows_to_table
-from sinks.steering import SteeringSink
+from sinks.steering import goals_table
 from streams.bulk import EventColumns, apply_columns
 from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
 from streams.privacy import Pseudonymiser
+from streams.steering import goals as steering_goals
 from streams.steering.focus import Manager, managers_of
 from streams.steering.network import SteeringSettings, community_inputs
 
@@ -117,6 +120,7 @@ class ReplayResult:
     snapshot_times: list[int]
     rows_written: int
     files: list[str]
+    goal_rows_written: int = 0
 
 
 def snapshot_times(first: int, last: int, as_of: int | None, every: int | None) -> list[int]:
@@ -267,12 +271,14 @@ def replay(
     jobs: int | None = None,
     pseudonymise: Pseudonymiser | None = None,
     steering: Steering | None = None,
+    goals: Sequence[steering_goals.Goal] = (),
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
     one consumer group would; this process writes each snapshot time's rows as one
-    file, so the output is the same for any number of jobs. With `steering`, the
-    steering tables too, at the steering times (see `Steering`)."""
+    file, so the output is the same for any number of jobs. `goals`: also the `goals`
+    table, a row per goal and snapshot time. With `steering`, the steering tables of
+    merges and focus too, at the steering times (see `Steering`)."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     events, place = read_events(files, ingestor, now_ms)
@@ -286,7 +292,7 @@ def replay(
     stamps = np.sort(events.ts) if show_progress else None
     writer = SnapshotWriter(data_dir)
     progress = Progress(len(events), show_progress)
-    rows_written = 0
+    rows_written = goal_rows_written = 0
     partitions = _Partitions(events, place, config, times, _jobs(jobs, events), steering)
     sink = steering.sink(data_dir, config) if steering is not None else None
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
@@ -299,6 +305,10 @@ def replay(
             counts = pa.concat_tables([part[2] for part in tables])
             sink.write_inputs(sketches, counts)
             sink.write_network(t, table, sketches, counts)
+        if goals:
+            goal_rows = _goal_rows(goals, t, table)
+            writer.tables.write("goals", goals_table(goal_rows))
+            goal_rows_written += len(goal_rows)
         if stamps is not None:
             progress.update(int(np.searchsorted(stamps, t, side="right")))
     duplicates = partitions.duplicates
@@ -306,7 +316,15 @@ def replay(
     stats.processed += len(events) - duplicates
     stats.newest_event_ms = max(newest, stats.newest_event_ms or 0)
     progress.update(len(events), final=True)
-    return ReplayResult(stats, times, rows_written, [str(f) for f in files])
+    return ReplayResult(stats, times, rows_written, [str(f) for f in files], goal_rows_written)
+
+
+def _goal_rows(goals: Sequence[steering_goals.Goal], t: int, table: pa.Table
+               ) -> list[steering_goals.GoalRow]:
+    """The goals at t, from the snapshot table of t."""
+    named = pa.array(sorted(steering_goals.communities(goals)), pa.string())
+    rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
+    return steering_goals.evaluate(goals, rows, t)
 
 
 def _jobs(jobs: int | None, events: EventColumns) -> int:

@@ -28,6 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,20 @@ import msgspec
 import pyarrow as pa
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
+from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
+from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
 from sinks.parquet import SnapshotWriter
 from sinks.prometheus import WorkerMetrics
-from sinks.steering import STALE_AFTER_INTERVALS, SteeringSink
+from sinks.steering import goals_table
 from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
 from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
-from streams.steering.files import read_managers
+from streams.steering import goals as steering_goals
+from streams.steering.files import read_goals, read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
     FOLLOWUP_COUNTS_SCHEMA,
@@ -199,6 +203,12 @@ class PulseWorker:
         self._next_refresh = 0.0
         self.behind = False  # consuming a backlog: skip the fast refresh
         self._snapshot_ticks = 0
+        self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
+                      if runtime.goals_file else [])
+        self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
+        # Source partitions this worker owns (set on each assignment); None: all of them
+        # (no consumer group, e.g. in tests). Decides who reports goals without data.
+        self.assigned: set[int] | None = None
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -257,6 +267,7 @@ class PulseWorker:
 
     def recover(self, partitions: set[int]) -> None:
         """Rebuild the communities of our partitions from the recovered table."""
+        self.assigned = set(partitions)
         if self.deltas is None:
             return
         self.revoke(set(self.partition_of.values()) - partitions)
@@ -347,9 +358,35 @@ class PulseWorker:
         owned = set(self.core.communities)
         rows[:] = [row for row in rows if row.community_id in owned]  # revoked meanwhile
         self.metrics.communities.retain(owned)
+        self._evaluate_goals(as_of, rows)
         self.metrics.owned.set(len(owned))
         self.metrics.last_snapshot.set(as_of / 1000)
         self._expire(as_of - self.config.retention_ms)
+
+    def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
+        """The goals of the communities this worker owns, at this snapshot (gauges only
+        for communities above the privacy threshold; a goal without data only from the
+        worker that owns its community's partition)."""
+        if not self.goals:
+            return
+        named = steering_goals.communities(self.goals)
+        inputs = {row.community_id: row for row in rows if row.community_id in named}
+        mine = [goal for goal in self.goals
+                if goal.community in inputs or self._owns_partition_of(goal.community)]
+        self.goal_rows = steering_goals.evaluate(
+            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
+        min_members = self.runtime.min_members_exported
+        self.metrics.goals.update(self.goals, [
+            g for g in self.goal_rows
+            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+
+    def _owns_partition_of(self, community_id: str) -> bool:
+        """Whether the community's events would come to this worker (keys go to
+        partitions by Kafka's default partitioner, murmur2, as the SPEC's keys do)."""
+        if self.assigned is None:
+            return True
+        partition = (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
+        return partition in self.assigned
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """The whole snapshot in one go (the timer interleaves the steps instead)."""
@@ -379,6 +416,10 @@ class PulseWorker:
         try:
             with self.metrics.sink_seconds.labels("parquet").time():
                 self.writer.write(rows)
+                written = {row.as_of_ms for row in rows}
+                goal_rows = [g for g in self.goal_rows if g.as_of_ms in written]
+                if goal_rows:
+                    self.writer.tables.write("goals", goals_table(goal_rows))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()
             log.exception("writing %d snapshot rows failed", len(rows))
@@ -548,6 +589,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         extra_topic_configs=topic_config,
     )
     worker.deltas = DeltaLog(table)
+    worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
 
     @app.agent(source, name="ingest")

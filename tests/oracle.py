@@ -388,3 +388,60 @@ def oracle_snapshot(
 ) -> list[dict[str, Any]]:
     """SnapshotRow columns as dicts, one per community x window, for one `as_of`."""
     return oracle_snapshots(events, [as_of_ms], config)
+
+
+# ---- steering (SPEC 5) ----------------------------------------------------------------
+
+_GOALS_SQL = """
+SELECT g.id AS goal_id, g.community AS community_id, g.metric, g.window_days,
+    a.t AS as_of_ms, v.value,
+    g.baseline + (g.target - g.baseline)
+        * greatest(0.0, least(1.0, (a.t - g.start_ms)::DOUBLE / (g.deadline_ms - g.start_ms)))
+        AS expected,
+    (v.value - g.baseline) / (g.target - g.baseline) AS progress,
+    CASE
+        WHEN v.community_id IS NULL THEN 'no_data'
+        WHEN a.t < g.start_ms THEN 'not_started'
+        WHEN a.t > g.sustain_until_ms THEN 'ended'
+        WHEN v.value IS NULL THEN 'no_data'
+        WHEN a.t < g.deadline_ms THEN CASE
+            WHEN (g.target > g.baseline AND v.value >= expected - {slack})
+              OR (g.target < g.baseline AND v.value <= expected + {slack}) THEN 'on_track'
+            ELSE 'behind' END
+        WHEN (g.target > g.baseline AND v.value >= g.target - {slack})
+          OR (g.target < g.baseline AND v.value <= g.target + {slack}) THEN 'met'
+        ELSE 'missed'
+    END AS status
+FROM goals g CROSS JOIN as_ofs a
+LEFT JOIN vals v ON v.community_id = g.community AND v.window_days = g.window_days
+    AND v.metric = g.metric AND v.t = a.t
+ORDER BY goal_id, as_of_ms
+""".replace("{slack}", "1e-9 * abs(g.target - g.baseline)")
+
+
+def oracle_goals(goals: Sequence[Any], values: Sequence[tuple[str, int, str, int, Any]],
+                 as_ofs: Sequence[int]) -> list[dict[str, Any]]:
+    """Goal rows (SPEC 5) as SQL over goals (objects with the `Goal` fields) and metric
+    values `(community_id, window_days, metric, t, value)`; a community, window and t
+    with no entry at all has no snapshot row (`no_data`)."""
+    con = duckdb.connect(":memory:", config={"threads": 1})
+    try:
+        con.execute("CREATE TABLE goals (id VARCHAR, community VARCHAR, metric VARCHAR, "
+                    "window_days BIGINT, baseline DOUBLE, target DOUBLE, start_ms BIGINT, "
+                    "deadline_ms BIGINT, sustain_until_ms BIGINT)")
+        for g in goals:
+            con.execute("INSERT INTO goals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [g.id, g.community, g.metric, g.window_days, g.baseline, g.target,
+                         g.start_ms, g.deadline_ms, g.sustain_until_ms])
+        con.execute("CREATE TABLE vals (community_id VARCHAR, window_days BIGINT, "
+                    "metric VARCHAR, t BIGINT, value DOUBLE)")
+        for community_id, window_days, metric, t, value in values:
+            con.execute("INSERT INTO vals VALUES (?, ?, ?, ?, ?)",
+                        [community_id, window_days, metric, t, value])
+        con.execute("CREATE TABLE as_ofs (t BIGINT)")
+        con.executemany("INSERT INTO as_ofs VALUES (?)", [[int(t)] for t in set(as_ofs)])
+        cursor = con.execute(_GOALS_SQL)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    finally:
+        con.close()

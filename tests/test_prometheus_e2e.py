@@ -76,6 +76,25 @@ def _backfill(events: list[dict], until_ms: int, instance: str, tsdb: Path) -> N
     assert result.returncode == 0, result.stderr
 
 
+# Goals on the healthy community (days relative to now): one that cannot be on track,
+# one missed at its deadline, one met.
+GOALS = (("unreachable", "members", 0, 1e6, -10, 10, 20),
+         ("missed", "members", 0, 1e6, -20, -1, 20),
+         ("met", "sustainability", 0, 1, -20, -1, 20))
+
+
+def _goal(goal: tuple, now_ms: int) -> dict:
+    goal_id, metric, baseline, target, start, deadline, sustain = goal
+    day = 86_400_000
+
+    def at(days: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_ms + days * day) / 1000))
+
+    return {"id": goal_id, "community": HEALTHY, "metric": metric, "baseline": baseline,
+            "target": target, "start": at(start), "deadline": at(deadline),
+            "sustain_until": at(sustain)}
+
+
 @pytest.fixture(scope="module")
 def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     promtool()  # skips (or fails in CI) when Prometheus is not installed
@@ -98,9 +117,12 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     for topic, key, value in gen.to_messages(gen.messy_order(events, rng), 50):
         producer.send(prefix + topic, key=key, value=value)
     producer.flush()
+    goals = tmp / "goals.yml"
+    goals.write_text(yaml.safe_dump({"goals": [_goal(g, now_ms) for g in GOALS]}))
     worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id,
                            snapshot_interval=1.0, port=worker_port,
-                           extra_env={"PULSE_STEERING_INTERVAL_S": "2"})
+                           extra_env={"PULSE_GOALS_FILE": str(goals),
+                                      "PULSE_STEERING_INTERVAL_S": "2"})
 
     rules = []
     for path in RULE_FILES:
@@ -196,5 +218,12 @@ def test_alerts_fire_exactly_for_the_communities_the_core_flags(stack: Stack) ->
     # Backfilled history gives the 7-day comparison a past: the community that went
     # quiet 10 days ago lost sustainability since last week; the healthy one did not.
     assert STAGNATING in dropping and HEALTHY not in dropping
+    # Goals: the condition of each goal alert holds for exactly its goal (the 3 days of
+    # CommunityGoalBehind's `for` are promtool-tested).
+    for alert, goal in (("CommunityGoalBehind", "unreachable"), ("CommunityGoalMissed",
+                                                                  "missed")):
+        found = query(stack.prometheus_url, rules[alert])
+        assert [(r["metric"]["goal"], r["metric"]["community"]) for r in found] == [
+            (goal, HEALTHY)], alert
     dead = query(stack.prometheus_url, rules["PipelineDeadLetters"])
     assert {r["metric"]["reason"] for r in dead} == {"invalid_json", "invalid_field"}

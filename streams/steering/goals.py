@@ -6,7 +6,8 @@ the sustainability period.
     progress(t) = (value(t) - baseline) / (target - baseline)
 
 A goal is *up* when target > baseline, *down* when target < baseline; "at or beyond x"
-is `value >= x` up and `value <= x` down. Status at t:
+is `value >= x` up and `value <= x` down (within a billionth of |target - baseline|, so
+that floating-point rounding of `expected` does not decide). Status at t:
 
     t < start                        not_started
     start <= t < deadline            on_track (value at or beyond expected(t)) | behind
@@ -42,6 +43,7 @@ _FIELDS: Final = ("id", "community", "metric", "window_days", "baseline", "targe
 _REQUIRED: Final = ("id", "community", "metric", "baseline", "target", "start", "deadline",
                     "sustain_until")
 DEFAULT_WINDOW_DAYS: Final = 28
+TOLERANCE: Final = 1e-9  # of |target - baseline|: how close to a mark counts as at it
 
 
 class GoalsError(ConfigError):
@@ -73,7 +75,10 @@ class Goal:
         return (value - self.baseline) / (self.target - self.baseline)
 
     def at_or_beyond(self, value: float, mark: float) -> bool:
-        return value >= mark if self.target > self.baseline else value <= mark
+        # Within a billionth of the goal's span counts as at the mark: 0.1 + 0.1 * 0.5 is
+        # 0.15000000000000002 in floating point, and 0.15 must be on track there.
+        slack = TOLERANCE * abs(self.target - self.baseline)
+        return value >= mark - slack if self.target > self.baseline else value <= mark + slack
 
     def status(self, t: int, value: float | None, has_row: bool = True) -> str:
         if not has_row:
@@ -104,14 +109,16 @@ class GoalRow:
     status: str
 
 
-def evaluate(goals: Sequence[Goal], rows: Iterable[SnapshotRow], as_of_ms: int
+def evaluate(goals: Sequence[Goal], rows: Iterable[Mapping[str, Any]], as_of_ms: int
              ) -> list[GoalRow]:
-    """Each goal at `as_of_ms`, from that moment's snapshot rows (others are ignored)."""
-    by_key = {(r.community_id, r.window_days): r for r in rows if r.as_of_ms == as_of_ms}
+    """Each goal at `as_of_ms`, from that moment's snapshot rows as mappings of column to
+    value (`SnapshotRow` fields, or a snapshot table's rows)."""
+    by_key = {(r["community_id"], r["window_days"]): r for r in rows}
     out = []
     for goal in goals:
         row = by_key.get((goal.community, goal.window_days))
-        value = _number(getattr(row, goal.metric)) if row is not None else None
+        value = row.get(goal.metric) if row is not None else None
+        value = None if value is None else float(value)
         out.append(GoalRow(
             goal_id=goal.id, community_id=goal.community, metric=goal.metric,
             window_days=goal.window_days, as_of_ms=as_of_ms, value=value,
@@ -121,8 +128,9 @@ def evaluate(goals: Sequence[Goal], rows: Iterable[SnapshotRow], as_of_ms: int
     return out
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
+def communities(goals: Iterable[Goal]) -> set[str]:
+    """The communities the goals name (whose snapshot rows `evaluate` needs)."""
+    return {goal.community for goal in goals}
 
 
 # ---- parsing ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ own communities (`community_inputs`):
 - `followup_counts`: per (manager name, followed community) its open follow-ups;
 
 and the whole-network tables are a function of those tables and the snapshots of one
-moment (`network_tables`). Who computes it, when: see `sinks.steering`. Pure: Arrow
+moment (`network_tables`). Who computes it, when: see `sinks.network`. Pure: Arrow
 tables in, Arrow tables out.
 """
 
