@@ -12,6 +12,8 @@ import time
 import msgspec
 from confluent_kafka import Producer
 
+from streams.kafka_auth import KafkaSecurity
+
 
 def main(bootstrap: str, path: str, prefix: str) -> None:
     with open(path, "rb") as fh:
@@ -26,6 +28,7 @@ def main(bootstrap: str, path: str, prefix: str) -> None:
         "message.max.bytes": 2 * 1024 * 1024,
         "acks": 1,
         "partitioner": "murmur2_random",  # Java client's partitioner, as Faust/aiokafka use
+        **KafkaSecurity.from_settings().librdkafka(),  # the product's settings (PULSE_KAFKA_*)
     })
     errors = [0]
 

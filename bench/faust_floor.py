@@ -14,6 +14,7 @@ import faust
 
 from bench.common import Status
 from streams.config import RuntimeConfig
+from streams.kafka_auth import KafkaSecurity
 from streams.worker import BATCH_MAX_MESSAGES, BATCH_WITHIN_S, faust_app
 
 
@@ -21,7 +22,7 @@ def main(bootstrap: str, app_id: str, status_path: str, partitions: int,
          topics: list[str]) -> None:
     status = Status(status_path)
     app = faust_app(app_id, f"kafka://{bootstrap}", partitions,  # the worker's settings
-                    RuntimeConfig().fetch_max_wait_ms)
+                    RuntimeConfig().fetch_max_wait_ms, KafkaSecurity.from_settings())
     source = app.topic(*topics, key_type=bytes, value_type=bytes, partitions=partitions)
     counted = [0]
 

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.common import Status
 from schemas.events import Event
+from streams.kafka_auth import KafkaSecurity
 
 _decode = msgspec.json.Decoder(Event | list[Event]).decode
 
@@ -24,6 +25,7 @@ async def main(bootstrap: str, group: str, status_path: str, topics: list[str]) 
         *topics, bootstrap_servers=bootstrap, group_id=group,
         auto_offset_reset="earliest", fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        **KafkaSecurity.from_settings().client_kwargs(),  # the product's settings
     )
     await consumer.start()
     count = 0

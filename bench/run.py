@@ -58,6 +58,7 @@ from devkit.devkafka import KAFKA_VERSION, LocalKafka, free_port  # noqa: E402
 from schemas import producer  # noqa: E402
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS  # noqa: E402
 from streams.config import RuntimeConfig  # noqa: E402
+from streams.kafka_auth import KafkaSecurity  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 QUIX_VENV = ROOT / "bench" / ".venv-quix"
@@ -87,11 +88,17 @@ def log(text: str) -> None:
 # ---- processes --------------------------------------------------------------------------
 
 
+# The product's Kafka security settings (PULSE_KAFKA_*) for every child process; set by
+# --secured (a SASL_SSL listener, SCRAM-SHA-512 over TLS), empty otherwise.
+KAFKA_ENV: dict[str, str] = {}
+
+
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None
           ) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, **KAFKA_ENV, **(env or {})},
                                 start_new_session=True)
     _children.append(proc)
     return proc
@@ -399,7 +406,8 @@ async def _freshness(ctx: dict[str, Any], prefix: str, port: int,
     from aiokafka import AIOKafkaProducer
 
     encode = msgspec.json.encode
-    producer = AIOKafkaProducer(bootstrap_servers=ctx["bootstrap"], linger_ms=5, acks=1)
+    producer = AIOKafkaProducer(bootstrap_servers=ctx["bootstrap"], linger_ms=5, acks=1,
+                                **ctx["security"].client_kwargs())
     await producer.start()
     try:
         # The marker community: six members joining now, so it passes min_members.
@@ -716,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=420.0, help="per consumer run")
     parser.add_argument("--only", default="raw,faust,quix,worker",
                         help="comma-separated implementations to consume with")
+    parser.add_argument("--secured", action="store_true",
+                        help="every client over SASL_SSL (SCRAM-SHA-512, TLS); not quix")
     parser.add_argument("--rounds", type=_positive, default=3,
                         help="consumer runs per implementation, in alternating order; "
                              "rates are medians, ratios the median of per-round ratios")
@@ -724,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure state memory with this many generated users "
                              "(3 days of history; 1,000,000 takes ~8 minutes)")
     args = parser.parse_args(argv)
-    which = [w for w in args.only.split(",") if w]
+    which = [w for w in args.only.split(",") if w and not (args.secured and w == "quix")]
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -773,15 +783,22 @@ def main(argv: list[str] | None = None) -> int:
 
         run_id = f"b{int(time.time())}"
         prefixes = {"single": f"{run_id}-single.", "envelope": f"{run_id}-env."}
-        with LocalKafka(run_dir=work / "kafka", heap="1g", num_partitions=PARTITIONS) as kafka:
-            ctx = {"work": work, "bootstrap": kafka.bootstrap, "quix_python": quix_python,
-                   "timeout": args.timeout}
+        with LocalKafka(run_dir=work / "kafka", heap="1g", num_partitions=PARTITIONS,
+                        secured=args.secured) as kafka:
+            bootstrap, security = kafka.bootstrap, KafkaSecurity()
+            if kafka.secured is not None:
+                bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
+                KAFKA_ENV.update(kafka.secured.settings_env())
+            result["kafka_security"] = security.protocol
+            ctx = {"work": work, "bootstrap": bootstrap, "quix_python": quix_python,
+                   "timeout": args.timeout, "security": security}
             for name, prefix in prefixes.items():
                 kafka.create_topics([prefix + t for t in (*DEFAULT_TOPICS, DEAD_LETTER_TOPIC)],
                                     partitions=PARTITIONS)
                 log(f"loading {name} messages into {prefix}*")
-                subprocess.run([producer_python, "-m", "bench.fast_produce", kafka.bootstrap,
-                                str(files[name]), prefix], cwd=ROOT, check=True)
+                subprocess.run([producer_python, "-m", "bench.fast_produce", bootstrap,
+                                str(files[name]), prefix], cwd=ROOT, check=True,
+                               env={**os.environ, **KAFKA_ENV})
             n_msgs = result["data"]
             for name in ("single", "envelope"):
                 keep = name == "single" and "worker" in which

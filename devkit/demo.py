@@ -1,17 +1,23 @@
 """`community-pulse demo`: Kafka, a worker and a generator on this machine, live.
 
-Starts a local Apache Kafka broker (KRaft), runs `community-pulse worker` as a child
-process, loads five weeks of synthetic history, then keeps producing live events and
-redraws a summary read from the worker's own /metrics. Ctrl-C stops everything.
+Each run starts clean: it empties its data folder (only one that a demo made), generates
+five weeks of synthetic history, writes that history's daily snapshots with `replay`
+(so trend queries and dashboards have days to show), starts a local Apache Kafka broker
+(KRaft) and `community-pulse worker` as a child process, loads the same history into
+Kafka, then keeps producing live events in each community's pattern and redraws a summary
+read from the worker's own /metrics. Ctrl-C stops everything; the broker's data goes
+with it.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import defaultdict
@@ -21,11 +27,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka, die_with_parent, free_port
+from streams.config import DAY_MS, MetricConfig
+from streams.kafka_auth import KafkaSecurity
+
+HISTORY_DAYS = 35
+SHOWN = 4  # communities named per tier in the summary
+MARKER = ".community-pulse-demo"  # a folder with this file was made by a demo
+DEMO_ENTRIES = {MARKER, "run", "snapshots", "pulse.duckdb", "pulse.duckdb.wal"}
+
+
+class DemoError(ValueError):
+    """The demo cannot start; the message is one line."""
 
 TIER_NAMES = {0: "low (<15%)", 1: "medium (15-30%)", 2: "high (>=30%)"}
 TIER_ACTIONS = {
-    0: "merge similar communities, stimulate creators/critics, bring in a content expert",
-    1: "worth joining and listening to; stimulate more creators and critics",
+    0: "merge similar communities, get more members posting and replying, bring in a "
+       "content expert",
+    1: "worth joining and listening to; get more members posting and replying",
     2: "community of practice: be part of it; add a content expert as critic",
 }
 
@@ -51,15 +69,15 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
     tiers = per_community("community_pulse_tier")
     scores = per_community("community_pulse_sustainability_score")
     stagnating = per_community("community_pulse_stagnating", None)
-    lines = [f"communities exported: {len(tiers)}   (28-day window; tier = share of members "
-             "who are creator or critic)"]
+    lines = [f"communities exported: {len(tiers)}   (28-day window; tier by the share of "
+             "members who are creator, conversationalist or critic)"]
     for level in (2, 1, 0):
         names = sorted((c for c, t in tiers.items() if t == level), key=lambda c: -scores[c])
-        shown = ", ".join(f"{c} ({scores[c]:.0f})" for c in names[:4])
+        shown = cut([f"{c} ({scores[c]:.0f})" for c in names], SHOWN)
         lines.append(f"  {TIER_NAMES[level]:<16} {len(names):>4}  {shown}")
         lines.append(f"  {'':<16}       -> {TIER_ACTIONS[level]}")
     stuck = sorted(c for c, v in stagnating.items() if v)
-    lines.append(f"stagnating: {len(stuck)}  {', '.join(stuck[:6])}")
+    lines.append(f"stagnating: {len(stuck)}  {cut(stuck, 6)}")
     lines.extend(steering_lines(samples))
 
     def total(name: str) -> float:
@@ -74,6 +92,12 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
                  f"dead-lettered {total('community_pulse_events_dead_lettered_total'):,.0f}")
     lines.append(f"live rate {rate:,.0f} events/s   event-time lag {lag:.1f}s")
     return "\n".join(lines)
+
+
+def cut(items: list[str], limit: int) -> str:
+    """The first `limit` items, and how many more there are."""
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
@@ -91,35 +115,98 @@ def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> li
 
 
 def run_demo(
-    n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int
+    n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
+    metrics: MetricConfig | None = None, secured: bool = False,
 ) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """With `secured`, the broker gets a SASL_SSL listener and every client of the demo
+    (worker, history loader, live producer) logs in with SCRAM-SHA-512 over TLS."""
+    start_clean(data_dir)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     run_dir = data_dir / "run"
+    run_dir.mkdir()
     try:
         metrics_port = _usable_port(metrics_port)
     except OSError:
         metrics_port = free_port()
-    print(f"starting Apache Kafka (KRaft) in {run_dir} ...", flush=True)
-    with LocalKafka(run_dir=run_dir) as kafka:
+    rng = random.Random(7)
+    now_ms = int(time.time() * 1000)
+    communities = gen.plan(n_communities, 20 * n_communities, rng)
+    history = demo_history(communities, now_ms, rng)
+    days = seed_daily_snapshots(history, data_dir, metrics or MetricConfig())
+    print(f"wrote {days} days of daily snapshots of the same history with replay", flush=True)
+    print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) ...", flush=True)
+    # In a temporary folder, removed when it stops.
+    with LocalKafka(secured=secured) as kafka:
+        bootstrap, security = kafka.bootstrap, KafkaSecurity()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
+        env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
+        env.setdefault("PULSE_STEERING_INTERVAL_S", "15")  # focus and merges soon
+        if kafka.secured is not None:
+            bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
+            env.update(kafka.secured.settings_env())
         worker_log = (run_dir / "worker.log").open("ab")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap,
+            [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap,
              "--data-dir", str(data_dir), "--metrics-port", str(metrics_port),
              "--snapshot-interval", "5"],
-            # A steering pass (focus, merges) every 15 s unless set otherwise.
-            env={"PULSE_STEERING_INTERVAL_S": "15", **os.environ},
-            stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             preexec_fn=die_with_parent,  # no orphaned worker if the demo is killed hard
         )
         try:
-            return _drive(kafka.bootstrap, worker, n_communities, rate, duration, data_dir,
-                          metrics_port)
+            return _drive(bootstrap, security, worker, communities, history, rng, rate, duration,
+                          data_dir, metrics_port)
         except KeyboardInterrupt:
             print("\nstopping ...")
             return 0
         finally:
             stop_worker(worker)
             worker_log.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def demo_history(communities: list[gen.Community], now_ms: int, rng: random.Random
+                 ) -> list[dict]:
+    """Five weeks of history in arrival order. Members who joined before it begins join on
+    its first day instead, so the daily snapshots start with the activity, not with
+    weeks of communities that only have members."""
+    start = now_ms - HISTORY_DAYS * DAY_MS
+    events = [e for c in communities for e in gen.history(c, now_ms, HISTORY_DAYS, rng)]
+    for event in events:
+        if event["type"] == "join" and event["ts"] < start:
+            event["ts"] = start
+    return gen.messy_order(events, rng)
+
+
+def start_clean(data_dir: Path) -> None:
+    """Empty the data folder of an earlier demo run: each run generates a new history,
+    and two histories in one folder make false tier changes where they meet. A folder
+    that a demo did not make is left alone."""
+    if data_dir.exists():
+        entries = {entry.name for entry in data_dir.iterdir()}
+        if entries and MARKER not in entries and not entries <= DEMO_ENTRIES:
+            raise DemoError(f"{data_dir} holds files a demo did not write; the demo empties "
+                            "its data folder, so choose another --data-dir")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    (data_dir / MARKER).write_text("made by `community-pulse demo`; emptied by the next one\n")
+
+
+def seed_daily_snapshots(history: list[dict], data_dir: Path, metrics: MetricConfig) -> int:
+    """The history's snapshots at every UTC midnight, written by the project's own replay
+    (`replay --snapshot-every 1d`), so trend queries have days of history at once. (The
+    worker writes these closing rows itself once it backfills them from its state.)"""
+    import msgspec
+
+    from streams.replay import replay
+
+    with tempfile.TemporaryDirectory(prefix="community-pulse-demo-") as tmp:
+        events = Path(tmp) / "history.jsonl"
+        events.write_bytes(b"\n".join(msgspec.json.encode(e) for e in history) + b"\n")
+        result = replay([events], data_dir, metrics, every_ms=DAY_MS)
+    return len(result.snapshot_times)
 
 
 def _usable_port(port: int) -> int:
@@ -143,8 +230,11 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
 
 def _drive(
     bootstrap: str,
+    security: KafkaSecurity,
     worker: subprocess.Popen[bytes],
-    n_communities: int,
+    communities: list[gen.Community],
+    history: list[dict],
+    rng: random.Random,
     rate: float,
     duration: float,
     data_dir: Path,
@@ -152,17 +242,13 @@ def _drive(
 ) -> int:
     from kafka import KafkaProducer
 
-    rng = random.Random(7)
-    now_ms = int(time.time() * 1000)
-    communities = gen.plan(n_communities, 20 * n_communities, rng)
-    history = gen.messy_order(
-        [e for c in communities for e in gen.history(c, now_ms, 35, rng)], rng)
     messages = list(gen.to_messages(history, batch_size=100))
     messages += [(topic, b"x", value) for topic, value in gen.BAD_MESSAGES]
     print(f"loading {len(history):,} historical events ({len(messages):,} messages) ...",
           flush=True)
-    gen.produce(bootstrap, messages)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    gen.produce(bootstrap, messages, security)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                             **security.client_kwargs())
     interactive = sys.stdout.isatty()
     started = last_draw = time.monotonic()
     seq = 0
@@ -188,13 +274,23 @@ def _drive(
     return 0
 
 
+def _command() -> str:
+    """How to run `community-pulse` from here: it is in the venv, not on PATH."""
+    command = Path(sys.executable).parent / "community-pulse"
+    if not command.exists():
+        return "community-pulse"
+    return os.path.relpath(command) if command.is_relative_to(Path.cwd()) else str(command)
+
+
 def _draw(metrics_port: int, rate: float, data_dir: Path, interactive: bool) -> None:
     try:
         text = summary(scrape(metrics_port), rate)
     except OSError:
         text = "waiting for the worker's first snapshot ..."
     where = (f"metrics: http://127.0.0.1:{metrics_port}/metrics   parquet: "
-             f"{data_dir.resolve()}/snapshots   duckdb: {data_dir.resolve()}/pulse.duckdb")
+             f"{data_dir.resolve()}/snapshots   duckdb: {data_dir.resolve()}/pulse.duckdb\n"
+             f"query it: {_command()} sql --data-dir {data_dir} \"FROM latest_snapshots\"   "
+             "(more in docs/querying.md)")
     if interactive:
         sys.stdout.write("\x1b[2J\x1b[H")
     print(f"community-pulse demo  ({time.strftime('%H:%M:%S')}, Ctrl-C to stop)\n{text}\n"

@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from streams.kafka_auth import KafkaSecurity
+    from streams.kafka_auth import Acl, KafkaSecurity
 
 KAFKA_VERSION = "4.1.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +246,7 @@ class LocalKafka:
         extra_config: dict[str, str] | None = None,
         jvm_opts: Sequence[str] = FAST_START_JVM_OPTS,
         secured: bool = False,
+        acls: bool = False,
     ) -> None:
         self._want_port = port
         self._want_cport = controller_port
@@ -258,6 +259,7 @@ class LocalKafka:
         self.extra_config = dict(extra_config or {})
         self.jvm_opts = list(jvm_opts)
         self.want_secured = secured
+        self.acls = acls  # with `secured`: an authorizer; the SCRAM user gets only ACLs
         self.secured: Secured | None = None  # set by start() when secured
         self._broker_keystore = Path()
         self.port = 0
@@ -389,6 +391,30 @@ class LocalKafka:
         finally:
             admin.close()
 
+    def grant(self, principal: str, acls: Sequence[Acl]) -> None:
+        """Allow `principal` (e.g. "User:pulse-scram") these ACLs (broker made with acls=True)."""
+        from kafka.admin import (
+            ACL,
+            ACLOperation,
+            ACLPermissionType,
+            ACLResourcePatternType,
+            KafkaAdminClient,
+            ResourcePattern,
+            ResourceType,
+        )
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="devkafka-admin")
+        try:
+            result = admin.create_acls([
+                ACL(principal, "*", ACLOperation[acl.operation], ACLPermissionType.ALLOW,
+                    ResourcePattern(ResourceType[acl.resource], acl.name,
+                                    ACLResourcePatternType[acl.pattern]))
+                for acl in acls])
+        finally:
+            admin.close()
+        if result.get("failed"):
+            raise DevKafkaError(f"granting ACLs failed: {result['failed']}")
+
     def __enter__(self) -> LocalKafka:
         return self.start()
 
@@ -445,6 +471,12 @@ class LocalKafka:
             "ssl.truststore.location": str(s.cafile),
             "listener.name.ssl.ssl.client.auth": "required",
             "listener.name.sasl_ssl.ssl.client.auth": "none",
+            **({"authorizer.class.name":
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                # The plain listener (admin), the PLAIN user and the client certificate
+                # may do anything; the SCRAM user only what `grant` allows it.
+                "super.users": f"User:ANONYMOUS;User:{PLAIN_USER};User:CN=community-pulse"}
+               if self.acls else {}),
         }
 
     def _write_config(self) -> Path:

@@ -110,7 +110,7 @@ def history(community: Community, now_ms: int, days: int, rng: random.Random) ->
     for member in members:
         if rng.random() < 0.9:
             yield event("join", member, start - rng.randrange(60 * DAY_MS))
-    posts_per_day = max(0.3, p.posts_per_member_day * len(members))
+    posts_per_day = _posts_per_day(c)
     for day in range(days):
         day_start = start + day * DAY_MS
         recent = day >= days - 14
@@ -118,7 +118,7 @@ def history(community: Community, now_ms: int, days: int, rng: random.Random) ->
         quiet = day >= days - p.quiet_last_days
         n_posts = 0 if quiet else _poisson(rng, posts_per_day * factor)
         for _ in range(n_posts):
-            author = rng.choice(creators[: max(1, int(len(creators) * factor))])
+            author = rng.choice(_left(creators, c) if recent else creators)
             post_ts = day_start + rng.randrange(DAY_MS)
             post_id = f"{cid}-p{seq}"
             yield event("post", author, post_ts, post_id=post_id,
@@ -179,21 +179,26 @@ def messy_order(events: list[dict], rng: random.Random) -> list[dict]:
 def live_events(
     communities: list[Community], now_ms: int, count: int, rng: random.Random, seq: int
 ) -> list[dict]:
-    """`count` fresh events stamped `now_ms` in active (not stagnating) communities."""
+    """`count` fresh events stamped `now_ms`, in each community's pattern of its last
+    days: as busy as its history (relative to the others), quiet ones stay quiet, and
+    declining ones keep only the share of their posters and repliers that the decline
+    left, so a few minutes of live traffic do not undo the history."""
     active = [c for c in communities if c.profile.quiet_last_days == 0]
+    if not active:
+        return []
+    weights = [_posts_per_day(c) * c.profile.decline for c in active]
     out = []
-    for i in range(count):
-        c = rng.choice(active)
+    for i, c in enumerate(rng.choices(active, weights, k=count)):
         cid = c.community_id
         n = seq + i
         base = {"event_id": f"{cid}-live-{n}", "community_id": cid, "ts": now_ms}
         post_id = f"{cid}-live-p{rng.randrange(n // 20 + 1)}"
         roll = rng.random()
         if roll < 0.1:
-            out.append({**base, "type": "post", "user_id": rng.choice(c.creators),
+            out.append({**base, "type": "post", "user_id": rng.choice(_left(c.creators, c)),
                         "post_id": f"{cid}-live-p{n // 20}"})
         elif roll < 0.4:
-            out.append({**base, "type": "reply", "user_id": rng.choice(c.critics),
+            out.append({**base, "type": "reply", "user_id": rng.choice(_left(c.critics, c)),
                         "post_id": post_id, "reply_id": base["event_id"],
                         "parent_id": post_id, "parent_type": "post"})
         elif roll < 0.8:
@@ -203,6 +208,15 @@ def live_events(
             out.append({**base, "type": "view", "user_id": rng.choice(c.spectators),
                         "target_id": post_id, "target_type": "post"})
     return out
+
+
+def _posts_per_day(community: Community) -> float:
+    return max(0.3, community.profile.posts_per_member_day * len(community.members))
+
+
+def _left(users: list[str], community: Community) -> list[str]:
+    """The users still active after the community's decline (all, without one)."""
+    return users[: max(1, int(len(users) * community.profile.decline))]
 
 
 def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]],

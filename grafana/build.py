@@ -31,6 +31,7 @@ RULE_GROUP = "community-pulse"
 RULE_GROUP_INTERVAL = "1m"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
+CONTRIBUTE = "are creator, conversationalist or critic (post or reply)"
 Json = dict[str, Any]
 
 TIER_MAPPING = [
@@ -54,12 +55,12 @@ STAGNATING_MAPPING = [
 ]
 
 ACTIONS_MD = """\
-### What to do, per tier (share of members active as creator or critic)
+### What to do, per tier (contributor share: members who are creator, conversationalist or critic)
 
 **Low — below 15%.** The information shared is not representative of the whole group.
-- Focus on a group where 15% or more of the users act as creator or critic.
+- Focus on a group where 15% or more of the members post or reply.
 - Merge similar communities (the small ones too) and explain why the group is made larger.
-- Stimulate more users to act as critic or creator: apply *talking*, or provoke
+- Stimulate more members to post or reply: apply *talking*, or provoke
   reactions as a creator yourself.
 - And/or bring in a content expert and let them act as critic.
 
@@ -67,7 +68,7 @@ ACTIONS_MD = """\
 be part of it: listening (and talking) shows what people need and what valuable
 knowledge lives there.
 - Bring similar communities (the small ones too) together and explain why.
-- Stimulate even more users to act as critic or creator.
+- Stimulate even more members to post or reply.
 - And/or bring in a content expert who acts as critic.
 
 **High — 30% or more.** A community of practice you must be part of: much information is
@@ -126,27 +127,30 @@ def field_config(unit: str = "short", *, mappings: list[Json] | None = None, min
     return {"defaults": defaults, "overrides": []}
 
 
-def stat(title: str, grid: tuple[int, int, int, int], expr: str, unit: str = "short",
-         **fc: Any) -> Json:
-    return panel("stat", title, grid, [target(expr)], fieldConfig=field_config(unit, **fc),
+def stat(title: str, grid: tuple[int, int, int, int], expr: str, unit: str = "short", *,
+         description: str, **fc: Any) -> Json:
+    return panel("stat", title, grid, [target(expr)], description=description,
+                 fieldConfig=field_config(unit, **fc),
                  options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False},
                           "colorMode": "background", "graphMode": "none"})
 
 
 def timeseries(title: str, grid: tuple[int, int, int, int], targets: list[Json],
-               unit: str = "short", overrides: list[Json] | None = None,
-               **fc: Any) -> Json:
+               unit: str = "short", overrides: list[Json] | None = None, *,
+               description: str, **fc: Any) -> Json:
     config = field_config(unit, **fc)
     config["overrides"] = overrides or []
-    return panel("timeseries", title, grid, targets, fieldConfig=config,
+    return panel("timeseries", title, grid, targets, description=description,
+                 fieldConfig=config,
                  options={"legend": {"displayMode": "table", "placement": "right",
                                      "calcs": ["lastNotNull"]},
                           "tooltip": {"mode": "multi", "sort": "desc"}})
 
 
-def text(title: str, grid: tuple[int, int, int, int], content: str) -> Json:
+def text(title: str, grid: tuple[int, int, int, int], content: str, description: str) -> Json:
     x, y, w, h = grid
-    return {"type": "text", "title": title, "gridPos": {"x": x, "y": y, "w": w, "h": h},
+    return {"type": "text", "title": title, "description": description,
+            "gridPos": {"x": x, "y": y, "w": w, "h": h},
             "options": {"mode": "markdown", "content": content}}
 
 
@@ -209,20 +213,23 @@ def overview() -> Json:
         target(f"max by (community) (community_pulse_unanswered_posts{{{w}}})", table=True),
         target(f"max by (community) (community:community_pulse_sustainability_score:change_7d"
                f"{{{w}}})", table=True),
+        target('max by (community) (community_pulse_sustainability_score{window="7d"})',
+               table=True),
     ])
-    names = ["Tier", "Creator+critic share", "Score", "Stagnating", "Members", "Unanswered",
-             "Score Δ 7d"]
+    names = ["Tier", "Contributor share", "Score", "Stagnating", "Members", "Unanswered",
+             "Score Δ 7d", "Score, last 7 days"]
     rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
     overrides = [
         {"matcher": {"id": "byName", "options": "Tier"},
          "properties": [{"id": "mappings", "value": TIER_MAPPING},
                         {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
-        {"matcher": {"id": "byName", "options": "Creator+critic share"},
+        {"matcher": {"id": "byName", "options": "Contributor share"},
          "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}]},
-        {"matcher": {"id": "byName", "options": "Score"},
-         "properties": [{"id": "decimals", "value": 0}, {"id": "max", "value": 100},
-                        {"id": "custom.cellOptions",
-                         "value": {"type": "gauge", "mode": "basic"}}]},
+        *({"matcher": {"id": "byName", "options": score},
+           "properties": [{"id": "decimals", "value": 0}, {"id": "max", "value": 100},
+                          {"id": "custom.cellOptions",
+                           "value": {"type": "gauge", "mode": "basic"}}]}
+          for score in ("Score", "Score, last 7 days")),
         {"matcher": {"id": "byName", "options": "Stagnating"},
          "properties": [{"id": "mappings", "value": STAGNATING_MAPPING},
                         {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
@@ -234,6 +241,12 @@ def overview() -> Json:
     ]
     table = panel(
         "table", "Communities (tier, share, score, stagnating)", (0, 13, 16, 14), table_targets,
+        description="One row per community, in the selected window: tier and contributor share "
+                    "(members who are creator, conversationalist or critic), sustainability "
+                    "score 0-100, members, posts past the response SLA without a reply, and the "
+                    "score's change over 7 days. Stagnating looks at the last 7 and 14 days "
+                    "whatever the window, so a community can score well over 28 days and "
+                    "stagnate now: 'Score, last 7 days' shows that recent score beside it.",
         fieldConfig={"defaults": {"custom": {"align": "auto"},
                                   "thresholds": {"mode": "absolute", "steps": [
                                       {"value": None, "color": "red"},
@@ -250,32 +263,52 @@ def overview() -> Json:
     panels = [
         stat("Low tier (<15%)", (0, 0, 4, 4),
              f"count(max by (community) (community_pulse_tier{{{w}}}) == 0) or vector(0)",
-             thresholds=[(None, "green"), (1, "red")]),
+             thresholds=[(None, "green"), (1, "red")],
+             description=f"Communities where under 15% of the members {CONTRIBUTE} in the "
+                         "selected window: not representative of the group."),
         stat("Medium tier (15-30%)", (4, 0, 4, 4),
              f"count(max by (community) (community_pulse_tier{{{w}}}) == 1) or vector(0)",
-             thresholds=[(None, "yellow")]),
+             thresholds=[(None, "yellow")],
+             description=f"Communities where 15% to 30% of the members {CONTRIBUTE}: worth "
+                         "joining and listening to."),
         stat("High tier (>=30%)", (8, 0, 4, 4),
              f"count(max by (community) (community_pulse_tier{{{w}}}) == 2) or vector(0)",
-             thresholds=[(None, "green")]),
+             thresholds=[(None, "green")],
+             description=f"Communities where 30% or more of the members {CONTRIBUTE}: "
+                         "communities of practice to be part of."),
         stat("Stagnating communities", (12, 0, 4, 4), "job:community_pulse_stagnating:count",
-             thresholds=[(None, "green"), (1, "red")]),
+             thresholds=[(None, "green"), (1, "red")],
+             description="Communities with members and no post or reply in the last 7 days, "
+                         "or fewer than 75% as many people posting and replying in the last "
+                         "14 days as in the 14 before (independent of the window)."),
         stat("Average sustainability", (16, 0, 4, 4),
              f"window:community_pulse_sustainability_score:avg{{{w}}}", min_=0, max_=100,
-             thresholds=[(None, "red"), (40, "yellow"), (70, "green")]),
+             thresholds=[(None, "red"), (40, "yellow"), (70, "green")],
+             description="Mean sustainability score (0-100) of the exported communities in the "
+                         "selected window: retention, continuity, responsiveness, participation "
+                         "and reciprocity."),
         stat("Members (exported communities)", (20, 0, 4, 4),
-             f"window:community_pulse_members:sum{{{w}}}", thresholds=[(None, "blue")]),
+             f"window:community_pulse_members:sum{{{w}}}", thresholds=[(None, "blue")],
+             description="Members summed over the exported communities (a person in two "
+                         "communities counts twice; communities under the privacy threshold "
+                         "are not exported)."),
         timeseries("Communities per tier", (0, 4, 12, 9),
                    [target(f"window:community_pulse_communities_by_tier:count{{{w}}}",
-                           "{{tier}}")], stack=True),
+                           "{{tier}}")], stack=True,
+                   description="Number of exported communities in each tier over time, in the "
+                               "selected window."),
         panel("bargauge", "Sustainability score by community", (12, 4, 12, 9),
               [target(f"sort_desc(max by (community) "
                       f"(community_pulse_sustainability_score{{{w}}}))", "{{community}}")],
+              description="Each community's sustainability score (0-100) in the selected "
+                          "window, best first.",
               fieldConfig=field_config("none", min_=0, max_=100, thresholds=[
                   (None, "red"), (40, "yellow"), (70, "green")]),
               options={"orientation": "horizontal", "displayMode": "gradient",
                        "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
         table,
-        text("Recommended actions per tier", (16, 13, 8, 14), ACTIONS_MD),
+        text("Recommended actions per tier", (16, 13, 8, 14), ACTIONS_MD,
+             "What the seed article recommends for each tier."),
         *steering_panels(y=27),
     ]
     return dashboard("community-pulse-overview", "Community Pulse — overview", panels,
@@ -287,12 +320,13 @@ def steering_panels(y: int) -> list[Json]:
     """Merge suggestions and where to start (SPEC 5, docs/steering.md): the network-wide
     view that the worker owning partition 0 exports."""
     def table_panel(title: str, grid: tuple[int, int, int, int], targets: list[Json],
-                    names: list[str], sort: str, desc: bool, units: dict[str, str]) -> Json:
+                    names: list[str], sort: str, desc: bool, units: dict[str, str],
+                    description: str) -> Json:
         rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
         overrides = [{"matcher": {"id": "byName", "options": name},
                       "properties": [{"id": "unit", "value": unit}, {"id": "decimals", "value": 2}]}
                      for name, unit in units.items()]
-        return panel("table", title, grid, refs(targets),
+        return panel("table", title, grid, refs(targets), description=description,
                      fieldConfig={"defaults": {"custom": {"align": "auto"}},
                                   "overrides": overrides},
                      options={"showHeader": True, "sortBy": [{"displayName": sort, "desc": desc}]},
@@ -310,10 +344,14 @@ def steering_panels(y: int) -> list[Json]:
                     table=True),
              target("max by (community, candidate) "
                     "(community_pulse_merge_suggestion_merged_share_ratio)", table=True)],
-            ["Member overlap (Jaccard)", "Creator+critic share if merged"],
+            ["Member overlap (Jaccard)", "Contributor share if merged"],
             "Member overlap (Jaccard)", True,
             {"Member overlap (Jaccard)": "percentunit",
-             "Creator+critic share if merged": "percentunit"}),
+             "Contributor share if merged": "percentunit"},
+            "For each community in tier low or medium, the communities that share most of its "
+            "members (shared / all members of the two) and the share of members who would "
+            f"{CONTRIBUTE} if they merged: merge similar communities, the small ones too, and "
+            "explain why the group grows. Estimated from member sketches (docs/steering.md)."),
         table_panel(
             "Where to start: communities of practice, best first", (14, y, 10, 10),
             [target(candidates, table=True),
@@ -321,8 +359,11 @@ def steering_panels(y: int) -> list[Json]:
                     f"and on (community) {candidates}", table=True),
              target(f"max by (community) (community_pulse_contributor_share_ratio"
                     f"{{window=\"$window\"}}) and on (community) {candidates}", table=True)],
-            ["Rank", "Members", "Creator+critic share"], "Rank", False,
-            {"Creator+critic share": "percentunit"}),
+            ["Rank", "Members", "Contributor share"], "Rank", False,
+            {"Contributor share": "percentunit"},
+            "Communities of practice to start with: tier high, at least 20 members, not "
+            "stagnating; ranked by the number of members who post or reply, then by "
+            "sustainability. Take the next one only when your follow-up is under control."),
     ]
 
 
@@ -340,44 +381,70 @@ def community() -> Json:
                               "label_values(community_pulse_members, community)",
                               sort=1, current={})
     panels = [
-        stat("Tier", (0, 0, 4, 4), f"max(community_pulse_tier{{{cw}}})",
-             mappings=TIER_MAPPING),
+        stat("Tier ($window)", (0, 0, 4, 4), f"max(community_pulse_tier{{{cw}}})",
+             mappings=TIER_MAPPING,
+             description=f"By the share of members who {CONTRIBUTE} in the window: low under "
+                         "15%, medium 15-30%, high 30% or more."),
         stat("Members", (4, 0, 3, 4), f"max(community_pulse_members{{{cw}}})",
-             thresholds=[(None, "blue")]),
-        stat("Creator+critic share", (7, 0, 4, 4),
+             thresholds=[(None, "blue")],
+             description="Users who joined, or did anything in the last 90 days, and did not "
+                         "leave after their last activity."),
+        stat("Contributor share ($window)", (7, 0, 4, 4),
              f"max(community_pulse_contributor_share_ratio{{{cw}}})", "percentunit",
-             thresholds=[(None, "red"), (0.15, "yellow"), (0.3, "green")]),
-        stat("Sustainability", (11, 0, 3, 4),
+             thresholds=[(None, "red"), (0.15, "yellow"), (0.3, "green")],
+             description=f"Share of the members who {CONTRIBUTE} in the window; it sets the "
+                         "tier."),
+        stat("Sustainability ($window)", (11, 0, 3, 4),
              f"max(community_pulse_sustainability_score{{{cw}}})", min_=0, max_=100,
-             thresholds=[(None, "red"), (40, "yellow"), (70, "green")]),
+             thresholds=[(None, "red"), (40, "yellow"), (70, "green")],
+             description="Score 0-100 over the window: the mean of retention, continuity, "
+                         "responsiveness, participation and reciprocity. A long window can "
+                         "still score well while the community stagnates now: pick 7d."),
         stat("Score change 7d", (14, 0, 3, 4),
              f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
-             thresholds=[(None, "red"), (-15, "yellow"), (0, "green")]),
-        stat("Stagnating", (17, 0, 3, 4), f"max(community_pulse_stagnating{{{c}}})",
-             mappings=STAGNATING_MAPPING),
+             thresholds=[(None, "red"), (-15, "yellow"), (0, "green")],
+             description="Sustainability score now minus 7 days ago (needs a week of "
+                         "Prometheus history)."),
+        stat("Stagnating (last 7/14 days)", (17, 0, 3, 4),
+             f"max(community_pulse_stagnating{{{c}}})", mappings=STAGNATING_MAPPING,
+             description="No post or reply in the last 7 days, or fewer than 75% as many "
+                         "people posting and replying in the last 14 days as in the 14 before. "
+                         "Independent of the window selected above."),
         stat("Last activity", (20, 0, 4, 4),
              f"max(community_pulse_last_activity_timestamp_seconds{{{c}}}) * 1000",
-             "dateTimeFromNow", thresholds=[(None, "text")]),
+             "dateTimeFromNow", thresholds=[(None, "text")],
+             description="Time of the newest post, reply, like or view."),
         timeseries("Role ladder (primary role per member)", (0, 4, 12, 10), [target(
-            f"max by (role) (community_pulse_role_users{{{cw}}})", "{{role}}")], stack=True),
+            f"max by (role) (community_pulse_role_users{{{cw}}})", "{{role}}")], stack=True,
+            description="Members by their highest role in the window (creator, "
+                        "conversationalist, critic, joiner, spectator, inactive); the stack "
+                        "adds up to the members."),
         timeseries("Sustainability components", (12, 4, 12, 10), [target(
             f"max by (component) (community_pulse_sustainability_component_ratio{{{cw}}})",
-            "{{component}}")], "percentunit", min_=0, max_=1),
+            "{{component}}")], "percentunit", min_=0, max_=1,
+            description="The five parts of the score, each 0-100%: retention, continuity, "
+                        "responsiveness, participation, reciprocity (docs/metrics.md)."),
         timeseries("Listening: posts past the response SLA", (0, 14, 12, 9), refs([
             target(f"max(community_pulse_posts_eligible{{{cw}}})", "eligible"),
             target(f"max(community_pulse_posts_answered_in_sla{{{cw}}})", "answered in SLA"),
             target(f"max(community_pulse_unanswered_posts{{{cw}}})", "unanswered"),
-        ])),
+        ]), description="Posts in the window older than the response SLA (eligible), those "
+                        "answered by another member within the SLA, and those with no reply "
+                        "by another member yet."),
         timeseries("Median time to first reply", (12, 14, 12, 9), [target(
             f"max(community_pulse_median_first_reply_seconds{{{cw}}})", "median first reply")],
-            "s", min_=0),
+            "s", min_=0,
+            description="Median time from a post to its first reply by another member, over "
+                        "the window's posts that have one."),
         timeseries("Sustainability score", (0, 23, 12, 9), refs([
             target(f"max(community_pulse_sustainability_score{{{cw}}})", "score"),
             target(f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
                    "change over 7 days"),
-        ]), min_=-100, max_=100),
+        ]), min_=-100, max_=100,
+            description="The score (0-100) and its change over 7 days."),
         timeseries("Activity in the window", (12, 23, 12, 9), [target(
-            f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")]),
+            f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")],
+            description="Distinct posts, replies, likes and views in the window."),
         *goal_panels(c, 32),
     ]
     return dashboard("community-pulse-community", "Community Pulse — community", panels,
@@ -399,11 +466,16 @@ def goal_panels(selector: str, y: int) -> list[Json]:
                        target(f"max by (goal) (community_pulse_goal_target{{{selector}}})",
                               "{{goal}} target"),
                    ]), overrides=[
-                       _dashed("/ expected$/", [8, 6]), _dashed("/ target$/", [2, 4])]),
+                       _dashed("/ expected$/", [8, 6]), _dashed("/ target$/", [2, 4])],
+                   description="Each SMART goal's metric value, the line it is expected to "
+                               "follow from baseline to target by the deadline, and the "
+                               "target."),
         panel("table", "Goals: status and progress", (16, y, 8, 9), refs([
             target(status, table=True),
             target(f"max by (goal) (community_pulse_goal_progress_ratio{{{selector}}})",
                    table=True)]),
+            description="Each goal's status (not started, on track, behind, met, missed, "
+                        "ended, no data) and progress from baseline (0%) to target (100%).",
             fieldConfig={"defaults": {"unit": "percentunit"}, "overrides": []},
             transformations=[
                 {"id": "merge", "options": {}},
@@ -451,36 +523,62 @@ def pipeline() -> Json:
 
     panels = [
         stat("Workers up", (0, 0, 4, 4), 'sum(up{job="community-pulse"})',
-             thresholds=[(None, "red"), (1, "green")]),
+             thresholds=[(None, "red"), (1, "green")],
+             description="Workers whose /metrics Prometheus can scrape."),
         stat("Owned communities", (4, 0, 4, 4),
-             f"sum(community_pulse_owned_communities{{{inst}}})", thresholds=[(None, "blue")]),
+             f"sum(community_pulse_owned_communities{{{inst}}})", thresholds=[(None, "blue")],
+             description="Communities in the partitions the workers own now (each once)."),
         stat("Unaccounted events (must be 0)", (8, 0, 4, 4), f"sum({unaccounted})",
-             thresholds=[(None, "green"), (1, "red")]),
+             thresholds=[(None, "green"), (1, "red")],
+             description="Consumed minus processed, duplicates and dead-lettered, over all "
+                         "topics: anything but 0 (beyond a batch in flight) is lost input."),
         stat("Dead-lettered (range)", (12, 0, 4, 4),
              f"sum(increase(community_pulse_events_dead_lettered_total{{{inst}}}[$__range]))"
-             " or vector(0)", thresholds=[(None, "green"), (1, "orange")]),
+             " or vector(0)", thresholds=[(None, "green"), (1, "orange")],
+             description="Invalid messages sent to the dead-letter topic in the time range."),
         stat("Oldest snapshot age", (16, 0, 4, 4),
              f"time() - min(community_pulse_last_snapshot_timestamp_seconds{{{inst}}})", "s",
-             thresholds=[(None, "green"), (300, "yellow"), (900, "red")]),
-        stat("Max event-time lag", (20, 0, 4, 4),
-             f"max(community_pulse_event_time_lag_seconds{{{inst}}})", "s",
-             thresholds=[(None, "green"), (300, "yellow"), (900, "red")]),
-        timeseries("Throughput per topic", (0, 4, 12, 9), refs(per_topic), "eps"),
+             thresholds=[(None, "green"), (300, "yellow"), (900, "red")],
+             description="Seconds since the worker that snapshotted least recently wrote its "
+                         "last snapshot (Parquet and gauges)."),
+        stat("Consumer lag", (20, 0, 4, 4),
+             f"max(community_pulse_consumer_lag_seconds{{{inst}}})", "s",
+             thresholds=[(None, "green"), (60, "yellow"), (300, "red")],
+             description="Now minus the Kafka time of the newest message the slowest worker "
+                         "processed: how far behind the producers it is. It also grows when "
+                         "no producer sends anything at all."),
+        timeseries("Throughput per topic", (0, 4, 12, 9), refs(per_topic), "eps",
+                   description="Messages per second per topic: consumed, processed, duplicates "
+                               "and dead-lettered."),
         timeseries("Dead-lettered by reason", (12, 4, 12, 9), [target(
             f"sum by (topic, reason) (rate(community_pulse_events_dead_lettered_total"
-            f"{{{inst}}}{rate}))", "{{topic}} {{reason}}")], "eps"),
-        timeseries("Event-time lag per topic and worker", (0, 13, 12, 8), [target(
+            f"{{{inst}}}{rate}))", "{{topic}} {{reason}}")], "eps",
+            description="Invalid messages per second, by topic and reason."),
+        timeseries("Consumer lag per worker", (0, 13, 8, 8), [target(
+            f"max by (instance) (community_pulse_consumer_lag_seconds{{{inst}}})",
+            "{{instance}}")], "s",
+            description="Now minus the Kafka time of the newest message each worker "
+                        "processed: the freshness of its gauges and snapshots."),
+        timeseries("Newest event age per topic", (8, 13, 8, 8), [target(
             f"max by (instance, topic) (community_pulse_event_time_lag_seconds{{{inst}}})",
-            "{{instance}} {{topic}}")], "s"),
-        timeseries("Owned communities per worker", (12, 13, 12, 8), [target(
-            f"community_pulse_owned_communities{{{inst}}}", "{{instance}}")]),
+            "{{instance}} {{topic}}")], "s",
+            description="Now minus the event time of the newest event seen per topic. A quiet "
+                        "topic (views, memberships) grows here without being behind; look at "
+                        "consumer lag for freshness."),
+        timeseries("Owned communities per worker", (16, 13, 8, 8), [target(
+            f"community_pulse_owned_communities{{{inst}}}", "{{instance}}")],
+            description="Communities each worker exports; they move after a rebalance."),
         timeseries("Snapshot duration", (0, 21, 8, 8),
-                   quantiles("community_pulse_snapshot_duration_seconds"), "s"),
+                   quantiles("community_pulse_snapshot_duration_seconds"), "s",
+                   description="Time to compute one snapshot of all owned communities "
+                               "(p50, p95, p99)."),
         timeseries("Sink write duration", (8, 21, 8, 8),
-                   quantiles("community_pulse_sink_duration_seconds", "sink"), "s"),
+                   quantiles("community_pulse_sink_duration_seconds", "sink"), "s",
+                   description="Time to write one snapshot per sink (Parquet, metrics)."),
         timeseries("Sink errors", (16, 21, 8, 8), [target(
             f"sum by (instance, sink) (increase(community_pulse_sink_errors_total{{{inst}}}"
-            f"{rate}))", "{{instance}} {{sink}}")]),
+            f"{rate}))", "{{instance}} {{sink}}")],
+            description="Failed snapshot writes per sink; see the worker log."),
     ]
     return dashboard("community-pulse-pipeline", "Community Pulse — pipeline health", panels,
                      [datasource_var(), instance_var], ["pipeline"],

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from grafana_client import GrafanaApi
@@ -200,8 +200,16 @@ def _describe(e: BaseException, url: str) -> str:
     return f"cannot reach Grafana at {where}: {type(e).__name__}"
 
 
+ERROR = "community-pulse: error:"  # the prefix of every other command's one-line errors
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{ERROR} grafana push: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="community-pulse grafana push",
         description="Push the Community Pulse folder, dashboards and alert rules to Grafana.")
     p.add_argument("--url", default=os.environ.get("GRAFANA_URL"),
@@ -244,7 +252,7 @@ def push(argv: list[str]) -> int:
         dashboards = load_dashboards(args.dir)
         group, interval_s, rules = load_rules(args.dir, args.datasource_uid)
     except PushError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{ERROR} {e}", file=sys.stderr)
         return 2
 
     api = GrafanaApi.from_url(args.url, credential=token or None, timeout=args.timeout)
@@ -257,7 +265,7 @@ def push(argv: list[str]) -> int:
             pusher.dashboard(dash)
         pusher.rules(group, interval_s, rules)
     except (GrafanaException, OSError) as e:
-        print(f"error: {_describe(e, args.url)}", file=sys.stderr)
+        print(f"{ERROR} {_describe(e, args.url)}", file=sys.stderr)
         return 1
     c = pusher.counts
     if c["created"] or c["updated"]:
@@ -275,7 +283,7 @@ def main(argv: list[str]) -> int:
               " [--datasource-uid UID] [--ca-file PEM]")
         return 0 if argv else 2
     if argv[0] != "push":
-        print(f"error: unknown grafana command {argv[0]!r} (expected: push)", file=sys.stderr)
+        print(f"{ERROR} unknown grafana command {argv[0]!r} (expected: push)", file=sys.stderr)
         return 2
     return push(argv[1:])
 

@@ -10,9 +10,14 @@ no label ever carries a user id.
 
 from __future__ import annotations
 
+import base64
+import hmac
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
@@ -25,15 +30,18 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import _get_ssl_ctx
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from schemas.events import Reason
+from streams.config import ConfigError, RuntimeConfig, read_secret
 from streams.core import SnapshotRow
 from streams.pipeline import TopicStats
 from streams.steering.goals import STATUSES, Goal, GoalRow
 
 NS = "community_pulse"
+PASSWORD_ENV = "PULSE_METRICS_BASIC_AUTH_PASSWORD"
 ROLE_FIELDS = {
     "creator": "creators",
     "conversationalist": "conversationalists",
@@ -52,7 +60,8 @@ COMMUNITY_FAMILIES = {
     f"{NS}_role_users": "Members by primary role on the ladder.",
     f"{NS}_contributor_share_ratio":
         "Share of members who are creator, conversationalist or critic.",
-    f"{NS}_tier": "Tier: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
+    f"{NS}_tier": "Tier by the share of members who are creator, conversationalist or "
+                  "critic: 0 low (<15%), 1 medium (15-30%), 2 high (>=30%).",
     f"{NS}_sustainability_score": "Sustainability score, 0-100.",
     f"{NS}_sustainability_component_ratio":
         "Sustainability component in [0,1] (absent when undefined).",
@@ -318,8 +327,9 @@ class WorkerMetrics:
             "tier low or medium with a suggested merge candidate.", ["community", "candidate"],
             registry=reg)
         self.merge_share = Gauge(
-            f"{NS}_merge_suggestion_merged_share_ratio", "Creator+critic share the merged "
-            "community would have.", ["community", "candidate"], registry=reg)
+            f"{NS}_merge_suggestion_merged_share_ratio", "Share of members who are creator, "
+            "conversationalist or critic that the merged community would have.",
+            ["community", "candidate"], registry=reg)
         self.focus_rank = Gauge(
             f"{NS}_focus_rank", "Rank (1 = best) of a community of practice to start with: "
             "tier high, large, not stagnating.", ["community"], registry=reg)
@@ -347,15 +357,23 @@ class WorkerMetrics:
         return (generate_latest(self.registry) + self.communities.render().encode()
                 + self.goals.render().encode())
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    def serve(self, port: int, host: str = "127.0.0.1", access: MetricsAccess | None = None
+              ) -> ThreadingHTTPServer:
         """Serve /metrics from a daemon thread (what start_http_server does, plus the
-        cached community series)."""
+        cached community series), over TLS and behind basic auth when `access` says so."""
         metrics = self
+        guard = access or MetricsAccess()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)
+                    return
+                if not guard.allows(self.headers.get("Authorization")):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="community-pulse"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 body = metrics.exposition()
                 self.send_response(200)
@@ -368,6 +386,47 @@ class WorkerMetrics:
                 return  # no access log on stderr
 
         server = ThreadingHTTPServer((host, port), Handler)
+        if guard.certfile:
+            # prometheus_client's own TLS context for its exporters (start_http_server's).
+            context = _get_ssl_ctx(guard.certfile, guard.keyfile, ssl.PROTOCOL_TLS_SERVER)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         return server
+
+
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Who may read /metrics and how: TLS (certificate and key files) and HTTP basic auth
+    (a user and a password); both optional."""
+
+    certfile: str = ""
+    keyfile: str = ""
+    user: str = ""
+    password: str = dataclass_field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("/metrics over TLS needs metrics_tls_certfile and "
+                              "metrics_tls_keyfile")
+        if bool(self.user) != bool(self.password):
+            raise ConfigError("basic auth on /metrics needs metrics_basic_auth_user and a "
+                              f"password ({PASSWORD_ENV} or metrics_basic_auth_password_file)")
+
+    @classmethod
+    def from_runtime(cls, runtime: RuntimeConfig) -> MetricsAccess:
+        password = read_secret("metrics_basic_auth_password_file",
+                               runtime.metrics_basic_auth_password_file, PASSWORD_ENV)
+        return cls(str(runtime.metrics_tls_certfile or ""), str(runtime.metrics_tls_keyfile or ""),
+                   runtime.metrics_basic_auth_user, password if runtime.metrics_basic_auth_user
+                   else "")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certfile else "http"
+
+    def allows(self, authorization: str | None) -> bool:
+        if not self.user:
+            return True
+        expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return hmac.compare_digest((authorization or "").encode(), expected.encode())

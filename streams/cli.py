@@ -29,6 +29,17 @@ class UsageError(Exception):
     """Expected failure: reported as one line, exit code 2."""
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port number (0: any free port)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is outside 0-65535")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config file (see docs/metrics.md)")
@@ -37,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the streaming worker (Faust)")
     worker.add_argument("--broker", help="kafka://host:port (default from config)")
     worker.add_argument("--data-dir", help="snapshot output folder or URI")
-    worker.add_argument("--metrics-port", type=int)
+    worker.add_argument("--metrics-port", type=port)
     worker.add_argument("--partitions", type=int)
     worker.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
     worker.add_argument("--loglevel", default="warning")
@@ -67,7 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="live events per second")
     demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
     demo.add_argument("--data-dir", default="data/demo")
-    demo.add_argument("--metrics-port", type=int, default=9464)
+    demo.add_argument("--metrics-port", type=port, default=9464)
+    demo.add_argument("--secured", action="store_true",
+                      help="SASL_SSL (SCRAM-SHA-512 over TLS) between every client and Kafka")
+
+    sql = sub.add_parser("sql", help="query the history (the views of DATA_DIR/pulse.duckdb)")
+    sql.add_argument("query", nargs="?", help="SQL (default: read from standard input)")
+    sql.add_argument("--data-dir", help="the worker's, demo's or replay's data folder "
+                     "(default from config)")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows to print")
 
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
@@ -170,12 +189,20 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
                     show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals,
-                    pseudonymise=pseudonymise, steering=steering)
+                    pseudonymise=pseudonymise, steering=steering,
+                    parquet_min_members=runtime.min_members_exported
+                    if runtime.parquet_omit_small_communities else 0)
     s = result.stats
     seconds = time.monotonic() - started
     bad = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dead_lettered.items())) or "none"
+    where = "; ".join(result.invalid.described())
+    first = f"; first: {where}" if where else ""
+    if not result.rows_written:
+        raise UsageError(f"no valid events in {len(args.files)} file(s) ({s.consumed:,} "
+                         f"messages, {s.dead_lettered.total():,} invalid{first}); nothing "
+                         f"written to {args.data_dir}")
     print(f"replayed {s.consumed:,} events in {seconds:.1f}s: {s.processed:,} processed, "
-          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}); "
+          f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}{first}); "
           f"{len(result.snapshot_times)} snapshot time(s), {result.rows_written:,} rows "
           f"in {args.data_dir}")
     return 0
@@ -212,8 +239,30 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
 def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from devkit.demo import run_demo
 
+    if args.communities < 1 or args.rate <= 0 or args.duration < 0:
+        raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port)
+                    args.metrics_port, metrics, args.secured)
+
+
+def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    import duckdb
+
+    catalogue = Path(args.data_dir or runtime.data_dir) / "pulse.duckdb"
+    if not catalogue.is_file():
+        raise UsageError(f"no {catalogue}: run the demo, the worker or replay first, or pass "
+                         "--data-dir")
+    query = args.query if args.query is not None else sys.stdin.read()
+    try:
+        with duckdb.connect(str(catalogue), read_only=True) as con:
+            result = con.sql(query)
+            if result is not None:
+                table = result.to_arrow_table()
+                con.from_arrow(table).show(max_rows=args.max_rows)
+                print(f"{table.num_rows:,} row(s)")
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL: {' '.join(str(exc).split())}") from None
+    return 0
 
 
 def _compact(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -381,6 +430,7 @@ _COMMANDS = {
     "replay": _replay,
     "generate": _generate,
     "demo": _demo,
+    "sql": _sql,
     "compact": _compact,
     "backfill": _backfill,
     "grafana": _grafana,

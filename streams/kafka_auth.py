@@ -18,7 +18,7 @@ import ssl
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from streams.config import ConfigError, read_secret
 
@@ -163,6 +163,38 @@ class KafkaSecurity:
             conf.update({"sasl.mechanism": self.mechanism, "sasl.username": self.username,
                          "sasl.password": self.password})
         return conf
+
+
+class Acl(NamedTuple):
+    """One ACL a principal needs: e.g. Acl("TOPIC", "PREFIXED", "community.", "READ")."""
+
+    resource: str  # TOPIC, GROUP
+    pattern: str  # LITERAL, PREFIXED
+    name: str
+    operation: str  # READ, WRITE, DESCRIBE, CREATE
+
+
+def worker_acls(runtime: RuntimeConfig) -> list[Acl]:
+    """What the worker's principal needs on a cluster with an authorizer (docs/security.md;
+    the secured end-to-end test grants exactly these and nothing else). CREATE only when
+    the worker creates missing topics itself; pre-created topics make it unnecessary."""
+    from schemas.events import DEAD_LETTER_TOPIC
+
+    events = runtime.topic_prefix + "community."  # event topics and the dead-letter topic
+    internal = runtime.app_id + "-"  # the changelog and Faust's leader-assignment topic
+    return [
+        *(Acl("TOPIC", "PREFIXED", events, op) for op in ("DESCRIBE", "READ", "CREATE")),
+        Acl("TOPIC", "LITERAL", runtime.topic_prefix + DEAD_LETTER_TOPIC, "WRITE"),
+        *(Acl("TOPIC", "PREFIXED", internal, op)
+          for op in ("DESCRIBE", "READ", "WRITE", "CREATE")),
+        Acl("GROUP", "LITERAL", runtime.app_id, "READ"),
+    ]
+
+
+def producer_acls(topic_prefix: str = "") -> list[Acl]:
+    """What `generate` and applications using the producer helper need."""
+    return [Acl("TOPIC", "PREFIXED", topic_prefix + "community.", op)
+            for op in ("DESCRIBE", "WRITE")]
 
 
 class KafkaAccessError(ConnectionError):

@@ -17,8 +17,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from multiprocessing.connection import Connection
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.columnar import events_table, scan_json_lines, scan_parquet
-from schemas.events import EVENT_TYPES, Event, decode_lines
+from schemas.events import EVENT_TYPES, Event, Rejection, decode_lines, decode_message
 from sinks.network import SteeringSink
 from sinks.parquet import SnapshotWriter, rows_to_table
 from sinks.steering import goals_table
@@ -78,8 +78,7 @@ def parse_time(text: str) -> int:
 
 def read_messages(path: Path) -> Iterator[bytes]:
     """Raw messages of one file, as the worker would see them on a topic."""
-    if not path.is_file():
-        raise ReplayError(f"{path}: no such file")
+    check_readable(path)
     if path.suffix == ".parquet":
         try:
             table = pq.read_table(path)
@@ -92,6 +91,57 @@ def read_messages(path: Path) -> Iterator[bytes]:
         for line in lines:
             if line.strip():
                 yield line.rstrip(b"\r\n")
+
+
+def check_readable(path: Path) -> None:
+    """A one-line error for an input that is not a readable file."""
+    if path.is_dir():
+        raise ReplayError(f"{path}: is a directory; give the event files in it "
+                          f"(e.g. {path}/*.jsonl)")
+    if not path.exists():
+        raise ReplayError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise ReplayError(f"{path}: not readable (permission denied)")
+
+
+@dataclass
+class InvalidInput:
+    """Where the first few invalid messages of the input are, and why (for the report)."""
+
+    limit: int = 5
+    found: list[tuple[Path, int, str]] = field(default_factory=list)  # file, place, reason
+
+    def note(self, path: Path, place: int, rejections: Sequence[Rejection]) -> None:
+        for rejection in rejections[: self.limit - len(self.found)]:
+            self.found.append((path, place, rejection.message))
+
+    @property
+    def full(self) -> bool:
+        return len(self.found) >= self.limit
+
+    def described(self) -> list[str]:
+        """`events.jsonl line 12: bad_json: ...` (`row` for Parquet; 1-based)."""
+        lines: dict[Path, dict[int, int]] = {}
+        for path in {path for path, _, _ in self.found}:
+            lines[path] = _line_numbers(path, [p for f, p, _ in self.found if f == path])
+        return [f"{path.name} {'row' if path.suffix == '.parquet' else 'line'} "
+                f"{lines[path][place]}: {reason}" for path, place, reason in self.found]
+
+
+def _line_numbers(path: Path, places: list[int]) -> dict[int, int]:
+    """1-based line numbers of messages at these places (blank lines are no messages)."""
+    if path.suffix == ".parquet":
+        return {place: place + 1 for place in places}
+    wanted, found, place = set(places), {}, -1
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                place += 1
+                if place in wanted:
+                    found[place] = number
+                    if len(found) == len(wanted):
+                        break
+    return found
 
 
 def _row_message(row: dict[str, Any]) -> bytes:
@@ -121,6 +171,7 @@ class ReplayResult:
     rows_written: int
     files: list[str]
     goal_rows_written: int = 0
+    invalid: InvalidInput = field(default_factory=InvalidInput)
 
 
 def snapshot_times(first: int, last: int, as_of: int | None, every: int | None) -> list[int]:
@@ -164,7 +215,8 @@ class _FileEvents:
     place: Ints
 
 
-def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
+def _read_events(path: Path, ingestor: Ingestor, now_ms: int, invalid: InvalidInput
+                 ) -> _FileEvents:
     """Valid events of one file, counted. JSON lines go to DuckDB in one scan, Parquet
     to Arrow; the lines or rows they cannot vouch for (envelopes, unusual times, bad
     input) go through the same per-message decoder as the worker's."""
@@ -172,9 +224,14 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
     scan = (scan_parquet if path.suffix == ".parquet" else scan_json_lines)(path, allowed, now_ms)
     events: list[Event] = []
     if scan is None:
-        messages = read_messages(path)
+        messages, done = read_messages(path), 0
         while chunk := list(islice(messages, DECODE_CHUNK)):
-            events.extend(ingestor.decode_lines(SOURCE, chunk, now_ms).events)
+            result = ingestor.decode_lines(SOURCE, chunk, now_ms)
+            events.extend(result.events)
+            if result.rejections and not invalid.full:  # find them, for the report
+                for place, message in enumerate(chunk, start=done):
+                    invalid.note(path, place, decode_message(message, allowed, now_ms)[1])
+            done += len(chunk)
         return _FileEvents(events_table(events), np.ones(len(events), dtype=np.bool_),
                            np.arange(len(events), dtype=np.int64))
     lines = scan.table.num_rows
@@ -186,8 +243,8 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
         for item in _left_over(path, redo, lines):
             pending.append(item)
             if len(pending) == DECODE_CHUNK:
-                _decode_apart(ingestor, pending, now_ms, events, places)
-        _decode_apart(ingestor, pending, now_ms, events, places)
+                _decode_apart(ingestor, pending, now_ms, events, places, invalid.note, path)
+        _decode_apart(ingestor, pending, now_ms, events, places, invalid.note, path)
     return _FileEvents(
         pa.concat_tables([scan.table, events_table(events)]),
         np.concatenate([scan.ok, np.ones(len(events), dtype=np.bool_)]),
@@ -195,7 +252,8 @@ def _read_events(path: Path, ingestor: Ingestor, now_ms: int) -> _FileEvents:
 
 
 def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: int,
-                  events: list[Event], places: list[int]) -> None:
+                  events: list[Event], places: list[int],
+                  note: Callable[[Path, int, Sequence[Rejection]], None], path: Path) -> None:
     """Decode (and count) the lines the scan left over, with their places; in one call
     when they are all valid events of one line each, else line by line. Empties
     `pending`."""
@@ -209,19 +267,21 @@ def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: 
         places += [place for place, _ in pending]
     else:
         for place, message in pending:
-            ok = ingestor.decode(SOURCE, message, None, now_ms).events
+            ok, rejections = ingestor.decode(SOURCE, message, None, now_ms)
+            note(path, place, rejections)
             events += ok
             places += [place] * len(ok)
     pending.clear()
 
 
-def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int
-                ) -> tuple[EventColumns, Ints]:
+def read_events(files: Sequence[Path], ingestor: Ingestor, now_ms: int,
+                invalid: InvalidInput | None = None) -> tuple[EventColumns, Ints]:
     """The valid events of all files as columns (for cores that take nothing else), in
     file order, and each one's place in the files (see `in_time_order`)."""
     parts, places, offset = [], [], 0
+    invalid = invalid if invalid is not None else InvalidInput()
     for path in files:
-        part = _read_events(path, ingestor, now_ms)
+        part = _read_events(path, ingestor, now_ms, invalid)
         parts.append(part)
         places.append(part.place[part.ok] + offset)
         offset += len(part.place) + 1
@@ -272,6 +332,7 @@ def replay(
     pseudonymise: Pseudonymiser | None = None,
     steering: Steering | None = None,
     goals: Sequence[steering_goals.Goal] = (),
+    parquet_min_members: int = 0,
 ) -> ReplayResult:
     """Snapshots of the files' events. `jobs` processes (default: one per CPU, one
     for small inputs) each compute the communities of one partition, as workers of
@@ -281,12 +342,15 @@ def replay(
     merges and focus too, at the steering times (see `Steering`)."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    events, place = read_events(files, ingestor, now_ms)
+    for path in files:
+        check_readable(path)
+    invalid = InvalidInput()
+    events, place = read_events(files, ingestor, now_ms, invalid)
     if pseudonymise is not None:  # each distinct user id once, not each event
         events = dataclasses.replace(events, users=pseudonymise.many(events.users))
     stats = ingestor.stats[SOURCE]
     if not len(events):
-        return ReplayResult(stats, [], 0, [str(f) for f in files])
+        return ReplayResult(stats, [], 0, [str(f) for f in files], invalid=invalid)
     newest = int(events.ts.max())
     times = snapshot_times(int(events.ts.min()), newest, as_of_ms, every_ms)
     stamps = np.sort(events.ts) if show_progress else None
@@ -298,6 +362,8 @@ def replay(
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
         table = pa.concat_tables([part[0] for part in tables]).sort_by(
             [("community_id", "ascending"), ("window_days", "ascending")])
+        if parquet_min_members:  # small communities left out (parquet_omit_small_communities)
+            table = table.filter(pc.greater_equal(table["members"], parquet_min_members))
         writer.write_table(t, table)
         rows_written += table.num_rows
         if sink is not None and len(tables[0]) > 1:  # a steering time
@@ -316,7 +382,8 @@ def replay(
     stats.processed += len(events) - duplicates
     stats.newest_event_ms = max(newest, stats.newest_event_ms or 0)
     progress.update(len(events), final=True)
-    return ReplayResult(stats, times, rows_written, [str(f) for f in files], goal_rows_written)
+    return ReplayResult(stats, times, rows_written, [str(f) for f in files], goal_rows_written,
+                        invalid)
 
 
 def _goal_rows(goals: Sequence[steering_goals.Goal], t: int, table: pa.Table

@@ -23,18 +23,22 @@ in-memory PulseCore is derived from it and rebuilt on recovery.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import faust
 import msgspec
 import pyarrow as pa
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
 from kafka.partitioner.default import murmur2
@@ -42,9 +46,9 @@ from kafka.partitioner.default import murmur2
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
 from sinks.parquet import SnapshotWriter
-from sinks.prometheus import WorkerMetrics
+from sinks.prometheus import MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
-from streams.config import MetricConfig, RuntimeConfig
+from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
 from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingestor
@@ -411,6 +415,8 @@ class PulseWorker:
             self.deltas.expire(partition, cut_ms, carry)
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
+            rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
             return
         try:
@@ -534,6 +540,14 @@ class PulseApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def _scratch_dir(app_id: str) -> str:
+    """Faust wants a local folder even with in-memory tables: a fresh one per process
+    under $TMPDIR (not the CWD), removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=f"community-pulse-{app_id}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def faust_app(
     app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
     security: KafkaSecurity | None = None, replication: int = 1,
@@ -549,8 +563,7 @@ def faust_app(
         broker=broker,
         broker_credentials=(security or KafkaSecurity()).faust_credentials(),
         topic_replication_factor=replication,
-        # Faust wants a local folder even with in-memory tables; keep it out of the CWD.
-        datadir=str(Path(tempfile.gettempdir()) / f"community-pulse-{app_id}"),
+        datadir=_scratch_dir(app_id),
         store="memory://",
         topic_partitions=partitions,
         table_standby_replicas=0,
@@ -637,10 +650,62 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     return app
 
 
+class StartupError(ConfigError):
+    """The worker cannot start with these settings; the message is one line."""
+
+
+BROKER_CHECK_TIMEOUT_S = 15.0
+
+
+def describe_startup_failure(exc: BaseException, runtime: RuntimeConfig) -> str:
+    """One line for what stopped the worker from starting. New causes (e.g. a refused
+    login) get their own branch here."""
+    if isinstance(exc, KafkaConnectionError | TimeoutError):
+        return (f"cannot reach Kafka at {runtime.broker} ({exc}); is the broker running? "
+                "Set it with --broker or PULSE_BROKER")
+    return f"cannot use Kafka at {runtime.broker}: {type(exc).__name__}: {exc}"
+
+
+def check_broker(app: faust.App, runtime: RuntimeConfig) -> None:
+    """Connect to the brokers once, with the app's own addresses and credentials, before
+    Faust starts: Faust's own failure would be a crash with a page of traceback."""
+
+    async def connect() -> None:
+        client = AIOKafkaClient(
+            bootstrap_servers=faust_aiokafka.server_list(app.conf.broker, 9092),
+            request_timeout_ms=int(BROKER_CHECK_TIMEOUT_S * 1000),
+            **faust_aiokafka.credentials_to_aiokafka_auth(app.conf.broker_credentials,
+                                                          app.conf.ssl_context))
+        try:
+            await asyncio.wait_for(client.bootstrap(), BROKER_CHECK_TIMEOUT_S)
+        finally:
+            await client.close()
+
+    kafka_log = logging.getLogger("aiokafka")
+    level, loop = kafka_log.level, asyncio.new_event_loop()
+    kafka_log.setLevel(logging.CRITICAL)  # its "Unable connect" lines: we say it once
+    try:
+        loop.run_until_complete(connect())
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise StartupError(describe_startup_failure(exc, runtime)) from None
+    finally:
+        kafka_log.setLevel(level)
+        loop.close()
+
+
+def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
+    try:
+        worker.metrics.serve(port, host, access)
+    except OSError as exc:
+        raise StartupError(f"cannot serve /metrics on port {port}: {exc.strerror or exc} "
+                           "(choose another with --metrics-port)") from None
+
+
 def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
     """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
+    access = MetricsAccess.from_runtime(runtime)
     check_access(runtime.broker, security)  # a refused login: one line, not endless retries
     ignored = ignored_faust_environment()
     if ignored:
@@ -648,6 +713,12 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
     worker = PulseWorker(metric_config, runtime)
     app = build_app(worker, security)
-    worker.metrics.serve(runtime.metrics_port)
-    log.warning("metrics on :%d/metrics, snapshots in %s", runtime.metrics_port, runtime.data_dir)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    check_broker(app, runtime)
+    serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
+    log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
+                runtime.metrics_host, runtime.metrics_port,
+                " (basic auth)" if access.user else "", runtime.data_dir)
+    faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    if not sys.stdout.isatty():
+        faust_worker.spinner = None  # it writes cursor escape codes, also into a log file
+    faust_worker.execute_from_commandline()

@@ -39,8 +39,10 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
 @pytest.fixture(scope="session")
 def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A second broker with SASL_SSL (PLAIN, SCRAM-SHA-512) and mutual-TLS listeners beside
-    its plain one (`.secured`), certificates made by openssl for this session."""
-    with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka-secured"), secured=True) as broker:
+    its plain one (`.secured`), certificates made by openssl for this session, and an
+    authorizer: the SCRAM user may do only what a test grants it (`broker.grant`)."""
+    with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka-secured"), secured=True,
+                    acls=True) as broker:
         yield broker
 
 

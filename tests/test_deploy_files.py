@@ -145,7 +145,8 @@ def test_k8s_selectors_and_ports_agree() -> None:
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9464"
 
     cm = _one("ConfigMap")
-    assert {e["configMapRef"]["name"] for e in container["envFrom"]} == {cm["metadata"]["name"]}
+    assert {e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e} == {
+        cm["metadata"]["name"]}
     assert {k: cm["data"][k] for k in WORKER_ENV} == WORKER_ENV
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == cm["data"]["PULSE_DATA_DIR"]

@@ -249,7 +249,7 @@ def test_missing_url_and_token(capsys, monkeypatch, tmp_path: Path) -> None:
     assert code == 2 and "GRAFANA_TOKEN" in err
     code, _, err = run(capsys, "--url", "http://127.0.0.1:3000",
                        "--token-file", str(tmp_path / "missing"))
-    assert code == 2 and err.startswith("error: cannot read token file")
+    assert code == 2 and err.startswith("community-pulse: error: cannot read token file")
     code, _, err = run(capsys, "--url", "ftp://x")
     assert code == 2 and "http" in err
 

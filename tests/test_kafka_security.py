@@ -21,7 +21,7 @@ from devkit.devkafka import LocalKafka, Secured
 from schemas.events import DEFAULT_TOPICS
 from streams import config
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
-from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
+from streams.kafka_auth import Acl, KafkaAccessError, KafkaSecurity, check_access
 from streams.worker import PulseWorker, build_app, faust_app, ignored_faust_environment
 from tests.workers import wait_for
 
@@ -62,12 +62,27 @@ def test_generate_over_sasl_ssl_with_plain_login(secured_kafka: LocalKafka) -> N
     assert counted >= sent > 0
 
 
-def test_produce_and_consume_over_sasl_ssl_with_scram(secured_kafka: LocalKafka,
-                                                      unique_topic) -> None:
+def test_scram_user_gets_only_what_its_acls_allow(secured_kafka: LocalKafka,
+                                                  unique_topic) -> None:
     s = _secured(secured_kafka)
     topic = unique_topic("scram")
-    gen.produce(s.sasl_ssl_bootstrap, [(topic, b"c1", b"{}")] * 5, s.security("SCRAM-SHA-512"))
-    assert _count(s.sasl_ssl_bootstrap, [topic], s.security("SCRAM-SHA-512")) == 5
+    secured_kafka.create_topics([topic])
+    scram = s.security("SCRAM-SHA-512")
+
+    def visible() -> set[str]:
+        consumer = KafkaConsumer(bootstrap_servers=s.sasl_ssl_bootstrap, **scram.client_kwargs())
+        try:
+            return set(consumer.topics())
+        finally:
+            consumer.close()
+
+    assert topic not in visible()  # logged in, but no ACL: the authorizer hides the topic
+    secured_kafka.grant(f"User:{s.scram_user}",
+                        [Acl("TOPIC", "LITERAL", topic, op) for op in ("DESCRIBE", "READ",
+                                                                        "WRITE")])
+    wait_for(lambda: topic in visible(), 30, "the ACLs to apply")
+    gen.produce(s.sasl_ssl_bootstrap, [(topic, b"c1", b"{}")] * 5, scram)
+    assert _count(s.sasl_ssl_bootstrap, [topic], scram) == 5
 
 
 def test_mutual_tls_for_the_producer_and_for_faust_s_clients(secured_kafka: LocalKafka,

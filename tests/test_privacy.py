@@ -9,25 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import uuid
 from pathlib import Path
 
+import duckdb
 import msgspec
 import pytest
 from faust.types.tuples import FutureMessage, PendingMessage
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from devkit import generate as gen
 from devkit.devkafka import LocalKafka
-from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
+from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
 from streams import config
-from streams.config import ConfigError
+from streams.cli import main
+from streams.config import ConfigError, MetricConfig, RuntimeConfig
+from streams.core import PulseCore
 from streams.privacy import Pseudonymiser, SendFailureFilter
-from streams.worker import faust_app
+from streams.replay import parse_time
+from streams.worker import PulseWorker, faust_app
 from tests.workers import WorkerProcess, wait_for
 
 SECRET_USER = "user-secret-4711"
+AS_OF = "2026-11-18T12:00:00Z"
 
 
 def _failed_send_log(caplog: pytest.LogCaptureFixture, with_filter: bool) -> str:
@@ -157,3 +164,54 @@ def test_worker_logs_hold_no_user_ids_when_sends_fail(kafka: LocalKafka,
     for user in [*users, *leaked, SECRET_USER]:
         assert user not in log, user
     assert "x" * 100 not in log  # no message content either
+
+
+@pytest.fixture(scope="module")
+def history_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("history") / "events.jsonl"
+    rng = random.Random(5)
+    now = parse_time(AS_OF)
+    events = [e for c in gen.plan(8, 150, rng) for e in gen.history(c, now, 30, rng)]
+    path.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in events))
+    return path
+
+
+def _snapshot_rows(data_dir: Path) -> list[tuple]:
+    with duckdb.connect(str(data_dir / "pulse.duckdb"), read_only=True) as con:
+        return con.sql("SELECT * EXCLUDE (date) FROM snapshots "
+                       "ORDER BY community_id, window_days").fetchall()
+
+
+def test_replay_with_pseudonyms_and_without_small_communities(
+        history_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def replayed(name: str) -> list[tuple]:
+        args = ["replay", str(history_file), "--data-dir", str(tmp_path / name), "--as-of", AS_OF]
+        assert main(args) == 0
+        return _snapshot_rows(tmp_path / name)
+
+    plain = replayed("plain")
+    monkeypatch.setenv("PULSE_PSEUDONYMISE_USER_IDS", "true")
+    monkeypatch.setenv("PULSE_PSEUDONYM_KEY", "replay-pseudonym-key-0123456789")
+    assert replayed("pseudonymised") == plain  # the numbers do not change
+    members = sorted({row[3] for row in plain})
+    threshold = members[len(members) // 2]  # some rows under it, some not
+    monkeypatch.setenv("PULSE_MIN_MEMBERS_EXPORTED", str(threshold))
+    assert replayed("threshold-only-for-metrics") == plain  # Parquet keeps them by default
+    monkeypatch.setenv("PULSE_PARQUET_OMIT_SMALL_COMMUNITIES", "true")
+    kept = replayed("omitted")
+    assert kept == [row for row in plain if row[3] >= threshold]
+    assert 0 < len(kept) < len(plain)
+    capsys.readouterr()
+
+
+def test_worker_leaves_small_communities_out_of_parquet_when_asked(tmp_path: Path) -> None:
+    core = PulseCore(MetricConfig())
+    core.apply([Event(f"e{n}", "join", "big" if n < 6 else "small", f"u{n}", 1_767_225_600_000)
+                for n in range(8)])
+    rows = core.snapshot(1_767_225_600_000)
+    for omit, expected in ((False, {"big", "small"}), (True, {"big"})):
+        runtime = RuntimeConfig(data_dir=tmp_path / str(omit), min_members_exported=5,
+                                parquet_omit_small_communities=omit)
+        PulseWorker(MetricConfig(), runtime).write_rows(rows)
+        assert {row[0] for row in _snapshot_rows(tmp_path / str(omit))} == expected

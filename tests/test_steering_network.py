@@ -23,7 +23,7 @@ from streams.replay import Steering, parse_time, replay
 from streams.steering.files import read_managers
 from streams.steering.focus import focus_at, managers_of
 from streams.steering.merges import member_sets, suggest_merges
-from streams.steering.network import SteeringSettings
+from streams.steering.network import SteeringSettings, community_inputs
 from streams.worker import PulseWorker
 
 try:
@@ -120,3 +120,17 @@ def test_two_workers_form_the_network_view_replay_writes_it_too_and_both_are_exa
     assert "community_pulse_merge_suggestion_jaccard{" in exported
     assert "community_pulse_focus_rank{" not in workers[1].metrics.exposition().decode()
     assert "mia" not in exported and "u1-7" not in exported  # manager ids never leave
+
+
+def test_communities_under_the_privacy_threshold_write_no_steering_inputs() -> None:
+    log, managers = followup_example()
+    core = PulseCore(MetricConfig(), managers_of(managers))
+    core.apply(log.events)
+    runtime = RuntimeConfig(parquet_omit_small_communities=True, min_members_exported=26)
+    sketches, counts = community_inputs(core.communities.values(), managers, T,
+                                        SteeringSettings.of(runtime))
+    assert sorted(sketches["community_id"].to_pylist()) == ["big-low", "ipad-apps"]
+    assert counts["community_id"].to_pylist() == ["ipad-apps"]
+    everything, _ = community_inputs(core.communities.values(), managers, T,
+                                     SteeringSettings.of(RuntimeConfig()))
+    assert everything.num_rows == 4

@@ -5,11 +5,13 @@ dead letters with reasons, the consumed = processed + duplicates + dead-lettered
 replay giving identical snapshots, and a restarted worker recovering its state from
 the table changelog.
 
-The run happens twice: on a plain listener, and on a SASL_SSL listener (SCRAM-SHA-512,
-TLS with the test's own CA) with pseudonymised user ids, where every client (the test's
-producer and consumers, the worker's consumer, producer, changelog, dead letters and
-topic creation) logs in; the changelog read back from the broker then holds no raw user
-id, and replay without pseudonyms still gives the same numbers.
+The run happens twice: on a plain listener, and on a SASL_SSL listener (TLS with the
+test's own CA) with pseudonymised user ids, where every client logs in: the test's
+producer and consumers as a PLAIN user, the worker (consumer, producer, changelog, dead
+letters, topic creation) as a SCRAM-SHA-512 user that the broker's authorizer allows
+only the ACLs docs/security.md lists (`worker_acls`). The changelog read back from the
+broker then holds no raw user id, and replay without pseudonyms still gives the same
+numbers.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka
+from devkit.devkafka import SCRAM_USER, LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from sinks.parquet import snapshots_glob
-from streams.config import MetricConfig
+from streams.config import MetricConfig, RuntimeConfig
+from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
 from streams.worker import _decode_events
@@ -101,9 +104,12 @@ def pipeline(request: pytest.FixtureRequest,
         bootstrap = kafka.secured.sasl_ssl_bootstrap
         env = {**kafka.secured.settings_env("SCRAM-SHA-512"),
                "PULSE_PSEUDONYMISE_USER_IDS": "true", "PULSE_PSEUDONYM_KEY_FILE": str(key_file)}
-        client = kafka.secured.security("SCRAM-SHA-512").client_kwargs()
+        client = kafka.secured.security("PLAIN").client_kwargs()  # the test's own clients
     prefix = f"t{uuid.uuid4().hex[:8]}."
     app_id = f"pulse-{uuid.uuid4().hex[:8]}"
+    if secured:  # the worker (SCRAM user) gets the documented ACLs and nothing else
+        kafka.grant(f"User:{SCRAM_USER}",
+                    worker_acls(RuntimeConfig(topic_prefix=prefix, app_id=app_id)))
     rng = random.Random(11)
     communities = gen.plan(N_COMMUNITIES, 300, rng)
     events = gen.messy_order(

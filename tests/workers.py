@@ -39,7 +39,9 @@ class WorkerProcess:
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-worker.log"
+        # TMPDIR: a worker killed hard leaves its scratch folder in the test's tmp, not /tmp.
         env = {**os.environ, "PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": app_id,
+               "TMPDIR": str(data_dir.parent),
                **(extra_env or {})}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -98,6 +98,9 @@ class SteeringSettings:
     max_open_followups: int = 5
     sketch_size: int = 1024
     sketch_key: bytes = b"community-pulse"
+    # Communities with fewer members write no steering inputs, so they appear in no
+    # steering table (parquet_omit_small_communities: the privacy threshold in Parquet too).
+    min_members_written: int = 0
 
     def __post_init__(self) -> None:
         check_arguments(self.min_overlap, self.top)
@@ -110,7 +113,8 @@ class SteeringSettings:
     def of(cls, runtime: RuntimeConfig) -> SteeringSettings:
         return cls(runtime.steering_window_days, runtime.merge_min_overlap, runtime.merge_top,
                    runtime.focus_min_members, runtime.max_open_followups, runtime.sketch_size,
-                   runtime.sketch_key.encode())
+                   runtime.sketch_key.encode(), runtime.min_members_exported
+                   if runtime.parquet_omit_small_communities else 0)
 
 
 def _times(as_of_ms: int, n: int) -> pa.Array:
@@ -129,8 +133,11 @@ def community_inputs(states: Iterable[CommunityState], managers: Sequence[Manage
     """What a worker writes about its own communities at `as_of`: their sketches and
     the open follow-ups of the managers who follow them (counts, by manager name)."""
     states = list(states)
-    sketches = [MemberSketch.of(s, settings.sketch_key, settings.sketch_size)
-                for s in member_sets(states, as_of_ms, settings.window_days)]
+    sets = [s for s in member_sets(states, as_of_ms, settings.window_days)
+            if len(s.members) >= settings.min_members_written]
+    kept = {s.community_id for s in sets}
+    states = [s for s in states if s.community_id in kept]
+    sketches = [MemberSketch.of(s, settings.sketch_key, settings.sketch_size) for s in sets]
     n = len(sketches)
     sketch_table = pa.table({
         "community_id": [s.community_id for s in sketches],
