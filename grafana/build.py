@@ -82,6 +82,10 @@ within the agreed service level (who notices, who responds within what time).
 """
 
 
+CLOSING_NOTE = ("Closing values: the rows at UTC midnights, final by event time (the "
+                "`daily` view of the Parquet history), exported by the worker from its state, "
+                "so they exist from its first hour.")
+
 # --------------------------------------------------------------------------- panels
 
 
@@ -217,7 +221,7 @@ def overview() -> Json:
                table=True),
     ])
     names = ["Tier", "Contributor share", "Score", "Stagnating", "Members", "Unanswered",
-             "Score Δ 7d", "Score, last 7 days"]
+             "Score Δ 7d (closing)", "Score, last 7 days"]
     rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
     overrides = [
         {"matcher": {"id": "byName", "options": "Tier"},
@@ -400,11 +404,11 @@ def community() -> Json:
              description="Score 0-100 over the window: the mean of retention, continuity, "
                          "responsiveness, participation and reciprocity. A long window can "
                          "still score well while the community stagnates now: pick 7d."),
-        stat("Score change 7d", (14, 0, 3, 4),
+        stat("Score change 7d (closing)", (14, 0, 3, 4),
              f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
              thresholds=[(None, "red"), (-15, "yellow"), (0, "green")],
-             description="Sustainability score now minus 7 days ago (needs a week of "
-                         "Prometheus history)."),
+             description="Closing score at the last UTC midnight minus the one 7 days before. "
+                         + CLOSING_NOTE),
         stat("Stagnating (last 7/14 days)", (17, 0, 3, 4),
              f"max(community_pulse_stagnating{{{c}}})", mappings=STAGNATING_MAPPING,
              description="No post or reply in the last 7 days, or fewer than 75% as many "
@@ -439,9 +443,10 @@ def community() -> Json:
         timeseries("Sustainability score", (0, 23, 12, 9), refs([
             target(f"max(community_pulse_sustainability_score{{{cw}}})", "score"),
             target(f"community:community_pulse_sustainability_score:change_7d{{{cw}}}",
-                   "change over 7 days"),
+                   "change over the 7 days to the last midnight (closing values)"),
         ]), min_=-100, max_=100,
-            description="The score (0-100) and its change over 7 days."),
+            description="The score (0-100) and its change over the 7 days to the last UTC "
+                         "midnight (closing values, from the worker's event history)."),
         timeseries("Activity in the window", (12, 23, 12, 9), [target(
             f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")],
             description="Distinct posts, replies, likes and views in the window."),
@@ -579,6 +584,21 @@ def pipeline() -> Json:
             f"sum by (instance, sink) (increase(community_pulse_sink_errors_total{{{inst}}}"
             f"{rate}))", "{{instance}} {{sink}}")],
             description="Failed snapshot writes per sink; see the worker log."),
+        stat("Workers catching up", (0, 29, 6, 4),
+             f"sum(community_pulse_catching_up{{{inst}}})",
+             thresholds=[(None, "green"), (1, "orange")],
+             description="Workers reading a backlog: they write no live rows and withhold "
+                         "the closing values the trend alerts compare."),
+        stat("Closing rows up to (slowest worker)", (6, 29, 6, 4),
+             f"min(community_pulse_closing_timestamp_seconds{{{inst}}}) * 1000",
+             "dateTimeFromNow", thresholds=[(None, "text")],
+             description="The newest UTC midnight whose closing rows every worker has "
+                         "written. " + CLOSING_NOTE),
+        timeseries("Events too late for closing rows", (12, 29, 12, 8), [target(
+            f"sum by (instance) (rate(community_pulse_closing_late_events_total{{{inst}}}"
+            f"{rate}))", "{{instance}}")], "eps",
+            description="Events that arrived after the grace period of a midnight at or "
+                        "after their time: counted, the final closing rows stay as they were."),
     ]
     return dashboard("community-pulse-pipeline", "Community Pulse — pipeline health", panels,
                      [datasource_var(), instance_var], ["pipeline"],

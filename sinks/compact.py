@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sinks.parquet import SNAPSHOT_SCHEMA, SnapshotWriter
+from sinks.parquet import SNAPSHOT_SCHEMA, SnapshotWriter, is_closing_file
 
 
 @dataclass
@@ -41,9 +41,12 @@ def compact(data_dir: str | Path) -> CompactionReport:
     except FileNotFoundError:
         raise ValueError(f"{data_dir}: no snapshots folder") from None
     for folder in sorted(f.path for f in folders if f.type == pafs.FileType.Directory):
+        # Closing files stay as they are: one per partition and midnight, the worker
+        # rewrites them within the grace period and reads them back after a restart.
         files = sorted(
             info.path for info in fs.get_file_info(pafs.FileSelector(folder))
             if info.is_file and info.base_name.endswith(".parquet")
+            and not is_closing_file(info.base_name)
         )
         report.files_before += len(files)
         if len(files) < 2:
@@ -69,7 +72,10 @@ def _merged(fs: pafs.FileSystem, files: list[str]) -> pa.Table:
     tables = []
     for index, path in enumerate(files):
         with fs.open_input_file(path) as source:
-            table = pq.read_table(source).select(SNAPSHOT_SCHEMA.names)
+            table = pq.read_table(source)
+        if "closing" not in table.column_names:  # schema 1: live rows only
+            table = table.append_column("closing", pa.array([False] * table.num_rows))
+        table = table.select(SNAPSHOT_SCHEMA.names)
         tables.append(table.append_column("_file_rank", [[index] * table.num_rows]))
     con = duckdb.connect()
     for index, table in enumerate(tables):

@@ -1,6 +1,7 @@
 """Snapshot history as Hive-partitioned Parquet, plus a DuckDB catalogue over it.
 
-Layout: DATA_DIR/snapshots/date=YYYY-MM-DD/<as_of>-<digest>.parquet. Files are written
+Layout: DATA_DIR/snapshots/date=YYYY-MM-DD/<as_of>-<digest>.parquet (closing rows:
+<as_of>-closing-p<partition>.parquet, one file per partition and midnight). Files are written
 under a hidden temporary name and renamed into place, so readers never see half a file.
 The name is derived from the content's key (as_of + communities + windows), so writing
 the same snapshot again replaces the file instead of adding rows. DATA_DIR may be a
@@ -31,7 +32,8 @@ from streams.core import SnapshotRow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: `closing` (docs/querying.md)
+FINAL_KEY = b"community_pulse.final"  # closing files: "true" once past the grace period
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -63,6 +65,8 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("sustainability", pa.float64(), nullable=False),
         pa.field("stagnating", pa.bool_(), nullable=False),
         pa.field("last_activity", pa.timestamp("ms", tz="UTC")),
+        # true: a closing row (as_of a UTC midnight, final by event time); false: live.
+        pa.field("closing", pa.bool_(), nullable=False),
     ],
     metadata={"community_pulse.schema_version": SCHEMA_VERSION},
 )
@@ -71,9 +75,25 @@ _ROW_FIELDS = [f.name for f in fields(SnapshotRow)]
 _RENAMED = {"as_of_ms": "as_of", "last_activity_ms": "last_activity"}
 
 
-def rows_to_table(rows: Sequence[SnapshotRow]) -> pa.Table:
+def rows_to_table(rows: Sequence[SnapshotRow], closing: bool = False) -> pa.Table:
     columns = {_RENAMED.get(name, name): [getattr(r, name) for r in rows] for name in _ROW_FIELDS}
+    columns["closing"] = [closing] * len(rows)
     return pa.Table.from_pydict(columns, schema=SNAPSHOT_SCHEMA)
+
+
+def closing_file_name(as_of_ms: int, partition: int) -> str:
+    """A partition's closing rows at one midnight: always this one file, so rewriting
+    them (late events within grace) replaces it whichever communities it holds."""
+    return f"{_stamp(as_of_ms)}-closing-p{partition}.parquet"
+
+
+def is_closing_file(name: str) -> bool:
+    return "-closing-p" in name
+
+
+def _stamp(as_of_ms: int) -> str:
+    as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
+    return f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z"
 
 
 # The history tables besides `snapshots` (SPEC 5), each kept under DATA_DIR/<name>/ with
@@ -128,16 +148,23 @@ class TableWriter:
         return [self.write_at(name, int(t), table.filter(pa.array(as_of == t)))
                 for t in sorted(set(as_of.tolist()))]
 
-    def write_at(self, name: str, as_of_ms: int, table: pa.Table) -> str:
-        """Write the rows of one as_of; return the file path."""
+    def folder(self, name: str, as_of_ms: int) -> str:
+        """The Hive partition of an as_of: its UTC date."""
         as_of = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
-        digest = hashlib.blake2b(digest_size=8)
-        key = _SNAPSHOT_KEY if name == "snapshots" else STEERING_TABLES[name]
-        keys = zip(*(table[column].to_pylist() for column in key), strict=True)
-        for row_key in sorted(set(keys)):
-            digest.update(repr(row_key).encode())
-        folder = f"{self.table_dir(name)}/date={as_of:%Y-%m-%d}"
-        file_name = f"{as_of:%Y%m%dT%H%M%S}{as_of_ms % 1000:03d}Z-{digest.hexdigest()}.parquet"
+        return f"{self.table_dir(name)}/date={as_of:%Y-%m-%d}"
+
+    def write_at(self, name: str, as_of_ms: int, table: pa.Table,
+                 file_name: str | None = None) -> str:
+        """Write the rows of one as_of; return the file path. The file is `file_name`,
+        else named after the rows' keys."""
+        if file_name is None:
+            digest = hashlib.blake2b(digest_size=8)
+            key = _SNAPSHOT_KEY if name == "snapshots" else STEERING_TABLES[name]
+            keys = zip(*(table[column].to_pylist() for column in key), strict=True)
+            for row_key in sorted(set(keys)):
+                digest.update(repr(row_key).encode())
+            file_name = f"{_stamp(as_of_ms)}-{digest.hexdigest()}.parquet"
+        folder = self.folder(name, as_of_ms)
         self.fs.create_dir(folder, recursive=True)
         final, temporary = f"{folder}/{file_name}", f"{folder}/.{file_name}.tmp"
         with self.fs.open_output_stream(temporary) as sink:
@@ -167,9 +194,24 @@ class SnapshotWriter:
         return [self.write_table(as_of, rows_to_table(group))
                 for as_of, group in sorted(by_as_of.items())]
 
-    def write_table(self, as_of_ms: int, table: pa.Table) -> str:
-        """Write the rows (SNAPSHOT_SCHEMA) of one as_of; return the file path."""
-        return self.tables.write_at("snapshots", as_of_ms, table)
+    def write_table(self, as_of_ms: int, table: pa.Table, name: str | None = None) -> str:
+        """Write the rows (SNAPSHOT_SCHEMA) of one as_of; return the file path. The file
+        is `name`, else named after the rows' keys."""
+        return self.tables.write_at("snapshots", as_of_ms, table, name)
+
+    def read_closing(self, as_of_ms: int, partition: int, columns: list[str] | None = None
+                     ) -> tuple[bool, pa.Table | None] | None:
+        """A partition's closing file at a midnight: None when there is none, else
+        whether it is final (FINAL_KEY) and, when `columns` are asked for, those."""
+        folder = self.tables.folder("snapshots", as_of_ms)
+        path = f"{folder}/{closing_file_name(as_of_ms, partition)}"
+        try:
+            with self.fs.open_input_file(path) as source:
+                parquet = pq.ParquetFile(source)
+                final = (parquet.schema_arrow.metadata or {}).get(FINAL_KEY) == b"true"
+                return final, parquet.read(columns=columns) if columns else None
+        except FileNotFoundError:
+            return None
 
 
 def _as_uri(data_dir: str | Path) -> str:
@@ -185,12 +227,18 @@ def catalogue_sql(data_dir: str | Path) -> list[str]:
     """The views of DATA_DIR/pulse.duckdb; also usable on any DuckDB connection."""
     source = snapshots_glob(data_dir).replace("'", "''")
     snapshot_views = [
-        # Deduplicate defensively: the newest file wins for a (community, window, as_of).
+        # Deduplicate defensively: for a (community, window, as_of), a closing row wins
+        # over a live one, then the newest file. Schema 1 files have no `closing`: live.
         f"""CREATE OR REPLACE VIEW snapshots AS
-        SELECT * EXCLUDE (filename) FROM read_parquet('{source}',
+        SELECT * EXCLUDE (filename) REPLACE (coalesce(closing, false) AS closing)
+        FROM read_parquet('{source}',
             hive_partitioning = true, union_by_name = true, filename = true)
         QUALIFY row_number() OVER (
-            PARTITION BY community_id, window_days, as_of ORDER BY filename DESC) = 1""",
+            PARTITION BY community_id, window_days, as_of
+            ORDER BY coalesce(closing, false) DESC, filename DESC) = 1""",
+        # One final-by-event-time row per community x window x UTC midnight (SPEC 4).
+        """CREATE OR REPLACE VIEW daily AS
+        SELECT * FROM snapshots WHERE closing""",
         """CREATE OR REPLACE VIEW latest_snapshots AS
         SELECT * FROM snapshots
         QUALIFY row_number() OVER (
@@ -255,7 +303,7 @@ def read_rows(data_dir: str | Path) -> list[SnapshotRow]:
     con = duckdb.connect()
     for statement in catalogue_sql(data_dir)[:1]:
         con.execute(statement)
-    rel = con.sql("""SELECT * EXCLUDE (date, as_of, last_activity),
+    rel = con.sql("""SELECT * EXCLUDE (date, as_of, last_activity, closing),
                             epoch_ms(as_of) AS as_of_ms, epoch_ms(last_activity) AS last_activity_ms
                      FROM snapshots ORDER BY as_of, community_id, window_days""")
     names = rel.columns

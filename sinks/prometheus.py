@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 
 import pyarrow as pa
 from prometheus_client import (
@@ -74,7 +75,37 @@ COMMUNITY_FAMILIES = {
     f"{NS}_last_activity_timestamp_seconds": "Newest activity event time.",
 }
 
+# Closing values (streams.closing): the trend alerts and "change 7d" panels compare these.
+CLOSING_FAMILIES = {
+    f"{NS}_closing_sustainability_score":
+        "Sustainability score of the closing row (UTC midnight, final by event time); "
+        "ago=0d: the newest midnight, ago=7d: seven days before it.",
+    f"{NS}_closing_tier": "Tier (0/1/2) of the closing row; ago as for the score.",
+}
+
 Sample = tuple[str, str, float]  # (family, rendered labels, value)
+
+
+class ClosingValue(NamedTuple):
+    """What the trend series need of one closing row."""
+
+    window_days: int
+    members: int
+    sustainability: float
+    tier_level: int
+
+
+def closing_samples(values: Iterable[tuple[str, ClosingValue]], community_id: str,
+                    min_members: int) -> Iterator[Sample]:
+    """The closing series of one community from its (ago, value) pairs; a value of
+    fewer members than the privacy threshold yields nothing."""
+    for ago, value in values:
+        if value.members < min_members:
+            continue
+        labels = _labels((("community", community_id), ("window", f"{value.window_days}d"),
+                          ("ago", ago)))
+        yield f"{NS}_closing_sustainability_score", labels, value.sustainability
+        yield f"{NS}_closing_tier", labels, float(value.tier_level)
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
@@ -134,7 +165,8 @@ def community_samples(
 
 
 def _header(family: str) -> str:
-    return f"# HELP {family} {COMMUNITY_FAMILIES[family]}\n# TYPE {family} gauge\n"
+    help_text = COMMUNITY_FAMILIES.get(family) or CLOSING_FAMILIES[family]
+    return f"# HELP {family} {help_text}\n# TYPE {family} gauge\n"
 
 
 class CommunitySeries:
@@ -146,8 +178,10 @@ class CommunitySeries:
     a rebalance) removes its series at once.
     """
 
-    def __init__(self, min_members: int) -> None:
+    def __init__(self, min_members: int, families: Mapping[str, str] = COMMUNITY_FAMILIES
+                 ) -> None:
         self._min_members = min_members
+        self._families = families
         self._lines: dict[str, dict[str, list[str]]] = {}  # community -> family -> lines
         # The rendered page, tagged with the number of changes it includes: render() runs
         # on the HTTP thread while updates come from the event loop.
@@ -155,8 +189,17 @@ class CommunitySeries:
         self._page: tuple[int, str] = (-1, "")
 
     def update(self, community_id: str, rows: Sequence[SnapshotRow]) -> None:
+        self.set_samples(community_id, (sample for _, sample in
+                                        community_samples(rows, self._min_members)))
+
+    def update_closing(self, community_id: str, values: Iterable[tuple[str, ClosingValue]]
+                       ) -> None:
+        self.set_samples(community_id, closing_samples(values, community_id,
+                                                       self._min_members))
+
+    def set_samples(self, community_id: str, samples: Iterable[Sample]) -> None:
         lines: dict[str, list[str]] = {}
-        for _, (family, labels, value) in community_samples(rows, self._min_members):
+        for family, labels, value in samples:
             lines.setdefault(family, []).append(
                 f"{family}{{{labels}}} {floatToGoString(value)}\n")
         if lines:
@@ -181,7 +224,7 @@ class CommunitySeries:
             return cached[1]
         per_community = list(self._lines.values())  # a stable copy against updates
         parts = []
-        for family in COMMUNITY_FAMILIES:
+        for family in self._families:
             parts.append(_header(family))
             for lines in per_community:
                 parts.extend(lines.get(family, ()))
@@ -298,6 +341,7 @@ class WorkerMetrics:
 
     def __init__(self, stats: Mapping[str, TopicStats], min_members: int) -> None:
         self.communities = CommunitySeries(min_members)
+        self.closing = CommunitySeries(min_members, CLOSING_FAMILIES)
         self.goals = GoalSeries()
         self.registry = CollectorRegistry()
         self.registry.register(PipelineCollector(stats))
@@ -318,7 +362,20 @@ class WorkerMetrics:
             f"{NS}_consumer_lag_seconds", "Now minus the Kafka timestamp of the newest "
             "message processed: how far behind the producers the worker is.", registry=reg)
         self.last_snapshot = Gauge(
-            f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest snapshot.",
+            f"{NS}_last_snapshot_timestamp_seconds", "as_of of the newest live snapshot "
+            "written (none are while catching up).",
+            registry=reg)
+        self.catching_up = Gauge(
+            f"{NS}_catching_up", "1 while the worker reads a backlog (what was in its "
+            "partitions a moment ago is not all processed): no live rows are written and "
+            "the closing series are withdrawn.", registry=reg)
+        self.catching_up.set(1)
+        self.closing_as_of = Gauge(
+            f"{NS}_closing_timestamp_seconds", "The newest UTC midnight whose closing rows "
+            "this worker wrote.", registry=reg)
+        self.closing_late = Counter(
+            f"{NS}_closing_late_events", "Events that arrived after the grace period of a "
+            "midnight at or after their time: counted, the final closing rows unchanged.",
             registry=reg)
         self._min_members = min_members
         # The network-wide steering view (SPEC 5), from the worker that forms it.
@@ -355,7 +412,7 @@ class WorkerMetrics:
 
     def exposition(self) -> bytes:
         return (generate_latest(self.registry) + self.communities.render().encode()
-                + self.goals.render().encode())
+                + self.closing.render().encode() + self.goals.render().encode())
 
     def serve(self, port: int, host: str = "127.0.0.1", access: MetricsAccess | None = None
               ) -> ThreadingHTTPServer:

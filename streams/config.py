@@ -132,6 +132,23 @@ class RuntimeConfig:
     steering_interval_s: float = 900.0
     sketch_size: int = 1024
     sketch_key: str = field(default="community-pulse", repr=False)
+    # Closing rows (SPEC 4, docs/metrics.md#closing-rows): how long after a UTC midnight
+    # late events still rewrite its closing row, and how many days back a worker writes
+    # the closing rows it missed (down, behind, or started on topics with history).
+    closing_grace_hours: float = 24.0
+    closing_backfill_days: int = 35
+    # For drills and tests only: the worker's clock runs this many seconds off the
+    # system's (e.g. -172800: as if two days earlier), to rehearse downtime.
+    clock_offset_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.closing_grace_hours < 0 or self.closing_backfill_days < 0:
+            raise ConfigError("closing_grace_hours and closing_backfill_days must not be "
+                              "negative")
+
+    @property
+    def closing_grace_ms(self) -> int:
+        return int(self.closing_grace_hours * HOUR_MS)
 
 
 def tune_gc() -> None:

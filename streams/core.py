@@ -433,6 +433,12 @@ class CommunityState:
                     contributors.append(user_id)
         return members, contributors
 
+    def oldest_ts(self) -> int | None:
+        """The oldest retained event time (activity or membership); None when empty."""
+        firsts = [log.view()[0] for log in self.kinds.values() if len(log)]
+        firsts += [user[0] >> 1 for user in self.users.values() if user and user[0] < CONTRIBUTION]
+        return min(firsts, default=None)
+
     # ---- snapshot -------------------------------------------------------------------
 
     def snapshot(self, as_of_ms: int) -> list[SnapshotRow]:

@@ -38,6 +38,7 @@ from sinks.network import SteeringSink
 from sinks.parquet import SnapshotWriter, rows_to_table
 from sinks.steering import goals_table
 from streams.bulk import EventColumns, apply_columns
+from streams.closing import is_midnight
 from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
@@ -178,7 +179,10 @@ def snapshot_times(first: int, last: int, as_of: int | None, every: int | None) 
     if every is None:
         return [as_of if as_of is not None else last]
     end = as_of if as_of is not None else last
-    times = list(range((first // every + 1) * every, end + 1, every))
+    # From the first multiple of `every` at or after the first event: with 1d, every UTC
+    # midnight at which some community has an event at or before it, as the worker's
+    # closing rows (streams.closing).
+    times = list(range(-(-first // every) * every, end + 1, every))
     if as_of is not None and (not times or times[-1] != as_of):
         times.append(as_of)
     return times
@@ -437,7 +441,7 @@ def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, time
             chunk = events.take(slice(start, min(upto, start + APPLY_CHUNK)))
             duplicates += apply_columns(core, chunk)
         done = max(done, upto)
-        tables = [rows_to_table(core.snapshot(t))]
+        tables = [rows_to_table(core.snapshot(t), closing=is_midnight(t))]
         if steering is not None and steering.due(t, times):
             tables.extend(community_inputs(core.communities.values(), steering.managers, t,
                                            steering.settings))

@@ -9,10 +9,14 @@ Topology (one agent, all event topics co-partitioned by community_id):
                                    per partition per batch
     refresh timer (0.5 s)  -> communities that changed -> /metrics gauges
     snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
-                              (every third tick only, while catching up on a backlog)
+                              (every third tick only, and no Parquet, while catching up)
+                           -> closing rows of due UTC midnights (streams.closing) ->
+                              one Parquet file per partition and midnight + /metrics
+    catch-up timer (1 s)   -> end offsets of the source partitions: caught up when all
+                              that was there a tick ago is processed (the arrival mark)
     steering timer (15 m)  -> sketches and follow-up counts of the owned communities
                               -> Parquet; the owner of partition 0 also forms the
-                              network-wide steering tables (sinks.steering)
+                              network-wide steering tables (sinks.network)
 
 State: the table holds each partition's recent accepted events as per-batch deltas
 (keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
@@ -30,7 +34,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -45,11 +50,12 @@ from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
-from sinks.parquet import SnapshotWriter
-from sinks.prometheus import MetricsAccess, WorkerMetrics
+from sinks.parquet import FINAL_KEY, SnapshotWriter, closing_file_name, rows_to_table
+from sinks.prometheus import ClosingValue, MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
-from streams.config import ConfigError, MetricConfig, RuntimeConfig
-from streams.core import PulseCore, SnapshotRow
+from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
+from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
+from streams.core import TIERS, PulseCore, SnapshotRow
 from streams.kafka_auth import KafkaSecurity, check_access
 from streams.pipeline import Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
@@ -77,6 +83,10 @@ SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 # The agent's turn lasts as long as a slice: one event-loop round (sleep(0)) moves a
 # message only one step through Faust's fetcher -> stream -> buffer chain.
 AGENT_TURN_S = SLICE_S
+CATCH_UP_CHECK_S = 1.0
+CATCH_UP_CHECKS = 10  # more than this many checks (seconds) behind: catching up
+TREND_DAYS = 7  # the closing series compare the newest midnight with this many days before
+_VALUE_COLUMNS = ["community_id", "window_days", "members", "sustainability", "tier"]
 _SEP = "\x1f"
 _encoder = msgspec.msgpack.Encoder()
 
@@ -105,6 +115,9 @@ def _delta_key(partition: int, tag: str) -> bytes:
     return f"{partition}{_SEP}{tag}".encode()
 
 
+_CUT_SUFFIX = f"{_SEP}cut".encode()
+
+
 def _partition_of_key(key: bytes) -> int:
     return int(key.split(_SEP.encode(), 1)[0])
 
@@ -121,6 +134,8 @@ class DeltaLog:
         self.table = table
         # partition -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[int, list[tuple[int, bytes]]] = {}
+        # partition -> the newest expiry cut: its state is exact from cut + retention
+        self.cuts: dict[int, int] = {}
 
     def append(self, partition: int, tag: str, events: list[Event]) -> None:
         # Chunked so that one changelog message stays well below Kafka's 1 MiB default.
@@ -149,6 +164,8 @@ class DeltaLog:
             return
         carry_key = _delta_key(partition, "carry")
         self._put(partition, carry_key, _encode_events(carry) if carry else None)
+        self._put(partition, _delta_key(partition, "cut"), str(cut_ms).encode())
+        self.cuts[partition] = cut_ms
         for key in expired:
             self._put(partition, key, None)
         self.index[partition] = [(n, k) for n, k in entries if n > cut_ms]
@@ -159,13 +176,16 @@ class DeltaLog:
         Deltas of other partitions (no longer ours) are dropped from local memory; their
         changelog stays for the worker that owns them now.
         """
-        self.index = {}
+        self.index, self.cuts = {}, {}
         for key, value in list(self.table.data.items()):
             partition = _partition_of_key(key)
             if partition not in partitions:
                 del self.table.data[key]
                 continue
             if not value:
+                continue
+            if key.endswith(_CUT_SUFFIX):
+                self.cuts[partition] = int(value)
                 continue
             events = _decode_events(value)
             if not key.endswith(b"carry") and events:
@@ -207,6 +227,23 @@ class PulseWorker:
         self._next_refresh = 0.0
         self.behind = False  # consuming a backlog: skip the fast refresh
         self._snapshot_ticks = 0
+        # Closing rows (streams.closing). The arrival mark: everything that arrived in our
+        # partitions before it is processed; None while catching up (or rebalancing).
+        self.mark: int | None = None
+        self.newest_closing = 0  # the newest midnight whose closing rows were written
+        self._exported_at: int | None = None  # the newest midnight of the trend series
+        self.closing = ClosingBook(runtime.closing_grace_ms, runtime.closing_backfill_days)
+        self.first_event: dict[int, int] = {}  # partition -> oldest event time applied
+        self.processed_next: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
+        # The end offsets of the last checks, with their times, newest last.
+        self._ends_seen: deque[tuple[dict[tuple[str, int], int], int]] = deque(
+            maxlen=CATCH_UP_CHECKS)
+        self._ownership = 0  # changes with every revoke and recovery (closing passes)
+        # Rows of the midnights this process wrote and that are still open, per partition,
+        # so a late event recomputes one community's row, not the partition's.
+        self._closing_rows: dict[tuple[int, int], dict[str, list[SnapshotRow]]] = {}
+        # midnight -> community -> its closing values, for the trend series (TREND_DAYS).
+        self._closing_values: dict[int, dict[str, list[ClosingValue]]] = {}
         self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
                       if runtime.goals_file else [])
         self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
@@ -225,6 +262,7 @@ class PulseWorker:
         tags: dict[int, str] = {}
         for message_event in batch:
             msg = message_event.message
+            self.processed_next[(msg.topic, msg.partition)] = msg.offset + 1
             # A missing key counts as a mismatch: keys are what keep a community whole.
             result = self.ingestor.decode(msg.topic, msg.value, msg.key or b"", now_ms)
             for rejection in result.rejections:
@@ -232,6 +270,7 @@ class PulseWorker:
             events = result.events
             if not events:
                 continue
+            self._arrived(msg.partition, events)
             community_id = events[0].community_id  # one community per message (its key)
             self.partition_of[community_id] = msg.partition
             self.dirty[community_id] = None
@@ -250,6 +289,21 @@ class PulseWorker:
         if self.deltas is not None:
             for partition, events in by_partition.items():
                 self.deltas.append(partition, tags[partition], events)
+
+    def _arrived(self, partition: int, events: list[Event]) -> None:
+        """Tell the closing book what arrived (one community's events)."""
+        timestamps = self._arrived_before(partition, events)
+        late = self.closing.arrived(partition, events[0].community_id, timestamps)
+        if late:
+            self.metrics.closing_late.inc(late)
+
+    def _arrived_before(self, partition: int, events: list[Event]) -> list[int]:
+        """Note the oldest event time of the partition; return the events' times."""
+        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+        oldest = min(timestamps)
+        if oldest < self.first_event.get(partition, oldest + 1):
+            self.first_event[partition] = oldest
+        return timestamps
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
         log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
@@ -278,10 +332,19 @@ class PulseWorker:
         self.partitions = set(partitions)
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
+        self.first_event.clear()
+        self._ownership += 1
         for partition, events in self.deltas.load(partitions):
             for event in events:
                 self.partition_of[event.community_id] = partition
+            if events:
+                self._arrived_before(partition, events)
             self.core.apply(events)
+        self.closing.forget(set(self.closing.partitions) - partitions)
+        for partition in partitions:  # the changelog keeps what its last cut left
+            cut = self.deltas.cuts.get(partition)
+            self.closing.exact_from(
+                partition, None if cut is None else cut + self.config.retention_ms)
         self.dirty.update(dict.fromkeys(self.core.communities))
         log.info("recovered %d communities", len(self.core.communities))
         self.metrics.owned.set(len(self.core.communities))
@@ -293,12 +356,19 @@ class PulseWorker:
         the same rebalance is not re-read from the changelog.
         """
         self.partitions -= partitions
+        self._ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
             del self.partition_of[community_id]
             self.metrics.communities.remove(community_id)
+            self.metrics.closing.remove(community_id)
             self.dirty.pop(community_id, None)
+        self.closing.forget(partitions)
+        for key in [k for k in self._closing_rows if k[0] in partitions]:
+            del self._closing_rows[key]
+        for partition in partitions:
+            self.first_event.pop(partition, None)
         self.metrics.owned.set(len(self.core.communities))
 
     # ---- snapshots --------------------------------------------------------------------
@@ -364,8 +434,9 @@ class PulseWorker:
         self.metrics.communities.retain(owned)
         self._evaluate_goals(as_of, rows)
         self.metrics.owned.set(len(owned))
-        self.metrics.last_snapshot.set(as_of / 1000)
-        self._expire(as_of - self.config.retention_ms)
+        if self.mark is not None:  # (while catching up, live rows are not written)
+            self.metrics.last_snapshot.set(as_of / 1000)
+        self._expire(self.expiry_cut(as_of))
 
     def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
         """The goals of the communities this worker owns, at this snapshot (gauges only
@@ -399,7 +470,20 @@ class PulseWorker:
             pass
         return rows
 
+    def expiry_cut(self, as_of: int) -> int:
+        """What snapshots at `as_of` and every closing midnight still to be written
+        need kept (SPEC 4: state for a midnight within grace, or missed, stays)."""
+        mark = self.mark if self.mark is not None else as_of
+        needed = [self.closing.oldest_needed(p, mark, self.first_event.get(p))
+                  for p in self._partitions()]
+        return min([as_of, *needed]) - self.config.retention_ms
+
+    def _partitions(self) -> set[int]:
+        return set(self.partition_of.values())
+
     def _expire(self, cut_ms: int) -> None:
+        for partition in self._partitions():
+            self.closing.exact_from(partition, cut_ms + self.config.retention_ms)
         self.core.expire(cut_ms)
         for community_id in [c for c in self.partition_of if c not in self.core.communities]:
             del self.partition_of[community_id]
@@ -413,6 +497,164 @@ class PulseWorker:
             carry = [event for c, p in self.partition_of.items() if p == partition
                      for event in self.core.communities[c].memberships_through(cut_ms)]
             self.deltas.expire(partition, cut_ms, carry)
+
+    # ---- closing rows ---------------------------------------------------------------
+
+    def observe_offsets(self, ends: Mapping[Any, int] | None,
+                        committed: Mapping[Any, int | None], now_ms: int) -> None:
+        """Note the end offsets of our partitions now. The arrival mark is the time of
+        the newest of the last CATCH_UP_CHECKS checks whose end offsets are all processed:
+        everything that arrived before it is in the state. None of them: catching up (so
+        a worker that keeps up, a second or two behind, is not). `ends` None: unknown
+        (rebalancing, broker unreachable), so catching up."""
+        def done(tp: tuple[str, int]) -> int:
+            return max(self.processed_next.get(tp, 0), committed.get(tp) or 0)
+
+        self.mark = None
+        if ends is None:
+            self._ends_seen.clear()
+        else:
+            now = {(tp[0], tp[1]): end for tp, end in ends.items()}
+            for seen, at in reversed(self._ends_seen):  # newest first
+                if set(seen) == set(now) and all(done(tp) >= end for tp, end in seen.items()):
+                    self.mark = at
+                    break
+            self._ends_seen.append((now, now_ms))
+        self.metrics.catching_up.set(0 if self.mark is not None else 1)
+        if self.mark is None:  # trend series over a half-read backlog: withdrawn
+            self.export_closing(None)
+
+    def closing_checks(self, mark: int) -> list[tuple[int, int]]:
+        """(partition, midnight) pairs whose closing file the sink must be asked about."""
+        return [(p, midnight) for p in sorted(self._partitions())
+                for midnight in self.closing.to_check(p, mark, self.first_event.get(p))]
+
+    def read_closings(self, checks: list[tuple[int, int]], mark: int
+                      ) -> list[tuple[int, int, tuple[bool, pa.Table | None] | None]]:
+        """What the sink holds for `checks`: per file whether it is final, and the
+        values the trend series need of recent ones (I/O: runs in an executor thread)."""
+        keep_from = midnight_at_or_before(mark) - TREND_DAYS * DAY_MS
+        return [(p, midnight, self.writer.read_closing(
+            midnight, p, _VALUE_COLUMNS if midnight >= keep_from else None))
+            for p, midnight in checks]
+
+    def learn_closings(self, found: list[tuple[int, int, tuple[bool, pa.Table | None] | None]]
+                       ) -> None:
+        """What the sink holds: open files are rewritten, final ones never; the values
+        of recent ones feed the trend series."""
+        for partition, midnight, file in found:
+            if file is None:
+                self.closing.learn(partition, midnight, Written.ABSENT)
+                continue
+            final, table = file
+            self.closing.learn(partition, midnight, Written.FINAL if final else Written.OPEN)
+            if table is not None:
+                values = self._closing_values.setdefault(midnight, {})
+                for row in table.to_pylist():
+                    values.setdefault(row["community_id"], []).append(ClosingValue(
+                        row["window_days"], row["members"], row["sustainability"],
+                        TIERS.index(row["tier"])))
+
+    def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
+        """Compute the closing rows due at `mark` into `out` (task, table), yielding
+        after every SLICE_S of work like `snapshot_steps`."""
+        slice_start, ownership = time.perf_counter(), self._ownership
+        oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
+        for partition in sorted(self._partitions()):
+            for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
+                midnight = task.midnight
+                rows = self._closing_rows.setdefault((partition, midnight), {})
+                values = self._closing_values.setdefault(midnight, {})
+                if task.communities is None:
+                    names = sorted(c for c, p in self.partition_of.items() if p == partition)
+                    for community_id in [c for c in rows if c not in names]:
+                        del rows[community_id]
+                else:
+                    names = sorted(task.communities)
+                for community_id in names:
+                    state = self.core.communities.get(community_id)
+                    if community_id not in oldest:
+                        oldest[community_id] = state.oldest_ts() if state else None
+                    first = oldest[community_id]
+                    if state is None or first is None or first > midnight:
+                        rows.pop(community_id, None)  # no event at or before the midnight
+                        values.pop(community_id, None)
+                    else:
+                        rows[community_id] = state.snapshot(midnight)
+                        values[community_id] = [ClosingValue(
+                            r.window_days, r.members, r.sustainability, r.tier_level)
+                            for r in rows[community_id]]
+                    if time.perf_counter() - slice_start > SLICE_S:
+                        yield
+                        slice_start = time.perf_counter()
+                        if self._ownership != ownership:  # a rebalance: rows may miss
+                            out.clear()  # communities; the next pass starts over
+                            return
+                table = rows_to_table([r for c in sorted(rows) for r in rows[c]], closing=True)
+                final = b"true" if task.final else b"false"
+                out.append((task, table.replace_schema_metadata(
+                    {**(table.schema.metadata or {}), FINAL_KEY: final})))
+
+    def write_closings(self, written: list[tuple[Task, pa.Table]]) -> list[Task]:
+        """Write the closing files (I/O: runs in an executor thread); the tasks done."""
+        done = []
+        for task, table in written:
+            try:
+                with self.metrics.sink_seconds.labels("parquet").time():
+                    self.writer.write_table(task.midnight, table,
+                                            closing_file_name(task.midnight, task.partition))
+            except Exception:  # counted like live rows; the book retries next time
+                self.metrics.sink_errors.labels("parquet").inc()
+                log.exception("writing closing rows of partition %d at %d failed",
+                              task.partition, task.midnight)
+                continue
+            done.append(task)
+        return done
+
+    def closing_written(self, tasks: list[Task], mark: int) -> None:
+        owned = self._partitions()
+        for task in tasks:
+            if task.partition not in owned:
+                continue  # revoked meanwhile: the new owner reads the file
+            self.closing.done(task)
+            if task.final:
+                self._closing_rows.pop((task.partition, task.midnight), None)
+            if task.midnight > self.newest_closing:
+                self.newest_closing = task.midnight
+                self.metrics.closing_as_of.set(task.midnight / 1000)
+        if tasks or self._exported_at != midnight_at_or_before(mark):
+            self.export_closing(mark)
+
+    def export_closing(self, mark: int | None) -> None:
+        """The trend series: each community's closing values at the newest midnight
+        (ago=0d) and TREND_DAYS before it; none while catching up."""
+        if mark is None:
+            self.metrics.closing.retain(set())
+            self._exported_at = None
+            return
+        newest = self._exported_at = midnight_at_or_before(mark)
+        for midnight in [d for d in self._closing_values if d < newest - TREND_DAYS * DAY_MS]:
+            del self._closing_values[midnight]
+        for community_id in self.partition_of:
+            self.metrics.closing.update_closing(community_id, [
+                (f"{days}d", value) for days in (0, TREND_DAYS)
+                for value in self._closing_values.get(newest - days * DAY_MS, {}).get(
+                    community_id, ())])
+        self.metrics.closing.retain(set(self.partition_of))
+
+    def close_midnights(self) -> list[Task]:
+        """One closing pass in one go (the timer interleaves the steps and does the I/O
+        in a thread instead)."""
+        mark = self.mark
+        if mark is None:
+            return []
+        self.learn_closings(self.read_closings(self.closing_checks(mark), mark))
+        out: list[tuple[Task, pa.Table]] = []
+        for _ in self.closing_steps(mark, out):
+            pass
+        done = self.write_closings(out)
+        self.closing_written(done, mark)
+        return done
 
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
@@ -632,22 +874,57 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
 
     @app.timer(interval=rt.steering_interval_s)
     async def steering() -> None:
+        if worker.mark is None:  # catching up: sketches of a half-read backlog would mislead
+            return
         as_of, inputs = int(worker.clock() * 1000), list[pa.Table]()
         for _ in worker.steering_steps(as_of, inputs):
             await asyncio.sleep(AGENT_TURN_S)
         await asyncio.get_running_loop().run_in_executor(
             None, worker.publish_steering, as_of, inputs)
 
+    @app.timer(interval=CATCH_UP_CHECK_S)
+    async def track_catch_up() -> None:
+        now_ms = int(worker.clock() * 1000)
+        ends = None
+        if not (app.rebalancing or app.in_recovery):
+            tps = [tp for tp in app.assignor.assigned_actives() if tp.topic in source_topics]
+            try:
+                ends = await app.consumer.highwaters(*tps) if tps else {}
+            except Exception as exc:  # (e.g. the broker is away): unknown, catching up
+                log.debug("end offsets unavailable: %s", exc)
+        worker.observe_offsets(ends, committed_offsets(app), now_ms)
+
     @app.timer(interval=rt.snapshot_interval_s)
     async def snapshot() -> None:
         if not worker.snapshot_due():
             return
+        loop = asyncio.get_running_loop()
         rows: list[SnapshotRow] = []
         for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
             await asyncio.sleep(AGENT_TURN_S)
-        await asyncio.get_running_loop().run_in_executor(None, worker.write_rows, rows)
+        if worker.mark is not None:  # live rows over a half-read backlog are not written
+            await loop.run_in_executor(None, worker.write_rows, rows)
+        mark = worker.mark
+        if mark is None:
+            return
+        checks = worker.closing_checks(mark)
+        if checks:
+            found = await loop.run_in_executor(None, worker.read_closings, checks, mark)
+            worker.learn_closings(found)
+        closing: list[tuple[Task, pa.Table]] = []
+        for _ in worker.closing_steps(mark, closing):
+            await asyncio.sleep(AGENT_TURN_S)
+        done = await loop.run_in_executor(None, worker.write_closings, closing)
+        worker.closing_written(done, mark)
 
     return app
+
+
+def committed_offsets(app: faust.App) -> Mapping[Any, int | None]:
+    """Faust's committed offset per partition (the next offset to read): what a
+    partition with nothing processed by this process has done. Faust keeps it in a
+    private field; tests/test_worker_app.py fails if an upgrade renames it."""
+    return getattr(app.consumer, "_committed_offset", {})
 
 
 class StartupError(ConfigError):
@@ -711,7 +988,9 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
-    worker = PulseWorker(metric_config, runtime)
+    offset = runtime.clock_offset_s
+    worker = PulseWorker(metric_config, runtime,
+                         clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
     check_broker(app, runtime)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)

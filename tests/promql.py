@@ -41,7 +41,9 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_events_duplicates_total", "community_pulse_events_dead_lettered_total",
     "community_pulse_event_time_lag_seconds", "community_pulse_sink_errors_total",
     "community_pulse_owned_communities", "community_pulse_last_snapshot_timestamp_seconds",
-    "community_pulse_consumer_lag_seconds",
+    "community_pulse_consumer_lag_seconds", "community_pulse_catching_up",
+    "community_pulse_closing_sustainability_score", "community_pulse_closing_tier",
+    "community_pulse_closing_timestamp_seconds", "community_pulse_closing_late_events_total",
     "community_pulse_merge_suggestion_jaccard",
     "community_pulse_merge_suggestion_merged_share_ratio", "community_pulse_focus_rank",
     # steering (docs/steering.md)

@@ -9,13 +9,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
 from schemas.events import Event
-from sinks.prometheus import CommunitySeries, WorkerMetrics
+from sinks.prometheus import CLOSING_FAMILIES, ClosingValue, CommunitySeries, WorkerMetrics
 from streams.config import MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import TopicStats
 
 NOW = 1_795_000_000_000
 BUDGET_PER_COMMUNITY = 49  # docs/operations.md
+CLOSING_BUDGET_PER_COMMUNITY = 8  # 2 families x 2 windows x (newest, 7 days before)
 
 
 def series_of(snapshot: list) -> CommunitySeries:
@@ -82,3 +83,28 @@ def test_cached_series_follow_updates_and_removals_and_escape_labels() -> None:
     assert 'a \\"quoted\\"' in series.render()
     series.remove(odd[0].community_id)
     assert 'a \\"quoted\\"' not in series.render()
+
+
+def test_closing_series_hold_the_newest_and_week_old_values_within_their_budget() -> None:
+    series = CommunitySeries(min_members=5, families=CLOSING_FAMILIES)
+    series.update_closing("c", [
+        ("0d", ClosingValue(7, 10, 50.0, 1)), ("0d", ClosingValue(28, 12, 55.0, 2)),
+        ("7d", ClosingValue(7, 3, 80.0, 2)),  # below the privacy threshold then: hidden
+        ("7d", ClosingValue(28, 12, 70.0, 2))])
+    series.update_closing("gone", [("0d", ClosingValue(7, 10, 1.0, 0))])
+    series.retain({"c"})
+    found = {}
+    for family in text_string_to_metric_families(series.render()):
+        assert family.documentation, family.name
+        for sample in family.samples:
+            labels = sample.labels
+            found[(sample.name, labels["window"], labels["ago"])] = sample.value
+            assert labels["community"] == "c"
+    assert found == {
+        ("community_pulse_closing_sustainability_score", "7d", "0d"): 50.0,
+        ("community_pulse_closing_tier", "7d", "0d"): 1.0,
+        ("community_pulse_closing_sustainability_score", "28d", "0d"): 55.0,
+        ("community_pulse_closing_tier", "28d", "0d"): 2.0,
+        ("community_pulse_closing_sustainability_score", "28d", "7d"): 70.0,
+        ("community_pulse_closing_tier", "28d", "7d"): 2.0}
+    assert len(found) <= CLOSING_BUDGET_PER_COMMUNITY

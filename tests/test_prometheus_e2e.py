@@ -1,10 +1,11 @@
 """A real Prometheus scraping a real worker fed by the generator through real Kafka.
 
-Five weeks of history are replayed and backfilled into Prometheus's TSDB (what
-`community-pulse backfill` + `promtool tsdb create-blocks-from openmetrics` do for a new
-deployment), so the 7-day trend alerts have a past to compare with. Then the worker
-consumes the same events live, Prometheus scrapes it and evaluates the shipped rules,
-and every dashboard query and alert expression is run against it.
+A new deployment: the topics hold five weeks of history, Prometheus holds nothing. The
+worker consumes the history, writes its closing rows and exports the closing values of the
+newest midnight and 7 days before it, so the trend alerts (sustainability drop, tier
+downgrade) can fire from its first hour. Prometheus scrapes it and evaluates the shipped
+rules (the trend alerts' `for` shortened to TREND_FOR, the rest as shipped), and every
+dashboard query and alert expression is run against it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
 
 import msgspec
 import pytest
@@ -29,7 +30,6 @@ from kafka import KafkaProducer
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka, free_port
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
-from sinks.prometheus import openmetrics_history
 from streams.config import MetricConfig
 from streams.core import PulseCore, SnapshotRow
 from tests.promql import RULE_FILES, all_exprs, promtool
@@ -40,11 +40,26 @@ HEALTHY, MEDIUM, LOW, STAGNATING, DECLINING = (f"{p.name}-{i:04d}" for i, p in
 BAD = [("community.posts", b"k", b"{broken"), ("community.likes", b"k", b"[1, 2]")]
 
 
+TREND_ALERTS = ("CommunitySustainabilityDrop", "CommunityTierDowngrade")
+TREND_FOR = "15s"  # stands for the shipped 1h: a test cannot wait an hour
+
+
 @dataclass
 class Stack:
     prometheus_url: str
     worker: WorkerProcess
     events: list[dict]
+    started_s: float  # when the worker started
+
+
+def _short_trend_for(rules_text: str) -> str:
+    doc = yaml.safe_load(rules_text)
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") in TREND_ALERTS:
+                assert rule["for"] == "1h"
+                rule["for"] = TREND_FOR
+    return yaml.safe_dump(doc)
 
 
 def query(url: str, expr: str) -> list[dict]:
@@ -53,27 +68,6 @@ def query(url: str, expr: str) -> list[dict]:
         body = json.load(response)
     assert body["status"] == "success", (expr, body)
     return body["data"]["result"]
-
-
-def _backfill(events: list[dict], until_ms: int, instance: str, tsdb: Path) -> None:
-    """Replay the history with a snapshot every 2 hours and load it into the TSDB."""
-    core = PulseCore(MetricConfig())
-    history = sorted(events, key=lambda e: e["ts"])
-    decoded = [msgspec.convert(e, type=Event) for e in history]
-    rows = []
-    start = until_ms - 9 * 86_400_000
-    applied = 0
-    for t in range(start, until_ms, 2 * 3_600_000):
-        upto = next((i for i in range(applied, len(decoded)) if decoded[i].ts_ms > t), len(decoded))
-        core.apply(decoded[applied:upto])
-        applied = upto
-        rows.extend(core.snapshot(t))
-    source = tsdb.parent / "history.om"
-    source.write_bytes(openmetrics_history(rows, 5, {"instance": instance,
-                                                     "job": "community-pulse"}))
-    result = subprocess.run([str(promtool()), "tsdb", "create-blocks-from", "openmetrics",
-                             "-q", str(source), str(tsdb)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
 
 
 # Goals on the healthy community (days relative to now): one that cannot be on track,
@@ -110,13 +104,13 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     worker_port = free_port()
     instance = f"127.0.0.1:{worker_port}"
     (tmp / "tsdb").mkdir()
-    _backfill(events, now_ms - 4 * 3_600_000, instance, tmp / "tsdb")
 
     kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=10)
     for topic, key, value in gen.to_messages(gen.messy_order(events, rng), 50):
         producer.send(prefix + topic, key=key, value=value)
     producer.flush()
+    started_s = time.time()
     goals = tmp / "goals.yml"
     goals.write_text(yaml.safe_dump({"goals": [_goal(g, now_ms) for g in GOALS]}))
     worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id,
@@ -127,7 +121,7 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     rules = []
     for path in RULE_FILES:
         rules.append(str(tmp / path.name))
-        (tmp / path.name).write_text(path.read_text())
+        (tmp / path.name).write_text(_short_trend_for(path.read_text()))
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": rules,
@@ -154,10 +148,10 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         wait_for(lambda: query(url, "rate(community_pulse_events_dead_lettered_total[1m]) > 0"),
                  60, "the dead-letter rate")
         wait_for(lambda: query(url, "community:community_pulse_sustainability_score:change_7d"),
-                 60, "recording rules over the backfilled week")
+                 60, "recording rules over the closing values")
         wait_for(lambda: query(url, "community_pulse_merge_suggestion_jaccard")
                  and query(url, "community_pulse_focus_rank"), 60, "the steering view")
-        yield Stack(url, worker, events)
+        yield Stack(url, worker, events, started_s)
     finally:
         producer.close()
         prometheus.terminate()
@@ -173,6 +167,22 @@ def _communities(result: list[dict]) -> set[str]:
 # Alerts whose condition is, by construction of this data, false right now.
 QUIET_NOW = {"PipelineEventTimeLagHigh", "PipelineSnapshotsStale", "PipelineSinkErrors",
              "PipelineWorkerDown"}
+
+
+def test_trend_alerts_fire_within_their_for_of_a_new_workers_start(stack: Stack) -> None:
+    # Prometheus started empty with the worker: the sustainability drop fires as soon as
+    # the worker has read the history and `for` has passed, not 7 days later.
+    def firing() -> list[dict]:
+        with urllib.request.urlopen(f"{stack.prometheus_url}/api/v1/alerts", timeout=10) as r:
+            alerts = json.load(r)["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "CommunitySustainabilityDrop"
+                and a["state"] == "firing"]
+
+    alerts = wait_for(firing, 120, "the sustainability drop to fire")
+    assert STAGNATING in {a["labels"]["community"] for a in alerts}
+    for alert in alerts:  # pending from the worker's first closing values on
+        active = datetime.fromisoformat(alert["activeAt"].replace("Z", "+00:00")).timestamp()
+        assert active >= stack.started_s
 
 
 def test_every_dashboard_query_and_alert_expression_runs_and_finds_data(stack: Stack) -> None:
@@ -220,9 +230,24 @@ def test_alerts_fire_exactly_for_the_communities_the_core_flags(stack: Stack) ->
         assert not firing or firing < {r.community_id for r in views[1]}, alert  # never all
     firing = _communities(query(stack.prometheus_url, rules["CommunityStagnating"]))
     assert STAGNATING in firing and HEALTHY not in firing
-    dropping = _communities(query(stack.prometheus_url, rules["CommunitySustainabilityDrop"]))
-    # Backfilled history gives the 7-day comparison a past: the community that went
-    # quiet 10 days ago lost sustainability since last week; the healthy one did not.
+    # The trend alerts compare closing values: exactly the communities whose rows at the
+    # newest midnight and 7 days before it (from the core) differ by the threshold.
+    midnight = now - now % 86_400_000
+    closing = {t: {(r.community_id, f"{r.window_days}d"): r for r in core.snapshot(t)
+                   if r.members >= 5} for t in (midnight, midnight - 7 * 86_400_000)}
+    now_rows, week_rows = closing[midnight], closing[midnight - 7 * 86_400_000]
+    both = now_rows.keys() & week_rows.keys()
+    expected = {
+        "CommunitySustainabilityDrop": {
+            k for k in both if week_rows[k].sustainability - now_rows[k].sustainability >= 15},
+        "CommunityTierDowngrade": {
+            k for k in both if week_rows[k].tier_level > now_rows[k].tier_level}}
+    for alert, want in expected.items():
+        got = {(r["metric"]["community"], r["metric"]["window"])
+               for r in query(stack.prometheus_url, rules[alert])}
+        assert got == want, alert
+    dropping = {c for c, _ in expected["CommunitySustainabilityDrop"]}
+    # The community that went quiet 10 days ago lost sustainability since last week.
     assert STAGNATING in dropping and HEALTHY not in dropping
     # Goals: the condition of each goal alert holds for exactly its goal (the 3 days of
     # CommunityGoalBehind's `for` are promtool-tested).

@@ -45,5 +45,11 @@ def test_every_sql_example_runs_and_the_main_ones_return_rows(catalogue: Path) -
     assert len(tier_history) >= 20  # one row per day of history
     movers = next(r for s, r in results.items() if "week_ago" in s)
     assert movers and all(len(row) == 4 for row in movers)
-    ladder = next(r for s, r in results.items() if "date_trunc('week'" in s)
-    assert ladder and all(sum(row[1:]) > 0 for row in ladder)
+    ladder = next(r for s, r in results.items() if "sum(creators)" in s)
+    assert len(ladder) >= 4 and all(sum(row[1:]) > 0 for row in ladder)
+    goals = next(r for s, r in results.items() if "days_at_target" in s)
+    assert goals and all(days >= 20 for _, _, days in goals)
+    # `daily`: the midnight rows of the replay, once each, and nothing else.
+    assert con.sql("""SELECT count(*) = count(DISTINCT (community_id, window_days, as_of))
+                             AND bool_and(closing) AND bool_and(epoch_ms(as_of) % 86400000 = 0)
+                      FROM daily""").fetchall() == [(True,)]

@@ -15,7 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.producer import TOPIC_OF
 from streams.config import MetricConfig, RuntimeConfig
-from streams.worker import PulseWorker, _ConsumerThread, faust_app
+from streams.worker import (
+    CATCH_UP_CHECKS,
+    PulseWorker,
+    _ConsumerThread,
+    committed_offsets,
+    faust_app,
+)
 
 
 def test_consumer_fetch_wait_is_short_unless_configured_otherwise() -> None:
@@ -127,3 +133,40 @@ def test_snapshots_thin_out_while_catching_up(tmp_path: Path) -> None:
     assert [worker.snapshot_due() for _ in range(3)] == [True] * 3
     worker.handle_batch(batch_of(community_events("a", 0, 1, "y"), NOW_S - 60))  # behind
     assert [worker.snapshot_due() for _ in range(6)].count(True) == 2
+
+
+def test_caught_up_when_what_was_there_a_few_checks_ago_is_processed(tmp_path: Path) -> None:
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path), clock=lambda: NOW_S)
+    posts, likes = ("community.posts", 0), ("community.likes", 0)
+    worker.observe_offsets({posts: 1}, {}, 1000)
+    assert worker.mark is None  # nothing to compare with yet
+    worker.handle_batch(batch_of(community_events("a", 0, 1, "x")))  # posts@0 -> next 1
+    worker.observe_offsets({posts: 5, likes: 3}, {}, 2000)
+    assert worker.mark is None  # another set of partitions (a rebalance): not yet
+    worker.observe_offsets({posts: 9, likes: 3}, {likes: 3}, 3000)
+    assert worker.mark is None  # posts: 1 of 5 processed
+    worker.processed_next[posts] = 9  # (as handle_batch does)
+    worker.observe_offsets({posts: 12, likes: 3}, {likes: 3}, 4000)
+    assert worker.mark == 3000  # all that was there at 3000: posts by processing,
+    assert worker.metrics.catching_up._value.get() == 0  # likes by committed offsets
+    # Keeping up a little behind (the check at 4000 not yet read): still caught up, the
+    # mark stays where everything is read.
+    worker.observe_offsets({posts: 15, likes: 3}, {likes: 3}, 5000)
+    assert worker.mark == 3000
+    # Falling behind by more than CATCH_UP_CHECKS checks: catching up.
+    for i in range(CATCH_UP_CHECKS):
+        worker.observe_offsets({posts: 20 + i, likes: 3}, {likes: 3}, 6000 + i * 1000)
+    assert worker.mark is None and worker.metrics.catching_up._value.get() == 1
+    worker.processed_next[posts] = 40
+    worker.observe_offsets({posts: 40, likes: 3}, {likes: 3}, 20_000)
+    assert worker.mark == 6000 + (CATCH_UP_CHECKS - 1) * 1000
+    worker.observe_offsets(None, {}, 21_000)  # rebalancing or no broker: catching up
+    assert worker.mark is None and worker.metrics.catching_up._value.get() == 1
+
+
+def test_faust_keeps_the_committed_offsets_the_catch_up_check_reads() -> None:
+    # streams.worker.committed_offsets reads Faust's private Consumer._committed_offset.
+    app = faust_app("test-committed", "kafka://127.0.0.1:9", 1)
+    committed = committed_offsets(app)
+    assert committed is app.consumer._committed_offset  # type: ignore[attr-defined]
+    assert committed[TP("community.posts", 0)] is None  # a defaultdict: None when unknown
