@@ -301,8 +301,10 @@ def _steering_defaults(args: argparse.Namespace, runtime: RuntimeConfig) -> None
 
 def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
                     runtime: RuntimeConfig) -> int:
+    from sinks.parquet import records_table
     from streams.replay import core_from_files, parse_time
     from streams.steering.merges import check_arguments, member_sets, suggest_merges
+    from streams.steering.network import MERGE_SCHEMA
 
     as_of = parse_time(args.as_of)
     _steering_defaults(args, runtime)
@@ -314,7 +316,7 @@ def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
                             "merged_members", "merged_contributors", "merged_share",
                             "merged_tier")) if rows else "no merge suggestions")
     if args.out:
-        _write_rows(rows, args.out)
+        _write_table(records_table(rows, MERGE_SCHEMA), args.out)
     return 0
 
 
@@ -364,19 +366,11 @@ def table_text(rows: Sequence[object], columns: Sequence[str]) -> str:
                      for line in cells)
 
 
-def _write_rows(rows: Sequence[object], out: Path) -> None:
-    """Dataclass rows as Parquet (.parquet) or CSV; `*_ms` times as UTC timestamps."""
-    from dataclasses import asdict
-
-    import pyarrow as pa
+def _write_table(table: object, out: Path) -> None:
+    """An Arrow table as Parquet (.parquet) or CSV."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    records = [asdict(row) for row in rows]  # type: ignore[call-overload]
-    table = pa.Table.from_pylist(records)
-    for name in [n for n in table.column_names if n.endswith("_ms")]:
-        index = table.column_names.index(name)
-        table = table.set_column(index, name[:-3], table[name].cast(pa.timestamp("ms", "UTC")))
     if out.suffix == ".parquet":
         pq.write_table(table, out)
     else:

@@ -372,6 +372,10 @@ def test_suggest_merges_command_prints_and_writes_the_suggestions(
     top1 = cli("suggest-merges", example_files["merges"], "--as-of", "2026-11-30T00:00:00Z",
                "--top", "1", "--min-overlap", "0.2")
     assert top1.stdout.splitlines()[1:] and len(top1.stdout.splitlines()) == 2
+    none = tmp_path / "none.csv"
+    cli("suggest-merges", example_files["merges"], "--as-of", "2026-11-30T00:00:00Z",
+        "--min-overlap", "1", "--out", none)
+    assert none.read_text().splitlines() == [",".join(f'"{c}"' for c in table.column_names)]
 
 
 @pytest.mark.parametrize("pseudonymised", [False, True])
