@@ -134,7 +134,8 @@ def focus_candidates(rows: Iterable[_CommunityRow], as_of_ms: int, window_days: 
     """Large, active communities of practice, best first (ranks from 1)."""
     chosen = [r for r in rows if r.window_days == window_days and r.tier == "high"
               and r.members >= min_members and not r.stagnating]
-    chosen.sort(key=lambda r: (-r.contributors, -r.sustainability, r.community_id))
+    # Scores equal but for float rounding (the same value reached by other sums) tie.
+    chosen.sort(key=lambda r: (-r.contributors, -round(r.sustainability, 9), r.community_id))
     return [FocusRow(as_of_ms, rank, r.community_id, r.members, r.contributors,
                      r.contributor_share, r.sustainability)
             for rank, r in enumerate(chosen, start=1)]
