@@ -25,6 +25,14 @@ sys.path.insert(0, str(REPO))
 
 from devkit.devkafka import free_port  # noqa: E402
 
+# The rules before issue 13, evaluated side by side.
+FORMER = {
+    "CommunityUnansweredPosts (any unanswered post)":
+        "min by (community) (community_pulse_unanswered_posts) > 0",
+    "CommunityStagnating (no size floor)":
+        "max by (community) (community_pulse_stagnating) > 0",
+}
+
 
 def query(port: int, expr: str) -> list[dict]:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -54,13 +62,18 @@ def main(seconds: float) -> int:
         exported = query(prom_port, "count(max by (community) (community_pulse_tier))")
         total = int(float(exported[0]["value"][1])) if exported else 0
         print(f"after {seconds:.0f} s: {total} communities exported")
-        states = query(prom_port, "count by (alertname, alertstate) (ALERTS)")
-        for row in sorted(states, key=lambda r: r["metric"]["alertname"]):
+        alerts: dict[tuple[str, str], list[str]] = {}
+        for row in query(prom_port, "ALERTS"):
             labels = row["metric"]
-            print(f"  {labels['alertname']:<30} {labels['alertstate']:<8} "
-                  f"{int(float(row['value'][1]))}")
-        if not states:
+            alerts.setdefault((labels["alertname"], labels["alertstate"]), []).append(
+                labels.get("community") or labels.get("topic") or labels.get("instance", ""))
+        for (name, state), where in sorted(alerts.items()):
+            print(f"  {name:<30} {state:<8} {len(where):>3}  {', '.join(sorted(where))}")
+        if not alerts:
             print("  no alert pending or firing")
+        for label, expr in FORMER.items():
+            found = query(prom_port, f"count({expr})")
+            print(f"  former {label}: {int(float(found[0]['value'][1])) if found else 0}")
     finally:
         prometheus.terminate()
         demo.terminate()  # the demo stops its worker and broker on SIGTERM as on Ctrl-C

@@ -1,10 +1,10 @@
 """`community-pulse demo`: Kafka, a worker and a generator on this machine, live.
 
 Each run starts clean: it empties its data folder (only one that a demo made), generates
-five weeks of synthetic history, writes that history's daily snapshots with `replay`
-(so trend queries and dashboards have days to show), starts a local Apache Kafka broker
-(KRaft) and `community-pulse worker` as a child process, loads the same history into
-Kafka, then keeps producing live events in each community's pattern and redraws a summary
+five weeks of synthetic history, starts a local Apache Kafka broker (KRaft) and
+`community-pulse worker` as a child process, loads the history into Kafka (the worker
+writes the closing rows of its days once it has caught up, so trend queries have days to
+show), then keeps producing live events in each community's pattern and redraws a summary
 read from the worker's own /metrics. Ctrl-C stops everything; the broker's data goes
 with it.
 """
@@ -17,23 +17,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka, die_with_parent, free_port
-from streams.config import DAY_MS, MetricConfig
+from devkit.devkafka import DevKafkaError, LocalKafka, die_with_parent, free_port
+from streams.config import DAY_MS
 from streams.kafka_auth import KafkaSecurity
 
 HISTORY_DAYS = 35
 SHOWN = 4  # communities named per tier in the summary
 MARKER = ".community-pulse-demo"  # a folder with this file was made by a demo
-DEMO_ENTRIES = {MARKER, "run", "snapshots", "pulse.duckdb", "pulse.duckdb.wal"}
+DEMO_ENTRIES = {MARKER, "run", "snapshots", "pulse.duckdb", "pulse.duckdb.wal", "goals",
+                "goals.yml"}
 
 
 class DemoError(ValueError):
@@ -78,6 +80,7 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
         lines.append(f"  {'':<16}       -> {TIER_ACTIONS[level]}")
     stuck = sorted(c for c, v in stagnating.items() if v)
     lines.append(f"stagnating: {len(stuck)}  {cut(stuck, 6)}")
+    lines.extend(goal_lines(samples))
     lines.extend(steering_lines(samples))
 
     def total(name: str) -> float:
@@ -100,6 +103,49 @@ def cut(items: list[str], limit: int) -> str:
     return ", ".join(items[:limit]) + more
 
 
+EXAMPLE_GOALS = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "goals.yml"
+
+
+def demo_goals(data_dir: Path, now_ms: int) -> Path:
+    """The example goals file with its dates moved so that every goal started 14 days
+    before now (the demo's history is the last five weeks)."""
+    import yaml
+
+    from streams.steering.files import read_goals
+    from streams.steering.goals import to_utc
+
+    goals = read_goals(EXAMPLE_GOALS)
+    document = yaml.safe_load(EXAMPLE_GOALS.read_text(encoding="utf-8"))
+    for goal, item in zip(goals, document["goals"], strict=True):
+        shift = now_ms - 14 * 86_400_000 - goal.start_ms
+        for field, ms in (("start", goal.start_ms), ("deadline", goal.deadline_ms),
+                          ("sustain_until", goal.sustain_until_ms)):
+            item[field] = to_utc(ms + shift)
+    path = data_dir / "goals.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def goal_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
+    """One line per goal: its status, value and expected value (docs/steering.md)."""
+    def by_goal(name: str) -> dict[str, float]:
+        return {labels["goal"]: value for labels, value in samples.get(name, [])}
+
+    values, expected = by_goal("community_pulse_goal_value"), by_goal(
+        "community_pulse_goal_expected")
+    targets = by_goal("community_pulse_goal_target")
+    lines = []
+    for labels, value in sorted(samples.get("community_pulse_goal_status", []),
+                                key=lambda s: s[0]["goal"]):
+        if value == 1:
+            goal = labels["goal"]
+            now = f"{values[goal]:.3g}" if goal in values else "-"
+            lines.append(f"  goal {goal:<16} {labels['status']:<11} {labels['metric']} of "
+                         f"{labels['community']} ({labels['window']}): {now}, expected "
+                         f"{expected.get(goal, 0):.3g}, target {targets.get(goal, 0):.3g}")
+    return [f"goals: {len(lines)}", *lines] if lines else []
+
+
 def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
     """Where to start and what to merge (docs/steering.md), from the worker's gauges."""
     ranks = sorted((value, labels["community"]) for labels, value in
@@ -116,7 +162,7 @@ def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> li
 
 def run_demo(
     n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
-    metrics: MetricConfig | None = None, secured: bool = False,
+    secured: bool = False,
 ) -> int:
     """With `secured`, the broker gets a SASL_SSL listener and every client of the demo
     (worker, history loader, live producer) logs in with SCRAM-SHA-512 over TLS."""
@@ -132,14 +178,13 @@ def run_demo(
     now_ms = int(time.time() * 1000)
     communities = gen.plan(n_communities, 20 * n_communities, rng)
     history = demo_history(communities, now_ms, rng)
-    days = seed_daily_snapshots(history, data_dir, metrics or MetricConfig())
-    print(f"wrote {days} days of daily snapshots of the same history with replay", flush=True)
+    goals = demo_goals(data_dir, now_ms)
     print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) ...", flush=True)
-    # In a temporary folder, removed when it stops.
-    with LocalKafka(secured=secured) as kafka:
+    with _broker(run_dir, secured) as kafka:
         bootstrap, security = kafka.bootstrap, KafkaSecurity()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
         env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
+        env["PULSE_GOALS_FILE"] = str(goals)  # the example goals, moved to now
         env.setdefault("PULSE_STEERING_INTERVAL_S", "15")  # focus and merges soon
         if kafka.secured is not None:
             bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
@@ -161,6 +206,25 @@ def run_demo(
         finally:
             stop_worker(worker)
             worker_log.close()
+
+
+@contextmanager
+def _broker(run_dir: Path, secured: bool) -> Iterator[LocalKafka]:
+    """A local broker in a temporary folder, removed when it stops. A broker that does not
+    start is one line; its details (the log's tail) go to run/broker-error.log."""
+    kafka = LocalKafka(secured=secured)
+    try:
+        kafka.start()
+    except DevKafkaError as exc:
+        kafka.stop()
+        details = run_dir / "broker-error.log"
+        details.write_text(f"{exc}\n")
+        raise DemoError(f"the Kafka broker did not start: {str(exc).splitlines()[0]} "
+                        f"(details in {details})") from None
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -192,21 +256,6 @@ def start_clean(data_dir: Path) -> None:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     (data_dir / MARKER).write_text("made by `community-pulse demo`; emptied by the next one\n")
-
-
-def seed_daily_snapshots(history: list[dict], data_dir: Path, metrics: MetricConfig) -> int:
-    """The history's snapshots at every UTC midnight, written by the project's own replay
-    (`replay --snapshot-every 1d`), so trend queries have days of history at once. (The
-    worker writes these closing rows itself once it backfills them from its state.)"""
-    import msgspec
-
-    from streams.replay import replay
-
-    with tempfile.TemporaryDirectory(prefix="community-pulse-demo-") as tmp:
-        events = Path(tmp) / "history.jsonl"
-        events.write_bytes(b"\n".join(msgspec.json.encode(e) for e in history) + b"\n")
-        result = replay([events], data_dir, metrics, every_ms=DAY_MS)
-    return len(result.snapshot_times)
 
 
 def _usable_port(port: int) -> int:

@@ -69,6 +69,7 @@ class Secured:
 
     sasl_ssl_bootstrap: str
     ssl_bootstrap: str
+    sasl_plaintext_bootstrap: str  # SASL without TLS (PLAIN, SCRAM-SHA-512)
     cafile: Path
     client_certfile: Path
     client_keyfile: Path
@@ -447,24 +448,31 @@ class LocalKafka:
         except CertError as exc:
             raise DevKafkaError(str(exc)) from None
         self._broker_keystore = certs.broker_keystore
-        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", certs.cafile,
+        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                       f"127.0.0.1:{free_port()}", certs.cafile,
                        certs.client_certfile, certs.client_keyfile)
 
     def _secured_config(self) -> dict[str, str]:
-        """Listeners SASL_SSL (PLAIN, SCRAM-SHA-512) and SSL (client certificate required)."""
+        """Listeners SASL_SSL and SASL_PLAINTEXT (PLAIN, SCRAM-SHA-512), SSL (client
+        certificate required)."""
         if self.secured is None:
             return {}
         s = self.secured
         plain_login = "org.apache.kafka.common.security.plain.PlainLoginModule"
         scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        listeners = (f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap},"
+                     f"SASL_PLAINTEXT://{s.sasl_plaintext_bootstrap}")
         return {
-            "listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
-            "advertised.listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL",
+            "listeners": listeners,
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map":
+                "SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT",
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
-            "listener.name.sasl_ssl.plain.sasl.jaas.config":
-                f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": f"{scram_login} required;",
+            **{f"listener.name.{name}.plain.sasl.jaas.config":
+               f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
+               for name in ("sasl_ssl", "sasl_plaintext")},
+            **{f"listener.name.{name}.scram-sha-512.sasl.jaas.config": f"{scram_login} required;"
+               for name in ("sasl_ssl", "sasl_plaintext")},
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self._broker_keystore),
             "ssl.truststore.type": "PEM",
@@ -586,7 +594,8 @@ class LocalKafka:
 # -- command line -------------------------------------------------------------------------
 
 
-def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str) -> None:
+def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str,
+         secured: bool = False) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -594,11 +603,16 @@ def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap)
+    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap,
+                       secured=secured)
     try:
         kafka.start()
         print(f"devkafka: Kafka {KAFKA_VERSION} ready on {kafka.bootstrap} "
               f"(dir {kafka.dir}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        if kafka.secured is not None:  # settings for the product's clients (test users)
+            env = " ".join(f"{k}={v}" for k, v in kafka.secured.settings_env().items())
+            print(f"devkafka: SASL_SSL on {kafka.secured.sasl_ssl_bootstrap}: {env}",
+                  file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             if not kafka.running():
                 raise DevKafkaError(f"Kafka broker exited unexpectedly; see {kafka.log_file}")
@@ -617,12 +631,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--controller-port", type=int, default=None, help="default: a free port")
     run.add_argument("--dir", default=None, help="run directory (default: a temp dir)")
     run.add_argument("--heap", default="512m", help="JVM max heap (default 512m)")
+    run.add_argument("--secured", action="store_true",
+                     help="also SASL_SSL, SASL_PLAINTEXT and mutual-TLS listeners")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":
             print(fetch_jars())
         else:
-            _run(args.port or 0, args.controller_port, args.dir, args.heap)
+            _run(args.port or 0, args.controller_port, args.dir, args.heap, args.secured)
     except DevKafkaError as e:
         print(f"devkafka: error: {e}", file=sys.stderr)
         return 1

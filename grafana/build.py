@@ -313,14 +313,15 @@ def overview() -> Json:
         table,
         text("Recommended actions per tier", (16, 13, 8, 14), ACTIONS_MD,
              "What the seed article recommends for each tier."),
-        *steering_panels(y=27),
+        goals_overview(27),
+        *network_steering_panels(y=35),
     ]
     return dashboard("community-pulse-overview", "Community Pulse — overview", panels,
                      [datasource_var(), window_var()], ["overview"],
                      "All communities by tier and sustainability score.")
 
 
-def steering_panels(y: int) -> list[Json]:
+def network_steering_panels(y: int) -> list[Json]:
     """Merge suggestions and where to start (SPEC 5, docs/steering.md): the network-wide
     view that the worker owning partition 0 exports."""
     def table_panel(title: str, grid: tuple[int, int, int, int], targets: list[Json],
@@ -451,6 +452,7 @@ def community() -> Json:
             f"max by (type) (community_pulse_window_events{{{cw}}})", "{{type}}")],
             description="Distinct posts, replies, likes and views in the window."),
         *goal_panels(c, 32),
+        *steering_panels(cw, 41),
     ]
     return dashboard("community-pulse-community", "Community Pulse — community", panels,
                      [datasource_var(), community_var, window_var()], ["community"],
@@ -488,6 +490,69 @@ def goal_panels(selector: str, y: int) -> list[Json]:
                     "excludeByName": {"Time": True, "Value #A": True},
                     "renameByName": {"Value #B": "progress"}}}]),
     ]
+
+
+def steering_panels(selector: str, y: int) -> list[Json]:
+    """Content experts (with a roster) and soft/hard content of one community."""
+    return [
+        stat("Content experts (members)", (0, y, 4, 4),
+             f"max(community_pulse_experts{{{selector}}})", thresholds=[(None, "blue")],
+             description="Content experts of the roster (experts_file) who are members of "
+                         "the community. Empty without a roster."),
+        stat("Experts replying", (4, y, 4, 4),
+             f"max(community_pulse_experts_replying{{{selector}}})",
+             thresholds=[(None, "red"), (1, "green")],
+             description="Roster experts who wrote at least one reply in the window: the "
+                         "article asks for an expert acting as critic in every tier."),
+        stat("Expert needed", (0, y + 4, 8, 4),
+             f"max(community_pulse_expert_needed{{{selector}}})", mappings=[{
+                 "type": "value", "options": {
+                     "0": {"text": "no: an expert replies", "color": "green", "index": 0},
+                     "1": {"text": "YES: bring in a content expert as critic", "color": "red",
+                           "index": 1}}}],
+             description="Yes when the community has members and no roster expert replied "
+                         "in the window."),
+        timeseries("Replies by content experts", (8, y, 8, 8), [target(
+            f"max(community_pulse_expert_replies{{{selector}}})", "expert replies")],
+            description="Replies written by roster experts in the window."),
+        timeseries("Soft (ugc) and hard (managed) content: posts and engagement",
+                   (16, y, 8, 8), refs([
+                       target(f"max by (kind) (community_pulse_content_posts{{{selector}}})",
+                              "{{kind}} posts"),
+                       target(f"max by (kind) (community_pulse_content_engagement_ratio"
+                              f"{{{selector}}})", "{{kind}} engagement"),
+                   ]), overrides=[{"matcher": {"id": "byRegexp", "options": "/engagement$/"},
+                                   "properties": [{"id": "unit", "value": "percentunit"},
+                                                  {"id": "custom.axisPlacement",
+                                                   "value": "right"}]}],
+                   description="Posts in the window by kind, managed (hard content) or ugc "
+                               "(soft, user content), and the share of each kind's posts that "
+                               "got a reply or like from another user (right axis)."),
+    ]
+
+
+def goals_overview(y: int) -> Json:
+    """Every goal (docs/steering.md): community, metric, status and progress."""
+    return panel("table", "SMART goals of all communities (status and progress)",
+                 (0, y, 24, 8), description="Every goal of the goals file: its community, "
+                 "metric and window, its status and its progress from baseline (0%) to target "
+                 "(100%).", targets=refs([
+                     target("max by (goal, community, metric, window, status) "
+                            "(community_pulse_goal_status) == 1", table=True),
+                     target("max by (goal, community, metric, window) "
+                            "(community_pulse_goal_progress_ratio)", table=True)]),
+                 fieldConfig={"defaults": {}, "overrides": [
+                     {"matcher": {"id": "byName", "options": "progress"},
+                      "properties": [{"id": "unit", "value": "percentunit"},
+                                     {"id": "custom.cellOptions",
+                                      "value": {"type": "gauge", "mode": "basic"}},
+                                     {"id": "max", "value": 1}]}]},
+                 options={"showHeader": True, "sortBy": [{"displayName": "status"}]},
+                 transformations=[
+                     {"id": "merge", "options": {}},
+                     {"id": "organize", "options": {
+                         "excludeByName": {"Time": True, "Value #A": True},
+                         "renameByName": {"Value #B": "progress"}}}])
 
 
 def _dashed(regex: str, dash: list[int]) -> Json:

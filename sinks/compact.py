@@ -72,10 +72,10 @@ def _merged(fs: pafs.FileSystem, files: list[str]) -> pa.Table:
     tables = []
     for index, path in enumerate(files):
         with fs.open_input_file(path) as source:
-            table = pq.read_table(source)
+            table = pq.read_table(source)  # (older files lack newer columns: NULL below)
         if "closing" not in table.column_names:  # schema 1: live rows only
             table = table.append_column("closing", pa.array([False] * table.num_rows))
-        table = table.select(SNAPSHOT_SCHEMA.names)
+        table = table.select([n for n in SNAPSHOT_SCHEMA.names if n in table.column_names])
         tables.append(table.append_column("_file_rank", [[index] * table.num_rows]))
     con = duckdb.connect()
     for index, table in enumerate(tables):
@@ -86,4 +86,8 @@ def _merged(fs: pafs.FileSystem, files: list[str]) -> pa.Table:
         QUALIFY row_number() OVER (
             PARTITION BY community_id, window_days, as_of ORDER BY _file_rank DESC) = 1
         ORDER BY as_of, community_id, window_days""").to_arrow_table()
-    return deduplicated.cast(SNAPSHOT_SCHEMA)
+    for field in SNAPSHOT_SCHEMA:  # columns no file had yet (older schema versions)
+        if field.name not in deduplicated.column_names:
+            deduplicated = deduplicated.append_column(
+                field.name, pa.nulls(deduplicated.num_rows, field.type))
+    return deduplicated.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)

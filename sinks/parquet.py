@@ -32,7 +32,7 @@ from streams.core import SnapshotRow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"  # 2: `closing` (docs/querying.md)
+SCHEMA_VERSION = "2"  # 2: `closing` and the steering columns (docs/querying.md)
 FINAL_KEY = b"community_pulse.final"  # closing files: "true" once past the grace period
 
 SNAPSHOT_SCHEMA = pa.schema(
@@ -65,6 +65,13 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("sustainability", pa.float64(), nullable=False),
         pa.field("stagnating", pa.bool_(), nullable=False),
         pa.field("last_activity", pa.timestamp("ms", tz="UTC")),
+        # Steering (SPEC 5, schema version 2); NULL in rows written before. The expert
+        # counts are NULL without a roster file too.
+        *(pa.field(name, pa.int64()) for name in ("experts", "experts_replying",
+                                                  "expert_replies")),
+        pa.field("expert_needed", pa.bool_()),
+        *(pa.field(name, pa.int64()) for name in ("managed_posts", "ugc_posts")),
+        *(pa.field(name, pa.float64()) for name in ("managed_engagement", "ugc_engagement")),
         # true: a closing row (as_of a UTC midnight, final by event time); false: live.
         pa.field("closing", pa.bool_(), nullable=False),
     ],
@@ -79,6 +86,18 @@ def rows_to_table(rows: Sequence[SnapshotRow], closing: bool = False) -> pa.Tabl
     columns = {_RENAMED.get(name, name): [getattr(r, name) for r in rows] for name in _ROW_FIELDS}
     columns["closing"] = [closing] * len(rows)
     return pa.Table.from_pydict(columns, schema=SNAPSHOT_SCHEMA)
+
+
+def table_rows(table: pa.Table) -> list[SnapshotRow]:
+    """Rows of SNAPSHOT_SCHEMA (e.g. read back from a file) as SnapshotRow."""
+    columns = {}
+    for name in _ROW_FIELDS:
+        column = table[_RENAMED.get(name, name)]
+        if name in _RENAMED:  # timestamps back to epoch ms
+            column = pc.cast(column, pa.int64())
+        columns[name] = column.to_pylist()
+    return [SnapshotRow(**dict(zip(columns, values, strict=True)))
+            for values in zip(*columns.values(), strict=True)]
 
 
 def closing_file_name(as_of_ms: int, partition: int) -> str:
@@ -202,14 +221,17 @@ class SnapshotWriter:
     def read_closing(self, as_of_ms: int, partition: int, columns: list[str] | None = None
                      ) -> tuple[bool, pa.Table | None] | None:
         """A partition's closing file at a midnight: None when there is none, else
-        whether it is final (FINAL_KEY) and, when `columns` are asked for, those."""
+        whether it is final (FINAL_KEY) and its rows: all of an open file, of a final
+        one the `columns` asked for (None: none)."""
         folder = self.tables.folder("snapshots", as_of_ms)
         path = f"{folder}/{closing_file_name(as_of_ms, partition)}"
         try:
             with self.fs.open_input_file(path) as source:
                 parquet = pq.ParquetFile(source)
                 final = (parquet.schema_arrow.metadata or {}).get(FINAL_KEY) == b"true"
-                return final, parquet.read(columns=columns) if columns else None
+                if not final:
+                    return False, parquet.read()
+                return True, parquet.read(columns=columns) if columns else None
         except FileNotFoundError:
             return None
 

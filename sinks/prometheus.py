@@ -73,7 +73,16 @@ COMMUNITY_FAMILIES = {
     f"{NS}_median_first_reply_seconds": "Median time to the first reply by another user.",
     f"{NS}_stagnating": "1 when the community stagnates (SPEC 3).",
     f"{NS}_last_activity_timestamp_seconds": "Newest activity event time.",
+    f"{NS}_experts": "Roster content experts who are members (absent without a roster).",
+    f"{NS}_experts_replying": "Roster content experts who replied in the window.",
+    f"{NS}_expert_replies": "Replies by roster content experts in the window.",
+    f"{NS}_expert_needed": "1 when the community has members and no roster expert replied.",
+    f"{NS}_content_posts": "Posts in the window by content kind: managed (hard) or ugc (soft).",
+    f"{NS}_content_engagement_ratio": "Share of the kind's posts in the window that got a "
+                                      "reply or like from another user (absent: no posts).",
 }
+CONTENT_KINDS = {"managed": ("managed_posts", "managed_engagement"),
+                 "ugc": ("ugc_posts", "ugc_engagement")}
 
 # Closing values (streams.closing): the trend alerts and "change 7d" panels compare these.
 CLOSING_FAMILIES = {
@@ -156,6 +165,16 @@ def community_samples(
         yield sample("unanswered_posts", row.unanswered_posts)
         if row.median_first_reply_seconds is not None:
             yield sample("median_first_reply_seconds", row.median_first_reply_seconds)
+        if row.experts is not None:  # (a roster is configured)
+            yield sample("experts", row.experts)
+            yield sample("experts_replying", row.experts_replying or 0)
+            yield sample("expert_replies", row.expert_replies or 0)
+            yield sample("expert_needed", float(bool(row.expert_needed)))
+        for kind, (posts, engagement) in CONTENT_KINDS.items():
+            yield sample("content_posts", getattr(row, posts), (("kind", kind),))
+            if getattr(row, engagement) is not None:
+                yield sample("content_engagement_ratio", getattr(row, engagement),
+                             (("kind", kind),))
         if row.window_days == first_window:  # per-community series, once per snapshot
             community = _labels((("community", row.community_id), *extra))
             yield row, (f"{NS}_stagnating", community, float(row.stagnating))

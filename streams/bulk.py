@@ -110,6 +110,7 @@ class EventColumns:
     code: Ints  # activity category (core.POST ... core.VIEW), JOIN or LEAVE
     item: Ints  # the thread a post, reply or like of a post touches; -1: none
     items: list[str]
+    managed: Mask  # a post of managed (hard) content, not ugc
 
     @classmethod
     def from_table(cls, table: pa.Table, only_columns: bool = False) -> EventColumns:
@@ -128,7 +129,8 @@ class EventColumns:
             community=community, communities=community_names,
             user=user, users=[sys.intern(u) for u in user_names],
             ts=pc.fill_null(table["ts"], 0).to_numpy().astype(np.int64),
-            id_hash=id_hash, code=code, item=item, items=items)
+            id_hash=id_hash, code=code, item=item, items=items,
+            managed=_is(table["content_kind"], "managed"))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -137,7 +139,7 @@ class EventColumns:
         """These rows, in this order (the name lists are shared)."""
         return replace(self, community=self.community[rows], user=self.user[rows],
                        ts=self.ts[rows], id_hash=self.id_hash[rows], code=self.code[rows],
-                       item=self.item[rows])
+                       item=self.item[rows], managed=self.managed[rows])
 
 
 def _stable_order(keys: Ints) -> Ints:
@@ -300,6 +302,7 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
     post_ts = [t if t >= 0 else None for t in np.where(has_post, events.ts[last], -1).tolist()]
     authors = [events.users[u] if u >= 0 else None
                for u in np.where(has_post, events.user[last], -1).tolist()]
+    managed = (has_post & events.managed[last]).tolist()
     post_ids = [events.items[i] for i in (keys % n_items).tolist()]
     newest_ts = newest.tolist()
     for start, end, community in _bucket_runs(keys // n_items):
@@ -307,14 +310,15 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
         if not threads:  # the usual case in a replay: a community's first batch
             threads.update(zip(post_ids[start:end], map(
                 _Thread, post_ts[start:end], authors[start:end], replies[start:end],
-                likes[start:end], newest_ts[start:end]), strict=True))
+                likes[start:end], newest_ts[start:end], managed[start:end]), strict=True))
             continue
-        for post_id, newest_, reply, like, posted, author in zip(
+        for post_id, newest_, reply, like, posted, author, hard in zip(
                 post_ids[start:end], newest_ts[start:end], replies[start:end],
-                likes[start:end], post_ts[start:end], authors[start:end], strict=True):
+                likes[start:end], post_ts[start:end], authors[start:end], managed[start:end],
+                strict=True):
             thread = threads.get(post_id)
             if thread is None:
-                threads[post_id] = _Thread(posted, author, reply, like, newest_)
+                threads[post_id] = _Thread(posted, author, reply, like, newest_, hard)
                 continue
             thread.newest = max(thread.newest, newest_)
             if reply:
@@ -322,7 +326,7 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
             if like:
                 thread.likes = _merged(thread.likes, like)
             if author is not None:
-                thread.post_ts, thread.author = posted, author
+                thread.post_ts, thread.author, thread.managed = posted, author, hard
 
 
 def _merge_followups(states: list[CommunityState], events: EventColumns) -> None:

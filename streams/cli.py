@@ -12,10 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from streams import config as config_module
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
+
+if TYPE_CHECKING:
+    from streams.steering.goals import Goal
 
 PROG = "community-pulse"
 
@@ -126,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a goals file and print each goal's status from the snapshots")
     check.add_argument("file", type=Path, metavar="FILE")
     check.add_argument("--data-dir", help="snapshot folder (default: the data_dir setting)")
+    check.add_argument("--events", nargs="+", type=Path, metavar="EVENTS",
+                       help="instead of a data dir: event files, computed like replay")
+    check.add_argument("--as-of", help="with --events: RFC 3339 time (default: the newest "
+                       "event)")
+
+    experts = sub.add_parser(
+        "experts", help="content experts per community from event files (docs/steering.md)")
+    experts.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
+    experts.add_argument("--as-of", help="RFC 3339 time (default: the newest event)")
+    experts.add_argument("--experts", type=Path, metavar="ROSTER",
+                         help="experts roster (default: the experts_file setting)")
 
     grafana = sub.add_parser("grafana", help="Grafana tooling")
     grafana.add_argument("action", choices=["push"])
@@ -139,16 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics, runtime = config_module.load(args.config)
         return _COMMANDS[args.command](args, metrics, runtime)
     except (ConfigError, UsageError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug, not bad input: still one line unless asked
         if os.environ.get("PULSE_DEBUG"):
             raise
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+        print(f"{PROG}: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(set PULSE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line, whatever a library put in it."""
+    return " ".join(str(exc).split())
 
 
 def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -230,7 +249,13 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
             for _, _, value in messages:
                 out.write(value + b"\n")
     else:
-        gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
+        from kafka.errors import KafkaError
+
+        try:
+            gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
+        except KafkaError as exc:
+            raise UsageError(f"cannot produce to Kafka at {args.bootstrap}: {exc}; is the "
+                             "broker running?") from None
     print(f"generated {len(events):,} events in {len(messages):,} messages for "
           f"{len(communities)} communities -> {args.out or args.bootstrap}")
     return 0
@@ -242,7 +267,7 @@ def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfi
     if args.communities < 1 or args.rate <= 0 or args.duration < 0:
         raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port, metrics, args.secured)
+                    args.metrics_port, args.secured)
 
 
 def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -280,7 +305,13 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     labels = dict(item.split("=", 1) for item in args.label if "=" in item)
     if len(labels) != len(args.label):
         raise UsageError("--label takes NAME=VALUE")
-    rows = read_rows(args.data_dir)
+    import duckdb
+
+    try:
+        rows = read_rows(args.data_dir)
+    except duckdb.Error:
+        raise UsageError(f"no snapshots in {args.data_dir}: run the demo, the worker or "
+                         "replay first") from None
     args.out.write_bytes(openmetrics_history(rows, runtime.min_members_exported, labels))
     print(f"wrote {len(rows):,} snapshot rows to {args.out}; load them with: promtool tsdb "
           f"create-blocks-from openmetrics {args.out} PROMETHEUS_DATA_DIR")
@@ -377,16 +408,39 @@ def _write_table(table: object, out: Path) -> None:
         pacsv.write_csv(table, out)
 
 
+def _replayed(files: Sequence[Path], as_of: str | None, metrics: MetricConfig,
+              runtime: RuntimeConfig, data_dir: str) -> None:
+    """Snapshot the event files at `as_of` into `data_dir`, as `replay --as-of` does."""
+    from streams.privacy import Pseudonymiser
+    from streams.replay import parse_time, replay
+
+    replay(files, data_dir, metrics, parse_time(as_of) if as_of else None,
+           pseudonymise=Pseudonymiser.from_runtime(runtime))
+
+
 def _goals(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
-    from sinks.parquet import latest_rows
+    import tempfile
+
     from streams.steering.files import read_goals
-    from streams.steering.goals import communities, evaluate, to_utc
 
     goals = read_goals(args.file, metrics.windows_days)
-    data_dir = args.data_dir or runtime.data_dir
+    if args.as_of and not args.events:
+        raise UsageError("--as-of needs --events (a data dir shows its newest snapshots)")
+    if not args.events:
+        return _goal_status(args.file, goals, args.data_dir or runtime.data_dir)
+    with tempfile.TemporaryDirectory(prefix="community-pulse-goals-") as data_dir:
+        _replayed(args.events, args.as_of, metrics, runtime, data_dir)
+        return _goal_status(args.file, goals, data_dir, "the events")
+
+
+def _goal_status(path: Path, goals: list[Goal], data_dir: str | Path,
+                 source: str | None = None) -> int:
+    from sinks.parquet import latest_rows
+    from streams.steering.goals import communities, evaluate, to_utc
+
     rows = latest_rows(data_dir, sorted(communities(goals)))
-    print(f"{args.file}: {len(goals)} goal(s), valid; status from the newest snapshots in "
-          f"{data_dir}" + ("" if rows else " (none yet)"))
+    print(f"{path}: {len(goals)} goal(s), valid; status from the newest snapshots in "
+          f"{source or data_dir}" + ("" if rows else " (none of these communities)"))
     newest = max((row["as_of_ms"] for row in rows), default=None)
     table = [("goal", "community", "metric", "window", "as_of", "value", "expected",
               "progress", "status")]
@@ -402,11 +456,41 @@ def _goals(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConf
         table.append((goal.id, goal.community, goal.metric, f"{goal.window_days}d",
                       to_utc(t), _number(row.value), _number(row.expected),
                       "-" if row.progress is None else f"{row.progress:.0%}", row.status))
+    _print_table(table)
+    return 0
+
+
+def _experts(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    import tempfile
+    from dataclasses import replace
+
+    from sinks.parquet import read_rows
+    from streams.privacy import Pseudonymiser
+    from streams.steering.files import read_experts
+    from streams.steering.goals import to_utc
+
+    if args.experts:
+        metrics = replace(metrics, experts=read_experts(
+            args.experts, Pseudonymiser.from_runtime(runtime)))
+    if metrics.experts is None:
+        raise UsageError("no experts roster: pass --experts FILE or set experts_file")
+    with tempfile.TemporaryDirectory(prefix="community-pulse-experts-") as data_dir:
+        _replayed(args.files, args.as_of, metrics, runtime, data_dir)
+        rows = read_rows(data_dir) if any(Path(data_dir).glob("snapshots/*/*")) else []
+    table = [("community", "window", "as_of", "members", "tier", "experts", "replying",
+              "replies", "expert_needed")]
+    table += [(r.community_id, f"{r.window_days}d", to_utc(r.as_of_ms), str(r.members), r.tier,
+               str(r.experts), str(r.experts_replying), str(r.expert_replies),
+               "yes" if r.expert_needed else "no") for r in rows]
+    _print_table(table)
+    return 0
+
+
+def _print_table(table: Sequence[Sequence[str]]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
               .rstrip())
-    return 0
 
 
 def _number(value: float | None) -> str:
@@ -431,6 +515,7 @@ _COMMANDS = {
     "suggest-merges": _suggest_merges,
     "focus": _focus,
     "goals": _goals,
+    "experts": _experts,
 }
 
 if __name__ == "__main__":

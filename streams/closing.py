@@ -13,7 +13,9 @@ read everything that arrived (it only plans while caught up):
 - due when `mark >= D`; open while `mark < D + grace`: written, and rewritten whenever
   events with `ts <= D` arrive for some of its communities (the same file is replaced);
 - at `mark >= D + grace` it is written one last time and becomes final: later events
-  with `ts <= D` are counted as too late and leave it unchanged;
+  with `ts <= D` are counted as too late and leave it unchanged. Events that reach Kafka
+  after `D + grace` while the worker is still behind (so `D` is not final yet) are too
+  late as well: the rows of their communities stay as last written;
 - a midnight whose grace ran out while nobody wrote it (the worker was down or behind,
   or the topics held history before the worker's first start) is missed: it is written
   once from the event-time state, when the worker has caught up, and is final at once;
@@ -56,13 +58,16 @@ class Task:
     """Write the closing rows of `partition` at `midnight`.
 
     `communities` None: compute every community of the partition; otherwise recompute
-    only these and keep the other rows as last written. `final`: the file is final.
+    only these and keep the other rows as last written. `keep`: communities whose rows
+    stay as last written in any case (events after the grace reached them). `final`:
+    the file is final.
     """
 
     partition: int
     midnight: int
     communities: frozenset[str] | None
     final: bool
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -71,8 +76,12 @@ class _Partition:
     exact_from: int | None = None
     written: dict[int, Written] = field(default_factory=dict)
     open: set[int] = field(default_factory=set)  # the midnights written OPEN
+    pending: set[int] = field(default_factory=set)  # planned, not yet written
     written_here: set[int] = field(default_factory=set)  # by this process: rows cached
     dirty: dict[int, set[str]] = field(default_factory=dict)
+    # Open midnights whose grace ended before some of their events arrived (the worker
+    # was behind or down then): those communities' rows stay as they were written.
+    too_late: dict[int, set[str]] = field(default_factory=dict)
     newest_final: int | None = None
 
 
@@ -104,21 +113,36 @@ class ClosingBook:
         for partition in partitions:
             self.partitions.pop(partition, None)
 
-    def arrived(self, partition: int, community: str, timestamps: list[int]) -> int:
-        """Events of one community arrived; return how many came too late (after the
-        grace of a midnight at or after their ts, now final). The open midnights they
-        reach are marked for a rewrite of this community's row."""
+    def arrived(self, partition: int, community: str, timestamps: list[int],
+                oldest: int | None = None, arrival: int | None = None) -> int:
+        """Events of one community arrived (`oldest`: the oldest of their times, when
+        known; `arrival`: when they reached Kafka, when known); return how many came too
+        late (after the grace of a midnight at or after their ts). The open midnights
+        they reach in time are marked for a rewrite of this community's row; those they
+        reach too late (an open midnight's grace ended while the worker was behind) keep
+        its row as written."""
         book = self.partitions.get(partition) or self._part(partition)
-        oldest, late, newest_final = min(timestamps), 0, book.newest_final
+        if oldest is None:
+            oldest = min(timestamps)
+        late, newest_final, in_time = 0, book.newest_final, timestamps
         if newest_final is not None and oldest <= newest_final:  # (rare: a loop only then)
             in_time = [ts for ts in timestamps if ts > newest_final]
             late = len(timestamps) - len(in_time)
             if not in_time:
                 return late
             oldest = min(in_time)
-        for midnight in book.open:
-            if midnight >= oldest:
+        too_late_for = None
+        # (Midnights being written count too: their rows may be computed already.)
+        for midnight in book.open | book.pending if book.pending else book.open:
+            if midnight < oldest:
+                continue
+            if arrival is not None and arrival >= midnight + self.grace_ms:
+                book.too_late.setdefault(midnight, set()).add(community)
+                too_late_for = max(midnight, too_late_for or midnight)
+            else:
                 book.dirty.setdefault(midnight, set()).add(community)
+        if too_late_for is not None:
+            late += sum(1 for ts in in_time if ts <= too_late_for)
         return late
 
     def to_check(self, partition: int, mark: int, first_event: int | None) -> list[int]:
@@ -135,7 +159,9 @@ class ClosingBook:
     # ---- what to write ---------------------------------------------------------------
 
     def plan(self, partition: int, mark: int, first_event: int | None) -> list[Task]:
-        """The writes due at `mark` (call `to_check`/`learn` first), oldest first."""
+        """The writes due at `mark` (call `to_check`/`learn` first), oldest first. Each
+        task is pending until `done` or `retry`: arrivals meanwhile mark its midnight
+        dirty again."""
         book = self._part(partition)
         tasks = []
         for midnight in self._in_range(partition, mark, first_event):
@@ -143,20 +169,35 @@ class ClosingBook:
             if written is None or written is Written.FINAL:
                 continue  # (unknown: not checked yet)
             final = mark >= midnight + self.grace_ms
-            here = midnight in book.written_here
-            dirty = book.dirty.get(midnight)
-            if written is Written.ABSENT or not here:
-                # Missed, or written by an earlier process (no rows cached): all rows.
-                tasks.append(Task(partition, midnight, None, final))
+            keep = frozenset(book.too_late.get(midnight, ()))
+            dirty = book.dirty.get(midnight, set()) - keep
+            if written is Written.ABSENT or midnight not in book.written_here:
+                # Missed, or written by an earlier process (whose state we no longer
+                # know): all rows, but those that later arrivals reached stay.
+                tasks.append(Task(partition, midnight, None, final, keep))
             elif dirty or final:
-                tasks.append(Task(partition, midnight, frozenset(dirty or ()), final))
+                tasks.append(Task(partition, midnight, frozenset(dirty), final, keep))
+            else:
+                continue
+            book.dirty.pop(midnight, None)
+            book.pending.add(midnight)
         return tasks
+
+    def retry(self, task: Task) -> None:
+        """The task's rows were not written (a failed write, a rebalance): its midnight
+        is planned again, with the communities it was to recompute."""
+        book = self.partitions.get(task.partition)
+        if book is None:
+            return  # no longer ours
+        book.pending.discard(task.midnight)
+        if task.communities:
+            book.dirty.setdefault(task.midnight, set()).update(task.communities)
 
     def done(self, task: Task) -> None:
         """The task's rows are written."""
         book = self._part(task.partition)
         book.written_here.add(task.midnight)
-        book.dirty.pop(task.midnight, None)
+        book.pending.discard(task.midnight)  # (its dirty set: arrivals since the plan)
         self._set(book, task.midnight, Written.FINAL if task.final else Written.OPEN)
 
     def _set(self, book: _Partition, midnight: int, written: Written) -> None:
@@ -167,6 +208,7 @@ class ClosingBook:
         book.open.discard(midnight)
         if written is Written.FINAL:
             book.dirty.pop(midnight, None)
+            book.too_late.pop(midnight, None)
             if book.newest_final is None or midnight > book.newest_final:
                 book.newest_final = midnight
 

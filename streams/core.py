@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from schemas.events import Event
 from streams.config import DAY_MS, MetricConfig
+from streams.steering.experts import ExpertCounts, expert_counts
 
 # Activity categories, in ladder order: the lowest code a user holds is their role.
 POST, REPLY_TO_REPLY, REPLY_TO_POST, LIKE, VIEW = range(5)
@@ -144,6 +145,13 @@ class _UserLog(array):  # type: ignore[type-arg]  # array('q') subclass, no extr
             return False
         return last_membership is None or (last_membership >> 1) <= last_activity
 
+    def replies_between(self, low: int, high: int, act: int) -> int:
+        """Replies (to a post or a reply) with low < ts <= high."""
+        start = bisect_right(self, ACTIVITY + _upper(low), act)
+        end = bisect_right(self, ACTIVITY + _upper(high), start)
+        return sum(1 for e in self[start:end]
+                   if REPLY_TO_REPLY <= e & _CAT_MASK <= REPLY_TO_POST)
+
     def contributed(self, low: int, high: int, contrib: int, act: int) -> bool:
         """Posted or replied with low < ts <= high."""
         return bisect_right(self, CONTRIBUTION + high, contrib, act) > bisect_right(
@@ -169,12 +177,14 @@ class _Thread:
     """A post and the earliest reply/like by two distinct users (enough to find
     the earliest one by someone other than the author, whoever the author is)."""
 
-    __slots__ = ("author", "likes", "newest", "post_ts", "replies")
+    __slots__ = ("author", "likes", "managed", "newest", "post_ts", "replies")
 
     def __init__(self, post_ts: int | None = None, author: str | None = None,
-                 replies: Earliest = (), likes: Earliest = (), newest: int = 0) -> None:
+                 replies: Earliest = (), likes: Earliest = (), newest: int = 0,
+                 managed: bool = False) -> None:
         self.post_ts = post_ts
         self.author = author
+        self.managed = managed  # the post is managed (hard) content, not ugc (soft)
         # Flat (ts, user[, ts, user]): the earliest, then the earliest by another user.
         self.replies = replies
         self.likes = likes
@@ -233,6 +243,15 @@ class SnapshotRow:
     sustainability: float
     stagnating: bool
     last_activity_ms: int | None
+    # Steering (SPEC 5). Expert counts are None without a roster (`MetricConfig.experts`).
+    experts: int | None = None
+    experts_replying: int | None = None
+    expert_replies: int | None = None
+    expert_needed: bool | None = None
+    managed_posts: int = 0
+    ugc_posts: int = 0
+    managed_engagement: float | None = None
+    ugc_engagement: float | None = None
 
     @property
     def tier_level(self) -> int:
@@ -322,6 +341,7 @@ class CommunityState:
             category = POST
             thread = self._thread(event.post_id, ts)
             thread.post_ts, thread.author = ts, user_id
+            thread.managed = event.content_kind == "managed"
         elif kind == "reply":
             category = REPLY_TO_REPLY if event.parent_type == "reply" else REPLY_TO_POST
             thread = self._thread(event.post_id, ts)
@@ -453,12 +473,23 @@ class CommunityState:
         stagnating = self._stagnating(t, bool(n_members))
         last_activity = self._last_activity(t)
         listening = self._listening(t, windows_ms)
+        experts = self._experts(t, horizon, windows_ms, bool(n_members))
         return [
             self._window_row(t, w, days, n_members, counts, listening[i], stagnating,
-                             last_activity)
+                             last_activity, experts[i])
             for i, (w, days, counts) in enumerate(zip(windows_ms, cfg.windows_days,
                                                       roles_by_window, strict=True))
         ]
+
+    def _experts(self, t: int, horizon: int, windows_ms: list[int], has_members: bool
+                 ) -> list[ExpertCounts | None]:
+        """Per window, the roster's expert counts (None each without a roster)."""
+        roster = self.config.experts
+        if roster is None:
+            return [None] * len(windows_ms)
+        users = self.users
+        logs = [users[u] for u in roster.get(self.community_id, ()) if u in users]
+        return list(expert_counts(logs, t, horizon, windows_ms, has_members))
 
     def _members_and_roles(self, t: int, horizon: int, windows_ms: list[int]
                            ) -> tuple[int, list[list[int]]]:
@@ -536,6 +567,7 @@ class CommunityState:
         listening: _Listening,
         stagnating: bool,
         last_activity: int | None,
+        experts: ExpertCounts | None,
     ) -> SnapshotRow:
         cfg = self.config
         contributors = sum(role_counts[c] for c in CONTRIBUTING)
@@ -590,6 +622,14 @@ class CommunityState:
             sustainability=score,
             stagnating=stagnating,
             last_activity_ms=last_activity,
+            experts=None if experts is None else experts.experts,
+            experts_replying=None if experts is None else experts.experts_replying,
+            expert_replies=None if experts is None else experts.expert_replies,
+            expert_needed=None if experts is None else experts.expert_needed,
+            managed_posts=listening.managed_posts,
+            ugc_posts=listening.ugc_posts,
+            managed_engagement=listening.managed_engagement,
+            ugc_engagement=listening.ugc_engagement,
         )
 
     def _listening(self, t: int, windows_ms: list[int]) -> list[_Listening]:
@@ -598,6 +638,7 @@ class CommunityState:
         widest = max(windows_ms, default=0)
         n = len(windows_ms)
         posts, with_response = [0] * n, [0] * n
+        managed, managed_response = [0] * n, [0] * n
         eligible, answered, unanswered = [0] * n, [0] * n, [0] * n
         delays: list[list[int]] = [[] for _ in windows_ms]
         for thread in self.threads.values():
@@ -607,6 +648,7 @@ class CommunityState:
             first_reply = thread.first_by_other(thread.replies, t)
             responded = (first_reply is not None
                          or thread.first_by_other(thread.likes, t) is not None)
+            is_managed = thread.managed
             for i, w in enumerate(windows_ms):
                 if post_ts <= t - w:
                     continue
@@ -615,6 +657,9 @@ class CommunityState:
                     delays[i].append(first_reply - post_ts)
                 if responded:
                     with_response[i] += 1
+                if is_managed:
+                    managed[i] += 1
+                    managed_response[i] += responded
                 if post_ts <= t - sla:
                     eligible[i] += 1
                     if first_reply is None:
@@ -628,6 +673,11 @@ class CommunityState:
                 unanswered=unanswered[i],
                 median_first_reply_s=statistics.median(delays[i]) / 1000 if delays[i] else None,
                 reciprocity=with_response[i] / posts[i] if posts[i] else None,
+                managed_posts=managed[i],
+                ugc_posts=posts[i] - managed[i],
+                managed_engagement=managed_response[i] / managed[i] if managed[i] else None,
+                ugc_engagement=((with_response[i] - managed_response[i])
+                                / (posts[i] - managed[i]) if posts[i] > managed[i] else None),
             )
             for i in range(n)
         ]
@@ -691,6 +741,10 @@ class _Listening:
     unanswered: int
     median_first_reply_s: float | None
     reciprocity: float | None
+    managed_posts: int
+    ugc_posts: int
+    managed_engagement: float | None
+    ugc_engagement: float | None
 
 
 class PulseCore:

@@ -42,21 +42,26 @@ from typing import Any
 import faust
 import msgspec
 import pyarrow as pa
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+import pyarrow.compute as pc
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
 from kafka.partitioner.default import murmur2
 
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
 from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
-from sinks.parquet import FINAL_KEY, SnapshotWriter, closing_file_name, rows_to_table
+from sinks.parquet import (
+    FINAL_KEY,
+    SnapshotWriter,
+    closing_file_name,
+    rows_to_table,
+    table_rows,
+)
 from sinks.prometheus import ClosingValue, MetricsAccess, WorkerMetrics
 from sinks.steering import goals_table
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
-from streams.kafka_auth import KafkaSecurity, check_access
+from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
 from streams.pipeline import Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
 from streams.steering import goals as steering_goals
@@ -122,6 +127,20 @@ def _partition_of_key(key: bytes) -> int:
     return int(key.split(_SEP.encode(), 1)[0])
 
 
+RAW_IDS = "raw"  # DeltaLog.user_ids without pseudonymisation
+_USER_IDS_TAG = "user-ids"
+_USER_IDS_SUFFIX = f"{_SEP}{_USER_IDS_TAG}".encode()
+
+
+class UserIdsMismatch(ConfigError):
+    """The changelog was written with other user ids than this worker's; one line."""
+
+
+def _describe_user_ids(stored: bytes) -> str:
+    return "raw" if stored == RAW_IDS.encode() else (
+        f"pseudonymised (key fingerprint {stored.decode(errors='replace')})")
+
+
 class DeltaLog:
     """Accepted events per partition and batch, kept in a changelog-backed Faust table.
 
@@ -130,14 +149,21 @@ class DeltaLog:
     which is where Faust recovers them from when the partition is assigned to a worker.
     """
 
-    def __init__(self, table: TableT) -> None:
+    def __init__(self, table: TableT, user_ids: str = RAW_IDS) -> None:
         self.table = table
         # partition -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[int, list[tuple[int, bytes]]] = {}
         # partition -> the newest expiry cut: its state is exact from cut + retention
         self.cuts: dict[int, int] = {}
+        # How user ids are stored (raw, or the pseudonym key's fingerprint), recorded per
+        # partition beside its deltas: a worker must not mix two kinds in one state.
+        self.user_ids = user_ids.encode()
+        self.marked: set[int] = set()
 
     def append(self, partition: int, tag: str, events: list[Event]) -> None:
+        if partition not in self.marked:
+            self._put(partition, _delta_key(partition, _USER_IDS_TAG), self.user_ids)
+            self.marked.add(partition)
         # Chunked so that one changelog message stays well below Kafka's 1 MiB default.
         for start in range(0, len(events), DELTA_MAX_EVENTS):
             chunk = events[start : start + DELTA_MAX_EVENTS]
@@ -177,12 +203,13 @@ class DeltaLog:
         changelog stays for the worker that owns them now.
         """
         self.index, self.cuts = {}, {}
+        self.marked = self._check_user_ids(partitions)
         for key, value in list(self.table.data.items()):
             partition = _partition_of_key(key)
             if partition not in partitions:
                 del self.table.data[key]
                 continue
-            if not value:
+            if not value or key.endswith(_USER_IDS_SUFFIX):
                 continue
             if key.endswith(_CUT_SUFFIX):
                 self.cuts[partition] = int(value)
@@ -192,6 +219,29 @@ class DeltaLog:
                 newest = newest_ts(events)
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
+
+
+    def _check_user_ids(self, partitions: set[int]) -> set[int]:
+        """The partitions whose deltas say how they store user ids; raises
+        UserIdsMismatch when that is not how this worker stores them. Deltas that say
+        nothing (written before the record existed) hold raw ids."""
+        marked: dict[int, bytes] = {}
+        unmarked: set[int] = set()
+        for key, value in self.table.data.items():
+            partition = _partition_of_key(key)
+            if partition in partitions and value:
+                if key.endswith(_USER_IDS_SUFFIX):
+                    marked[partition] = value
+                else:
+                    unmarked.add(partition)
+        found = set(marked.values()) | ({RAW_IDS.encode()} if unmarked - set(marked) else set())
+        for stored in found - {self.user_ids}:
+            raise UserIdsMismatch(
+                f"the changelog {self.table.changelog_topic.get_topic_name()} holds user ids "
+                f"{_describe_user_ids(stored)}, but this worker stores them "
+                f"{_describe_user_ids(self.user_ids)}: pseudonymisation was switched or its "
+                "key changed; start with a new app_id (docs/security.md, key rotation)")
+        return set(marked)
 
 
 class PulseWorker:
@@ -207,14 +257,14 @@ class PulseWorker:
         self.runtime = runtime
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
-        pseudonymise = Pseudonymiser.from_runtime(runtime)
-        self.managers = (read_managers(runtime.managers_file, pseudonymise)
+        self.pseudonymise = Pseudonymiser.from_runtime(runtime)
+        self.managers = (read_managers(runtime.managers_file, self.pseudonymise)
                          if runtime.managers_file else [])
         self.core = PulseCore(metric_config, managers_of(self.managers))
         self.steering = SteeringSink(runtime.data_dir, SteeringSettings.of(runtime),
                                      self.managers, metric_config)
         self.partitions: set[int] = set()  # of the event topics, assigned to this worker
-        self.ingestor = Ingestor(self.core, self.topics, pseudonymise)
+        self.ingestor = Ingestor(self.core, self.topics, self.pseudonymise)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
@@ -270,7 +320,7 @@ class PulseWorker:
             events = result.events
             if not events:
                 continue
-            self._arrived(msg.partition, events)
+            self._arrived(msg.partition, events, min(int(msg.timestamp * 1000), now_ms))
             community_id = events[0].community_id  # one community per message (its key)
             self.partition_of[community_id] = msg.partition
             self.dirty[community_id] = None
@@ -290,20 +340,22 @@ class PulseWorker:
             for partition, events in by_partition.items():
                 self.deltas.append(partition, tags[partition], events)
 
-    def _arrived(self, partition: int, events: list[Event]) -> None:
-        """Tell the closing book what arrived (one community's events)."""
-        timestamps = self._arrived_before(partition, events)
-        late = self.closing.arrived(partition, events[0].community_id, timestamps)
+    def _arrived(self, partition: int, events: list[Event], arrival_ms: int) -> None:
+        """Tell the closing book what arrived (one community's events) and when it reached
+        Kafka (its timestamp; the worker's clock if that is earlier)."""
+        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+        oldest = self._oldest_in(partition, timestamps)
+        late = self.closing.arrived(partition, events[0].community_id, timestamps, oldest,
+                                    arrival_ms)
         if late:
             self.metrics.closing_late.inc(late)
 
-    def _arrived_before(self, partition: int, events: list[Event]) -> list[int]:
-        """Note the oldest event time of the partition; return the events' times."""
-        timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
+    def _oldest_in(self, partition: int, timestamps: list[int]) -> int:
+        """Note the oldest event time of the partition; return the oldest of these."""
         oldest = min(timestamps)
         if oldest < self.first_event.get(partition, oldest + 1):
             self.first_event[partition] = oldest
-        return timestamps
+        return oldest
 
     def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
         log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
@@ -338,7 +390,7 @@ class PulseWorker:
             for event in events:
                 self.partition_of[event.community_id] = partition
             if events:
-                self._arrived_before(partition, events)
+                self._oldest_in(partition, [event.ts for event in events])  # type: ignore[misc]
             self.core.apply(events)
         self.closing.forget(set(self.closing.partitions) - partitions)
         for partition in partitions:  # the changelog keeps what its last cut left
@@ -439,29 +491,50 @@ class PulseWorker:
         self._expire(self.expiry_cut(as_of))
 
     def _evaluate_goals(self, as_of: int, rows: Sequence[SnapshotRow]) -> None:
-        """The goals of the communities this worker owns, at this snapshot (gauges only
-        for communities above the privacy threshold; a goal without data only from the
-        worker that owns its community's partition)."""
+        """The goals at this snapshot, for the gauges (only for communities above the
+        privacy threshold)."""
         if not self.goals:
             return
-        named = steering_goals.communities(self.goals)
-        inputs = {row.community_id: row for row in rows if row.community_id in named}
-        mine = [goal for goal in self.goals
-                if goal.community in inputs or self._owns_partition_of(goal.community)]
-        self.goal_rows = steering_goals.evaluate(
-            mine, [asdict(row) for row in rows if row.community_id in named], as_of)
-        min_members = self.runtime.min_members_exported
+        self.goal_rows = self.goals_at(as_of, rows)
+        small = {row.community_id for row in rows
+                 if row.members < self.runtime.min_members_exported}
         self.metrics.goals.update(self.goals, [
-            g for g in self.goal_rows
-            if g.community_id not in inputs or inputs[g.community_id].members >= min_members])
+            g for g in self.goal_rows if g.community_id not in small])
+
+    def goals_at(self, as_of: int, rows: Sequence[SnapshotRow]
+                 ) -> list[steering_goals.GoalRow]:
+        """The goals of the communities this worker owns, from its snapshot rows at
+        `as_of`: of each community in the rows, and (no_data) of each community without
+        rows whose partition this worker owns."""
+        named = steering_goals.communities(self.goals)
+        return self._goals_of([asdict(row) for row in rows if row.community_id in named],
+                              as_of, self._owns_partition_of)
+
+    def closing_goals(self, partition: int, midnight: int, table: pa.Table
+                      ) -> list[steering_goals.GoalRow]:
+        """The goals table's rows at a closing midnight, from one partition's closing
+        rows: of its communities, and (no_data) of goals whose community has no closing row
+        there but belongs to this partition (seen in it, or its key would go to it)."""
+        table = self._publishable(table)  # as the snapshots' Parquet
+        named = pa.array(sorted(steering_goals.communities(self.goals)), pa.string())
+        rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
+        return self._goals_of(rows, midnight, lambda community: self.partition_of.get(
+            community, self._partition_by_key(community)) == partition)
+
+    def _goals_of(self, rows: list[dict[str, Any]], as_of: int,
+                  owns: Callable[[str], bool]) -> list[steering_goals.GoalRow]:
+        present = {row["community_id"] for row in rows}
+        mine = [goal for goal in self.goals if goal.community in present or owns(goal.community)]
+        return steering_goals.evaluate(mine, rows, as_of)
 
     def _owns_partition_of(self, community_id: str) -> bool:
-        """Whether the community's events would come to this worker (keys go to
-        partitions by Kafka's default partitioner, murmur2, as the SPEC's keys do)."""
-        if self.assigned is None:
-            return True
-        partition = (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
-        return partition in self.assigned
+        """Whether the community's events would come to this worker."""
+        return self.assigned is None or self._partition_by_key(community_id) in self.assigned
+
+    def _partition_by_key(self, community_id: str) -> int:
+        """The partition of a community's key by Kafka's default partitioner (murmur2, as
+        the producers' clients do with the SPEC's keys)."""
+        return (murmur2(community_id.encode()) & 0x7FFFFFFF) % self.runtime.partitions
 
     def take_snapshot(self) -> list[SnapshotRow]:
         """The whole snapshot in one go (the timer interleaves the steps instead)."""
@@ -548,20 +621,29 @@ class PulseWorker:
                 continue
             final, table = file
             self.closing.learn(partition, midnight, Written.FINAL if final else Written.OPEN)
+            if table is not None and not final:  # an open file: its rows as written
+                rows: dict[str, list[SnapshotRow]] = {}
+                for row in table_rows(table):
+                    rows.setdefault(row.community_id, []).append(row)
+                self._closing_rows[(partition, midnight)] = rows
             if table is not None:
-                values = self._closing_values.setdefault(midnight, {})
+                read: dict[str, list[ClosingValue]] = {}
                 for row in table.to_pylist():
-                    values.setdefault(row["community_id"], []).append(ClosingValue(
+                    read.setdefault(row["community_id"], []).append(ClosingValue(
                         row["window_days"], row["members"], row["sustainability"],
                         TIERS.index(row["tier"])))
+                self._closing_values.setdefault(midnight, {}).update(read)
 
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
         slice_start, ownership = time.perf_counter(), self._ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
+        planned: list[Task] = []
         for partition in sorted(self._partitions()):
-            for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
+            tasks = self.closing.plan(partition, mark, self.first_event.get(partition))
+            planned += tasks
+            for task in tasks:
                 midnight = task.midnight
                 rows = self._closing_rows.setdefault((partition, midnight), {})
                 values = self._closing_values.setdefault(midnight, {})
@@ -572,6 +654,8 @@ class PulseWorker:
                 else:
                     names = sorted(task.communities)
                 for community_id in names:
+                    if community_id in task.keep and community_id in rows:
+                        continue  # reached by events after the grace: stays as written
                     state = self.core.communities.get(community_id)
                     if community_id not in oldest:
                         oldest[community_id] = state.oldest_ts() if state else None
@@ -589,6 +673,8 @@ class PulseWorker:
                         slice_start = time.perf_counter()
                         if self._ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
+                            for planned_task in planned:
+                                self.closing.retry(planned_task)
                             return
                 table = rows_to_table([r for c in sorted(rows) for r in rows[c]], closing=True)
                 final = b"true" if task.final else b"false"
@@ -601,8 +687,11 @@ class PulseWorker:
         for task, table in written:
             try:
                 with self.metrics.sink_seconds.labels("parquet").time():
-                    self.writer.write_table(task.midnight, table,
+                    self.writer.write_table(task.midnight, self._publishable(table),
                                             closing_file_name(task.midnight, task.partition))
+                    if self.goals:  # the goals table: one row per goal and midnight
+                        self.writer.tables.write("goals", goals_table(
+                            self.closing_goals(task.partition, task.midnight, table)))
             except Exception:  # counted like live rows; the book retries next time
                 self.metrics.sink_errors.labels("parquet").inc()
                 log.exception("writing closing rows of partition %d at %d failed",
@@ -611,8 +700,13 @@ class PulseWorker:
             done.append(task)
         return done
 
-    def closing_written(self, tasks: list[Task], mark: int) -> None:
+    def closing_written(self, attempted: list[tuple[Task, pa.Table]], tasks: list[Task],
+                        mark: int) -> None:
+        """After `write_closings`: `tasks` of the `attempted` are written."""
         owned = self._partitions()
+        for task, _ in attempted:
+            if task not in tasks:
+                self.closing.retry(task)
         for task in tasks:
             if task.partition not in owned:
                 continue  # revoked meanwhile: the new owner reads the file
@@ -642,6 +736,12 @@ class PulseWorker:
                     community_id, ())])
         self.metrics.closing.retain(set(self.partition_of))
 
+    def learn_closing_files(self, now_ms: int) -> None:
+        """Ask the sink which closing files exist, with the clock for the range (after a
+        recovery, before the backlog streams in: so events that arrive after an open
+        midnight's grace are recognised as too late while catching up)."""
+        self.learn_closings(self.read_closings(self.closing_checks(now_ms), now_ms))
+
     def close_midnights(self) -> list[Task]:
         """One closing pass in one go (the timer interleaves the steps and does the I/O
         in a thread instead)."""
@@ -653,10 +753,20 @@ class PulseWorker:
         for _ in self.closing_steps(mark, out):
             pass
         done = self.write_closings(out)
-        self.closing_written(done, mark)
+        self.closing_written(out, done, mark)
         return done
 
+    def _publishable(self, table: pa.Table) -> pa.Table:
+        """Closing rows without the small communities when asked (privacy, as in
+        write_rows); the rows kept in memory still have them."""
+        if not self.runtime.parquet_omit_small_communities:
+            return table
+        return table.filter(pc.greater_equal(table["members"],
+                                             self.runtime.min_members_exported))
+
     def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
+        """Live rows to Parquet. (The goals table comes from the closing rows, see
+        `write_closings`; live goals are in the gauges.)"""
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
             rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
         if not rows:
@@ -664,10 +774,6 @@ class PulseWorker:
         try:
             with self.metrics.sink_seconds.labels("parquet").time():
                 self.writer.write(rows)
-                written = {row.as_of_ms for row in rows}
-                goal_rows = [g for g in self.goal_rows if g.as_of_ms in written]
-                if goal_rows:
-                    self.writer.tables.write("goals", goals_table(goal_rows))
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("parquet").inc()
             log.exception("writing %d snapshot rows failed", len(rows))
@@ -843,7 +949,8 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
         extra_topic_configs=topic_config,
     )
-    worker.deltas = DeltaLog(table)
+    worker.deltas = DeltaLog(table, RAW_IDS if worker.pseudonymise is None
+                             else worker.pseudonymise.fingerprint)
     worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
 
@@ -861,7 +968,19 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     @table.on_recover
     async def on_recover() -> None:
         active = app.assignor.assigned_actives()
-        worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        try:
+            worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        except UserIdsMismatch as exc:  # counting a user twice: refuse, in one line
+            print(f"community-pulse: error: {exc}", file=sys.stderr, flush=True)
+            os._exit(2)
+        # Faust resumes the source partitions after this returns: the closing files are
+        # known before the backlog streams in (see learn_closing_files).
+        now_ms = int(worker.clock() * 1000)
+        checks = worker.closing_checks(now_ms)
+        if checks:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, worker.read_closings, checks, now_ms)
+            worker.learn_closings(found)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
@@ -915,7 +1034,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         for _ in worker.closing_steps(mark, closing):
             await asyncio.sleep(AGENT_TURN_S)
         done = await loop.run_in_executor(None, worker.write_closings, closing)
-        worker.closing_written(done, mark)
+        worker.closing_written(closing, done, mark)
 
     return app
 
@@ -931,43 +1050,14 @@ class StartupError(ConfigError):
     """The worker cannot start with these settings; the message is one line."""
 
 
-BROKER_CHECK_TIMEOUT_S = 15.0
-
-
-def describe_startup_failure(exc: BaseException, runtime: RuntimeConfig) -> str:
-    """One line for what stopped the worker from starting. New causes (e.g. a refused
-    login) get their own branch here."""
-    if isinstance(exc, KafkaConnectionError | TimeoutError):
-        return (f"cannot reach Kafka at {runtime.broker} ({exc}); is the broker running? "
-                "Set it with --broker or PULSE_BROKER")
-    return f"cannot use Kafka at {runtime.broker}: {type(exc).__name__}: {exc}"
-
-
-def check_broker(app: faust.App, runtime: RuntimeConfig) -> None:
-    """Connect to the brokers once, with the app's own addresses and credentials, before
-    Faust starts: Faust's own failure would be a crash with a page of traceback."""
-
-    async def connect() -> None:
-        client = AIOKafkaClient(
-            bootstrap_servers=faust_aiokafka.server_list(app.conf.broker, 9092),
-            request_timeout_ms=int(BROKER_CHECK_TIMEOUT_S * 1000),
-            **faust_aiokafka.credentials_to_aiokafka_auth(app.conf.broker_credentials,
-                                                          app.conf.ssl_context))
-        try:
-            await asyncio.wait_for(client.bootstrap(), BROKER_CHECK_TIMEOUT_S)
-        finally:
-            await client.close()
-
-    kafka_log = logging.getLogger("aiokafka")
-    level, loop = kafka_log.level, asyncio.new_event_loop()
-    kafka_log.setLevel(logging.CRITICAL)  # its "Unable connect" lines: we say it once
+def check_broker(runtime: RuntimeConfig, security: KafkaSecurity) -> None:
+    """The broker preflight (streams.kafka_auth.check_access) before Faust starts, whose
+    own failures are endless retries (a refused login) or a page of traceback."""
     try:
-        loop.run_until_complete(connect())
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise StartupError(describe_startup_failure(exc, runtime)) from None
-    finally:
-        kafka_log.setLevel(level)
-        loop.close()
+        check_access(runtime.broker, security)
+    except KafkaAccessError as exc:
+        hint = "" if exc.reached else "; set it with --broker or PULSE_BROKER"
+        raise StartupError(f"{exc}{hint}") from None
 
 
 def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
@@ -983,7 +1073,7 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
     access = MetricsAccess.from_runtime(runtime)
-    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
@@ -992,7 +1082,6 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
-    check_broker(app, runtime)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
                 runtime.metrics_host, runtime.metrics_port,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from devkit.devcerts import DevCerts, make_certs
 from devkit.devkafka import LocalKafka
 
 
@@ -44,6 +45,13 @@ def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKaf
     with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka-secured"), secured=True,
                     acls=True) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    """A throw-away CA with a server certificate for 127.0.0.1 (`broker_keystore`: key and
+    chain in one PEM) and a client certificate, for the https tests."""
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

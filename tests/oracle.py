@@ -80,6 +80,14 @@ ROW_KEYS = (
     "sustainability",
     "stagnating",
     "last_activity_ms",
+    "experts",
+    "experts_replying",
+    "expert_replies",
+    "expert_needed",
+    "managed_posts",
+    "ugc_posts",
+    "managed_engagement",
+    "ugc_engagement",
 )
 
 _SQL = """
@@ -160,13 +168,14 @@ counts AS (
 ),
 wposts AS (
     SELECT cw.community_id, cw.t, cw.window_days, cw.sla,
-        p.event_id AS post_event, p.post_id, p.user_id AS author, p.ts AS post_ts
+        p.event_id AS post_event, p.post_id, p.user_id AS author, p.ts AS post_ts,
+        coalesce(p.content_kind = 'managed', false) AS managed
     FROM cw
     JOIN ev p ON p.type = 'post' AND p.community_id = cw.community_id
         AND p.ts > cw.t - cw.w AND p.ts <= cw.t
 ),
 post_resp AS (
-    SELECT wp.community_id, wp.t, wp.window_days, wp.sla, wp.post_ts,
+    SELECT wp.community_id, wp.t, wp.window_days, wp.sla, wp.post_ts, wp.managed,
         min(r.ts) AS first_reply,
         min(l.ts) AS first_like
     FROM wposts wp
@@ -175,7 +184,8 @@ post_resp AS (
     LEFT JOIN ev l ON l.type = 'like' AND l.target_type = 'post'
         AND l.community_id = wp.community_id AND l.target_id = wp.post_id
         AND l.user_id <> wp.author AND l.ts <= wp.t
-    GROUP BY wp.community_id, wp.t, wp.window_days, wp.sla, wp.post_event, wp.post_ts
+    GROUP BY wp.community_id, wp.t, wp.window_days, wp.sla, wp.post_event, wp.post_ts,
+        wp.managed
 ),
 listening AS (
     SELECT community_id, t, window_days,
@@ -186,7 +196,13 @@ listening AS (
         ) AS answered,
         count(*) FILTER (post_ts <= t - sla AND first_reply IS NULL) AS unanswered,
         quantile_cont((first_reply - post_ts)::DOUBLE, 0.5) / 1000.0 AS median_s,
-        count(*) FILTER (first_reply IS NOT NULL OR first_like IS NOT NULL) AS responded
+        count(*) FILTER (first_reply IS NOT NULL OR first_like IS NOT NULL) AS responded,
+        count(*) FILTER (managed) AS managed_n,
+        count(*) FILTER (NOT managed) AS ugc_n,
+        count(*) FILTER (managed AND (first_reply IS NOT NULL OR first_like IS NOT NULL))
+            AS managed_responded,
+        count(*) FILTER (NOT managed AND (first_reply IS NOT NULL OR first_like IS NOT NULL))
+            AS ugc_responded
     FROM post_resp
     GROUP BY community_id, t, window_days
 ),
@@ -234,6 +250,21 @@ stag AS (
     LEFT JOIN writers x ON x.community_id = c.community_id
     GROUP BY c.community_id, a.t
 ),
+-- content experts (SPEC 5): roster users who are members; who replied, how often
+expert_members AS (
+    SELECT m.community_id, m.t, count(*) AS n
+    FROM members m JOIN roster r ON r.community_id = m.community_id AND r.user_id = m.user_id
+    GROUP BY m.community_id, m.t
+),
+expert_replies AS (
+    SELECT cw.community_id, cw.t, cw.window_days,
+        count(DISTINCT x.user_id) AS replying, count(*) AS replies
+    FROM cw
+    JOIN ev x ON x.type = 'reply' AND x.community_id = cw.community_id
+        AND x.ts > cw.t - cw.w AND x.ts <= cw.t
+    JOIN roster r ON r.community_id = x.community_id AND r.user_id = x.user_id
+    GROUP BY cw.community_id, cw.t, cw.window_days
+),
 last_activity AS (
     SELECT c.community_id, a.t, max(x.ts) AS last_ts
     FROM comm c CROSS JOIN as_ofs a
@@ -265,7 +296,14 @@ base AS (
         CASE WHEN coalesce(l.nposts, 0) > 0
             THEN l.responded::DOUBLE / l.nposts END AS reciprocity,
         s.quiet_n, s.recent_n, s.before_n,
-        la.last_ts
+        la.last_ts,
+        coalesce(em.n, 0) AS experts,
+        coalesce(er.replying, 0) AS experts_replying,
+        coalesce(er.replies, 0) AS expert_replies,
+        coalesce(l.managed_n, 0) AS managed_posts,
+        coalesce(l.ugc_n, 0) AS ugc_posts,
+        l.managed_responded::DOUBLE / nullif(l.managed_n, 0) AS managed_engagement,
+        l.ugc_responded::DOUBLE / nullif(l.ugc_n, 0) AS ugc_engagement
     FROM cw
     LEFT JOIN roles r USING (community_id, t, window_days)
     JOIN counts n USING (community_id, t, window_days)
@@ -274,6 +312,8 @@ base AS (
     JOIN cont ct USING (community_id, t, window_days)
     JOIN stag s USING (community_id, t)
     JOIN last_activity la USING (community_id, t)
+    LEFT JOIN expert_members em USING (community_id, t)
+    LEFT JOIN expert_replies er USING (community_id, t, window_days)
 ),
 scored AS (
     SELECT *,
@@ -303,7 +343,12 @@ SELECT community_id, t AS as_of_ms, window_days, members, creators, conversation
             0.0),
         0.0) AS sustainability,
     members > 0 AND (quiet_n = 0 OR recent_n::DOUBLE < {ratio} * before_n) AS stagnating,
-    last_ts AS last_activity_ms
+    last_ts AS last_activity_ms,
+    CASE WHEN {has_roster} THEN experts END AS experts,
+    CASE WHEN {has_roster} THEN experts_replying END AS experts_replying,
+    CASE WHEN {has_roster} THEN expert_replies END AS expert_replies,
+    CASE WHEN {has_roster} THEN members > 0 AND experts_replying = 0 END AS expert_needed,
+    managed_posts, ugc_posts, managed_engagement, ugc_engagement
 FROM scored
 ORDER BY community_id, as_of_ms, window_days
 """
@@ -353,6 +398,10 @@ def oracle_snapshots(
             )
         con.execute("CREATE TABLE as_ofs (t BIGINT)")
         con.executemany("INSERT INTO as_ofs VALUES (?)", [[int(t)] for t in set(as_ofs)])
+        con.execute("CREATE TABLE roster (community_id VARCHAR, user_id VARCHAR)")
+        roster = [[c, u] for c, users in (config.experts or {}).items() for u in users]
+        if roster:
+            con.executemany("INSERT INTO roster VALUES (?, ?)", roster)
         con.execute("CREATE TABLE wins (window_days BIGINT)")
         con.executemany(
             "INSERT INTO wins VALUES (?)", [[int(w)] for w in set(config.windows_days)]
@@ -371,6 +420,7 @@ def oracle_snapshots(
             w_resp=_double(config.weight_responsiveness),
             w_part=_double(config.weight_participation),
             w_rec=_double(config.weight_reciprocity),
+            has_roster="true" if config.experts is not None else "false",
         )
         cursor = con.execute(sql)
         names = [d[0] for d in cursor.description]
@@ -380,6 +430,8 @@ def oracle_snapshots(
         con.close()
     for row in rows:
         row["stagnating"] = bool(row["stagnating"])
+        if row["expert_needed"] is not None:
+            row["expert_needed"] = bool(row["expert_needed"])
     return rows
 
 
@@ -429,15 +481,13 @@ def oracle_goals(goals: Sequence[Any], values: Sequence[tuple[str, int, str, int
         con.execute("CREATE TABLE goals (id VARCHAR, community VARCHAR, metric VARCHAR, "
                     "window_days BIGINT, baseline DOUBLE, target DOUBLE, start_ms BIGINT, "
                     "deadline_ms BIGINT, sustain_until_ms BIGINT)")
-        for g in goals:
-            con.execute("INSERT INTO goals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [g.id, g.community, g.metric, g.window_days, g.baseline, g.target,
-                         g.start_ms, g.deadline_ms, g.sustain_until_ms])
+        con.executemany("INSERT INTO goals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [[g.id, g.community, g.metric, g.window_days, g.baseline, g.target,
+                          g.start_ms, g.deadline_ms, g.sustain_until_ms] for g in goals])
         con.execute("CREATE TABLE vals (community_id VARCHAR, window_days BIGINT, "
                     "metric VARCHAR, t BIGINT, value DOUBLE)")
-        for community_id, window_days, metric, t, value in values:
-            con.execute("INSERT INTO vals VALUES (?, ?, ?, ?, ?)",
-                        [community_id, window_days, metric, t, value])
+        if values:
+            con.executemany("INSERT INTO vals VALUES (?, ?, ?, ?, ?)", [list(v) for v in values])
         con.execute("CREATE TABLE as_ofs (t BIGINT)")
         con.executemany("INSERT INTO as_ofs VALUES (?)", [[int(t)] for t in set(as_ofs)])
         cursor = con.execute(_GOALS_SQL)

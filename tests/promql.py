@@ -49,6 +49,9 @@ EXPORTED_METRICS = frozenset({
     # steering (docs/steering.md)
     "community_pulse_goal_value", "community_pulse_goal_expected", "community_pulse_goal_target",
     "community_pulse_goal_progress_ratio", "community_pulse_goal_status",
+    "community_pulse_experts", "community_pulse_experts_replying",
+    "community_pulse_expert_replies", "community_pulse_expert_needed",
+    "community_pulse_content_posts", "community_pulse_content_engagement_ratio",
 })
 EXPORTED_HISTOGRAMS = frozenset({
     "community_pulse_snapshot_duration_seconds", "community_pulse_sink_duration_seconds"})

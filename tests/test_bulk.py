@@ -36,7 +36,8 @@ def state_of(core: PulseCore) -> dict[str, Any]:
         cid: {
             "users": {uid: list(log) for uid, log in s.users.items()},
             "kinds": {kind: list(log.view()) for kind, log in s.kinds.items()},
-            "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest)
+            "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest,
+                              th.managed)
                         for pid, th in s.threads.items()},
             "ids": ids_by_day(s),
         }
@@ -91,7 +92,8 @@ def test_pseudonyms_in_bulk_match_pseudonyms_per_event(
     event's: the same state, and the snapshots of the raw ids."""
     arrived = props._with_duplicates(data.draw(props.event_logs(config), label="events"), rnd)
     pseudonymise = Pseudonymiser(props.PSEUDONYM_KEY)
-    raw, per_event, bulk = PulseCore(config), PulseCore(config), PulseCore(config)
+    hashed = props.pseudonymised_config(config)
+    raw, per_event, bulk = PulseCore(config), PulseCore(hashed), PulseCore(hashed)
     raw.apply(arrived)
     per_event.apply(props.pseudonymised(arrived))
     every = columns(arrived)

@@ -77,6 +77,44 @@ def test_a_restarted_book_rewrites_open_files_whole_and_leaves_final_ones() -> N
         (D - 2 * DAY_MS, None, True), (D, None, False)]
 
 
+def test_events_that_reach_kafka_after_an_open_midnights_grace_leave_its_rows() -> None:
+    # The worker wrote D while open, then fell behind (or was down): events arriving
+    # (Kafka time) after D + grace while D is not final yet are too late for D.
+    book, sink = ClosingBook(GRACE, 1), Sink()
+    run_pass(book, sink, 0, D + HOUR, D - DAY_MS)
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + 2 * HOUR) == 0  # in time: dirty
+    assert book.arrived(0, "c", [D - 2 * HOUR, D + HOUR], arrival=D + GRACE) == 1
+    assert book.arrived(0, "d", [D - 3 * HOUR], arrival=D + GRACE + HOUR) == 1
+    tasks = run_pass(book, sink, 0, D + GRACE + 2 * HOUR, D - DAY_MS)
+    assert [(t.midnight, t.communities, t.final, t.keep) for t in tasks] == [
+        (D, frozenset(), True, frozenset({"c", "d"})), (D + DAY_MS, None, False, frozenset())]
+    # A restarted worker learns the open file first, then reads the backlog.
+    book, sink = ClosingBook(GRACE, 1), {(0, D): Written.OPEN}
+    for midnight in book.to_check(0, D + GRACE + HOUR, D - DAY_MS):
+        book.learn(0, midnight, sink.get((0, midnight), Written.ABSENT))
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + GRACE) == 1
+    tasks = book.plan(0, D + GRACE + HOUR, D - DAY_MS)
+    assert [(t.midnight, t.communities, t.keep) for t in tasks] == [
+        (D, None, frozenset({"c"})), (D + DAY_MS, None, frozenset())]
+
+
+def test_arrivals_while_a_midnight_is_being_written_and_failed_writes_are_not_lost() -> None:
+    book, sink = ClosingBook(GRACE, 0), Sink()
+    for midnight in book.to_check(0, D + HOUR, D - DAY_MS):
+        book.learn(0, midnight, Written.ABSENT)
+    (task,) = book.plan(0, D + HOUR, D - DAY_MS)  # written whole, rows computed ...
+    book.arrived(0, "c", [D - HOUR])  # ... while a late event for D comes in
+    book.done(task)
+    assert [t.communities for t in book.plan(0, D + 2 * HOUR, D - DAY_MS)] == [
+        frozenset({"c"})]
+    # That write fails (or a rebalance abandons the pass): planned again, same rows.
+    book.retry(Task(0, D, frozenset({"c"}), False))
+    book.arrived(0, "d", [D - HOUR])
+    assert [t.communities for t in book.plan(0, D + 3 * HOUR, D - DAY_MS)] == [
+        frozenset({"c", "d"})]
+    assert sink == {}
+
+
 def test_nothing_before_the_first_event_or_the_exact_state() -> None:
     book, sink = ClosingBook(GRACE, 30), Sink()
     assert run_pass(book, sink, 0, D + HOUR, None) == []  # no events at all
@@ -102,7 +140,9 @@ def test_negative_settings_are_refused() -> None:
 
 steps = st.lists(st.tuples(
     st.integers(0, 30 * HOUR),  # how far the mark moves
-    st.lists(st.tuples(st.sampled_from("abc"), st.integers(-6 * DAY_MS, 0)), max_size=4),
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(-6 * DAY_MS, 0),
+                       st.integers(0, 40 * HOUR)),  # when it reached Kafka, after the mark
+             max_size=4),
     st.booleans(),  # restart (a new book over the same sink) before this step
 ), min_size=1, max_size=25)
 
@@ -115,25 +155,35 @@ def test_every_midnight_is_final_once_and_open_rows_follow_late_events(
     book, sink = ClosingBook(grace, backfill), Sink()
     mark, first = D, D - 3 * DAY_MS
     finals: dict[int, int] = {}  # midnight -> times written final
+    too_late: dict[int, set[str]] = {}  # the model of communities whose rows stay
     for advance, arrivals, restart in history:
         if restart:
-            book = ClosingBook(grace, backfill)
+            book, too_late = ClosingBook(grace, backfill), {}
         mark += advance
         newest = book.newest_final(0)
-        late = sum(book.arrived(0, c, [mark + offset]) for c, offset in arrivals)
-        assert late == sum(1 for _, offset in arrivals
-                           if newest is not None and mark + offset <= newest)
-        # Open rows written by this book are recomputed for exactly the communities
-        # that got an event at or before their midnight (and after the newest final).
-        dirty = {c: [mark + offset for c2, offset in arrivals if c2 == c] for c in "abc"}
+        open_now = set(book.partitions[0].open) if 0 in book.partitions else set()
+        dirty: dict[int, set[str]] = {}
+        late_expected = 0
+        for c, offset, delay in arrivals:
+            ts, arrival = mark + offset, mark + delay
+            if newest is not None and ts <= newest:
+                late_expected += 1
+                continue
+            reached = [d for d in open_now if ts <= d]
+            for d in reached:
+                (too_late if arrival >= d + grace else dirty).setdefault(d, set()).add(c)
+            late_expected += any(arrival >= d + grace for d in reached)
+        late = sum(book.arrived(0, c, [mark + offset], arrival=mark + delay)
+                   for c, offset, delay in arrivals)
+        assert late == late_expected
         for task in run_pass(book, sink, 0, mark, first):
+            keep = too_late.get(task.midnight, set()) if task.midnight in open_now else set()
+            assert task.keep == keep
             if task.final:
                 finals[task.midnight] = finals.get(task.midnight, 0) + 1
-            if task.communities is not None:
-                assert task.communities == {
-                    c for c, times in dirty.items()
-                    if any((newest is None or ts > newest) and ts <= task.midnight
-                           for ts in times)}
+                too_late.pop(task.midnight, None)
+            if task.communities is not None:  # exactly the in-time arrivals, minus keep
+                assert task.communities == dirty.get(task.midnight, set()) - keep
         lowest = max(midnight_at_or_after(first), midnight_at_or_before(mark) - backfill * DAY_MS)
         for midnight in range(lowest, midnight_at_or_before(mark) + 1, DAY_MS):
             want = Written.FINAL if mark >= midnight + grace else Written.OPEN

@@ -1,8 +1,10 @@
 """Closing rows on the real broker: a worker started on topics that already hold 30 days of
 history, shuffled across days; late events within and beyond the grace period; the worker
-stopped for two days (its clock set back with `clock_offset_s`) and restarted. After each,
-its `daily` view equals replay of the same events (`--snapshot-every 1d` for all
-midnights, `--as-of` for some), value by value, with one row per key.
+stopped for two days (its clock set back with `clock_offset_s`) and restarted, with events
+that reached Kafka after a grace period ran out while it was down; two workers
+sharing one history through rebalances. After each, the `daily` view equals replay of the
+same events (`--snapshot-every 1d` for all midnights, `--as-of` for some), value by value,
+with one row per key.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kafka import KafkaProducer
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
+from sinks.parquet import closing_file_name
 from streams.closing import midnight_at_or_before
 from streams.config import DAY_MS, RuntimeConfig
 from tests.closing_helpers import Key, daily_rows, differences, live_rows, replayed_daily
@@ -105,27 +108,92 @@ def test_closing_rows_equal_replay_on_the_real_broker(kafka: LocalKafka, tmp_pat
     finally:
         worker.stop()
 
-    # 3. Down for two days; the events of those days arrive meanwhile. Restarted with
-    # the real clock: state from the changelog, then the backlog; the missed midnights
-    # are written once caught up, what was final stays as it was.
+    # 3. Down for two days; the events of those days arrive meanwhile, and three posts
+    # for the day before d1 that reach Kafka only after d1's grace (too late for d1:
+    # its rows stay as last written). Restarted with the real clock: state from the
+    # changelog, the closing files looked at, then the backlog; the missed midnights are
+    # written once caught up, what was final stays as it was.
     later = renamed([e for c in gen.plan(6, 200, random.Random(15)) for e in
                      gen.history(c, now, 3, random.Random(16)) if e["ts"] > then], "later-")
-    produce(kafka, prefix, later)
+    after_grace = [post(20 + i, d1 - (i + 1) * HOUR) for i in range(3)]
+    produce(kafka, prefix, later + after_grace)
     restarted = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
     try:
-        wait_for(lambda: settled(restarted, len(later), d0), 180, "the restarted backfill")
+        wait_for(lambda: settled(restarted, len(later) + len(after_grace), d0), 180,
+                 "the restarted backfill")
+        samples = restarted.scrape()
+        assert restarted.value(samples, "community_pulse_closing_late_events_total") == len(
+            after_grace)
         got = daily_rows(data)
         assert {k[2] for k in got} == set(range(backfill_from, d0 + 1, DAY_MS))
-        events = history + within + beyond + later
+        events = history + within + beyond + later + after_grace
         final = replayed_daily(events, tmp_path / "replay-all")
-        assert not differences(in_range(got, d1, d0), in_range(final, d1, d0))
+        assert not differences(in_range(got, d1 + DAY_MS, d0), in_range(final, d1 + DAY_MS, d0))
+        assert not differences(in_range(got, d1, d1), in_range(everything, d1, d1))
         assert not differences(in_range(got, backfill_from, d1 - DAY_MS),
                                in_range(without_beyond, backfill_from, d1 - DAY_MS))
         # `replay --as-of` a midnight gives the same rows as the daily snapshots.
-        for midnight in (backfill_from, d1, d0):
-            at = replayed_daily(events if midnight >= d1 else history + within,
+        for midnight in (backfill_from, d1 + DAY_MS, d0):
+            at = replayed_daily(events if midnight > d1 else history + within,
                                 tmp_path / f"replay-at-{midnight}", as_of_ms=midnight,
                                 every_day=False)
             assert at and not differences(in_range(got, midnight, midnight), at)
     finally:
         restarted.stop()
+
+
+def closing_files(data: Path) -> dict[str, tuple[int, bytes]]:
+    """Every closing file: name -> (modification time ns, content)."""
+    return {f.name: (f.stat().st_mtime_ns, f.read_bytes())
+            for f in (data / "snapshots").glob("*/*-closing-p*.parquet")}
+
+
+def owned(worker: WorkerProcess) -> int:
+    return int(worker.value(worker.scrape(), "community_pulse_owned_communities") or 0)
+
+
+def test_closing_rows_survive_rebalances_in_one_shared_history(kafka: LocalKafka,
+                                                                tmp_path: Path) -> None:
+    # Two workers of one group write into one data dir (as the docs require). When a
+    # partition moves, its new owner reads the closing files: final ones stay as they
+    # are, open ones are rewritten whole; the history stays equal to replay, one row a key.
+    prefix, app_id = f"r{uuid.uuid4().hex[:8]}.", f"pulse-{uuid.uuid4().hex[:8]}"
+    kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
+    now = int(time.time() * 1000)
+    d0 = midnight_at_or_before(now)
+    rng = random.Random(17)
+    plan = gen.plan(8, 200, rng)
+    history = [e for c in plan for e in gen.history(c, now, 30, rng)]
+    rng.shuffle(history)
+    produce(kafka, prefix, history)
+    data = tmp_path / "data"
+    replayed = replayed_daily(history, tmp_path / "replay")
+    first = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
+    second = None
+    try:
+        wait_for(lambda: settled(first, len(history), d0), 180, "the first worker's backfill")
+        got = daily_rows(data)
+        backfill_from = min(k[2] for k in got)
+        assert not differences(got, in_range(replayed, backfill_from, d0))
+        before = closing_files(data)
+        final = {name for name in before if not name.startswith(f"{_stamp(d0)}-")}
+        assert final and len(before) > len(final)  # today's files are still open
+
+        second = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
+        wait_for(lambda: owned(first) and owned(second) and owned(first) + owned(second)
+                 == len(plan) and settled(second, 0, d0), 180, "the second worker's share")
+        second.stop()
+        wait_for(lambda: owned(first) == len(plan), 120, "the survivor to take all back")
+        wait_for(lambda: settled(first, len(history), d0), 60, "the survivor to catch up")
+        after = closing_files(data)
+        assert {name: after[name] for name in final} == {name: before[name] for name in final}
+        assert after.keys() == before.keys()
+        assert not differences(daily_rows(data), in_range(replayed, backfill_from, d0))
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def _stamp(ms: int) -> str:
+    return closing_file_name(ms, 0).split("-closing-")[0]

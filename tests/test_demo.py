@@ -76,6 +76,13 @@ def test_demo_from_a_fresh_directory_leaves_data_every_documented_query_answers(
         days = db.sql("SELECT count(DISTINCT date) FROM snapshots").fetchall()[0][0]
     assert len(ids) == 60 and not any(i.startswith("stale") for i in ids)
     assert days >= 28
+    # The example goals (deploy/examples/goals.yml, moved to now): status lines, and the
+    # goals table from the worker's closing rows of the history's days and its snapshots.
+    assert re.search(r"^goals: 4$", final, re.M), final
+    assert len(re.findall(r"^  goal \S+ +(on_track|behind) ", final, re.M)) == 4, final
+    with duckdb.connect(str(data / "pulse.duckdb"), read_only=True) as db:
+        goals = db.sql("SELECT count(DISTINCT goal_id), count(DISTINCT date) FROM goals")
+        assert goals.fetchall() == [(4, days)]
     for sql in doc_queries():  # as the doc says to run them
         result = subprocess.run(
             [sys.executable, "-m", "streams.cli", "sql", "--data-dir", "data/demo"],

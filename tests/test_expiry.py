@@ -137,7 +137,7 @@ def test_changelog_deltas_are_arrays_and_map_encoded_ones_still_load() -> None:
     events = day_of_activity(0, random.Random(4))
     table = RecordingTable()
     DeltaLog(table).append(1, "b", events)  # type: ignore[arg-type]
-    (stored,) = table.data.values()
+    (stored,) = (v for k, v in table.data.items() if not k.endswith(b"\x1fuser-ids"))
     assert stored[:1] == b"\xdc" and msgspec.msgpack.decode(stored)[0][0] == events[0].event_id
     table.data[b"1\x1fold#0"] = msgspec.msgpack.encode(events[:5])  # maps, as written before
     loaded = [e for _, batch in DeltaLog(table).load({1}) for e in batch]  # type: ignore[arg-type]

@@ -87,3 +87,19 @@ def test_grafana_errors_carry_the_command_prefix() -> None:
     assert line.startswith("community-pulse: error: no Grafana URL")
     one_line(cli("grafana", "push", "--bogus"), 2)
     one_line(cli("grafana", "pull"), 2)
+
+
+def test_backfill_without_snapshots_is_one_line(tmp_path: Path) -> None:
+    line = one_line(cli("backfill", "--data-dir", str(tmp_path / "none"), "--out",
+                        str(tmp_path / "history.om")), 2)
+    assert "no snapshots in" in line and "internal error" not in line
+
+
+def test_demo_without_java_says_so_in_one_line_and_keeps_the_details(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "demo", "--data-dir", "d", "--duration", "5"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL,
+        env={"PATH": str(Path(sys.executable).parent)})  # no java on it, no JAVA_HOME
+    line = one_line(result, 2)
+    assert "the Kafka broker did not start: Java (java) not found" in line
+    assert "Java 17" in (tmp_path / "d" / "run" / "broker-error.log").read_text()

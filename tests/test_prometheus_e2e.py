@@ -49,6 +49,7 @@ class Stack:
     prometheus_url: str
     worker: WorkerProcess
     events: list[dict]
+    experts: dict[str, frozenset[str]]
     started_s: float  # when the worker started
 
 
@@ -89,6 +90,19 @@ def _goal(goal: tuple, now_ms: int) -> dict:
             "sustain_until": at(sustain)}
 
 
+def _experts(events: list[dict]) -> dict[str, frozenset[str]]:
+    """A roster: for the healthy community a member who never replies (so it needs an
+    expert), for the medium one its most frequent replier."""
+    def users(community: str, kind: str) -> list[str]:
+        return [e["user_id"] for e in events
+                if e["community_id"] == community and e["type"] == kind]
+
+    repliers = users(MEDIUM, "reply")
+    silent = sorted(set(users(HEALTHY, "like")) - set(users(HEALTHY, "reply")))
+    return {HEALTHY: frozenset(silent[:1]),
+            MEDIUM: frozenset({max(set(repliers), key=repliers.count)})}
+
+
 @pytest.fixture(scope="module")
 def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     promtool()  # skips (or fails in CI) when Prometheus is not installed
@@ -113,9 +127,13 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     started_s = time.time()
     goals = tmp / "goals.yml"
     goals.write_text(yaml.safe_dump({"goals": [_goal(g, now_ms) for g in GOALS]}))
+    experts = _experts(events)
+    roster = tmp / "experts.yml"
+    roster.write_text(yaml.safe_dump({"experts": {c: sorted(u) for c, u in experts.items()}}))
     worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id,
                            snapshot_interval=1.0, port=worker_port,
                            extra_env={"PULSE_GOALS_FILE": str(goals),
+                                      "PULSE_EXPERTS_FILE": str(roster),
                                       "PULSE_STEERING_INTERVAL_S": "2"})
 
     rules = []
@@ -151,7 +169,7 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                  60, "recording rules over the closing values")
         wait_for(lambda: query(url, "community_pulse_merge_suggestion_jaccard")
                  and query(url, "community_pulse_focus_rank"), 60, "the steering view")
-        yield Stack(url, worker, events, started_s)
+        yield Stack(url, worker, events, experts, started_s)
     finally:
         producer.close()
         prometheus.terminate()
@@ -199,7 +217,7 @@ def test_every_dashboard_query_and_alert_expression_runs_and_finds_data(stack: S
 def test_alerts_fire_exactly_for_the_communities_the_core_flags(stack: Stack) -> None:
     alerts = yaml.safe_load(next(p for p in RULE_FILES if p.name == "alerts.yml").read_text())
     rules = {r["alert"]: r["expr"] for g in alerts["groups"] for r in g["rules"]}
-    core = PulseCore(MetricConfig())
+    core = PulseCore(MetricConfig(experts=stack.experts))
     core.apply(msgspec.convert(e, type=Event) for e in stack.events)
     now = int(time.time() * 1000)
     # The worker's latest values are a few seconds old; a post may cross the SLA mark in
@@ -222,8 +240,14 @@ def test_alerts_fire_exactly_for_the_communities_the_core_flags(stack: Stack) ->
                     r.unanswered_posts / r.posts_eligible)
         return {c for c, share in shares.items() if min(share) > 0.2}
 
+    def without_expert(rows: list[SnapshotRow]) -> set[str]:  # alert: min over windows
+        return {c for c in {r.community_id for r in rows}
+                if all(r.tier == "high" and r.expert_needed
+                       for r in rows if r.community_id == c)}
+
     for alert, condition in (("CommunityStagnating", stagnating),
-                             ("CommunityUnansweredPosts", unanswered)):
+                             ("CommunityUnansweredPosts", unanswered),
+                             ("CommunityWithoutReplyingExpert", without_expert)):
         must, may = flagged(condition)
         firing = _communities(query(stack.prometheus_url, rules[alert]))
         assert must <= firing <= may, alert

@@ -14,6 +14,7 @@ import pytest
 from devkit import generate as gen
 from streams.config import MetricConfig
 from streams.replay import parse_time, replay
+from streams.steering.goals import Goal
 
 DOC = Path(__file__).parent.parent / "docs" / "querying.md"
 END = "2026-11-18T12:00:00Z"
@@ -26,8 +27,11 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     events = [e for c in gen.plan(8, 300, rng) for e in gen.history(c, parse_time(END), 40, rng)]
     source = tmp / "events.jsonl"
     source.write_bytes(b"\n".join(msgspec.json.encode(e) for e in events))
+    goals = [Goal("share-up", "medium-0001", "contributor_share", 28, 0.1, 0.9,
+                  parse_time(END) - 30 * 86_400_000, parse_time(END) + 30 * 86_400_000,
+                  parse_time(END) + 60 * 86_400_000)]  # (a goal that falls behind)
     replay([source], tmp / "data", MetricConfig(), as_of_ms=parse_time(END),
-           every_ms=12 * 3_600_000)
+           every_ms=12 * 3_600_000, goals=goals)
     return tmp / "data" / "pulse.duckdb"
 
 
@@ -53,3 +57,8 @@ def test_every_sql_example_runs_and_the_main_ones_return_rows(catalogue: Path) -
     assert con.sql("""SELECT count(*) = count(DISTINCT (community_id, window_days, as_of))
                              AND bool_and(closing) AND bool_and(epoch_ms(as_of) % 86400000 = 0)
                       FROM daily""").fetchall() == [(True,)]
+    standing = next(r for s, r in results.items() if "AS since" in s)
+    assert [row[:3] for row in standing] == [("share-up", "medium-0001", "behind")]
+    assert standing[0][4] > 1  # behind for days
+    content = next(r for s, r in results.items() if "managed_engagement" in s)
+    assert content[-1][1] > 0 and content[-1][2] > 0 and 0 < content[-1][3] <= 1

@@ -29,6 +29,7 @@ import duckdb
 import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit import generate as gen
 from devkit.devkafka import SCRAM_USER, LocalKafka
@@ -38,7 +39,7 @@ from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
-from streams.worker import _decode_events
+from streams.worker import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
 from tests.workers import Samples, WorkerProcess, wait_for
 
 N_COMMUNITIES = 10
@@ -192,7 +193,11 @@ def test_parquet_and_metrics_agree(pipeline: Pipeline) -> None:
                             **labels) == row["critics"]
         assert worker.value(samples, "community_pulse_stagnating",
                             community=row["community_id"]) == float(row["stagnating"])
+        for kind in ("managed", "ugc"):  # soft and hard content (SPEC 5)
+            assert worker.value(samples, "community_pulse_content_posts", kind=kind,
+                                **labels) == row[f"{kind}_posts"]
     assert exported > 0
+    assert sum(r["managed_posts"] for r in rows) > 0 and sum(r["ugc_posts"] for r in rows) > 0
     assert any(r["stagnating"] for r in rows) and not all(r["stagnating"] for r in rows)
 
 
@@ -247,8 +252,9 @@ def _changelog_user_ids(pipeline: Pipeline) -> set[str]:
     consumer = KafkaConsumer(
         f"{pipeline.app_id}-community-events-changelog", bootstrap_servers=pipeline.bootstrap,
         auto_offset_reset="earliest", consumer_timeout_ms=3000, **pipeline.client)
-    try:
-        values = [record.value for record in consumer if record.value]
+    try:  # (deltas, not the records of how they store user ids and of expiry cuts)
+        values = [record.value for record in consumer if record.value
+                  and not record.key.endswith((_USER_IDS_SUFFIX, _CUT_SUFFIX))]
     finally:
         consumer.close()
     if pipeline.secured:
@@ -268,6 +274,26 @@ def test_changelog_holds_raw_user_ids_only_without_pseudonyms(pipeline: Pipeline
 
     stored = wait_for(complete, 60, "every accepted event's user in the changelog")
     assert stored.isdisjoint(raw) == pipeline.secured
+
+
+def test_the_changelog_topic_gets_min_insync_replicas_from_the_settings(
+        pipeline: Pipeline) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.kafka.bootstrap)  # (admin listener)
+    try:
+        topic = f"{pipeline.app_id}-community-events-changelog"
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    setting = described["topic"][topic]["min.insync.replicas"]
+    assert setting["value"] == str(RuntimeConfig().topic_min_insync_replicas)
+    assert setting["config_source"] == "DYNAMIC_TOPIC_CONFIG"  # set when the worker created it
+
+
+def test_worker_log_names_no_user_and_no_secret(pipeline: Pipeline) -> None:
+    log = pipeline.worker.log.read_text()
+    assert "user-" not in log  # every generated user id starts so; bad input names "u"
+    for secret in (pipeline.env.get("PULSE_KAFKA_SASL_PASSWORD"), PSEUDONYM_KEY):
+        assert secret is None or secret not in log
 
 
 def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> None:
@@ -292,3 +318,23 @@ def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> N
         assert restarted.total(samples, "community_pulse_events_processed_total") == 0
     finally:
         restarted.stop()
+
+
+def test_a_worker_that_stores_user_ids_otherwise_refuses_the_changelog(
+        pipeline: Pipeline) -> None:
+    """Switching pseudonymisation on (plain run) or changing its key (secured run) under
+    the same app_id would count every user twice: the worker stops with one line."""
+    key_file = pipeline.tmp / "another.key"
+    key_file.write_text("another-pseudonym-key-0123456789")
+    env = {**pipeline.env, "PULSE_PSEUDONYMISE_USER_IDS": "true",
+           "PULSE_PSEUDONYM_KEY_FILE": str(key_file)}
+    other = WorkerProcess(pipeline.bootstrap, pipeline.tmp / "other-key", pipeline.prefix,
+                          pipeline.app_id, extra_env=env)
+    try:
+        other.proc.wait(timeout=120)
+    finally:
+        other.stop()
+    assert other.proc.returncode == 2
+    (line,) = [ln for ln in other.log.read_text().splitlines() if "error:" in ln]
+    stored = "pseudonymised (key fingerprint " if pipeline.secured else "raw,"
+    assert f"holds user ids {stored}" in line and "new app_id" in line
