@@ -135,6 +135,10 @@ STEERING_TABLES: dict[str, tuple[str, ...]] = {
     "merge_suggestions": ("community_id", "candidate_id", "window_days"),
     "focus": ("community_id",),
     "manager_followups": ("manager",),
+    # What each worker writes about its own communities for the network-wide view
+    # (streams.steering.network): member sketches and managers' open follow-ups.
+    "member_sketches": ("community_id", "window_days"),
+    "followup_counts": ("manager", "community_id"),
 }
 _SNAPSHOT_KEY = ("community_id", "window_days")
 

@@ -21,6 +21,7 @@ from dataclasses import field as dataclass_field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
+import pyarrow as pa
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -414,9 +415,40 @@ class WorkerMetrics:
             f"{NS}_closing_late_events", "Events that arrived after the grace period of a "
             "midnight at or after their time: counted, the final closing rows unchanged.",
             registry=reg)
-
+        self._min_members = min_members
+        # The network-wide steering view (SPEC 5), from the worker that forms it.
+        self.merge_jaccard = Gauge(
+            f"{NS}_merge_suggestion_jaccard", "Member overlap (Jaccard) of a community in "
+            "tier low or medium with a suggested merge candidate.", ["community", "candidate"],
+            registry=reg)
+        self.merge_share = Gauge(
+            f"{NS}_merge_suggestion_merged_share_ratio", "Share of members who are creator, "
+            "conversationalist or critic that the merged community would have.",
+            ["community", "candidate"], registry=reg)
+        self.focus_rank = Gauge(
+            f"{NS}_focus_rank", "Rank (1 = best) of a community of practice to start with: "
+            "tier high, large, not stagnating.", ["community"], registry=reg)
         self.liveness_timeout_s = liveness_timeout_s
         self.heartbeat = time.monotonic()
+
+    def show_steering(self, tables: Mapping[str, pa.Table] | None) -> None:
+        """Export merge suggestions and focus ranks (None: this worker does not form
+        them). Communities below the privacy threshold are left out, as everywhere."""
+        for gauge in (self.merge_jaccard, self.merge_share, self.focus_rank):
+            gauge.clear()
+        if tables is None:
+            return
+        sketches = tables["member_sketches"]
+        members = dict(zip(sketches["community_id"].to_pylist(),
+                           sketches["members"].to_pylist(), strict=True))
+        for row in tables["merge_suggestions"].to_pylist():
+            community, candidate = row["community_id"], row["candidate_id"]
+            if min(members.get(community, 0), members.get(candidate, 0)) >= self._min_members:
+                self.merge_jaccard.labels(community, candidate).set(row["jaccard"])
+                self.merge_share.labels(community, candidate).set(row["merged_share"])
+        for row in tables["focus"].to_pylist():
+            if row["members"] >= self._min_members:
+                self.focus_rank.labels(row["community_id"]).set(row["rank"])
 
     def beat(self) -> None:
         """Called from an event-loop timer: the loop is turning."""

@@ -38,6 +38,7 @@ from streams.core import (
     REPLY_TO_POST,
     REPLY_TO_REPLY,
     VIEW,
+    WHO_BITS,
     CommunityState,
     Earliest,
     PulseCore,
@@ -173,6 +174,8 @@ def apply_columns(core: PulseCore, events: EventColumns) -> int:
         _merge_user_logs(states, kept)
         _merge_kind_logs(states, kept)
         _merge_threads(states, kept)
+        if any(state is not None and state.followups is not None for state in states):
+            _merge_followups(states, kept)
     return len(events) - len(kept)
 
 
@@ -330,6 +333,29 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
                 thread.likes = _merged(thread.likes, like)
             if author is not None:
                 thread.post_ts, thread.author, thread.managed = posted, author, hard
+
+
+def _merge_followups(states: list[CommunityState], events: EventColumns) -> None:
+    """Posts and replies of followed communities into their threads' follow-up entries
+    (see CommunityState.followups), merged in sorted order."""
+    followed = np.array([state is not None and state.followups is not None
+                         for state in states])
+    rows = np.flatnonzero((events.code <= REPLY_TO_POST) & followed[events.community])
+    n_items = len(events.items)
+    key = events.community[rows] * n_items + events.item[rows]
+    order = _stable_order(key)
+    rows, key = rows[order], key[order]
+    for start, end, k in _bucket_runs(key):
+        state = states[k // n_items]
+        followups, managers = state.followups, state.managers
+        assert followups is not None
+        who = [managers.get(events.users[u], 0) for u in events.user[rows[start:end]].tolist()]
+        chunk = np.sort((events.ts[rows[start:end]] << WHO_BITS) | np.array(who, np.int64))
+        post_id = events.items[k % n_items]
+        entries = followups.get(post_id)
+        if entries:
+            chunk = np.sort(np.concatenate([np.frombuffer(entries, np.int64), chunk]))
+        followups[post_id] = array("q", chunk.tobytes())
 
 
 def _order_by(key: Ints, ts: Ints, rank: Ints) -> Ints:

@@ -18,7 +18,7 @@ import statistics
 import sys
 from array import array
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,10 @@ AT_ONCE_FROM = 24  # users: from here a snapshot takes members and roles with nu
 
 _CAT_BITS = 3  # activity entries are packed as ts << 3 | category, so one sort orders both
 _CAT_MASK = (1 << _CAT_BITS) - 1
+# Follow-up entries (followed communities only) are packed as ts << 8 | who: who is 0 for
+# anyone but a followed community's managers, else the manager's place among them + 1.
+WHO_BITS = 8
+MAX_MANAGERS = (1 << WHO_BITS) - 1  # per community
 
 
 def _contains(items: array[int], value: int) -> bool:
@@ -266,14 +270,21 @@ class CommunityState:
         "_seen_by_day",
         "community_id",
         "config",
+        "followups",
         "kinds",
+        "managers",
         "threads",
         "users",
     )
 
-    def __init__(self, community_id: str, config: MetricConfig) -> None:
+    def __init__(self, community_id: str, config: MetricConfig,
+                 managers: Sequence[str] = ()) -> None:
         self.community_id = community_id
         self.config = config
+        # Only where managers follow this community (streams.steering.focus): per thread,
+        # the times of its posts and replies and who of the managers wrote them.
+        self.managers = {user_id: who for who, user_id in enumerate(managers, start=1)}
+        self.followups: dict[str, array[int]] | None = {} if managers else None
         self.users: dict[str, _UserLog] = {}
         self.threads: dict[str, _Thread] = {}
         # Community-wide timestamps per event type (for counts and continuity).
@@ -351,6 +362,16 @@ class CommunityState:
         user.add(ACTIVITY + ((ts << _CAT_BITS) | category))
         if category <= REPLY_TO_POST:
             insort(user, CONTRIBUTION + ts)  # below the activity region: never an append
+            if self.followups is not None:
+                self._follow(event.post_id, ts, user_id)
+
+    def _follow(self, post_id: str | None, ts: int, user_id: str) -> None:
+        followups = self.followups
+        assert followups is not None and post_id is not None, "followed; validated"
+        entries = followups.get(post_id)
+        if entries is None:
+            entries = followups[post_id] = array("q")
+        insort(entries, (ts << WHO_BITS) | self.managers.get(user_id, 0))
 
     def _thread(self, post_id: str | None, ts: int) -> _Thread:
         assert post_id is not None, "validated by schemas.events"
@@ -389,6 +410,12 @@ class CommunityState:
             log.drop_through(before_ms)
         for post_id in [p for p, th in self.threads.items() if th.newest <= before_ms]:
             del self.threads[post_id]
+        followups = self.followups or {}
+        for post_id in list(followups):
+            entries = followups[post_id]
+            del entries[:bisect_right(entries, (before_ms << WHO_BITS) | MAX_MANAGERS)]
+            if not entries:
+                del followups[post_id]
         for user_id in list(self.users):
             user = self.users[user_id]
             user.expire(before_ms)
@@ -442,6 +469,19 @@ class CommunityState:
 
     def is_empty(self) -> bool:
         return not self.users
+
+    def members_at(self, t: int, window_ms: int) -> tuple[list[str], list[str]]:
+        """Who the members at t are and which of them contributed (posted or replied)
+        in (t - window, t]: the sets behind `members` and `contributors` (steering)."""
+        horizon = self.config.membership_horizon_days * DAY_MS
+        members, contributors = [], []
+        for user_id, user in self.users.items():
+            contrib, act = user.bounds()
+            if user.is_member(t, horizon, contrib, act):
+                members.append(user_id)
+                if user.contributed(t - window_ms, t, contrib, act):
+                    contributors.append(user_id)
+        return members, contributors
 
     def oldest_ts(self) -> int | None:
         """The oldest retained event time (activity or membership); None when empty."""
@@ -562,12 +602,7 @@ class CommunityState:
         cfg = self.config
         contributors = sum(role_counts[c] for c in CONTRIBUTING)
         share = contributors / n_members if n_members else 0.0
-        if share < cfg.tier_medium_share:
-            tier = "low"
-        elif share < cfg.tier_high_share:
-            tier = "medium"
-        else:
-            tier = "high"
+        tier = tier_of(share, cfg)
 
         retention = self._retention(t, w)
         continuity = self._continuity(t, days)
@@ -722,6 +757,13 @@ class CommunityState:
         return newest
 
 
+def tier_of(share: float, config: MetricConfig) -> str:
+    """The tier of a contributor share (SPEC section 2)."""
+    if share < config.tier_medium_share:
+        return "low"
+    return "medium" if share < config.tier_high_share else "high"
+
+
 @dataclass(frozen=True, slots=True)
 class _Listening:
     eligible: int
@@ -738,9 +780,13 @@ class _Listening:
 class PulseCore:
     """All communities one process owns; the adapters' single entry point."""
 
-    def __init__(self, config: MetricConfig) -> None:
+    def __init__(self, config: MetricConfig,
+                 managers_of: Mapping[str, Sequence[str]] | None = None) -> None:
+        """`managers_of`: the user ids of the managers who follow a community, for the
+        communities that have any (their threads keep what follow-ups need)."""
         self.config = config
         self.communities: dict[str, CommunityState] = {}
+        self.managers_of = dict(managers_of or {})
 
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of any communities; return the number of duplicates."""
@@ -752,7 +798,8 @@ class PulseCore:
     def state(self, community_id: str) -> CommunityState:
         state = self.communities.get(community_id)
         if state is None:
-            state = self.communities[community_id] = CommunityState(community_id, self.config)
+            state = self.communities[community_id] = CommunityState(
+                community_id, self.config, self.managers_of.get(community_id, ()))
         return state
 
     def snapshot(self, as_of_ms: int) -> list[SnapshotRow]:

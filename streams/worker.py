@@ -14,6 +14,9 @@ Topology (one agent, all event topics co-partitioned by community_id):
                               one Parquet file per partition and midnight + /metrics
     catch-up timer (1 s)   -> end offsets of the source partitions: caught up when all
                               that was there a tick ago is processed (the arrival mark)
+    steering timer (15 m)  -> sketches and follow-up counts of the owned communities
+                              -> Parquet; the owner of partition 0 also forms the
+                              network-wide steering tables (sinks.network)
 
 State: the table holds each partition's recent accepted events as per-batch deltas
 (keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
@@ -59,6 +62,7 @@ from schemas.events import (
     Rejection,
     newest_ts,
 )
+from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
 from sinks.parquet import (
     FINAL_KEY,
     SinkQueue,
@@ -76,7 +80,14 @@ from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
 from streams.pipeline import Ingested, Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
 from streams.steering import goals as steering_goals
-from streams.steering.files import read_goals
+from streams.steering.files import read_goals, read_managers
+from streams.steering.focus import managers_of
+from streams.steering.network import (
+    FOLLOWUP_COUNTS_SCHEMA,
+    SKETCH_SCHEMA,
+    SteeringSettings,
+    community_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -431,8 +442,13 @@ class PulseWorker:
         self.runtime = runtime
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
-        self.core = PulseCore(metric_config)
         self.pseudonymise = Pseudonymiser.from_runtime(runtime)
+        self.managers = (read_managers(runtime.managers_file, self.pseudonymise)
+                         if runtime.managers_file else [])
+        self.core = PulseCore(metric_config, managers_of(self.managers))
+        self.steering = SteeringSink(runtime.data_dir, SteeringSettings.of(runtime),
+                                     self.managers, metric_config)
+        self.partitions: set[int] = set()  # of the event topics, assigned to this worker
         self.ingestor = Ingestor(self.core, self.topics, self.pseudonymise)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
@@ -598,6 +614,7 @@ class PulseWorker:
         if self.deltas is None:
             return
         self.revoke(set(self.partition_of.values()) - partitions)
+        self.partitions = set(partitions)
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         self.first_event.clear()
@@ -623,6 +640,7 @@ class PulseWorker:
         Their table data stays until recovery: a partition revoked and assigned back in
         the same rebalance is not re-read from the changelog.
         """
+        self.partitions -= partitions
         self._ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
@@ -1032,6 +1050,44 @@ class PulseWorker:
             self.writer.write(rows)
 
 
+    # ---- steering ---------------------------------------------------------------------
+
+    def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
+        """Sketches and follow-up counts of the owned communities at `as_of` into
+        `inputs`, yielding after every SLICE_S of work like `snapshot_steps`."""
+        parts: list[tuple[pa.Table, pa.Table]] = []
+        slice_start = time.perf_counter()
+        for community_id in sorted(self.core.communities):
+            state = self.core.communities.get(community_id)  # may be revoked meanwhile
+            if state is not None:
+                parts.append(community_inputs([state], self.managers, as_of,
+                                              self.steering.settings))
+            if time.perf_counter() - slice_start > SLICE_S:
+                yield
+                slice_start = time.perf_counter()
+        inputs[:] = [pa.concat_tables([p[i] for p in parts] or [schema.empty_table()])
+                     for i, schema in enumerate((SKETCH_SCHEMA, FOLLOWUP_COUNTS_SCHEMA))]
+
+    def publish_steering(self, as_of: int, inputs: Sequence[pa.Table]) -> None:
+        """Write this worker's steering inputs; the owner of partition 0 then forms the
+        network-wide tables from every worker's newest (run off the event loop)."""
+        try:
+            with self.metrics.sink_seconds.labels("steering").time():
+                self.steering.write_inputs(*inputs)
+                if 0 not in self.partitions:
+                    self.metrics.show_steering(None)
+                    return
+                rt, span = self.runtime, STALE_AFTER_INTERVALS * 1000
+                inputs_since = as_of - int(span * rt.steering_interval_s)
+                snapshots_since = as_of - int(
+                    span * rt.snapshot_interval_s * BEHIND_SNAPSHOT_EVERY)
+                self.metrics.show_steering(self.steering.network_from_data_dir(
+                    as_of, inputs_since, snapshots_since))
+        except Exception:  # a sink outage must not stop the stream; it is counted
+            self.metrics.sink_errors.labels("steering").inc()
+            log.exception("writing the steering tables failed")
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -1253,6 +1309,16 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     async def refresh() -> None:
         for _ in worker.refresh_steps():
             await asyncio.sleep(AGENT_TURN_S)  # let the agent consume between slices
+
+    @app.timer(interval=rt.steering_interval_s)
+    async def steering() -> None:
+        if worker.mark is None:  # catching up: sketches of a half-read backlog would mislead
+            return
+        as_of, inputs = int(worker.clock() * 1000), list[pa.Table]()
+        for _ in worker.steering_steps(as_of, inputs):
+            await asyncio.sleep(AGENT_TURN_S)
+        await asyncio.get_running_loop().run_in_executor(
+            None, worker.publish_steering, as_of, inputs)
 
     @app.timer(interval=CATCH_UP_CHECK_S)
     async def track_catch_up() -> None:

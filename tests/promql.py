@@ -47,6 +47,8 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_catching_up",
     "community_pulse_closing_sustainability_score", "community_pulse_closing_tier",
     "community_pulse_closing_timestamp_seconds", "community_pulse_closing_late_events_total",
+    "community_pulse_merge_suggestion_jaccard",
+    "community_pulse_merge_suggestion_merged_share_ratio", "community_pulse_focus_rank",
     # steering (docs/steering.md)
     "community_pulse_goal_value", "community_pulse_goal_expected", "community_pulse_goal_target",
     "community_pulse_goal_progress_ratio", "community_pulse_goal_status",

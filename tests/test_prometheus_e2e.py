@@ -133,7 +133,8 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     worker = WorkerProcess(kafka.bootstrap, tmp / "data", prefix, app_id,
                            snapshot_interval=1.0, port=worker_port,
                            extra_env={"PULSE_GOALS_FILE": str(goals),
-                                      "PULSE_EXPERTS_FILE": str(roster)})
+                                      "PULSE_EXPERTS_FILE": str(roster),
+                                      "PULSE_STEERING_INTERVAL_S": "2"})
 
     rules = []
     for path in RULE_FILES:
@@ -166,6 +167,8 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                  60, "the dead-letter rate")
         wait_for(lambda: query(url, "community:community_pulse_sustainability_score:change_7d"),
                  60, "recording rules over the closing values")
+        wait_for(lambda: query(url, "community_pulse_merge_suggestion_jaccard")
+                 and query(url, "community_pulse_focus_rank"), 60, "the steering view")
         yield Stack(url, worker, events, experts, started_s)
     finally:
         producer.close()
