@@ -324,11 +324,18 @@ class LocalKafka:
             raise DevKafkaError(
                 f"kafka storage format failed: {lines[-1] if lines else fmt.returncode}"
             )
+        self._base = base
+        self._props = props
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
+        assert self.dir is not None
         stdout_log = open(self.dir / "logs" / "stdout.log", "ab")  # noqa: SIM115
         main_thread = threading.current_thread() is threading.main_thread()
         try:
             self._proc = subprocess.Popen(
-                [*base, "kafka.Kafka", str(props)],
+                [*self._base, "kafka.Kafka", str(self._props)],
                 stdin=subprocess.DEVNULL, stdout=stdout_log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True,
                 # PDEATHSIG fires when the *thread* that forked dies; only use it from main.
@@ -342,7 +349,30 @@ class LocalKafka:
         except BaseException:
             self.stop()
             raise
-        return self
+
+    # -- faults (tests): the same broker, ports and data throughout ----------------------
+
+    def pause(self) -> None:
+        """Stall the broker (SIGSTOP): connections stay open, nothing answers."""
+        assert self._proc is not None
+        self._signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._signal_group(self._proc.pid, signal.SIGCONT)
+
+    def crash(self) -> None:
+        """kill -9 the broker, keeping its data and ports for `restart`."""
+        proc = self._proc
+        assert proc is not None
+        self._signal_group(proc.pid, signal.SIGCONT)
+        self._signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def restart(self) -> None:
+        """Start the broker again on its data and ports after `crash`."""
+        assert self._proc is not None and self._proc.poll() is not None
+        self._launch()
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the broker's process group, wait, then SIGKILL; idempotent."""

@@ -91,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
                      "(default from config)")
     sql.add_argument("--max-rows", type=int, default=40, help="rows to print")
 
+    redrive = sub.add_parser("redrive", help="re-produce dead letters to their source topics "
+                             "once the cause is fixed (docs/reliability.md)")
+    redrive.add_argument("--broker", help="host:port (default from config)")
+    redrive.add_argument("--reason", action="append", default=[],
+                         help="only letters with this reason (repeatable; default "
+                              "wrong_partition)")
+    redrive.add_argument("--all-reasons", action="store_true", help="every reason")
+
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
 
@@ -287,6 +295,20 @@ def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig
                 print(f"{table.num_rows:,} row(s)")
     except duckdb.Error as exc:
         raise UsageError(f"SQL: {' '.join(str(exc).split())}") from None
+    return 0
+
+
+def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from schemas.events import Reason
+    from streams.redrive import redrive
+
+    unknown = set(args.reason) - set(Reason.ALL)
+    if unknown:
+        raise UsageError(f"unknown --reason {', '.join(sorted(unknown))}")
+    reasons = frozenset() if args.all_reasons else frozenset(
+        args.reason or [Reason.WRONG_PARTITION])
+    broker = (args.broker or runtime.broker).removeprefix("kafka://")
+    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons))
     return 0
 
 
@@ -510,6 +532,7 @@ _COMMANDS = {
     "demo": _demo,
     "sql": _sql,
     "compact": _compact,
+    "redrive": _redrive,
     "backfill": _backfill,
     "grafana": _grafana,
     "suggest-merges": _suggest_merges,

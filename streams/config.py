@@ -94,6 +94,11 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # /healthz fails when the event loop has not turned for this long (a stuck worker).
+    liveness_timeout_s: float = 30.0
+    # Kafka consumer-group session timeout: a worker silent for this long loses its
+    # partitions, and one cut off from Kafka for this long stops exporting and writing.
+    session_timeout_s: float = 60.0
     # Security and privacy (docs/security.md). Secrets are never settings: they come from
     # the *_file named here or from PULSE_KAFKA_SASL_PASSWORD / PULSE_KAFKA_SSL_KEY_PASSWORD /
     # PULSE_PSEUDONYM_KEY (streams/kafka_auth.py, streams/privacy.py).

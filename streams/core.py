@@ -263,8 +263,10 @@ class CommunityState:
 
     __slots__ = (
         "_expired_last_activity",
+        "_frozen",
         "_frozen_by_day",
         "_posters",
+        "_seen",
         "_seen_by_day",
         "community_id",
         "config",
@@ -296,6 +298,11 @@ class CommunityState:
         # an id where a set costs ~100); ids arriving late for such a day go to a new
         # set in _seen_by_day.
         self._frozen_by_day: dict[int, array[int]] = {}
+        # A repeated event_id is a duplicate whatever its ts (a producer may re-stamp a
+        # retry): every kept id is looked up here, in the union of all days' sets and
+        # of all days' arrays (sorted); the days above only tell expiry what to drop.
+        self._seen: set[int] = set()
+        self._frozen: array[int] = array("q")
         # Newest activity timestamp that expiry dropped: it still is the last activity of
         # a community that has been quiet for longer than the retention.
         self._expired_last_activity: int | None = None
@@ -307,21 +314,20 @@ class CommunityState:
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of this community; return how many were duplicates."""
         duplicates = 0
-        seen_by_day, frozen_by_day = self._seen_by_day, self._frozen_by_day
+        seen_by_day, seen, frozen = self._seen_by_day, self._seen, self._frozen
         for event in events:
             ts: int = event.ts  # type: ignore[assignment]  # normalised by decode_message
-            day, event_hash = ts // DAY_MS, hash(event.event_id)
-            seen = seen_by_day.get(day)
-            if seen is None:
-                seen = seen_by_day[day] = set()
-            elif event_hash in seen:
-                duplicates += 1
-                continue
-            frozen = frozen_by_day.get(day) if frozen_by_day else None
-            if frozen is not None and _contains(frozen, event_hash):
+            event_hash = hash(event.event_id)
+            if event_hash in seen or (frozen and _contains(frozen, event_hash)):
                 duplicates += 1
                 continue
             seen.add(event_hash)
+            day = ts // DAY_MS
+            of_day = seen_by_day.get(day)
+            if of_day is None:
+                seen_by_day[day] = {event_hash}
+            else:
+                of_day.add(event_hash)
             self._apply_one(event, ts)
         return duplicates
 
@@ -383,9 +389,15 @@ class CommunityState:
         Call with `newest_snapshot_time - config.retention_ms`. Events at or before
         `before_ms` that arrive later are still deduplicated only if their day is kept.
         """
-        for days in (self._seen_by_day, self._frozen_by_day):
-            for day in [d for d in days if (d + 1) * DAY_MS <= before_ms]:
-                del days[day]
+        for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= before_ms]:
+            self._seen -= self._seen_by_day.pop(day)
+        gone = [self._frozen_by_day.pop(day) for day in list(self._frozen_by_day)
+                if (day + 1) * DAY_MS <= before_ms]
+        if gone:
+            self._frozen = array("q", np.setdiff1d(
+                np.frombuffer(self._frozen, np.int64),
+                np.concatenate([np.frombuffer(ids, np.int64) for ids in gone]),
+                assume_unique=True).tobytes())
         self._freeze_ids(before_ms + self.config.retention_ms - DAY_MS)
         for log in self.kinds.values():
             items = log.view()
@@ -414,11 +426,29 @@ class CommunityState:
 
     def _freeze_ids(self, cut_ms: int) -> None:
         """Move the ids of days that ended at or before the cut into sorted arrays."""
+        moved: list[int] = []
         for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= cut_ms]:
             ids = self._seen_by_day.pop(day)
             frozen = self._frozen_by_day.get(day)
-            if ids:  # (an empty set is left by a duplicate that arrived late)
-                self._frozen_by_day[day] = array("q", sorted([*frozen, *ids] if frozen else ids))
+            self._frozen_by_day[day] = array("q", sorted([*frozen, *ids] if frozen else ids))
+            moved += ids
+        if moved:
+            self._seen.difference_update(moved)
+            self.add_frozen(np.array(moved, np.int64))
+
+    def add_frozen(self, ids: npt.NDArray[np.int64]) -> None:
+        """Add ids (none known yet) to the sorted array of all frozen days' ids."""
+        self._frozen = array("q", np.union1d(np.frombuffer(self._frozen, np.int64),
+                                             ids).tobytes())
+
+    def knows(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of the ids this community has seen (any day): bulk deduplication."""
+        known = np.isin(ids, np.fromiter(self._seen, np.int64, len(self._seen)))
+        frozen = np.frombuffer(self._frozen, np.int64)
+        if len(frozen):
+            at = np.minimum(np.searchsorted(frozen, ids), len(frozen) - 1)
+            known |= frozen[at] == ids
+        return known
 
     def memberships_through(self, cut_ms: int) -> list[Event]:
         """Retained membership events at or before the cut, as events to re-apply.

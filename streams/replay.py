@@ -266,7 +266,7 @@ def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: 
     objects = not any(message.lstrip().startswith(b"[") for message in messages)
     decoded, rejections = decode_lines(messages, allowed, now_ms) if objects else ([], [])
     if objects and not rejections and len(decoded) == len(messages):  # one event a line
-        ingestor.counted(SOURCE, decoded, [])
+        ingestor.counted(SOURCE, ingestor.pseudonymised(decoded), [])
         events += decoded
         places += [place for place, _ in pending]
     else:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -34,13 +33,12 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from devkit import generate as gen
 from devkit.devkafka import SCRAM_USER, LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
-from sinks.parquet import snapshots_glob
 from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
 from streams.worker import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
-from tests.workers import Samples, WorkerProcess, wait_for
+from tests.workers import Samples, WorkerProcess, parquet_rows, settled_snapshot, wait_for
 
 N_COMMUNITIES = 10
 PSEUDONYM_KEY = "e2e-pseudonym-key-0123456789abcdef"
@@ -132,44 +130,10 @@ def pipeline(request: pytest.FixtureRequest,
     worker.stop()
 
 
-def _settled_snapshot(worker: WorkerProcess) -> tuple[float, Samples]:
-    """A scrape whose snapshot was taken after everything was consumed."""
-    consumed_at = time.time()
-
-    def fresh() -> tuple[float, Samples] | None:
-        first = worker.scrape()
-        as_of = worker.value(first, "community_pulse_last_snapshot_timestamp_seconds")
-        if as_of is None or as_of <= consumed_at:
-            return None
-        again = worker.scrape()
-        if worker.value(again, "community_pulse_last_snapshot_timestamp_seconds") != as_of:
-            return None  # a snapshot landed between the two scrapes; try again
-        return as_of, first
-
-    return wait_for(fresh, 60, "a snapshot after consumption")
-
-
-def _parquet_rows(data_dir: Path, as_of_s: float) -> list[dict]:
-    as_of_ms = round(as_of_s * 1000)
-    query = f"""SELECT * EXCLUDE (date) FROM read_parquet('{snapshots_glob(data_dir)}',
-                hive_partitioning = true)
-                WHERE epoch_ms(as_of) = {as_of_ms} ORDER BY community_id, window_days"""
-
-    def rows() -> list[dict] | None:
-        try:
-            rel = duckdb.sql(query)
-        except duckdb.IOException:
-            return None
-        assert rel is not None  # a SELECT always gives a relation
-        return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()] or None
-
-    return wait_for(rows, 30, f"parquet rows at {as_of_ms}")
-
-
 def test_parquet_and_metrics_agree(pipeline: Pipeline) -> None:
     worker = pipeline.worker
-    as_of, samples = _settled_snapshot(worker)
-    rows = _parquet_rows(worker.data_dir, as_of)
+    as_of, samples = settled_snapshot(worker)
+    rows = parquet_rows(worker.data_dir, as_of)
     assert {r["community_id"] for r in rows} == {
         c.community_id for c in gen.plan(N_COMMUNITIES, 300, random.Random(11))}
     assert {r["window_days"] for r in rows} == {7, 28}
@@ -239,11 +203,11 @@ def _comparable(row: dict) -> dict:
 
 
 def test_replay_gives_identical_snapshots(pipeline: Pipeline) -> None:
-    as_of, _ = _settled_snapshot(pipeline.worker)
-    streamed = _parquet_rows(pipeline.worker.data_dir, as_of)
+    as_of, _ = settled_snapshot(pipeline.worker)
+    streamed = parquet_rows(pipeline.worker.data_dir, as_of)
     out = pipeline.tmp / "replayed"
     replay([pipeline.events_file], out, MetricConfig(), as_of_ms=round(as_of * 1000))
-    replayed = _parquet_rows(out, as_of)
+    replayed = parquet_rows(out, as_of)
     assert [_comparable(r) for r in replayed] == [_comparable(r) for r in streamed]
 
 
@@ -307,11 +271,11 @@ def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> N
             return samples if owned == N_COMMUNITIES else None
 
         wait_for(owns_all, 90, "the restarted worker to own every community")
-        as_of, _ = _settled_snapshot(restarted)
-        recovered = _parquet_rows(restarted.data_dir, as_of)
+        as_of, _ = settled_snapshot(restarted)
+        recovered = parquet_rows(restarted.data_dir, as_of)
         out = pipeline.tmp / "replayed-restart"
         replay([pipeline.events_file], out, MetricConfig(), as_of_ms=round(as_of * 1000))
-        assert [_comparable(r) for r in _parquet_rows(out, as_of)] == [
+        assert [_comparable(r) for r in parquet_rows(out, as_of)] == [
             _comparable(r) for r in recovered]
         # The restarted worker consumed nothing new: its state came from the changelog.
         samples = restarted.scrape()
