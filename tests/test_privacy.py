@@ -33,6 +33,7 @@ from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore
 from streams.privacy import Pseudonymiser, SendFailureFilter
 from streams.replay import parse_time
+from streams.steering.files import read_managers
 from streams.worker import DeltaLog, PulseWorker, UserIdsMismatch, faust_app
 from tests.workers import WorkerProcess, wait_for
 
@@ -121,6 +122,17 @@ def test_rosters_are_hashed_with_the_same_key(tmp_path: Path,
         config.load()
     monkeypatch.setenv("PULSE_PSEUDONYM_KEY", key)
     assert config.load()[0].experts == {"c1": frozenset({decoder("ann"), decoder(SECRET_USER)})}
+
+
+def test_managers_are_hashed_with_the_same_key(tmp_path: Path) -> None:
+    managers = tmp_path / "managers.yml"
+    managers.write_text(f"managers:\n  - name: Ann\n    user_id: {SECRET_USER}\n"
+                        "    follows: [c1]\n")
+    key = Pseudonymiser(b"a-key-of-thirty-two-bytes-000000")
+    (hashed,) = read_managers(managers, key)
+    (plain,) = read_managers(managers)
+    assert (hashed.name, hashed.user_id) == ("Ann", key(SECRET_USER))
+    assert plain.user_id == SECRET_USER
 
 
 def _event(n: int, user: str, **extra: object) -> dict[str, object]:
