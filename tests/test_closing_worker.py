@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pyarrow.parquet as pq
+from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
 from schemas.producer import TOPIC_OF
@@ -83,6 +84,17 @@ def in_range(rows: dict, first: int, last: int) -> dict:
     return {k: v for k, v in rows.items() if first <= k[2] <= last}
 
 
+def closing_series(worker: PulseWorker) -> dict[tuple[str, str, str], float]:
+    """The closing sustainability series /metrics shows: (community, window, ago) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(worker.metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == "community_pulse_closing_sustainability_score":
+                labels = sample.labels
+                found[(labels["community"], labels["window"], labels["ago"])] = sample.value
+    return found
+
+
 def final_flags(data_dir: Path, midnight: int) -> set[bytes]:
     folder = data_dir / "snapshots" / f"date={parse_day(midnight)}"
     return {pq.read_schema(f).metadata[FINAL_KEY] for f in folder.glob("*-closing-p*.parquet")}
@@ -107,6 +119,18 @@ def test_shuffled_history_late_events_and_a_restart_equal_replay(tmp_path: Path)
     assert not differences(got, want)
     assert final_flags(tmp_path / "data", MIDNIGHT) == {b"false"}  # within grace
     assert final_flags(tmp_path / "data", MIDNIGHT - DAY_MS) == {b"true"}
+    # The trend series: closing values of today's midnight and a week before, as written;
+    # withdrawn while the worker catches up, back once it has.
+    trend = closing_series(worker)
+    assert trend and {ago for _, _, ago in trend} == {"0d", "7d"}
+    for (community_id, window, ago), score in trend.items():
+        as_of = MIDNIGHT - (7 * DAY_MS if ago == "7d" else 0)
+        assert score == got[(community_id, int(window[:-1]), as_of)]["sustainability"]
+    worker.observe_offsets(None, {}, NOW_MS)
+    assert closing_series(worker) == {}
+    feed(worker, feeder, [])
+    worker.close_midnights()
+    assert closing_series(worker) == trend
 
     # Late events for yesterday (before today's midnight), within its grace: the same
     # files are rewritten. Events for the day before yesterday are past their grace:

@@ -327,3 +327,16 @@ def test_faust_keeps_the_committed_offsets_the_catch_up_check_reads() -> None:
     committed = committed_offsets(app)
     assert committed is app.consumer._committed_offset  # type: ignore[attr-defined]
     assert committed[TP("community.posts", 0)] is None  # a defaultdict: None when unknown
+
+
+def test_snapshots_while_catching_up_update_gauges_but_are_not_reported_written(
+        tmp_path: Path) -> None:
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path), clock=lambda: NOW_S)
+    worker.handle_batch(batch_of(community_events("a", 6, 1, "x")))
+    worker.take_snapshot()  # no end offsets seen yet: catching up
+    assert worker.mark is None and gauge(worker, "a") == 1.0
+    assert worker.metrics.last_snapshot._value.get() == 0  # (the timer writes no rows)
+    for _ in range(2):
+        worker.observe_offsets(dict(worker.processed_next), {}, int(NOW_S * 1000))
+    worker.take_snapshot()
+    assert worker.metrics.last_snapshot._value.get() == NOW_S
