@@ -14,6 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
+import duckdb
+import msgspec
+import yaml
 from kafka import KafkaProducer
 
 from devkit import generate as gen
@@ -21,7 +24,9 @@ from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from sinks.parquet import closing_file_name
 from streams.closing import midnight_at_or_before
-from streams.config import DAY_MS, RuntimeConfig
+from streams.config import DAY_MS, MetricConfig, RuntimeConfig
+from streams.replay import replay
+from streams.steering.files import read_goals
 from tests.closing_helpers import Key, daily_rows, differences, live_rows, replayed_daily
 from tests.workers import WorkerProcess, wait_for
 
@@ -168,7 +173,11 @@ def test_closing_rows_survive_rebalances_in_one_shared_history(kafka: LocalKafka
     produce(kafka, prefix, history)
     data = tmp_path / "data"
     replayed = replayed_daily(history, tmp_path / "replay")
-    first = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
+    # SMART goals (docs/steering.md): the goals table comes with the closing rows; the
+    # goal of a community without events comes from the owner of its key's partition.
+    goals = goals_file(tmp_path, [c.community_id for c in plan], now)
+    env = {"PULSE_GOALS_FILE": str(goals)}
+    first = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0, env)
     second = None
     try:
         wait_for(lambda: settled(first, len(history), d0), 180, "the first worker's backfill")
@@ -179,7 +188,7 @@ def test_closing_rows_survive_rebalances_in_one_shared_history(kafka: LocalKafka
         final = {name for name in before if not name.startswith(f"{_stamp(d0)}-")}
         assert final and len(before) > len(final)  # today's files are still open
 
-        second = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
+        second = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0, env)
         wait_for(lambda: owned(first) and owned(second) and owned(first) + owned(second)
                  == len(plan) and settled(second, 0, d0), 180, "the second worker's share")
         second.stop()
@@ -189,10 +198,58 @@ def test_closing_rows_survive_rebalances_in_one_shared_history(kafka: LocalKafka
         assert {name: after[name] for name in final} == {name: before[name] for name in final}
         assert after.keys() == before.keys()
         assert not differences(daily_rows(data), in_range(replayed, backfill_from, d0))
+        got_goals = goal_rows(data)
+        assert {t for _, t in got_goals} == set(range(backfill_from, d0 + 1, DAY_MS))
+        assert got_goals == {k: v for k, v in replayed_goals(history, goals, tmp_path).items()
+                             if backfill_from <= k[1] <= d0}
     finally:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def goals_file(tmp_path: Path, communities: list[str], now: int) -> Path:
+    """Goals on three communities, and one on a community without events whose key goes
+    to a partition that holds communities (4 partitions, kafka-python's murmur2)."""
+    from kafka.partitioner.default import murmur2
+
+    def partition(key: str) -> int:
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % 4
+
+    used = {partition(c) for c in communities}
+    empty = next(f"quiet-{i}" for i in range(100) if partition(f"quiet-{i}") in used)
+
+    def at(days: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000 + days * 86_400))
+
+    goals = [{"id": f"goal-{c}", "community": c, "metric": metric, "baseline": 0,
+              "target": 100, "start": at(-20), "deadline": at(-5), "sustain_until": at(20)}
+             for c, metric in zip([*communities[:3], empty],
+                                  ("members", "sustainability", "posts", "members"),
+                                  strict=True)]
+    path = tmp_path / "goals.yml"
+    path.write_text(yaml.safe_dump({"goals": goals}))
+    return path
+
+
+def goal_rows(data_dir: Path) -> dict[tuple[str, int], tuple]:
+    """The goals view by (goal, as_of); fails on a second row for a key in the files."""
+    with duckdb.connect(str(data_dir / "pulse.duckdb"), read_only=True) as con:
+        twice = con.sql(f"""SELECT goal_id, as_of, count(*) AS n FROM read_parquet(
+                            '{data_dir}/goals/*/*.parquet') GROUP BY ALL HAVING n > 1""")
+        assert not twice.fetchall()
+        rows = con.sql("SELECT goal_id, epoch_ms(as_of), status, value, expected, progress "
+                       "FROM goals WHERE epoch_ms(as_of) % 86400000 = 0").fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
+
+
+def replayed_goals(events: list[dict], goals: Path, tmp_path: Path
+                   ) -> dict[tuple[str, int], tuple]:
+    source = tmp_path / "replay-goals.jsonl"
+    source.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in events))
+    replay([source], tmp_path / "replay-goals", MetricConfig(), every_ms=DAY_MS,
+           goals=read_goals(goals))
+    return goal_rows(tmp_path / "replay-goals")
 
 
 def _stamp(ms: int) -> str:
