@@ -15,7 +15,7 @@ K8S_DIR = REPO / "deploy" / "k8s"
 WORKER_ENV = {"PULSE_BROKER": "kafka://kafka:9092", "PULSE_DATA_DIR": "/data"}
 API_VERSIONS = {
     "Namespace": "v1", "ConfigMap": "v1", "Service": "v1", "StatefulSet": "apps/v1",
-    "Deployment": "apps/v1", "PodDisruptionBudget": "policy/v1",
+    "Deployment": "apps/v1", "PodDisruptionBudget": "policy/v1", "PersistentVolumeClaim": "v1",
     "PodMonitor": "monitoring.coreos.com/v1", "ServiceMonitor": "monitoring.coreos.com/v1",
 }
 
@@ -125,6 +125,17 @@ def test_k8s_kinds_and_api_versions() -> None:
             assert d["metadata"]["namespace"] == _one("Namespace")["metadata"]["name"]
 
 
+def test_k8s_workers_share_one_data_dir() -> None:
+    """Closing files are per partition and the network view reads every worker's sketches,
+    so the workers of a group write one history: a ReadWriteMany claim, not one per pod."""
+    workload = next(d for d in _k8s() if d["kind"] in ("StatefulSet", "Deployment"))
+    assert "volumeClaimTemplates" not in workload["spec"]
+    (volume,) = workload["spec"]["template"]["spec"]["volumes"]
+    claim = _one("PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kust = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
     files = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
@@ -152,7 +163,7 @@ def test_k8s_selectors_and_ports_agree() -> None:
     assert mounts["data"] == cm["data"]["PULSE_DATA_DIR"]
     if workload["kind"] == "StatefulSet":
         assert spec["serviceName"] == _one("Service")["metadata"]["name"]
-        assert "data" in {v["metadata"]["name"] for v in spec["volumeClaimTemplates"]}
+        assert "data" in {v["name"] for v in spec["template"]["spec"]["volumes"]}
     assert spec["replicas"] >= 2
 
     svc = _one("Service")["spec"]
