@@ -87,6 +87,7 @@ from streams.steering.network import (
     SKETCH_SCHEMA,
     SteeringSettings,
     community_inputs,
+    sketches_hash_raw_ids_with_public_key,
 )
 
 log = logging.getLogger(__name__)
@@ -1397,6 +1398,9 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
+    if sketches_hash_raw_ids_with_public_key(runtime):
+        log.warning("sketch_key is the public default: the member sketches hash raw user ids "
+                    "with a known key; set PULSE_SKETCH_KEY (docs/steering.md)")
     offset = runtime.clock_offset_s
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)

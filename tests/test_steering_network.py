@@ -134,3 +134,15 @@ def test_communities_under_the_privacy_threshold_write_no_steering_inputs() -> N
     everything, _ = community_inputs(core.communities.values(), managers, T,
                                      SteeringSettings.of(RuntimeConfig()))
     assert everything.num_rows == 4
+
+
+def test_the_worker_is_told_when_sketches_hash_raw_ids_with_the_public_key() -> None:
+    from dataclasses import replace
+
+    from streams.config import RuntimeConfig
+    from streams.steering.network import sketches_hash_raw_ids_with_public_key
+
+    default = RuntimeConfig()
+    assert sketches_hash_raw_ids_with_public_key(default)
+    assert not sketches_hash_raw_ids_with_public_key(replace(default, sketch_key="s3cr3t-key"))
+    assert not sketches_hash_raw_ids_with_public_key(replace(default, pseudonymise_user_ids=True))

@@ -117,6 +117,11 @@ class SteeringSettings:
                    if runtime.parquet_omit_small_communities else 0)
 
 
+def sketches_hash_raw_ids_with_public_key(runtime: RuntimeConfig) -> bool:
+    """Whether member sketches would hash raw user ids with the known default key."""
+    return runtime.sketch_key == type(runtime).sketch_key and not runtime.pseudonymise_user_ids
+
+
 def _times(as_of_ms: int, n: int) -> pa.Array:
     return pa.array(np.full(n, as_of_ms, dtype=np.int64), pa.int64()).cast(TIME)
 
