@@ -81,6 +81,7 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
     stuck = sorted(c for c, v in stagnating.items() if v)
     lines.append(f"stagnating: {len(stuck)}  {cut(stuck, 6)}")
     lines.extend(goal_lines(samples))
+    lines.extend(steering_lines(samples))
 
     def total(name: str) -> float:
         return sum(value for _, value in samples.get(name, []))
@@ -145,6 +146,20 @@ def goal_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[s
     return [f"goals: {len(lines)}", *lines] if lines else []
 
 
+def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
+    """Where to start and what to merge (docs/steering.md), from the worker's gauges."""
+    ranks = sorted((value, labels["community"]) for labels, value in
+                   samples.get("community_pulse_focus_rank", []))
+    merges = sorted(((-value, labels["community"], labels["candidate"]) for labels, value in
+                     samples.get("community_pulse_merge_suggestion_jaccard", [])))
+    if not ranks and not merges:
+        return ["where to start / merge suggestions: waiting for the first steering pass"]
+    start = ", ".join(f"{int(rank)}. {c}" for rank, c in ranks[:5]) or "none"
+    merge = ", ".join(f"{a} + {b} ({-j:.0%} shared)" for j, a, b in merges[:3]) or "none"
+    return [f"where to start (communities of practice, best first): {start}",
+            f"merge suggestions (low/medium communities, member overlap): {merge}"]
+
+
 def run_demo(
     n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
     secured: bool = False,
@@ -170,6 +185,7 @@ def run_demo(
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
         env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
         env["PULSE_GOALS_FILE"] = str(goals)  # the example goals, moved to now
+        env.setdefault("PULSE_STEERING_INTERVAL_S", "15")  # focus and merges soon
         if kafka.secured is not None:
             bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
             env.update(kafka.secured.settings_env())

@@ -63,6 +63,7 @@ def test_demo_from_a_fresh_directory_leaves_data_every_documented_query_answers(
     assert exported and int(exported.group(1)) > 0, final
     assert "creator, conversationalist or critic" in final
     assert 'community-pulse sql --data-dir data/demo "FROM latest_snapshots"' in final
+    assert re.search(r"where to start \(communities of practice, best first\): 1\. ", final)
     counts = re.search(r"events consumed ([\d,]+)\s+processed ([\d,]+)\s+duplicates ([\d,]+)"
                        r"\s+dead-lettered ([\d,]+)", final)
     assert counts, final
