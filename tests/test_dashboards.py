@@ -157,7 +157,7 @@ def test_grafana_rules_match_prometheus_alerts() -> None:
     assert set(grafana) == set(prom)
     for required in ("CommunityStagnating", "CommunitySustainabilityDrop",
                      "CommunityTierDowngrade", "CommunityUnansweredPosts",
-                     "PipelineEventTimeLagHigh", "PipelineDeadLetters",
+                     "PipelineConsumerLagHigh", "PipelineDeadLetters",
                      "PipelineSnapshotsStale", "PipelineSinkErrors"):
         assert required in prom
     uids = [r["uid"] for r in group["rules"]]

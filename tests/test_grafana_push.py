@@ -160,7 +160,7 @@ def test_first_push_creates_second_changes_nothing(grafana, capsys) -> None:
     assert all(d["meta"]["folderUid"] == "community-pulse" for d in fake.dashboards.values())
     assert {r["title"] for r in fake.rules.values()} >= {
         "CommunityStagnating", "CommunitySustainabilityDrop", "CommunityTierDowngrade",
-        "CommunityUnansweredPosts", "PipelineEventTimeLagHigh", "PipelineDeadLetters",
+        "CommunityUnansweredPosts", "PipelineConsumerLagHigh", "PipelineDeadLetters",
         "PipelineSnapshotsStale", "PipelineSinkErrors"}
     assert fake.groups[("community-pulse", "community-pulse")] == 60
     created = 1 + len(fake.dashboards) + len(fake.rules)

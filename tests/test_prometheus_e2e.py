@@ -183,7 +183,7 @@ def _communities(result: list[dict]) -> set[str]:
 
 
 # Alerts whose condition is, by construction of this data, false right now.
-QUIET_NOW = {"PipelineEventTimeLagHigh", "PipelineSnapshotsStale", "PipelineSinkErrors",
+QUIET_NOW = {"PipelineConsumerLagHigh", "PipelineSnapshotsStale", "PipelineSinkErrors",
              "PipelineWorkerDown", "PipelineNotConsuming", "PipelineNoConsumers"}
 
 
