@@ -6,6 +6,8 @@
 #   make test    ruff + mypy + pytest (pytest starts its own Kafka broker on free ports)
 #   make demo    run the end-to-end demo
 #   make bench   run the benchmark
+#   make faults  long fault runs against a real broker (~20 min; docs/reliability.md)
+#   make soak    10 minutes at a steady rate with a fast event clock
 #   make lint    ruff + mypy only
 #   make lock    regenerate requirements.lock (needs uv: `pip install uv`)
 #   make clean   remove .venv and tool caches (not the Kafka jar cache)
@@ -25,7 +27,7 @@ DEMO_ARGS ?=
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || \
 	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
 
-.PHONY: setup test lint demo bench lock clean
+.PHONY: setup test lint demo bench lock clean faults soak
 
 $(VPY):
 	@if [[ -z "$(PYTHON)" ]]; then echo "error: Python 3.11 not found (need python3.11 or python3 = 3.11)" >&2; exit 1; fi
@@ -54,6 +56,12 @@ demo: setup
 
 bench: setup
 	$(VPY) bench/run.py
+
+faults: setup
+	$(VPY) -m pytest -q -rA -s --faults tests/test_faults_long.py $(PYTEST_ARGS)
+
+soak: setup
+	$(VPY) -m pytest -q -rA -s --soak tests/test_soak.py $(PYTEST_ARGS)
 
 # Needs uv on PATH or in the venv (`pip install uv`).
 lock:

@@ -66,7 +66,7 @@ def main(seconds: float) -> int:
         for row in query(prom_port, "ALERTS"):
             labels = row["metric"]
             alerts.setdefault((labels["alertname"], labels["alertstate"]), []).append(
-                labels.get("community") or labels.get("instance") or labels.get("topic", ""))
+                labels.get("community") or labels.get("topic") or labels.get("instance", ""))
         for (name, state), where in sorted(alerts.items()):
             print(f"  {name:<30} {state:<8} {len(where):>3}  {', '.join(sorted(where))}")
         if not alerts:

@@ -1,10 +1,10 @@
 """`community-pulse demo`: Kafka, a worker and a generator on this machine, live.
 
 Each run starts clean: it empties its data folder (only one that a demo made), generates
-five weeks of synthetic history, writes that history's daily snapshots with `replay`
-(so trend queries and dashboards have days to show), starts a local Apache Kafka broker
-(KRaft) and `community-pulse worker` as a child process, loads the same history into
-Kafka, then keeps producing live events in each community's pattern and redraws a summary
+five weeks of synthetic history, starts a local Apache Kafka broker (KRaft) and
+`community-pulse worker` as a child process, loads the history into Kafka (the worker
+writes the closing rows of its days once it has caught up, so trend queries have days to
+show), then keeps producing live events in each community's pattern and redraws a summary
 read from the worker's own /metrics. Ctrl-C stops everything; the broker's data goes
 with it.
 """
@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import defaultdict
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
 from devkit.devkafka import DevKafkaError, LocalKafka, die_with_parent, free_port
-from streams.config import DAY_MS, MetricConfig
+from streams.config import DAY_MS
 from streams.kafka_auth import KafkaSecurity
 
 HISTORY_DAYS = 35
@@ -82,6 +81,7 @@ def summary(samples: dict[str, list[tuple[dict[str, str], float]]], rate: float)
     stuck = sorted(c for c, v in stagnating.items() if v)
     lines.append(f"stagnating: {len(stuck)}  {cut(stuck, 6)}")
     lines.extend(goal_lines(samples))
+    lines.extend(steering_lines(samples))
 
     def total(name: str) -> float:
         return sum(value for _, value in samples.get(name, []))
@@ -146,9 +146,23 @@ def goal_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[s
     return [f"goals: {len(lines)}", *lines] if lines else []
 
 
+def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[str]:
+    """Where to start and what to merge (docs/steering.md), from the worker's gauges."""
+    ranks = sorted((value, labels["community"]) for labels, value in
+                   samples.get("community_pulse_focus_rank", []))
+    merges = sorted(((-value, labels["community"], labels["candidate"]) for labels, value in
+                     samples.get("community_pulse_merge_suggestion_jaccard", [])))
+    if not ranks and not merges:
+        return ["where to start / merge suggestions: waiting for the first steering pass"]
+    start = ", ".join(f"{int(rank)}. {c}" for rank, c in ranks[:5]) or "none"
+    merge = ", ".join(f"{a} + {b} ({-j:.0%} shared)" for j, a, b in merges[:3]) or "none"
+    return [f"where to start (communities of practice, best first): {start}",
+            f"merge suggestions (low/medium communities, member overlap): {merge}"]
+
+
 def run_demo(
     n_communities: int, rate: float, duration: float, data_dir: Path, metrics_port: int,
-    metrics: MetricConfig | None = None, secured: bool = False,
+    secured: bool = False,
 ) -> int:
     """With `secured`, the broker gets a SASL_SSL listener and every client of the demo
     (worker, history loader, live producer) logs in with SCRAM-SHA-512 over TLS."""
@@ -165,14 +179,13 @@ def run_demo(
     communities = gen.plan(n_communities, 20 * n_communities, rng)
     history = demo_history(communities, now_ms, rng)
     goals = demo_goals(data_dir, now_ms)
-    days = seed_daily_snapshots(history, data_dir, metrics or MetricConfig(), goals)
-    print(f"wrote {days} days of daily snapshots of the same history with replay", flush=True)
     print(f"starting Apache Kafka (KRaft{', SASL_SSL' if secured else ''}) ...", flush=True)
     with _broker(run_dir, secured) as kafka:
         bootstrap, security = kafka.bootstrap, KafkaSecurity()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
         env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
         env["PULSE_GOALS_FILE"] = str(goals)  # the example goals, moved to now
+        env.setdefault("PULSE_STEERING_INTERVAL_S", "15")  # focus and merges soon
         if kafka.secured is not None:
             bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
             env.update(kafka.secured.settings_env())
@@ -243,26 +256,6 @@ def start_clean(data_dir: Path) -> None:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     (data_dir / MARKER).write_text("made by `community-pulse demo`; emptied by the next one\n")
-
-
-def seed_daily_snapshots(history: list[dict], data_dir: Path, metrics: MetricConfig,
-                         goals_file: Path | None = None) -> int:
-    """The history's snapshots at every UTC midnight, written by the project's own replay
-    (`replay --snapshot-every 1d`), so trend queries have days of history at once (and
-    the goals table its days). (The worker writes these closing rows itself once it
-    backfills them from its state.)"""
-    import msgspec
-
-    from streams.replay import replay
-    from streams.steering.files import read_goals
-
-    goals = read_goals(goals_file) if goals_file else []
-
-    with tempfile.TemporaryDirectory(prefix="community-pulse-demo-") as tmp:
-        events = Path(tmp) / "history.jsonl"
-        events.write_bytes(b"\n".join(msgspec.json.encode(e) for e in history) + b"\n")
-        result = replay([events], data_dir, metrics, every_ms=DAY_MS, goals=goals)
-    return len(result.snapshot_times)
 
 
 def _usable_port(port: int) -> int:

@@ -69,6 +69,7 @@ class Secured:
 
     sasl_ssl_bootstrap: str
     ssl_bootstrap: str
+    sasl_plaintext_bootstrap: str  # SASL without TLS (PLAIN, SCRAM-SHA-512)
     cafile: Path
     client_certfile: Path
     client_keyfile: Path
@@ -323,11 +324,18 @@ class LocalKafka:
             raise DevKafkaError(
                 f"kafka storage format failed: {lines[-1] if lines else fmt.returncode}"
             )
+        self._base = base
+        self._props = props
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
+        assert self.dir is not None
         stdout_log = open(self.dir / "logs" / "stdout.log", "ab")  # noqa: SIM115
         main_thread = threading.current_thread() is threading.main_thread()
         try:
             self._proc = subprocess.Popen(
-                [*base, "kafka.Kafka", str(props)],
+                [*self._base, "kafka.Kafka", str(self._props)],
                 stdin=subprocess.DEVNULL, stdout=stdout_log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True,
                 # PDEATHSIG fires when the *thread* that forked dies; only use it from main.
@@ -341,7 +349,30 @@ class LocalKafka:
         except BaseException:
             self.stop()
             raise
-        return self
+
+    # -- faults (tests): the same broker, ports and data throughout ----------------------
+
+    def pause(self) -> None:
+        """Stall the broker (SIGSTOP): connections stay open, nothing answers."""
+        assert self._proc is not None
+        self._signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._signal_group(self._proc.pid, signal.SIGCONT)
+
+    def crash(self) -> None:
+        """kill -9 the broker, keeping its data and ports for `restart`."""
+        proc = self._proc
+        assert proc is not None
+        self._signal_group(proc.pid, signal.SIGCONT)
+        self._signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def restart(self) -> None:
+        """Start the broker again on its data and ports after `crash`."""
+        assert self._proc is not None and self._proc.poll() is not None
+        self._launch()
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the broker's process group, wait, then SIGKILL; idempotent."""
@@ -447,24 +478,31 @@ class LocalKafka:
         except CertError as exc:
             raise DevKafkaError(str(exc)) from None
         self._broker_keystore = certs.broker_keystore
-        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", certs.cafile,
+        return Secured(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                       f"127.0.0.1:{free_port()}", certs.cafile,
                        certs.client_certfile, certs.client_keyfile)
 
     def _secured_config(self) -> dict[str, str]:
-        """Listeners SASL_SSL (PLAIN, SCRAM-SHA-512) and SSL (client certificate required)."""
+        """Listeners SASL_SSL and SASL_PLAINTEXT (PLAIN, SCRAM-SHA-512), SSL (client
+        certificate required)."""
         if self.secured is None:
             return {}
         s = self.secured
         plain_login = "org.apache.kafka.common.security.plain.PlainLoginModule"
         scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        listeners = (f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap},"
+                     f"SASL_PLAINTEXT://{s.sasl_plaintext_bootstrap}")
         return {
-            "listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
-            "advertised.listeners": f"SASL_SSL://{s.sasl_ssl_bootstrap},SSL://{s.ssl_bootstrap}",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL",
+            "listeners": listeners,
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map":
+                "SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT",
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
-            "listener.name.sasl_ssl.plain.sasl.jaas.config":
-                f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": f"{scram_login} required;",
+            **{f"listener.name.{name}.plain.sasl.jaas.config":
+               f'{plain_login} required user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
+               for name in ("sasl_ssl", "sasl_plaintext")},
+            **{f"listener.name.{name}.scram-sha-512.sasl.jaas.config": f"{scram_login} required;"
+               for name in ("sasl_ssl", "sasl_plaintext")},
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self._broker_keystore),
             "ssl.truststore.type": "PEM",
@@ -586,7 +624,8 @@ class LocalKafka:
 # -- command line -------------------------------------------------------------------------
 
 
-def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str) -> None:
+def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str,
+         secured: bool = False) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -594,11 +633,16 @@ def _run(port: int, controller_port: int | None, run_dir: str | None, heap: str)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap)
+    kafka = LocalKafka(port=port, controller_port=controller_port, run_dir=run_dir, heap=heap,
+                       secured=secured)
     try:
         kafka.start()
         print(f"devkafka: Kafka {KAFKA_VERSION} ready on {kafka.bootstrap} "
               f"(dir {kafka.dir}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        if kafka.secured is not None:  # settings for the product's clients (test users)
+            env = " ".join(f"{k}={v}" for k, v in kafka.secured.settings_env().items())
+            print(f"devkafka: SASL_SSL on {kafka.secured.sasl_ssl_bootstrap}: {env}",
+                  file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             if not kafka.running():
                 raise DevKafkaError(f"Kafka broker exited unexpectedly; see {kafka.log_file}")
@@ -617,12 +661,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--controller-port", type=int, default=None, help="default: a free port")
     run.add_argument("--dir", default=None, help="run directory (default: a temp dir)")
     run.add_argument("--heap", default="512m", help="JVM max heap (default 512m)")
+    run.add_argument("--secured", action="store_true",
+                     help="also SASL_SSL, SASL_PLAINTEXT and mutual-TLS listeners")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":
             print(fetch_jars())
         else:
-            _run(args.port or 0, args.controller_port, args.dir, args.heap)
+            _run(args.port or 0, args.controller_port, args.dir, args.heap, args.secured)
     except DevKafkaError as e:
         print(f"devkafka: error: {e}", file=sys.stderr)
         return 1

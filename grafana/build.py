@@ -314,10 +314,62 @@ def overview() -> Json:
         text("Recommended actions per tier", (16, 13, 8, 14), ACTIONS_MD,
              "What the seed article recommends for each tier."),
         goals_overview(27),
+        *network_steering_panels(y=35),
     ]
     return dashboard("community-pulse-overview", "Community Pulse — overview", panels,
                      [datasource_var(), window_var()], ["overview"],
                      "All communities by tier and sustainability score.")
+
+
+def network_steering_panels(y: int) -> list[Json]:
+    """Merge suggestions and where to start (SPEC 5, docs/steering.md): the network-wide
+    view that the worker owning partition 0 exports."""
+    def table_panel(title: str, grid: tuple[int, int, int, int], targets: list[Json],
+                    names: list[str], sort: str, desc: bool, units: dict[str, str],
+                    description: str) -> Json:
+        rename = {f"Value #{chr(ord('A') + i)}": n for i, n in enumerate(names)}
+        overrides = [{"matcher": {"id": "byName", "options": name},
+                      "properties": [{"id": "unit", "value": unit}, {"id": "decimals", "value": 2}]}
+                     for name, unit in units.items()]
+        return panel("table", title, grid, refs(targets), description=description,
+                     fieldConfig={"defaults": {"custom": {"align": "auto"}},
+                                  "overrides": overrides},
+                     options={"showHeader": True, "sortBy": [{"displayName": sort, "desc": desc}]},
+                     transformations=[
+                         {"id": "merge", "options": {}},
+                         {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                        "renameByName": rename}}])
+
+    candidates = "max by (community) (community_pulse_focus_rank)"
+    return [
+        table_panel(
+            "Merge suggestions: low and medium communities and who shares their members",
+            (0, y, 14, 10),
+            [target("max by (community, candidate) (community_pulse_merge_suggestion_jaccard)",
+                    table=True),
+             target("max by (community, candidate) "
+                    "(community_pulse_merge_suggestion_merged_share_ratio)", table=True)],
+            ["Member overlap (Jaccard)", "Contributor share if merged"],
+            "Member overlap (Jaccard)", True,
+            {"Member overlap (Jaccard)": "percentunit",
+             "Contributor share if merged": "percentunit"},
+            "For each community in tier low or medium, the communities that share most of its "
+            "members (shared / all members of the two) and the share of members who would "
+            f"{CONTRIBUTE} if they merged: merge similar communities, the small ones too, and "
+            "explain why the group grows. Estimated from member sketches (docs/steering.md)."),
+        table_panel(
+            "Where to start: communities of practice, best first", (14, y, 10, 10),
+            [target(candidates, table=True),
+             target(f"max by (community) (community_pulse_members{{window=\"$window\"}}) "
+                    f"and on (community) {candidates}", table=True),
+             target(f"max by (community) (community_pulse_contributor_share_ratio"
+                    f"{{window=\"$window\"}}) and on (community) {candidates}", table=True)],
+            ["Rank", "Members", "Contributor share"], "Rank", False,
+            {"Contributor share": "percentunit"},
+            "Communities of practice to start with: tier high, at least 20 members, not "
+            "stagnating; ranked by the number of members who post or reply, then by "
+            "sustainability. Take the next one only when your follow-up is under control."),
+    ]
 
 
 def query_var(name: str, label: str, query: str, **extra: Any) -> Json:

@@ -75,9 +75,11 @@ class Reason:
     WRONG_TOPIC = "wrong_topic"
     BAD_TIME = "bad_time"
     KEY_MISMATCH = "key_mismatch"
+    EMPTY_BATCH = "empty_batch"  # `[]`: valid JSON, but a message that says nothing
+    WRONG_PARTITION = "wrong_partition"  # set by the worker: see streams.worker
 
     ALL: Final = (OVERSIZED, INVALID_JSON, INVALID_FIELD, MISSING_FIELD, WRONG_TOPIC,
-                  BAD_TIME, KEY_MISMATCH)
+                  BAD_TIME, KEY_MISMATCH, EMPTY_BATCH, WRONG_PARTITION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,8 @@ def decode_message(
         key_text = key.decode("utf-8", "replace") if key is not None else None
         problem = _check(decoded, allowed_types, now_ms, key_text)
         return ([decoded], []) if problem is None else ([], [Rejection(raw, *problem)])
+    if not decoded:  # counted as a dead letter, not dropped without a trace
+        return [], [Rejection(raw, Reason.EMPTY_BATCH, "an envelope without events")]
     events, rejections = _check_all(decoded, allowed_types, now_ms, key, raw)
     if rejections:
         # Rare: redo element by element so each rejection carries its original bytes.
@@ -161,7 +165,7 @@ def decode_lines(
             items = _batch_decoder.decode_lines(joined)
         except msgspec.DecodeError:
             items = []
-        if len(items) == len(values):
+        if len(items) == len(values) and [] not in items:  # `[]` is a rejection
             events: list[Event] = []
             for item in items:
                 if isinstance(item, list):

@@ -8,6 +8,10 @@ community (the message key), as this helper does:
     with EnvelopeProducer("127.0.0.1:9092", batch_size=100) as producer:
         producer.send({"event_id": "e1", "type": "post", "community_id": "c1",
                        "user_id": "u1", "ts": 1767225600000, "post_id": "p1"})
+
+On a secured cluster, pass the product's settings (TLS, SASL; docs/security.md):
+`EnvelopeProducer(bootstrap, security=KafkaSecurity.from_settings())` with
+`from streams.kafka_auth import KafkaSecurity`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Merge each date partition's small snapshot files into one, without losing a row.
 
+The merged file's name sorts before every snapshot file's, so in the `snapshots` view
+and in the next compaction any snapshot file (re)written later wins over it.
 Order of operations keeps every moment safe: the merged file is written atomically
 first (deduplicated on community, window and as_of), and only then are the files it
 was built from deleted. A crash in between leaves duplicate rows on disk, which the
@@ -17,7 +19,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sinks.parquet import SNAPSHOT_SCHEMA, SnapshotWriter, is_closing_file
+from sinks.parquet import SNAPSHOT_SCHEMA, SnapshotWriter, is_closing_file, write_atomically
+
+COMPACTED_PREFIX = "0-compacted-"
 
 
 @dataclass
@@ -54,11 +58,9 @@ def compact(data_dir: str | Path) -> CompactionReport:
             continue
         table = _merged(fs, files)
         digest = hashlib.blake2b("\n".join(files).encode(), digest_size=8).hexdigest()
-        final = f"{folder}/compacted-{digest}.parquet"
-        temporary = f"{folder}/.compacted-{digest}.parquet.tmp"
-        with fs.open_output_stream(temporary) as sink:
-            pq.write_table(table, sink, compression="zstd")
-        fs.move(temporary, final)
+        # Sorts before every snapshot name (they start with the year): a snapshot the
+        # worker rewrites after (or while) we compact wins in the `snapshots` view.
+        write_atomically(fs, f"{folder}/{COMPACTED_PREFIX}{digest}.parquet", table)
         for path in files:
             fs.delete_file(path)
         report.partitions += 1

@@ -2,7 +2,12 @@
 
 Layout: DATA_DIR/snapshots/date=YYYY-MM-DD/<as_of>-<digest>.parquet (closing rows:
 <as_of>-closing-p<partition>.parquet, one file per partition and midnight). Files are written
-under a hidden temporary name and renamed into place, so readers never see half a file.
+under a hidden temporary name and renamed into place, so readers never see half a file;
+on a local disk the file and its folder are fsynced first, so a power cut cannot leave
+an empty file behind a rename, and a temporary file is removed when a write fails.
+Files that are not whole Parquet files (left by a crash on a disk that lies about
+fsync, or copied in by hand) are moved to DATA_DIR/quarantine when the catalogue is
+set up, so the `snapshots` view never fails on them.
 The name is derived from the content's key (as_of + communities + windows), so writing
 the same snapshot again replaces the file instead of adding rows. DATA_DIR may be a
 local folder or any URI pyarrow.fs understands (s3://, gs://, ...).
@@ -14,9 +19,16 @@ a view of the same name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
-from collections.abc import Sequence
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +135,10 @@ STEERING_TABLES: dict[str, tuple[str, ...]] = {
     "merge_suggestions": ("community_id", "candidate_id", "window_days"),
     "focus": ("community_id",),
     "manager_followups": ("manager",),
+    # What each worker writes about its own communities for the network-wide view
+    # (streams.steering.network): member sketches and managers' open follow-ups.
+    "member_sketches": ("community_id", "window_days"),
+    "followup_counts": ("manager", "community_id"),
 }
 _SNAPSHOT_KEY = ("community_id", "window_days")
 
@@ -179,12 +195,8 @@ class TableWriter:
             for row_key in sorted(set(keys)):
                 digest.update(repr(row_key).encode())
             file_name = f"{_stamp(as_of_ms)}-{digest.hexdigest()}.parquet"
-        folder = self.folder(name, as_of_ms)
-        self.fs.create_dir(folder, recursive=True)
-        final, temporary = f"{folder}/{file_name}", f"{folder}/.{file_name}.tmp"
-        with self.fs.open_output_stream(temporary) as sink:
-            pq.write_table(table, sink, compression="zstd")
-        self.fs.move(temporary, final)
+        final = f"{self.folder(name, as_of_ms)}/{file_name}"
+        write_atomically(self.fs, final, table)
         if name not in self._catalogued and ensure_catalogue(self.data_dir):
             self._catalogued.add(name)
         return final
@@ -230,6 +242,74 @@ class SnapshotWriter:
                 return True, parquet.read(columns=columns) if columns else None
         except FileNotFoundError:
             return None
+
+
+def write_atomically(fs: pafs.FileSystem, final: str, table: pa.Table) -> None:
+    """Write a Parquet file that appears whole or not at all, and is durable once this
+    returns (fsync of file and folder on a local disk; object stores put atomically)."""
+    folder, name = final.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    temporary = f"{folder}/.{name}.tmp"
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, compression="zstd")
+            with open(temporary, "wb") as out:
+                out.write(buffer.getbuffer())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, final)
+            _fsync_dir(folder)
+        else:
+            with fs.open_output_stream(temporary) as sink:
+                pq.write_table(table, sink, compression="zstd")
+            fs.move(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):  # never created, or the disk is gone
+            fs.delete_file(temporary)
+        raise
+
+
+def _fsync_dir(folder: str) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def quarantine_broken_files(data_dir: str | Path) -> list[Path]:
+    """Move snapshot files that are not whole Parquet files (zero-length, torn: no
+    PAR1 at both ends) and stale temporaries out of the way, into DATA_DIR/quarantine.
+    Local data dirs only: object stores never show a partial object."""
+    root = Path(data_dir)
+    moved = []
+    for path in sorted(p for table in ("snapshots", *STEERING_TABLES)
+                       for p in (root / table).glob("*/*")):
+        if path.name.endswith(".tmp") and path.name.startswith("."):
+            broken = True
+        elif path.suffix == ".parquet":
+            broken = not _whole_parquet(path)
+        else:
+            continue
+        if broken:
+            target = root / "quarantine" / path.parent.parent.name / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            log.warning("moved broken snapshot file %s to %s", path, target)
+            moved.append(target)
+    return moved
+
+
+def _whole_parquet(path: Path) -> bool:
+    try:
+        with path.open("rb") as source:
+            if source.read(4) != b"PAR1":
+                return False
+            source.seek(-4, os.SEEK_END)
+            return source.read(4) == b"PAR1"
+    except OSError:  # shorter than 4 bytes, or unreadable
+        return False
 
 
 def _as_uri(data_dir: str | Path) -> str:
@@ -305,6 +385,7 @@ def ensure_catalogue(data_dir: str | Path) -> bool:
     """
     if "://" in str(data_dir):
         return True
+    quarantine_broken_files(data_dir)
     path = Path(data_dir) / "pulse.duckdb"
     try:
         with duckdb.connect(str(path)) as con:
@@ -343,3 +424,72 @@ def latest_rows(data_dir: str | Path, community_ids: Sequence[str]) -> list[dict
                              ORDER BY community_id, window_days""", [list(community_ids)])
         names = [d[0] for d in rel.description]
         return [dict(zip(names, values, strict=True)) for values in rel.fetchall()]
+
+
+class SinkQueue:
+    """Writes batches of snapshot rows in order from one background thread, keeping
+    them and retrying with backoff while the sink fails (disk full, DATA_DIR gone or
+    read-only): a failed write is retried, never dropped. A write that hangs holds up
+    only this thread, never the event loop (expiry, consumption, /metrics).
+
+    At most `max_batches` batches wait; beyond that the oldest goes and is counted
+    (`on_drop`): live rows are for freshness, and memory must stay bounded."""
+
+    def __init__(self, write: Callable[[Sequence[SnapshotRow]], object],
+                 on_error: Callable[[], None] = lambda: None,
+                 on_drop: Callable[[int], None] = lambda rows: None,
+                 first_backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+                 max_batches: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._write, self._on_error, self._on_drop = write, on_error, on_drop
+        self._first_backoff, self._max_backoff = first_backoff_s, max_backoff_s
+        self._max_batches = max_batches
+        self._clock = clock
+        self._pending: deque[Sequence[SnapshotRow]] = deque()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._retry_at = 0.0
+        self._backoff = first_backoff_s
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="parquet-sink")
+
+    @property
+    def pending_rows(self) -> int:
+        with self._lock:
+            return sum(map(len, self._pending))
+
+    def submit(self, rows: Sequence[SnapshotRow]) -> Future[None] | None:
+        """Queue the rows; start writing unless a write runs or a retry is not due yet."""
+        with self._lock:
+            if rows:
+                self._pending.append(rows)
+            while len(self._pending) > self._max_batches:
+                self._on_drop(len(self._pending.popleft()))
+            if self._busy or not self._pending or self._clock() < self._retry_at:
+                return None
+            self._busy = True
+        return self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    rows = self._pending[0]
+                try:
+                    self._write(rows)
+                except Exception:
+                    self._on_error()
+                    with self._lock:
+                        self._retry_at = self._clock() + self._backoff
+                        log.exception("writing %d snapshot rows failed; %d batches kept, "
+                                      "retried in %.0f s", len(rows), len(self._pending),
+                                      self._backoff)
+                        self._backoff = min(self._backoff * 2, self._max_backoff)
+                    return
+                with self._lock:
+                    if self._pending and self._pending[0] is rows:
+                        self._pending.popleft()
+                    self._backoff = self._first_backoff
+        finally:
+            with self._lock:
+                self._busy = False

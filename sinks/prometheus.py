@@ -21,6 +21,7 @@ from dataclasses import field as dataclass_field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
+import pyarrow as pa
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -357,7 +358,8 @@ class PipelineCollector(Collector):
 class WorkerMetrics:
     """What a worker serves on /metrics: cached community series + live pipeline metrics."""
 
-    def __init__(self, stats: Mapping[str, TopicStats], min_members: int) -> None:
+    def __init__(self, stats: Mapping[str, TopicStats], min_members: int,
+                 liveness_timeout_s: float = 30.0) -> None:
         self.communities = CommunitySeries(min_members)
         self.closing = CommunitySeries(min_members, CLOSING_FAMILIES)
         self.goals = GoalSeries()
@@ -373,6 +375,24 @@ class WorkerMetrics:
         self.sink_errors = Counter(
             f"{NS}_sink_errors", "Failed sink writes.", ["sink"], registry=reg)
         self.sink_errors.labels("parquet")
+        self.sink_pending_rows = Gauge(
+            f"{NS}_sink_pending_rows", "Snapshot rows waiting for the sink (kept and "
+            "retried with backoff while it fails).", ["sink"], registry=reg)
+        self.sink_dropped_rows = Counter(
+            f"{NS}_sink_dropped_rows", "Snapshot rows given up on: the oldest, when too "
+            "many waited for a failing sink.", ["sink"], registry=reg)
+        self.sink_dropped_rows.labels("parquet")
+        self.assigned_partitions = Gauge(
+            f"{NS}_assigned_partitions", "Source topic partitions assigned to this worker "
+            "(0 while cut off from Kafka).", registry=reg)
+        self.consumer_lag_messages = Gauge(
+            f"{NS}_consumer_lag_messages", "Messages on our partitions not consumed yet "
+            "(highwater minus position), polled every few seconds whether or not "
+            "batches arrive.", ["topic"], registry=reg)
+        self.send_retries = Counter(
+            f"{NS}_kafka_send_retries", "Changelog and dead-letter records the broker did "
+            "not take at once; retried until it does (the batch is not committed before).",
+            registry=reg)
         self.owned = Gauge(
             f"{NS}_owned_communities", "Communities whose partitions this worker owns.",
             registry=reg)
@@ -395,6 +415,47 @@ class WorkerMetrics:
             f"{NS}_closing_late_events", "Events that arrived after the grace period of a "
             "midnight at or after their time: counted, the final closing rows unchanged.",
             registry=reg)
+        self._min_members = min_members
+        # The network-wide steering view (SPEC 5), from the worker that forms it.
+        self.merge_jaccard = Gauge(
+            f"{NS}_merge_suggestion_jaccard", "Member overlap (Jaccard) of a community in "
+            "tier low or medium with a suggested merge candidate.", ["community", "candidate"],
+            registry=reg)
+        self.merge_share = Gauge(
+            f"{NS}_merge_suggestion_merged_share_ratio", "Share of members who are creator, "
+            "conversationalist or critic that the merged community would have.",
+            ["community", "candidate"], registry=reg)
+        self.focus_rank = Gauge(
+            f"{NS}_focus_rank", "Rank (1 = best) of a community of practice to start with: "
+            "tier high, large, not stagnating.", ["community"], registry=reg)
+        self.liveness_timeout_s = liveness_timeout_s
+        self.heartbeat = time.monotonic()
+
+    def show_steering(self, tables: Mapping[str, pa.Table] | None) -> None:
+        """Export merge suggestions and focus ranks (None: this worker does not form
+        them). Communities below the privacy threshold are left out, as everywhere."""
+        for gauge in (self.merge_jaccard, self.merge_share, self.focus_rank):
+            gauge.clear()
+        if tables is None:
+            return
+        sketches = tables["member_sketches"]
+        members = dict(zip(sketches["community_id"].to_pylist(),
+                           sketches["members"].to_pylist(), strict=True))
+        for row in tables["merge_suggestions"].to_pylist():
+            community, candidate = row["community_id"], row["candidate_id"]
+            if min(members.get(community, 0), members.get(candidate, 0)) >= self._min_members:
+                self.merge_jaccard.labels(community, candidate).set(row["jaccard"])
+                self.merge_share.labels(community, candidate).set(row["merged_share"])
+        for row in tables["focus"].to_pylist():
+            if row["members"] >= self._min_members:
+                self.focus_rank.labels(row["community_id"]).set(row["rank"])
+
+    def beat(self) -> None:
+        """Called from an event-loop timer: the loop is turning."""
+        self.heartbeat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.heartbeat <= self.liveness_timeout_s
 
     def exposition(self) -> bytes:
         return (generate_latest(self.registry) + self.communities.render().encode()
@@ -409,7 +470,13 @@ class WorkerMetrics:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
+                path = self.path.split("?")[0]
+                if path == "/healthz":  # liveness: the event loop's heartbeat is recent;
+                    alive = metrics.alive()  # a yes/no, so no auth (probes send none)
+                    self._reply(200 if alive else 503, b"ok\n" if alive else
+                                b"event loop stuck\n", "text/plain; charset=utf-8")
+                    return
+                if path not in ("/metrics", "/"):
                     self.send_error(404)
                     return
                 if not guard.allows(self.headers.get("Authorization")):
@@ -418,9 +485,11 @@ class WorkerMetrics:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body = metrics.exposition()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+
+            def _reply(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -2,12 +2,13 @@
 
 `apply_columns` leaves a `PulseCore` in the state that `PulseCore.apply` of the same
 events, one by one in column order, would: the same deduplication (first wins, per
-community, UTC day and id hash; the ids a day knows are kept as a sorted array rather
-than a set), the same sorted user logs, event-type logs and thread summaries. It works
-per community, user and thread where `CommunityState.apply` works per event, so a replay
-of history costs a few sorts instead of ~15,000 interpreter instructions per event. Pure
-like the core: no I/O, no clock. It is the core's second way in, so it fills
-`CommunityState`'s stores directly; `tests/test_bulk.py` holds it to the first.
+community and id hash, whatever the day; the ids are kept as sorted arrays per UTC day
+of their ts rather than sets), the same sorted user logs, event-type logs and thread
+summaries. It works per community, user and thread where `CommunityState.apply` works
+per event, so a replay of history costs a few sorts instead of ~15,000 interpreter
+instructions per event. Pure like the core: no I/O, no clock. It is the core's second
+way in, so it fills `CommunityState`'s stores directly; `tests/test_bulk.py` holds it to
+the first.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from streams.core import (
     REPLY_TO_POST,
     REPLY_TO_REPLY,
     VIEW,
+    WHO_BITS,
     CommunityState,
     Earliest,
     PulseCore,
@@ -172,41 +174,48 @@ def apply_columns(core: PulseCore, events: EventColumns) -> int:
         _merge_user_logs(states, kept)
         _merge_kind_logs(states, kept)
         _merge_threads(states, kept)
+        if any(state is not None and state.followups is not None for state in states):
+            _merge_followups(states, kept)
     return len(events) - len(kept)
 
 
 def _first_sightings(states: list[CommunityState], events: EventColumns) -> Mask:
-    """Which events are no duplicates: first of their (community, day, id hash) in the
-    columns, and not known to their community before. Records the new ids there, as a
-    sorted array per day (like the days that are over: 8 bytes an id, not a set's ~100;
-    `CommunityState.apply` checks both)."""
-    days = events.ts // DAY_MS
-    first_day = int(days.min())
-    span = int(days.max()) - first_day + 1
-    bucket = events.community * span + (days - first_day)
+    """Which events are no duplicates: first of their (community, id hash) in the
+    columns, and not known to their community before, whatever their day (a repeated
+    id with another ts is a duplicate too). Records the new ids there, as a sorted array
+    per day of their ts (like the days that are over: 8 bytes an id, not a set's ~100)
+    for expiry, and in the community's sorted array of all such ids (`CommunityState
+    .apply` looks an id up there)."""
     order = pc.sort_indices(  # stable: a first sighting leads (2x numpy's lexsort)
-        pa.table({"bucket": bucket, "id": events.id_hash}),
-        sort_keys=[("bucket", "ascending"), ("id", "ascending")]).to_numpy()
-    bucket, ids = bucket[order], events.id_hash[order]
+        pa.table({"community": events.community, "id": events.id_hash}),
+        sort_keys=[("community", "ascending"), ("id", "ascending")]).to_numpy()
+    community, ids = events.community[order], events.id_hash[order]
     new = np.ones(len(order), dtype=np.bool_)
-    new[1:] = (bucket[1:] != bucket[:-1]) | (ids[1:] != ids[:-1])
+    new[1:] = (community[1:] != community[:-1]) | (ids[1:] != ids[:-1])
+    for start, end, code in _bucket_runs(community):
+        state = states[code]
+        if state._seen or state._frozen:  # ids known already: only the others are new
+            new[start:end] &= ~state.knows(ids[start:end])
+    kept = order[new]  # by community, then id
+    days = events.ts[kept] // DAY_MS
+    first_day = int(days.min()) if len(kept) else 0
+    bucket = events.community[kept] * (int(days.max(initial=0)) - first_day + 1) \
+        + (days - first_day)
+    by_day = np.argsort(bucket, kind="stable")  # ids stay sorted within a bucket
+    kept_ids, bucket = events.id_hash[kept][by_day], bucket[by_day]
+    span = int(days.max(initial=0)) - first_day + 1
+    packed = kept_ids.tobytes()
     for start, end, key in _bucket_runs(bucket):
-        state, day = states[key // span], key % span + first_day
-        seen, frozen = state._seen_by_day.get(day), state._frozen_by_day.get(day)
-        if seen or frozen:  # this day has ids already: only the unknown ones are new
-            known = np.concatenate([np.fromiter(seen or (), np.int64),
-                                    np.frombuffer(frozen or b"", np.int64)])
-            new[start:end] &= ~np.isin(ids[start:end], known)
-    distinct_ids, distinct_buckets = ids[new], bucket[new]  # sorted by bucket, then id
-    packed = distinct_ids.tobytes()
-    for start, end, key in _bucket_runs(distinct_buckets):
         state, day = states[key // span], key % span + first_day
         frozen = state._frozen_by_day.get(day)
         state._frozen_by_day[day] = array("q", packed[start * 8:end * 8]) if not frozen \
             else array("q", np.union1d(np.frombuffer(frozen, np.int64),
-                                       distinct_ids[start:end]).tobytes())
-    keep = np.empty(len(order), dtype=np.bool_)
-    keep[order] = new
+                                       kept_ids[start:end]).tobytes())
+    new_community = events.community[kept]
+    for start, end, code in _bucket_runs(new_community):
+        states[code].add_frozen(events.id_hash[kept[start:end]])
+    keep = np.zeros(len(events), dtype=np.bool_)
+    keep[kept] = True
     return keep
 
 
@@ -324,6 +333,29 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
                 thread.likes = _merged(thread.likes, like)
             if author is not None:
                 thread.post_ts, thread.author, thread.managed = posted, author, hard
+
+
+def _merge_followups(states: list[CommunityState], events: EventColumns) -> None:
+    """Posts and replies of followed communities into their threads' follow-up entries
+    (see CommunityState.followups), merged in sorted order."""
+    followed = np.array([state is not None and state.followups is not None
+                         for state in states])
+    rows = np.flatnonzero((events.code <= REPLY_TO_POST) & followed[events.community])
+    n_items = len(events.items)
+    key = events.community[rows] * n_items + events.item[rows]
+    order = _stable_order(key)
+    rows, key = rows[order], key[order]
+    for start, end, k in _bucket_runs(key):
+        state = states[k // n_items]
+        followups, managers = state.followups, state.managers
+        assert followups is not None
+        who = [managers.get(events.users[u], 0) for u in events.user[rows[start:end]].tolist()]
+        chunk = np.sort((events.ts[rows[start:end]] << WHO_BITS) | np.array(who, np.int64))
+        post_id = events.items[k % n_items]
+        entries = followups.get(post_id)
+        if entries:
+            chunk = np.sort(np.concatenate([np.frombuffer(entries, np.int64), chunk]))
+        followups[post_id] = array("q", chunk.tobytes())
 
 
 def _order_by(key: Ints, ts: Ints, rank: Ints) -> Ints:

@@ -1,4 +1,4 @@
-"""`community-pulse`: worker, replay, generate, demo, compact, grafana push.
+"""`community-pulse`: worker, replay, generate, demo, compact, grafana push, steering.
 
 Bad arguments and bad files end with one line on stderr and a non-zero exit.
 """
@@ -91,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
                      "(default from config)")
     sql.add_argument("--max-rows", type=int, default=40, help="rows to print")
 
+    redrive = sub.add_parser("redrive", help="re-produce dead letters to their source topics "
+                             "once the cause is fixed (docs/reliability.md)")
+    redrive.add_argument("--broker", help="host:port (default from config)")
+    redrive.add_argument("--reason", action="append", default=[],
+                         help="only letters with this reason (repeatable; default "
+                              "wrong_partition)")
+    redrive.add_argument("--all-reasons", action="store_true", help="every reason")
+
     compact = sub.add_parser("compact", help="merge small snapshot files per date")
     compact.add_argument("--data-dir", required=True)
 
@@ -101,6 +109,28 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
                           help="extra label on every series, e.g. job=community-pulse")
 
+    merges = sub.add_parser(
+        "suggest-merges", help="communities to merge: low and medium ones with the "
+        "communities that share most members (SPEC 5)")
+    merges.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
+    merges.add_argument("--as-of", required=True, help="RFC 3339 time")
+    merges.add_argument("--window", type=int, help="days (default: steering_window_days, 28)")
+    merges.add_argument("--min-overlap", type=float,
+                        help="least Jaccard index of the members (default 0.10)")
+    merges.add_argument("--top", type=int, help="suggestions per community (default 3)")
+    merges.add_argument("--out", type=Path, help="also write them: .parquet, else CSV")
+
+    focus = sub.add_parser(
+        "focus", help="where to start: large, active communities of practice, and each "
+        "manager's open follow-ups (SPEC 5)")
+    focus.add_argument("files", nargs="+", type=Path, metavar="EVENTS")
+    focus.add_argument("--as-of", required=True, help="RFC 3339 time")
+    focus.add_argument("--managers", type=Path,
+                       help="managers file (YAML, docs/steering.md; default: managers_file)")
+    focus.add_argument("--window", type=int, help="days (default: steering_window_days, 28)")
+    focus.add_argument("--min-members", type=int, help="of a candidate (default 20)")
+    focus.add_argument("--max-open", type=int, help="most open follow-ups of a manager ready "
+                       "for the next community (default 5)")
     goals = sub.add_parser("goals", help="SMART goals (docs/steering.md)")
     goals_sub = goals.add_subparsers(dest="goals_command", required=True, parser_class=_Parser)
     check = goals_sub.add_parser(
@@ -170,9 +200,13 @@ def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
 
 def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from streams.privacy import Pseudonymiser
-    from streams.replay import parse_duration, parse_time, replay
-    from streams.steering.files import read_goals
+    from streams.replay import Steering, parse_duration, parse_time, replay
+    from streams.steering.files import read_goals, read_managers
+    from streams.steering.network import SteeringSettings
 
+    pseudonymise = Pseudonymiser.from_runtime(runtime)
+    steering = Steering(SteeringSettings.of(runtime), read_managers(
+        runtime.managers_file, pseudonymise) if runtime.managers_file else [])
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
@@ -182,7 +216,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     started = time.monotonic()
     result = replay(args.files, args.data_dir, metrics, as_of, every,
                     show_progress=sys.stderr.isatty(), jobs=args.jobs, goals=goals,
-                    pseudonymise=Pseudonymiser.from_runtime(runtime),
+                    pseudonymise=pseudonymise, steering=steering,
                     parquet_min_members=runtime.min_members_exported
                     if runtime.parquet_omit_small_communities else 0)
     s = result.stats
@@ -241,7 +275,7 @@ def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfi
     if args.communities < 1 or args.rate <= 0 or args.duration < 0:
         raise UsageError("--communities and --rate must be positive, --duration at least 0")
     return run_demo(args.communities, args.rate, args.duration, Path(args.data_dir),
-                    args.metrics_port, metrics, args.secured)
+                    args.metrics_port, args.secured)
 
 
 def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
@@ -261,6 +295,20 @@ def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig
                 print(f"{table.num_rows:,} row(s)")
     except duckdb.Error as exc:
         raise UsageError(f"SQL: {' '.join(str(exc).split())}") from None
+    return 0
+
+
+def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from schemas.events import Reason
+    from streams.redrive import redrive
+
+    unknown = set(args.reason) - set(Reason.ALL)
+    if unknown:
+        raise UsageError(f"unknown --reason {', '.join(sorted(unknown))}")
+    reasons = frozenset() if args.all_reasons else frozenset(
+        args.reason or [Reason.WRONG_PARTITION])
+    broker = (args.broker or runtime.broker).removeprefix("kafka://")
+    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons))
     return 0
 
 
@@ -290,6 +338,96 @@ def _backfill(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
     print(f"wrote {len(rows):,} snapshot rows to {args.out}; load them with: promtool tsdb "
           f"create-blocks-from openmetrics {args.out} PROMETHEUS_DATA_DIR")
     return 0
+
+
+def _steering_defaults(args: argparse.Namespace, runtime: RuntimeConfig) -> None:
+    """Fill in the options left out from the settings (streams.config)."""
+    defaults = {"window": runtime.steering_window_days, "min_overlap": runtime.merge_min_overlap,
+                "top": runtime.merge_top, "min_members": runtime.focus_min_members,
+                "max_open": runtime.max_open_followups, "managers": runtime.managers_file}
+    for name, value in defaults.items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
+    if args.window < 1:
+        raise UsageError("--window must be a positive number of days")
+
+
+def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
+                    runtime: RuntimeConfig) -> int:
+    from sinks.parquet import records_table
+    from streams.replay import core_from_files, parse_time
+    from streams.steering.merges import check_arguments, member_sets, suggest_merges
+    from streams.steering.network import MERGE_SCHEMA
+
+    as_of = parse_time(args.as_of)
+    _steering_defaults(args, runtime)
+    check_arguments(args.min_overlap, args.top)
+    core, _ = core_from_files(args.files, metrics)
+    rows = suggest_merges(member_sets(core.communities.values(), as_of, args.window), as_of,
+                          args.window, metrics, args.min_overlap, args.top)
+    print(table_text(rows, ("community_id", "candidate_id", "jaccard", "shared_members",
+                            "merged_members", "merged_contributors", "merged_share",
+                            "merged_tier")) if rows else "no merge suggestions")
+    if args.out:
+        _write_table(records_table(rows, MERGE_SCHEMA), args.out)
+    return 0
+
+
+def _focus(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
+    from dataclasses import replace
+
+    from streams.privacy import Pseudonymiser
+    from streams.replay import core_from_files, parse_time
+    from streams.steering.files import read_managers
+    from streams.steering.focus import focus_at, managers_of
+
+    as_of = parse_time(args.as_of)
+    _steering_defaults(args, runtime)
+    if args.min_members < 0 or args.max_open < 0:
+        raise UsageError("--min-members and --max-open must not be negative")
+    pseudonymise = Pseudonymiser.from_runtime(runtime)  # (events and managers alike)
+    managers = read_managers(args.managers, pseudonymise) if args.managers else []
+    config = replace(metrics, windows_days=(args.window,))
+    core, _ = core_from_files(args.files, config, managers_of(managers),
+                              pseudonymise=pseudonymise)
+    candidates, followups = focus_at(core, managers, as_of, args.window, args.min_members,
+                                     args.max_open)
+    print(f"where to start ({args.window}-day window): tier high, at least "
+          f"{args.min_members} members, not stagnating")
+    print(table_text(candidates, ("rank", "community_id", "members", "contributors",
+                                  "contributor_share", "sustainability"))
+          if candidates else "  no candidates")
+    if managers:
+        print(f"\nmanagers' open follow-ups (ready for the next community at <= "
+              f"{args.max_open})")
+        print(table_text(followups, ("manager", "open_followups", "ready_for_next",
+                                     "next_community")))
+    return 0
+
+
+def table_text(rows: Sequence[object], columns: Sequence[str]) -> str:
+    """Rows as aligned text columns (floats with 3 decimals, None as -)."""
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    cells = [list(columns), *([cell(getattr(row, c)) for c in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths,
+                                                                         strict=True)).rstrip()
+                     for line in cells)
+
+
+def _write_table(table: object, out: Path) -> None:
+    """An Arrow table as Parquet (.parquet) or CSV."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if out.suffix == ".parquet":
+        pq.write_table(table, out)
+    else:
+        pacsv.write_csv(table, out)
 
 
 def _replayed(files: Sequence[Path], as_of: str | None, metrics: MetricConfig,
@@ -394,8 +532,11 @@ _COMMANDS = {
     "demo": _demo,
     "sql": _sql,
     "compact": _compact,
+    "redrive": _redrive,
     "backfill": _backfill,
     "grafana": _grafana,
+    "suggest-merges": _suggest_merges,
+    "focus": _focus,
     "goals": _goals,
     "experts": _experts,
 }

@@ -76,6 +76,7 @@ class _Partition:
     exact_from: int | None = None
     written: dict[int, Written] = field(default_factory=dict)
     open: set[int] = field(default_factory=set)  # the midnights written OPEN
+    pending: set[int] = field(default_factory=set)  # planned, not yet written
     written_here: set[int] = field(default_factory=set)  # by this process: rows cached
     dirty: dict[int, set[str]] = field(default_factory=dict)
     # Open midnights whose grace ended before some of their events arrived (the worker
@@ -131,7 +132,8 @@ class ClosingBook:
                 return late
             oldest = min(in_time)
         too_late_for = None
-        for midnight in book.open:
+        # (Midnights being written count too: their rows may be computed already.)
+        for midnight in book.open | book.pending if book.pending else book.open:
             if midnight < oldest:
                 continue
             if arrival is not None and arrival >= midnight + self.grace_ms:
@@ -157,7 +159,9 @@ class ClosingBook:
     # ---- what to write ---------------------------------------------------------------
 
     def plan(self, partition: int, mark: int, first_event: int | None) -> list[Task]:
-        """The writes due at `mark` (call `to_check`/`learn` first), oldest first."""
+        """The writes due at `mark` (call `to_check`/`learn` first), oldest first. Each
+        task is pending until `done` or `retry`: arrivals meanwhile mark its midnight
+        dirty again."""
         book = self._part(partition)
         tasks = []
         for midnight in self._in_range(partition, mark, first_event):
@@ -173,13 +177,27 @@ class ClosingBook:
                 tasks.append(Task(partition, midnight, None, final, keep))
             elif dirty or final:
                 tasks.append(Task(partition, midnight, frozenset(dirty), final, keep))
+            else:
+                continue
+            book.dirty.pop(midnight, None)
+            book.pending.add(midnight)
         return tasks
+
+    def retry(self, task: Task) -> None:
+        """The task's rows were not written (a failed write, a rebalance): its midnight
+        is planned again, with the communities it was to recompute."""
+        book = self.partitions.get(task.partition)
+        if book is None:
+            return  # no longer ours
+        book.pending.discard(task.midnight)
+        if task.communities:
+            book.dirty.setdefault(task.midnight, set()).update(task.communities)
 
     def done(self, task: Task) -> None:
         """The task's rows are written."""
         book = self._part(task.partition)
         book.written_here.add(task.midnight)
-        book.dirty.pop(task.midnight, None)
+        book.pending.discard(task.midnight)  # (its dirty set: arrivals since the plan)
         self._set(book, task.midnight, Written.FINAL if task.final else Written.OPEN)
 
     def _set(self, book: _Partition, midnight: int, written: Written) -> None:

@@ -94,6 +94,11 @@ class RuntimeConfig:
     # Longest a Kafka fetch waits at the broker for new data; 0 keeps Faust's 1500 ms,
     # which stalls consumption by up to that long after a pause (docs/benchmarks.md).
     fetch_max_wait_ms: int = 100
+    # /healthz fails when the event loop has not turned for this long (a stuck worker).
+    liveness_timeout_s: float = 30.0
+    # Kafka consumer-group session timeout: a worker silent for this long loses its
+    # partitions, and one cut off from Kafka for this long stops exporting and writing.
+    session_timeout_s: float = 60.0
     # Security and privacy (docs/security.md). Secrets are never settings: they come from
     # the *_file named here or from PULSE_KAFKA_SASL_PASSWORD / PULSE_KAFKA_SSL_KEY_PASSWORD /
     # PULSE_PSEUDONYM_KEY (streams/kafka_auth.py, streams/privacy.py).
@@ -120,6 +125,18 @@ class RuntimeConfig:
     # Steering files (SPEC 5, docs/steering.md); None: the feature is off.
     goals_file: Path | None = None
     experts_file: Path | None = None
+    managers_file: Path | None = None
+    # Merge suggestions and where to start (SPEC 5): their window and parameters, how
+    # often the worker writes them, and the member sketches behind the network-wide view
+    # (entries per sketch; the secret that keys their hashes of user ids).
+    steering_window_days: int = 28
+    merge_min_overlap: float = 0.10
+    merge_top: int = 3
+    focus_min_members: int = 20
+    max_open_followups: int = 5
+    steering_interval_s: float = 900.0
+    sketch_size: int = 1024
+    sketch_key: str = field(default="community-pulse", repr=False)
     # Closing rows (SPEC 4, docs/metrics.md#closing-rows): how long after a UTC midnight
     # late events still rewrite its closing row, and how many days back a worker writes
     # the closing rows it missed (down, behind, or started on topics with history).

@@ -18,7 +18,7 @@ import statistics
 import sys
 from array import array
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,10 @@ AT_ONCE_FROM = 24  # users: from here a snapshot takes members and roles with nu
 
 _CAT_BITS = 3  # activity entries are packed as ts << 3 | category, so one sort orders both
 _CAT_MASK = (1 << _CAT_BITS) - 1
+# Follow-up entries (followed communities only) are packed as ts << 8 | who: who is 0 for
+# anyone but a followed community's managers, else the manager's place among them + 1.
+WHO_BITS = 8
+MAX_MANAGERS = (1 << WHO_BITS) - 1  # per community
 
 
 def _contains(items: array[int], value: int) -> bool:
@@ -259,19 +263,28 @@ class CommunityState:
 
     __slots__ = (
         "_expired_last_activity",
+        "_frozen",
         "_frozen_by_day",
         "_posters",
+        "_seen",
         "_seen_by_day",
         "community_id",
         "config",
+        "followups",
         "kinds",
+        "managers",
         "threads",
         "users",
     )
 
-    def __init__(self, community_id: str, config: MetricConfig) -> None:
+    def __init__(self, community_id: str, config: MetricConfig,
+                 managers: Sequence[str] = ()) -> None:
         self.community_id = community_id
         self.config = config
+        # Only where managers follow this community (streams.steering.focus): per thread,
+        # the times of its posts and replies and who of the managers wrote them.
+        self.managers = {user_id: who for who, user_id in enumerate(managers, start=1)}
+        self.followups: dict[str, array[int]] | None = {} if managers else None
         self.users: dict[str, _UserLog] = {}
         self.threads: dict[str, _Thread] = {}
         # Community-wide timestamps per event type (for counts and continuity).
@@ -285,6 +298,11 @@ class CommunityState:
         # an id where a set costs ~100); ids arriving late for such a day go to a new
         # set in _seen_by_day.
         self._frozen_by_day: dict[int, array[int]] = {}
+        # A repeated event_id is a duplicate whatever its ts (a producer may re-stamp a
+        # retry): every kept id is looked up here, in the union of all days' sets and
+        # of all days' arrays (sorted); the days above only tell expiry what to drop.
+        self._seen: set[int] = set()
+        self._frozen: array[int] = array("q")
         # Newest activity timestamp that expiry dropped: it still is the last activity of
         # a community that has been quiet for longer than the retention.
         self._expired_last_activity: int | None = None
@@ -296,21 +314,20 @@ class CommunityState:
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of this community; return how many were duplicates."""
         duplicates = 0
-        seen_by_day, frozen_by_day = self._seen_by_day, self._frozen_by_day
+        seen_by_day, seen, frozen = self._seen_by_day, self._seen, self._frozen
         for event in events:
             ts: int = event.ts  # type: ignore[assignment]  # normalised by decode_message
-            day, event_hash = ts // DAY_MS, hash(event.event_id)
-            seen = seen_by_day.get(day)
-            if seen is None:
-                seen = seen_by_day[day] = set()
-            elif event_hash in seen:
-                duplicates += 1
-                continue
-            frozen = frozen_by_day.get(day) if frozen_by_day else None
-            if frozen is not None and _contains(frozen, event_hash):
+            event_hash = hash(event.event_id)
+            if event_hash in seen or (frozen and _contains(frozen, event_hash)):
                 duplicates += 1
                 continue
             seen.add(event_hash)
+            day = ts // DAY_MS
+            of_day = seen_by_day.get(day)
+            if of_day is None:
+                seen_by_day[day] = {event_hash}
+            else:
+                of_day.add(event_hash)
             self._apply_one(event, ts)
         return duplicates
 
@@ -345,6 +362,16 @@ class CommunityState:
         user.add(ACTIVITY + ((ts << _CAT_BITS) | category))
         if category <= REPLY_TO_POST:
             insort(user, CONTRIBUTION + ts)  # below the activity region: never an append
+            if self.followups is not None:
+                self._follow(event.post_id, ts, user_id)
+
+    def _follow(self, post_id: str | None, ts: int, user_id: str) -> None:
+        followups = self.followups
+        assert followups is not None and post_id is not None, "followed; validated"
+        entries = followups.get(post_id)
+        if entries is None:
+            entries = followups[post_id] = array("q")
+        insort(entries, (ts << WHO_BITS) | self.managers.get(user_id, 0))
 
     def _thread(self, post_id: str | None, ts: int) -> _Thread:
         assert post_id is not None, "validated by schemas.events"
@@ -362,9 +389,15 @@ class CommunityState:
         Call with `newest_snapshot_time - config.retention_ms`. Events at or before
         `before_ms` that arrive later are still deduplicated only if their day is kept.
         """
-        for days in (self._seen_by_day, self._frozen_by_day):
-            for day in [d for d in days if (d + 1) * DAY_MS <= before_ms]:
-                del days[day]
+        for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= before_ms]:
+            self._seen -= self._seen_by_day.pop(day)
+        gone = [self._frozen_by_day.pop(day) for day in list(self._frozen_by_day)
+                if (day + 1) * DAY_MS <= before_ms]
+        if gone:
+            self._frozen = array("q", np.setdiff1d(
+                np.frombuffer(self._frozen, np.int64),
+                np.concatenate([np.frombuffer(ids, np.int64) for ids in gone]),
+                assume_unique=True).tobytes())
         self._freeze_ids(before_ms + self.config.retention_ms - DAY_MS)
         for log in self.kinds.values():
             items = log.view()
@@ -377,6 +410,12 @@ class CommunityState:
             log.drop_through(before_ms)
         for post_id in [p for p, th in self.threads.items() if th.newest <= before_ms]:
             del self.threads[post_id]
+        followups = self.followups or {}
+        for post_id in list(followups):
+            entries = followups[post_id]
+            del entries[:bisect_right(entries, (before_ms << WHO_BITS) | MAX_MANAGERS)]
+            if not entries:
+                del followups[post_id]
         for user_id in list(self.users):
             user = self.users[user_id]
             user.expire(before_ms)
@@ -387,11 +426,29 @@ class CommunityState:
 
     def _freeze_ids(self, cut_ms: int) -> None:
         """Move the ids of days that ended at or before the cut into sorted arrays."""
+        moved: list[int] = []
         for day in [d for d in self._seen_by_day if (d + 1) * DAY_MS <= cut_ms]:
             ids = self._seen_by_day.pop(day)
             frozen = self._frozen_by_day.get(day)
-            if ids:  # (an empty set is left by a duplicate that arrived late)
-                self._frozen_by_day[day] = array("q", sorted([*frozen, *ids] if frozen else ids))
+            self._frozen_by_day[day] = array("q", sorted([*frozen, *ids] if frozen else ids))
+            moved += ids
+        if moved:
+            self._seen.difference_update(moved)
+            self.add_frozen(np.array(moved, np.int64))
+
+    def add_frozen(self, ids: npt.NDArray[np.int64]) -> None:
+        """Add ids (none known yet) to the sorted array of all frozen days' ids."""
+        self._frozen = array("q", np.union1d(np.frombuffer(self._frozen, np.int64),
+                                             ids).tobytes())
+
+    def knows(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of the ids this community has seen (any day): bulk deduplication."""
+        known = np.isin(ids, np.fromiter(self._seen, np.int64, len(self._seen)))
+        frozen = np.frombuffer(self._frozen, np.int64)
+        if len(frozen):
+            at = np.minimum(np.searchsorted(frozen, ids), len(frozen) - 1)
+            known |= frozen[at] == ids
+        return known
 
     def memberships_through(self, cut_ms: int) -> list[Event]:
         """Retained membership events at or before the cut, as events to re-apply.
@@ -412,6 +469,19 @@ class CommunityState:
 
     def is_empty(self) -> bool:
         return not self.users
+
+    def members_at(self, t: int, window_ms: int) -> tuple[list[str], list[str]]:
+        """Who the members at t are and which of them contributed (posted or replied)
+        in (t - window, t]: the sets behind `members` and `contributors` (steering)."""
+        horizon = self.config.membership_horizon_days * DAY_MS
+        members, contributors = [], []
+        for user_id, user in self.users.items():
+            contrib, act = user.bounds()
+            if user.is_member(t, horizon, contrib, act):
+                members.append(user_id)
+                if user.contributed(t - window_ms, t, contrib, act):
+                    contributors.append(user_id)
+        return members, contributors
 
     def oldest_ts(self) -> int | None:
         """The oldest retained event time (activity or membership); None when empty."""
@@ -532,12 +602,7 @@ class CommunityState:
         cfg = self.config
         contributors = sum(role_counts[c] for c in CONTRIBUTING)
         share = contributors / n_members if n_members else 0.0
-        if share < cfg.tier_medium_share:
-            tier = "low"
-        elif share < cfg.tier_high_share:
-            tier = "medium"
-        else:
-            tier = "high"
+        tier = tier_of(share, cfg)
 
         retention = self._retention(t, w)
         continuity = self._continuity(t, days)
@@ -692,6 +757,13 @@ class CommunityState:
         return newest
 
 
+def tier_of(share: float, config: MetricConfig) -> str:
+    """The tier of a contributor share (SPEC section 2)."""
+    if share < config.tier_medium_share:
+        return "low"
+    return "medium" if share < config.tier_high_share else "high"
+
+
 @dataclass(frozen=True, slots=True)
 class _Listening:
     eligible: int
@@ -708,9 +780,13 @@ class _Listening:
 class PulseCore:
     """All communities one process owns; the adapters' single entry point."""
 
-    def __init__(self, config: MetricConfig) -> None:
+    def __init__(self, config: MetricConfig,
+                 managers_of: Mapping[str, Sequence[str]] | None = None) -> None:
+        """`managers_of`: the user ids of the managers who follow a community, for the
+        communities that have any (their threads keep what follow-ups need)."""
         self.config = config
         self.communities: dict[str, CommunityState] = {}
+        self.managers_of = dict(managers_of or {})
 
     def apply(self, events: Iterable[Event]) -> int:
         """Apply events of any communities; return the number of duplicates."""
@@ -722,7 +798,8 @@ class PulseCore:
     def state(self, community_id: str) -> CommunityState:
         state = self.communities.get(community_id)
         if state is None:
-            state = self.communities[community_id] = CommunityState(community_id, self.config)
+            state = self.communities[community_id] = CommunityState(
+                community_id, self.config, self.managers_of.get(community_id, ()))
         return state
 
     def snapshot(self, as_of_ms: int) -> list[SnapshotRow]:

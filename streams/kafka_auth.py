@@ -14,6 +14,7 @@ Stdlib only at import time: the benchmark's loader imports it from another venv.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,7 +75,7 @@ class KafkaSecurity:
     @classmethod
     def from_runtime(cls, runtime: RuntimeConfig) -> KafkaSecurity:
         """The settings' security, with secrets read from their files or the environment."""
-        sasl = runtime.kafka_security_protocol.startswith("SASL_")
+        sasl = runtime.kafka_security_protocol.upper().startswith("SASL_")
         return cls(
             protocol=runtime.kafka_security_protocol.upper(),
             mechanism=runtime.kafka_sasl_mechanism.upper(),
@@ -198,7 +199,12 @@ def producer_acls(topic_prefix: str = "") -> list[Acl]:
 
 
 class KafkaAccessError(ConnectionError):
-    """The broker answered but refused us (login, certificate, protocol); one line."""
+    """Kafka cannot be used: not reached at all (`reached` False), or a broker refused us
+    (login, certificate, protocol). The message is one line."""
+
+    def __init__(self, message: str, reached: bool) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 def _servers(bootstrap: str) -> list[tuple[str, int]]:
@@ -210,19 +216,24 @@ def _servers(bootstrap: str) -> list[tuple[str, int]]:
 
 
 async def _probe(host: str, port: int, security: KafkaSecurity, timeout_s: float) -> None:
+    """Connect, log in and ask for metadata, as a client's bootstrap does; the errors
+    raised are the underlying ones (aiokafka's bootstrap only logs them)."""
     from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
 
     kwargs = security.client_kwargs()
     kwargs.pop("ssl_context", None)
     conn = await asyncio.wait_for(create_conn(
         host, port, client_id="community-pulse-check", request_timeout_ms=int(timeout_s * 1000),
         ssl_context=security.ssl_context, **kwargs), timeout_s)
-    conn.close()
+    try:
+        await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+    finally:
+        conn.close()
 
 
 def _refusal(exc: BaseException, where: str, security: KafkaSecurity) -> str | None:
-    """The one-line reason a broker refused us, or None when it was not reached at all
-    (that is for the caller's retries, not a configuration error)."""
+    """The one-line reason a broker refused us, or None when it was not reached."""
     from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
     if isinstance(exc, SaslAuthenticationFailed):
@@ -241,19 +252,38 @@ def _refusal(exc: BaseException, where: str, security: KafkaSecurity) -> str | N
     return None
 
 
+def _unreached(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {timeout_s:.0f} s"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def check_access(bootstrap: str, security: KafkaSecurity, timeout_s: float = 15.0) -> None:
-    """Connect (and log in) to each bootstrap server once, before a client starts that
-    would retry a refused login forever. Raises KafkaAccessError with one line when a
-    broker refuses us; returns when one accepts or none could be reached (unreachable
-    brokers are the clients' own retries' business)."""
-    refusals = []
-    for host, port in _servers(bootstrap):
-        try:
-            asyncio.run(_probe(host, port, security, timeout_s))
-            return
-        except Exception as exc:  # sorted out below: refused, or not reached
-            reason = _refusal(exc, f"{host}:{port}", security)
-            if reason is not None:
-                refusals.append(reason)
+    """The one broker preflight of every client (worker, generate, producer helper): try
+    the bootstrap servers in turn (connect, log in, read metadata) until one answers.
+    Raises KafkaAccessError with one line when a broker refuses us (a wrong password, an
+    untrusted certificate, another protocol) or none is reached, instead of a client
+    that retries forever or fails with a page of traceback."""
+    refusals, unreached = [], []
+    kafka_log = logging.getLogger("aiokafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # its own lines about the same failure: we say it once
+    loop = asyncio.new_event_loop()  # (not the current loop: Faust's comes later)
+    try:
+        for host, port in _servers(bootstrap):
+            try:
+                loop.run_until_complete(_probe(host, port, security, timeout_s))
+                return
+            except Exception as exc:  # sorted out below: refused, or not reached
+                reason = _refusal(exc, f"{host}:{port}", security)
+                if reason is not None:
+                    refusals.append(reason)
+                else:
+                    unreached.append(_unreached(exc, timeout_s))
+    finally:
+        loop.close()
+        kafka_log.setLevel(level)
     if refusals:
-        raise KafkaAccessError(refusals[0])
+        raise KafkaAccessError(refusals[0], reached=True)
+    raise KafkaAccessError(f"cannot reach Kafka at {bootstrap} ({unreached[0]}); is the "
+                           "broker running?", reached=False)

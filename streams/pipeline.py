@@ -49,22 +49,32 @@ class Ingestor:
 
     def decode(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
         """Decode and count one message without applying it (replay sorts first)."""
+        return self.counted(topic, *self.parse(topic, value, key, now_ms))
+
+    def parse(self, topic: str, value: bytes | None, key: bytes | None, now_ms: int) -> Ingested:
+        """Decode one message without counting it: the worker counts a batch only once
+        its changelog and dead-letter writes are on the broker."""
         events, rejections = decode_message(value, self.topics[topic], now_ms, key)
-        return self.counted(topic, events, rejections)
+        return Ingested(self.pseudonymised(events), rejections)
 
     def decode_lines(self, topic: str, values: Sequence[bytes], now_ms: int) -> Ingested:
         """`decode` for many keyless messages at once (see `schemas.events.decode_lines`)."""
         events, rejections = decode_lines(values, self.topics[topic], now_ms)
-        return self.counted(topic, events, rejections)
+        return self.counted(topic, self.pseudonymised(events), rejections)
+
+    def pseudonymised(self, events: list[Event]) -> list[Event]:
+        """The decoded events with their user ids pseudonymised (when configured), before
+        they go anywhere: core, changelog, counters."""
+        if self.pseudonymise is not None:
+            self.pseudonymise.events(events)
+        return events
 
     def counted(self, topic: str, events: list[Event], rejections: list[Rejection]) -> Ingested:
-        """Count messages decoded elsewhere (`decode` and `decode_lines` do it)."""
+        """Count messages decoded (and pseudonymised) elsewhere, as `decode` does."""
         stats = self.stats[topic]
         stats.consumed += len(events) + len(rejections)
         for rejection in rejections:
             stats.dead_lettered[rejection.reason] += 1
-        if self.pseudonymise is not None:
-            self.pseudonymise.events(events)
         return Ingested(events, rejections)
 
     def apply(self, topic: str, events: list[Event]) -> None:

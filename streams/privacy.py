@@ -59,6 +59,12 @@ class Pseudonymiser:
                               "pseudonym_key_file")
         return cls(key.encode())
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the key without revealing it (16 hex characters)."""
+        return hmac.new(self._key, b"community-pulse key fingerprint",
+                        hashlib.sha256).hexdigest()[:16]
+
     def __call__(self, user_id: str) -> str:
         pseudonym = self._cache.get(user_id)
         return self._new(user_id) if pseudonym is None else pseudonym

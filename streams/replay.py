@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -34,15 +34,18 @@ import pyarrow.parquet as pq
 
 from schemas.columnar import events_table, scan_json_lines, scan_parquet
 from schemas.events import EVENT_TYPES, Event, Rejection, decode_lines, decode_message
+from sinks.network import SteeringSink
 from sinks.parquet import SnapshotWriter, rows_to_table
 from sinks.steering import goals_table
 from streams.bulk import EventColumns, apply_columns
 from streams.closing import is_midnight
-from streams.config import MetricConfig
+from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore
 from streams.pipeline import Ingestor, TopicStats
 from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
+from streams.steering.focus import Manager, managers_of
+from streams.steering.network import SteeringSettings, community_inputs
 
 SOURCE = "replay"
 Ints = npt.NDArray[np.int64]
@@ -263,7 +266,7 @@ def _decode_apart(ingestor: Ingestor, pending: list[tuple[int, bytes]], now_ms: 
     objects = not any(message.lstrip().startswith(b"[") for message in messages)
     decoded, rejections = decode_lines(messages, allowed, now_ms) if objects else ([], [])
     if objects and not rejections and len(decoded) == len(messages):  # one event a line
-        ingestor.counted(SOURCE, decoded, [])
+        ingestor.counted(SOURCE, ingestor.pseudonymised(decoded), [])
         events += decoded
         places += [place for place, _ in pending]
     else:
@@ -301,6 +304,26 @@ def in_time_order(events: EventColumns, place: Ints) -> EventColumns:
     return events.take(np.lexsort((place, events.ts)))
 
 
+def core_from_files(files: Sequence[Path], config: MetricConfig,
+                    managers_of: Mapping[str, Sequence[str]] | None = None,
+                    now_ms: int | None = None, pseudonymise: Pseudonymiser | None = None
+                    ) -> tuple[PulseCore, TopicStats]:
+    """One core holding every valid event of the files (validated, counted and
+    pseudonymised as `replay` does), for commands that look at all communities at once."""
+    ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    events, place = read_events(files, ingestor, now_ms)
+    if pseudonymise is not None:
+        events = dataclasses.replace(events, users=pseudonymise.many(events.users))
+    core = PulseCore(config, managers_of)
+    ordered = in_time_order(events, place)
+    stats = ingestor.stats[SOURCE]
+    for start in range(0, len(ordered), APPLY_CHUNK):
+        stats.duplicates += apply_columns(core, ordered.take(slice(start, start + APPLY_CHUNK)))
+    stats.processed = len(ordered) - stats.duplicates
+    return core, stats
+
+
 def replay(
     files: Sequence[Path],
     data_dir: Path | str,
@@ -311,6 +334,7 @@ def replay(
     show_progress: bool = False,
     jobs: int | None = None,
     pseudonymise: Pseudonymiser | None = None,
+    steering: Steering | None = None,
     goals: Sequence[steering_goals.Goal] = (),
     parquet_min_members: int = 0,
 ) -> ReplayResult:
@@ -318,7 +342,8 @@ def replay(
     for small inputs) each compute the communities of one partition, as workers of
     one consumer group would; this process writes each snapshot time's rows as one
     file, so the output is the same for any number of jobs. `goals`: also the `goals`
-    table, a row per goal and snapshot time."""
+    table, a row per goal and snapshot time. With `steering`, the steering tables of
+    merges and focus too, at the steering times (see `Steering`)."""
     ingestor = Ingestor(PulseCore(config), {SOURCE: frozenset(EVENT_TYPES)})
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     for path in files:
@@ -336,14 +361,20 @@ def replay(
     writer = SnapshotWriter(data_dir)
     progress = Progress(len(events), show_progress)
     rows_written = goal_rows_written = 0
-    partitions = _Partitions(events, place, config, times, _jobs(jobs, events))
+    partitions = _Partitions(events, place, config, times, _jobs(jobs, events), steering)
+    sink = steering.sink(data_dir, config) if steering is not None else None
     for t, tables in zip(times, partitions, strict=True):  # (strict: runs it to the end)
-        table = pa.concat_tables(tables).sort_by([("community_id", "ascending"),
-                                                  ("window_days", "ascending")])
+        table = pa.concat_tables([part[0] for part in tables]).sort_by(
+            [("community_id", "ascending"), ("window_days", "ascending")])
         if parquet_min_members:  # small communities left out (parquet_omit_small_communities)
             table = table.filter(pc.greater_equal(table["members"], parquet_min_members))
         writer.write_table(t, table)
         rows_written += table.num_rows
+        if sink is not None and len(tables[0]) > 1:  # a steering time
+            sketches = pa.concat_tables([part[1] for part in tables])
+            counts = pa.concat_tables([part[2] for part in tables])
+            sink.write_inputs(sketches, counts)
+            sink.write_network(t, table, sketches, counts)
         if goals:
             goal_rows = _goal_rows(goals, t, table)
             writer.tables.write("goals", goals_table(goal_rows))
@@ -378,11 +409,31 @@ def _jobs(jobs: int | None, events: EventColumns) -> int:
     return max(1, min(jobs, len(events.communities)))
 
 
-def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, times: list[int]
-                   ) -> Generator[tuple[int, pa.Table], None, int]:
-    """Snapshot rows of these events' communities per time; returns the duplicates."""
+@dataclass(frozen=True)
+class Steering:
+    """Steering tables in a replay (SPEC 5): each partition writes what a worker would
+    about its communities (sketches, follow-up counts), and this process the
+    network-wide tables from them. At the last snapshot time and at every UTC midnight
+    among the snapshot times (the closing moments), not at every time: a sketch costs a
+    pass over every member."""
+
+    settings: SteeringSettings
+    managers: Sequence[Manager] = ()
+
+    def due(self, t: int, times: list[int]) -> bool:
+        return t == times[-1] or t % DAY_MS == 0
+
+    def sink(self, data_dir: Path | str, config: MetricConfig) -> SteeringSink:
+        return SteeringSink(data_dir, self.settings, self.managers, config)
+
+
+def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, times: list[int],
+                   steering: Steering | None = None
+                   ) -> Generator[tuple[int, list[pa.Table]], None, int]:
+    """Snapshot rows of these events' communities per time, and at steering times the
+    steering inputs (sketches, follow-up counts); returns the duplicates."""
     events = in_time_order(events, place)
-    core = PulseCore(config)
+    core = PulseCore(config, managers_of(steering.managers) if steering else None)
     done = duplicates = 0
     for t in times:
         upto = int(np.searchsorted(events.ts, t, side="right"))
@@ -390,7 +441,11 @@ def _run_partition(events: EventColumns, place: Ints, config: MetricConfig, time
             chunk = events.take(slice(start, min(upto, start + APPLY_CHUNK)))
             duplicates += apply_columns(core, chunk)
         done = max(done, upto)
-        yield t, rows_to_table(core.snapshot(t), closing=is_midnight(t))
+        tables = [rows_to_table(core.snapshot(t), closing=is_midnight(t))]
+        if steering is not None and steering.due(t, times):
+            tables.extend(community_inputs(core.communities.values(), steering.managers, t,
+                                           steering.settings))
+        yield t, tables
         if t != times[-1]:  # (after the last one, nothing needs the memory back)
             core.expire(t - config.retention_ms)
     # Events after the last snapshot: not shown, but counted.
@@ -402,14 +457,16 @@ class _Partitions:
     iteration, `duplicates` holds the partitions' total."""
 
     def __init__(self, events: EventColumns, place: Ints, config: MetricConfig,
-                 times: list[int], jobs: int) -> None:
+                 times: list[int], jobs: int, steering: Steering | None = None) -> None:
         self.events, self.place = events, place
         self.config, self.times, self.jobs = config, times, jobs
+        self.steering = steering
         self.duplicates = 0
 
-    def __iter__(self) -> Iterator[list[pa.Table]]:
+    def __iter__(self) -> Iterator[list[list[pa.Table]]]:
         if self.jobs == 1:
-            run = _run_partition(self.events, self.place, self.config, self.times)
+            run = _run_partition(self.events, self.place, self.config, self.times,
+                                 self.steering)
             while True:
                 try:
                     yield [next(run)[1]]
@@ -427,8 +484,8 @@ class _Partitions:
                 pipes.append(receive)
                 children.append(child)
             for _ in self.times:
-                yield [pa.ipc.open_stream(_received(pipe, "table")).read_all()
-                       for pipe in pipes]
+                yield [[pa.ipc.open_stream(table).read_all()
+                        for table in _received(pipe, "tables")] for pipe in pipes]
             self.duplicates = sum(_received(pipe, "duplicates") for pipe in pipes)
             for child in children:
                 child.join()
@@ -439,27 +496,31 @@ class _Partitions:
 
 
 def _child(partitions: _Partitions, part: int, send: Connection) -> None:
-    """One partition in a forked process: its snapshot tables (Arrow IPC), then its
-    duplicate count, or the error that stopped it."""
+    """One partition in a forked process: its tables of each snapshot time (Arrow IPC),
+    then its duplicate count, or the error that stopped it."""
     try:
         events, place = partitions.events, partitions.place
         mine = np.flatnonzero(events.community % partitions.jobs == part)
         run = _run_partition(events.take(mine), place[mine], partitions.config,
-                             partitions.times)
+                             partitions.times, partitions.steering)
         while True:
             try:
-                _, table = next(run)
+                _, tables = next(run)
             except StopIteration as finished:
                 send.send(("duplicates", finished.value))
                 break
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as stream:
-                stream.write_table(table)
-            send.send(("table", sink.getvalue().to_pybytes()))
+            send.send(("tables", [_ipc(table) for table in tables]))
     except BaseException as exc:  # tell the parent, which would otherwise wait for ever
         send.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         send.close()
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
 
 def _received(pipe: Connection, expected: str) -> Any:

@@ -14,6 +14,9 @@ Topology (one agent, all event topics co-partitioned by community_id):
                               one Parquet file per partition and midnight + /metrics
     catch-up timer (1 s)   -> end offsets of the source partitions: caught up when all
                               that was there a tick ago is processed (the arrival mark)
+    steering timer (15 m)  -> sketches and follow-up counts of the owned communities
+                              -> Parquet; the owner of partition 0 also forms the
+                              network-wide steering tables (sinks.network)
 
 State: the table holds each partition's recent accepted events as per-batch deltas
 (keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import logging
 import os
 import shutil
@@ -34,21 +38,34 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TableT
 from kafka.partitioner.default import murmur2
 
-from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event, Rejection, newest_ts
+from schemas.events import (
+    DEAD_LETTER_TOPIC,
+    DEFAULT_TOPICS,
+    Event,
+    Reason,
+    Rejection,
+    newest_ts,
+)
+from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
 from sinks.parquet import (
     FINAL_KEY,
+    SinkQueue,
     SnapshotWriter,
     closing_file_name,
     rows_to_table,
@@ -59,17 +76,36 @@ from sinks.steering import goals_table
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
-from streams.kafka_auth import KafkaSecurity, check_access
-from streams.pipeline import Ingestor
+from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
+from streams.pipeline import Ingested, Ingestor
 from streams.privacy import Pseudonymiser, install_log_filters
 from streams.steering import goals as steering_goals
-from streams.steering.files import read_goals
+from streams.steering.files import read_goals, read_managers
+from streams.steering.focus import managers_of
+from streams.steering.network import (
+    FOLLOWUP_COUNTS_SCHEMA,
+    SKETCH_SCHEMA,
+    SteeringSettings,
+    community_inputs,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX_MESSAGES = 2000
 BATCH_WITHIN_S = 0.05
 DELTA_MAX_EVENTS = 2000
+# Every record we write stays below the producer's max_request_size (1,000,000 bytes,
+# which a record over it fails in Faust's send buffer, crashing the worker at every
+# restart) with room for the key, headers and batch overhead.
+RECORD_MAX_BYTES = 900_000
+DEAD_LETTER_KEEP_BYTES = 64 * 1024  # of a dead letter that would not fit: its first bytes
+LAG_POLL_INTERVAL_S = 5.0  # how often the worker asks the broker for its lag
+LAG_POLL_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
+KEY_HASH_CACHE = 100_000  # keys whose murmur2 hash is kept (cleared when over)
+SEND_RETRY_FIRST_S = 0.2
+EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a bug in batch handling; restart to resume
+SEND_RETRY_MAX_S = 5.0
 DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 2  # live, refreshing may take half the time (never when behind)
@@ -107,6 +143,23 @@ def _decode_events(value: bytes) -> list[Event]:
         return _decode_maps(value)
 
 
+def _encoded_chunks(events: list[Event]) -> Iterator[tuple[list[Event], bytes]]:
+    """The events encoded in pieces of at most DELTA_MAX_EVENTS events and
+    RECORD_MAX_BYTES bytes (long ids make 2,000 events more than a record may hold)."""
+    for start in range(0, len(events), DELTA_MAX_EVENTS):
+        yield from _halved(events[start : start + DELTA_MAX_EVENTS])
+
+
+def _halved(events: list[Event]) -> Iterator[tuple[list[Event], bytes]]:
+    value = _encode_events(events)
+    if len(value) <= RECORD_MAX_BYTES or len(events) == 1:  # one event is < 10 kB
+        yield events, value
+        return
+    half = len(events) // 2
+    yield from _halved(events[:half])
+    yield from _halved(events[half:])
+
+
 def _delta_key(partition: int, tag: str) -> bytes:
     return f"{partition}{_SEP}{tag}".encode()
 
@@ -118,6 +171,106 @@ def _partition_of_key(key: bytes) -> int:
     return int(key.split(_SEP.encode(), 1)[0])
 
 
+def _is_carry(key: bytes) -> bool:
+    return key.split(_SEP.encode(), 1)[1].startswith(b"carry")
+
+
+class Record(NamedTuple):
+    """One record the worker writes to Kafka (changelog delta or dead letter)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+    headers: list[tuple[str, bytes]] | None = None
+    # What to write instead when the broker refuses this record as too large (a topic
+    # with a smaller max.message.bytes): a dead letter's bare headers.
+    smaller: Record | None = None
+
+
+class DurableSender:
+    """Writes records straight to the producer and returns once the broker has every
+    one of them (acks=all), retrying failed ones with backoff for as long as it takes.
+
+    Not Faust's send buffer (`send_soon`, `Table.send_changelog`): that one logs a
+    failed send and moves on, its flush gives up after 0.1 s without progress, and the
+    offset commit goes ahead anyway. Whoever awaits `send` knows the records are
+    durable, so the ingest agent acks a batch only after its writes are.
+    """
+
+    def __init__(self, producer: Any, on_retry: Callable[[int], None] = lambda n: None) -> None:
+        self.producer = producer
+        self.on_retry = on_retry
+
+    async def send(self, records: Sequence[Record]) -> None:
+        pending = list(records)
+        delay = SEND_RETRY_FIRST_S
+        while pending:
+            failed: list[tuple[Record, BaseException]] = []
+            sent: list[tuple[Record, Any]] = []
+            for record in pending:
+                try:
+                    sent.append((record, await self.producer.send(
+                        record.topic, record.key, record.value, record.partition, None,
+                        record.headers)))
+                except ProducerSendError as exc:  # e.g. no metadata for the topic in time
+                    failed.append((record, exc.__cause__ or exc))
+            for record, future in sent:
+                try:
+                    await future
+                except KafkaError as exc:
+                    failed.append((record, exc))
+            if not failed:
+                return
+            self.on_retry(len(failed))
+            for topic in sorted({record.topic for record, _ in failed}):
+                problems = {type(exc).__name__ for record, exc in failed if record.topic == topic}
+                # No record content in the log: only the topic and the error's kind.
+                log.warning("send to topic %s failed (%s); retrying in %.1f s", topic,
+                            ", ".join(sorted(problems)), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SEND_RETRY_MAX_S)
+            pending = [record.smaller if record.smaller is not None and isinstance(
+                exc, (MessageSizeTooLargeError, RecordTooLargeError)) else record
+                for record, exc in failed]
+
+
+def exit_unclean(exc: Exception) -> None:
+    """Leave at once after a batch failed half-way: only a restart from the changelog
+    and the committed offsets is exact again. As after a kill -9, which loses nothing
+    (the batch was never committed); a graceful Faust stop after an agent crash can
+    hang, and Faust's supervisor would restart the agent on the half-applied state."""
+    log.critical("handling a batch failed; exiting without committing it", exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_BATCH_FAILED)
+
+
+def withhold_acks(batch: Sequence[EventT]) -> None:
+    """Make sure the messages of a batch are never acked, so their offsets are never
+    committed: `take_events` acks a batch in a `finally`, also when its handling raised.
+
+    A message marked acked is skipped by `Message.ack`, which then never reaches
+    `Consumer.ack`; the consumer's acked offsets keep a gap there, and `_new_offset`
+    never commits past a gap (tests/test_worker_app.py checks both on the installed
+    Faust)."""
+    for event in batch:
+        event.message.acked = True
+
+
+RAW_IDS = "raw"  # DeltaLog.user_ids without pseudonymisation
+_USER_IDS_TAG = "user-ids"
+_USER_IDS_SUFFIX = f"{_SEP}{_USER_IDS_TAG}".encode()
+
+
+class UserIdsMismatch(ConfigError):
+    """The changelog was written with other user ids than this worker's; one line."""
+
+
+def _describe_user_ids(stored: bytes) -> str:
+    return "raw" if stored == RAW_IDS.encode() else (
+        f"pseudonymised (key fingerprint {stored.decode(errors='replace')})")
+
+
 class DeltaLog:
     """Accepted events per partition and batch, kept in a changelog-backed Faust table.
 
@@ -126,45 +279,67 @@ class DeltaLog:
     which is where Faust recovers them from when the partition is assigned to a worker.
     """
 
-    def __init__(self, table: TableT) -> None:
+    def __init__(self, table: TableT, user_ids: str = RAW_IDS) -> None:
         self.table = table
         # partition -> [(newest event ts in the delta, key)], to expire whole deltas
         self.index: dict[int, list[tuple[int, bytes]]] = {}
+        self.carry_keys: dict[int, set[bytes]] = {}  # partition -> keys of its carry pieces
         # partition -> the newest expiry cut: its state is exact from cut + retention
         self.cuts: dict[int, int] = {}
+        # How user ids are stored (raw, or the pseudonym key's fingerprint), recorded per
+        # partition beside its deltas: a worker must not mix two kinds in one state.
+        self.user_ids = user_ids.encode()
+        self.marked: set[int] = set()
 
-    def append(self, partition: int, tag: str, events: list[Event]) -> None:
-        # Chunked so that one changelog message stays well below Kafka's 1 MiB default.
-        for start in range(0, len(events), DELTA_MAX_EVENTS):
-            chunk = events[start : start + DELTA_MAX_EVENTS]
-            key = _delta_key(partition, f"{tag}#{start}")
-            self._put(partition, key, _encode_events(chunk))
-            newest = newest_ts(chunk)
-            self.index.setdefault(partition, []).append((newest, key))
+    @property
+    def topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
 
-    def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
+    def append(self, partition: int, tag: str, events: list[Event]) -> list[Record]:
+        """Store the events; returns the changelog records to write (the caller writes
+        them and waits for the broker: see DurableSender)."""
+        records = []
+        if partition not in self.marked:
+            records.append(self._put(partition, _delta_key(partition, _USER_IDS_TAG),
+                                     self.user_ids))
+            self.marked.add(partition)
+        for number, (chunk, value) in enumerate(_encoded_chunks(events)):
+            key = _delta_key(partition, f"{tag}#{number}")
+            records.append(self._put(partition, key, value))
+            self.index.setdefault(partition, []).append((newest_ts(chunk), key))
+        return records
+
+    def _put(self, partition: int, key: bytes, value: bytes | None) -> Record:
         if value is None:
             self.table.data.pop(key, None)
         else:
             self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        return Record(self.topic, key, value, partition)
 
     def has_expired(self, partition: int, cut_ms: int) -> bool:
         return any(newest <= cut_ms for newest, _ in self.index.get(partition, ()))
 
-    def expire(self, partition: int, cut_ms: int, carry: list[Event]) -> None:
-        """Delete deltas older than the cut; keep the membership events still in force."""
+    def expire(self, partition: int, cut_ms: int,
+               carry: list[Event]) -> tuple[list[Record], list[Record]]:
+        """Delete deltas older than the cut; keep the membership events still in force.
+
+        Returns (carry records, deletions): the deletions may only be written once the
+        carry records are on the broker. The carry is split over as many keys as its
+        size needs (9k memberships already fill a record)."""
         entries = self.index.get(partition, [])
         expired = [key for newest, key in entries if newest <= cut_ms]
         if not expired:
-            return
-        carry_key = _delta_key(partition, "carry")
-        self._put(partition, carry_key, _encode_events(carry) if carry else None)
-        self._put(partition, _delta_key(partition, "cut"), str(cut_ms).encode())
+            return [], []
+        carried = [self._put(partition, _delta_key(partition, f"carry#{number}"), value)
+                   for number, (_, value) in enumerate(_encoded_chunks(carry))]
+        kept = {record.key for record in carried if record.key is not None}
+        stale = sorted(self.carry_keys.get(partition, set()) - kept)
+        self.carry_keys[partition] = kept
+        carried.append(self._put(partition, _delta_key(partition, "cut"), str(cut_ms).encode()))
         self.cuts[partition] = cut_ms
-        for key in expired:
-            self._put(partition, key, None)
+        deletions = [self._put(partition, key, None) for key in [*stale, *expired]]
         self.index[partition] = [(n, k) for n, k in entries if n > cut_ms]
+        return carried, deletions
 
     def load(self, partitions: set[int]) -> Iterable[tuple[int, list[Event]]]:
         """Stored deltas of the given partitions.
@@ -173,21 +348,85 @@ class DeltaLog:
         changelog stays for the worker that owns them now.
         """
         self.index, self.cuts = {}, {}
+        self.carry_keys = {}
+        self.marked = self._check_user_ids(partitions)
         for key, value in list(self.table.data.items()):
             partition = _partition_of_key(key)
             if partition not in partitions:
                 del self.table.data[key]
                 continue
-            if not value:
+            if not value or key.endswith(_USER_IDS_SUFFIX):
                 continue
             if key.endswith(_CUT_SUFFIX):
                 self.cuts[partition] = int(value)
                 continue
             events = _decode_events(value)
-            if not key.endswith(b"carry") and events:
+            if _is_carry(key):
+                self.carry_keys.setdefault(partition, set()).add(key)
+            elif events:
                 newest = newest_ts(events)
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
+
+
+    def _check_user_ids(self, partitions: set[int]) -> set[int]:
+        """The partitions whose deltas say how they store user ids; raises
+        UserIdsMismatch when that is not how this worker stores them. Deltas that say
+        nothing (written before the record existed) hold raw ids."""
+        marked: dict[int, bytes] = {}
+        unmarked: set[int] = set()
+        for key, value in self.table.data.items():
+            partition = _partition_of_key(key)
+            if partition in partitions and value:
+                if key.endswith(_USER_IDS_SUFFIX):
+                    marked[partition] = value
+                else:
+                    unmarked.add(partition)
+        found = set(marked.values()) | ({RAW_IDS.encode()} if unmarked - set(marked) else set())
+        for stored in found - {self.user_ids}:
+            raise UserIdsMismatch(
+                f"the changelog {self.table.changelog_topic.get_topic_name()} holds user ids "
+                f"{_describe_user_ids(stored)}, but this worker stores them "
+                f"{_describe_user_ids(self.user_ids)}: pseudonymisation was switched or its "
+                "key changed; start with a new app_id (docs/security.md, key rotation)")
+        return set(marked)
+
+
+class PreparedBatch(NamedTuple):
+    # (topic, partition, offset, arrival ms, result) per message
+    parsed: list[tuple[str, int, int, int, Ingested]]
+    records: list[Record]  # to be on the broker before the batch counts
+    lag_s: float | None  # now minus the newest message's Kafka timestamp
+
+
+def dead_letter(topic: str, msg: Any, rejection: Rejection, number: int) -> Record:
+    """The dead-letter record of a rejection: original key and bytes, reason, source.
+
+    `dead_letter_id` (source topic, partition, offset and the rejection's number in the
+    message) is the same when a restart reads the message again, so readers
+    (`community-pulse redrive`) drop the copies. A record that would not fit keeps the
+    first DEAD_LETTER_KEEP_BYTES with the original size and SHA-256 in headers."""
+    source = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    headers = [
+        ("reason", rejection.reason.encode()),
+        ("detail", rejection.detail.encode()[:1000]),
+        ("source_topic", msg.topic.encode()),
+        ("source_partition", str(msg.partition).encode()),
+        ("source_offset", str(msg.offset).encode()),
+        ("dead_letter_id", f"{source}/{number}".encode()),
+    ]
+    key, value = msg.key, rejection.raw
+    digest = [("original_size", str(len(value)).encode()),
+              ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
+    # If the topic refuses even that (a small max.message.bytes): the headers alone,
+    # which still say where the original is (source topic, partition, offset).
+    bare = Record(topic, None, b"", None, [(name, text[:100]) for name, text in headers]
+                  + digest)
+    if len(value) + len(key or b"") > RECORD_MAX_BYTES:
+        headers += digest
+        value = value[:DEAD_LETTER_KEEP_BYTES]
+        key = key[:DEAD_LETTER_KEEP_BYTES] if key else key
+    return Record(topic, key, value, None, headers, bare)
 
 
 class PulseWorker:
@@ -203,16 +442,41 @@ class PulseWorker:
         self.runtime = runtime
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
-        self.core = PulseCore(metric_config)
-        self.ingestor = Ingestor(self.core, self.topics, Pseudonymiser.from_runtime(runtime))
+        self.pseudonymise = Pseudonymiser.from_runtime(runtime)
+        self.managers = (read_managers(runtime.managers_file, self.pseudonymise)
+                         if runtime.managers_file else [])
+        self.core = PulseCore(metric_config, managers_of(self.managers))
+        self.steering = SteeringSink(runtime.data_dir, SteeringSettings.of(runtime),
+                                     self.managers, metric_config)
+        self.partitions: set[int] = set()  # of the event topics, assigned to this worker
+        self.ingestor = Ingestor(self.core, self.topics, self.pseudonymise)
         self.partition_of: dict[str, int] = {}
         # Changed since /metrics last showed them, oldest change first (a dict as an
         # ordered set: a community that changes again keeps its place in the queue).
         self.dirty: dict[str, None] = {}
         self.writer = SnapshotWriter(runtime.data_dir)
-        self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported)
+        self.metrics = WorkerMetrics(self.ingestor.stats, runtime.min_members_exported,
+                                     runtime.liveness_timeout_s)
+        self.sink = SinkQueue(self._write_parquet,
+                              on_error=self.metrics.sink_errors.labels("parquet").inc,
+                              on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc)
+        self.metrics.sink_pending_rows.labels("parquet").set_function(
+            lambda: self.sink.pending_rows)
         self.deltas: DeltaLog | None = None
         self.dead_letter: Any = None  # faust Topic, bound in build_app
+        self.dead_letter_topic: str | None = None  # its name
+        # Partition count of a topic (None: unknown, no partition check); build_app
+        # binds it to the consumer's metadata.
+        self.partitions_of: Callable[[str], int | None] = lambda topic: None
+        self._key_hashes: dict[bytes, int] = {}
+        # Last answer from the broker (monotonic); past the session timeout without one,
+        # the group has given our partitions to others: stop exporting and writing.
+        self.last_contact: float | None = None  # None: not asked yet (still starting)
+        self.session_timeout_s = 60.0  # build_app takes Faust's broker_session_timeout
+        self._cut_off = False
+        # Changelog records of delta expiry, in order: each item's records are to be on
+        # the broker before the next item's are written (carry before deletions).
+        self.expiry_records: list[list[Record]] = []
         self._deltas_expired_at = 0
         self._next_refresh = 0.0
         self.behind = False  # consuming a backlog: skip the fast refresh
@@ -243,42 +507,86 @@ class PulseWorker:
 
     # ---- ingest -----------------------------------------------------------------------
 
-    def handle_batch(self, batch: Sequence[EventT]) -> None:
-        """Apply one batch of Kafka messages: one core call per topic, one changelog
-        write per partition."""
+    def prepare(self, batch: Sequence[EventT]) -> PreparedBatch:
+        """Decode one batch of Kafka messages and store its accepted events in the
+        table: the records to write (one changelog write per partition, dead letters)
+        before `apply` may count and apply it."""
         now_ms = int(self.clock() * 1000)
-        by_topic: dict[str, list[Event]] = {}
+        parsed: list[tuple[str, int, int, int, Ingested]] = []
+        records: list[Record] = []
         by_partition: dict[int, list[Event]] = {}
         tags: dict[int, str] = {}
         for message_event in batch:
             msg = message_event.message
-            self.processed_next[(msg.topic, msg.partition)] = msg.offset + 1
+            misplaced = self._misplaced(msg)
             # A missing key counts as a mismatch: keys are what keep a community whole.
-            result = self.ingestor.decode(msg.topic, msg.value, msg.key or b"", now_ms)
-            for rejection in result.rejections:
-                self._send_dead_letter(msg, rejection)
-            events = result.events
-            if not events:
+            result = misplaced or self.ingestor.parse(msg.topic, msg.value, msg.key or b"",
+                                                      now_ms)
+            arrival_ms = min(int(msg.timestamp * 1000), now_ms)  # a producer may run ahead
+            parsed.append((msg.topic, msg.partition, msg.offset, arrival_ms, result))
+            for number, rejection in enumerate(result.rejections):
+                if self.dead_letter_topic is not None:
+                    records.append(dead_letter(self.dead_letter_topic, msg, rejection, number))
+            if not result.events:
                 continue
-            self._arrived(msg.partition, events, min(int(msg.timestamp * 1000), now_ms))
-            community_id = events[0].community_id  # one community per message (its key)
-            self.partition_of[community_id] = msg.partition
-            self.dirty[community_id] = None
-            by_topic.setdefault(msg.topic, []).extend(events)
-            by_partition.setdefault(msg.partition, []).extend(events)
+            by_partition.setdefault(msg.partition, []).extend(result.events)
             if msg.partition not in tags:
                 # (topic, offset) of the first message is unique and stable across retries.
                 tags[msg.partition] = f"{msg.topic}@{msg.offset}"
-        if batch:
-            # Kafka timestamp of the newest message: how far behind the producers we are.
-            lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp)
-            self.metrics.consumer_lag.set(lag)
-            self.behind = lag > BEHIND_S
-        for topic, events in by_topic.items():
-            self.ingestor.apply(topic, events)
         if self.deltas is not None:
             for partition, events in by_partition.items():
-                self.deltas.append(partition, tags[partition], events)
+                records.extend(self.deltas.append(partition, tags[partition], events))
+        # Kafka timestamp of the newest message: how far behind the producers we are.
+        lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp) if batch else None
+        return PreparedBatch(parsed, records, lag)
+
+    def _misplaced(self, msg: Any) -> Ingested | None:
+        """A message on another partition than the Java client's murmur2 partitioner
+        puts its key on (the contract: SPEC 1), as a wrong_partition rejection.
+
+        A producer with another partitioner (librdkafka's default is crc32) would split
+        a community over workers; once it is fixed, `community-pulse redrive` puts
+        these messages where they belong."""
+        key = msg.key
+        partitions = self.partitions_of(msg.topic) if key else None
+        if not partitions:
+            return None
+        hashed = self._key_hashes.get(key)
+        if hashed is None:
+            if len(self._key_hashes) > KEY_HASH_CACHE:
+                self._key_hashes.clear()
+            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+        expected = hashed % partitions
+        if expected == msg.partition:
+            return None
+        detail = (f"the key belongs on partition {expected} of {partitions} (murmur2), "
+                  f"not {msg.partition}")
+        return Ingested([], [Rejection(msg.value or b"", Reason.WRONG_PARTITION, detail)])
+
+    def apply(self, prepared: PreparedBatch) -> None:
+        """Count and apply a prepared batch (once its records are on the broker): one
+        core call per topic. Counters, gauges and snapshots only ever show what a
+        restart would find again."""
+        by_topic: dict[str, list[Event]] = {}
+        for topic, partition, offset, arrival_ms, (events, rejections) in prepared.parsed:
+            self.processed_next[(topic, partition)] = offset + 1
+            self.ingestor.counted(topic, events, rejections)
+            if not events:
+                continue
+            self._arrived(partition, events, arrival_ms)
+            community_id = events[0].community_id  # one community per message (its key)
+            self.partition_of[community_id] = partition
+            self.dirty[community_id] = None
+            by_topic.setdefault(topic, []).extend(events)
+        if prepared.lag_s is not None:
+            self.metrics.consumer_lag.set(prepared.lag_s)
+            self.behind = prepared.lag_s > BEHIND_S
+        for topic, events in by_topic.items():
+            self.ingestor.apply(topic, events)
+
+    def handle_batch(self, batch: Sequence[EventT]) -> None:
+        """`prepare` and `apply` at once, without writing to Kafka (tests, tools)."""
+        self.apply(self.prepare(batch))
 
     def _arrived(self, partition: int, events: list[Event], arrival_ms: int) -> None:
         """Tell the closing book what arrived (one community's events) and when it reached
@@ -297,21 +605,6 @@ class PulseWorker:
             self.first_event[partition] = oldest
         return oldest
 
-    def _send_dead_letter(self, msg: Any, rejection: Rejection) -> None:
-        log.debug("dead letter from %s: %s", msg.topic, rejection.reason)  # no content
-        if self.dead_letter is None:
-            return
-        self.dead_letter.send_soon(
-            key=msg.key,
-            value=rejection.raw,
-            headers=[
-                ("reason", rejection.reason.encode()),
-                ("detail", rejection.detail.encode()[:1000]),
-                ("source_topic", msg.topic.encode()),
-                ("source_partition", str(msg.partition).encode()),
-                ("source_offset", str(msg.offset).encode()),
-            ],
-        )
 
     # ---- ownership --------------------------------------------------------------------
 
@@ -321,6 +614,7 @@ class PulseWorker:
         if self.deltas is None:
             return
         self.revoke(set(self.partition_of.values()) - partitions)
+        self.partitions = set(partitions)
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         self.first_event.clear()
@@ -346,6 +640,7 @@ class PulseWorker:
         Their table data stays until recovery: a partition revoked and assigned back in
         the same rebalance is not re-read from the changelog.
         """
+        self.partitions -= partitions
         self._ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
@@ -361,6 +656,41 @@ class PulseWorker:
             self.first_event.pop(partition, None)
         self.metrics.owned.set(len(self.core.communities))
 
+    # ---- contact with the broker --------------------------------------------------------
+
+    def cut_off(self) -> bool:
+        """Whether the broker has not answered for longer than the session timeout: the
+        consumer group has moved our partitions to other workers by now. The community
+        gauges go (other workers export them) and no live rows are written until the
+        broker answers again."""
+        if self.last_contact is None or (
+                time.monotonic() - self.last_contact <= self.session_timeout_s):
+            return False
+        if not self._cut_off:
+            self._cut_off = True
+            log.warning("no answer from Kafka for %.0f s (session timeout): not exporting "
+                        "or writing %d communities until it is back",
+                        self.session_timeout_s, len(self.core.communities))
+            self.metrics.communities.retain(set())
+            self.metrics.owned.set(0)
+            self.metrics.assigned_partitions.set(0)
+            self.metrics.consumer_lag_messages.clear()
+        return True
+
+    def in_contact(self, lag_by_topic: dict[str, int], partitions: int) -> None:
+        """The broker answered: the lag of each topic (highwater minus position over
+        our partitions) and how many source partitions are ours."""
+        self.last_contact = time.monotonic()
+        if self._cut_off:
+            self._cut_off = False
+            log.warning("Kafka answers again")
+            self.dirty.update(dict.fromkeys(self.core.communities))
+            self.metrics.owned.set(len(self.core.communities))
+        self.metrics.consumer_lag_messages.clear()
+        for topic, lag in lag_by_topic.items():
+            self.metrics.consumer_lag_messages.labels(topic).set(lag)
+        self.metrics.assigned_partitions.set(partitions)
+
     # ---- snapshots --------------------------------------------------------------------
 
     def refresh_steps(self) -> Iterator[None]:
@@ -372,7 +702,7 @@ class PulseWorker:
         changes all the time, gauges lag a little more instead of starving ingestion.
         """
         started = time.monotonic()
-        if started < self._next_refresh or self.behind:
+        if started < self._next_refresh or self.behind or self.cut_off():
             return  # while catching up, gauges wait for the full snapshot
         spent = 0.0
         slice_start = time.perf_counter()
@@ -399,6 +729,8 @@ class PulseWorker:
         BEHIND_SNAPSHOT_EVERY-th does: numbers over a half-read backlog are soon
         outdated, and the time is better spent reading it."""
         self._snapshot_ticks += 1
+        if self.cut_off():
+            return False  # the partitions are someone else's by now: no rows as if ours
         return not self.behind or self._snapshot_ticks % BEHIND_SNAPSHOT_EVERY == 0
 
     def snapshot_steps(self, as_of: int, rows: list[SnapshotRow]) -> Iterator[None]:
@@ -453,9 +785,7 @@ class PulseWorker:
         """The goals table's rows at a closing midnight, from one partition's closing
         rows: of its communities, and (no_data) of goals whose community has no closing row
         there but belongs to this partition (seen in it, or its key would go to it)."""
-        if self.runtime.parquet_omit_small_communities:  # as the snapshots' Parquet does
-            table = table.filter(pc.greater_equal(table["members"],
-                                                  self.runtime.min_members_exported))
+        table = self._publishable(table)  # as the snapshots' Parquet
         named = pa.array(sorted(steering_goals.communities(self.goals)), pa.string())
         rows = table.filter(pc.is_in(table["community_id"], value_set=named)).to_pylist()
         return self._goals_of(rows, midnight, lambda community: self.partition_of.get(
@@ -509,7 +839,7 @@ class PulseWorker:
                 continue
             carry = [event for c, p in self.partition_of.items() if p == partition
                      for event in self.core.communities[c].memberships_through(cut_ms)]
-            self.deltas.expire(partition, cut_ms, carry)
+            self.expiry_records.extend(self.deltas.expire(partition, cut_ms, carry))
 
     # ---- closing rows ---------------------------------------------------------------
 
@@ -567,19 +897,23 @@ class PulseWorker:
                     rows.setdefault(row.community_id, []).append(row)
                 self._closing_rows[(partition, midnight)] = rows
             if table is not None:
-                values = self._closing_values.setdefault(midnight, {})
+                read: dict[str, list[ClosingValue]] = {}
                 for row in table.to_pylist():
-                    values.setdefault(row["community_id"], []).append(ClosingValue(
+                    read.setdefault(row["community_id"], []).append(ClosingValue(
                         row["window_days"], row["members"], row["sustainability"],
                         TIERS.index(row["tier"])))
+                self._closing_values.setdefault(midnight, {}).update(read)
 
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
         slice_start, ownership = time.perf_counter(), self._ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
+        planned: list[Task] = []
         for partition in sorted(self._partitions()):
-            for task in self.closing.plan(partition, mark, self.first_event.get(partition)):
+            tasks = self.closing.plan(partition, mark, self.first_event.get(partition))
+            planned += tasks
+            for task in tasks:
                 midnight = task.midnight
                 rows = self._closing_rows.setdefault((partition, midnight), {})
                 values = self._closing_values.setdefault(midnight, {})
@@ -609,6 +943,8 @@ class PulseWorker:
                         slice_start = time.perf_counter()
                         if self._ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
+                            for planned_task in planned:
+                                self.closing.retry(planned_task)
                             return
                 table = rows_to_table([r for c in sorted(rows) for r in rows[c]], closing=True)
                 final = b"true" if task.final else b"false"
@@ -621,7 +957,7 @@ class PulseWorker:
         for task, table in written:
             try:
                 with self.metrics.sink_seconds.labels("parquet").time():
-                    self.writer.write_table(task.midnight, table,
+                    self.writer.write_table(task.midnight, self._publishable(table),
                                             closing_file_name(task.midnight, task.partition))
                     if self.goals:  # the goals table: one row per goal and midnight
                         self.writer.tables.write("goals", goals_table(
@@ -634,8 +970,13 @@ class PulseWorker:
             done.append(task)
         return done
 
-    def closing_written(self, tasks: list[Task], mark: int) -> None:
+    def closing_written(self, attempted: list[tuple[Task, pa.Table]], tasks: list[Task],
+                        mark: int) -> None:
+        """After `write_closings`: `tasks` of the `attempted` are written."""
         owned = self._partitions()
+        for task, _ in attempted:
+            if task not in tasks:
+                self.closing.retry(task)
         for task in tasks:
             if task.partition not in owned:
                 continue  # revoked meanwhile: the new owner reads the file
@@ -682,22 +1023,69 @@ class PulseWorker:
         for _ in self.closing_steps(mark, out):
             pass
         done = self.write_closings(out)
-        self.closing_written(done, mark)
+        self.closing_written(out, done, mark)
         return done
 
-    def write_rows(self, rows: Sequence[SnapshotRow]) -> None:
-        """Live rows to Parquet. (The goals table comes from the closing rows, see
-        `write_closings`; live goals are in the gauges.)"""
+    def _publishable(self, table: pa.Table) -> pa.Table:
+        """Closing rows without the small communities when asked (privacy, as in
+        write_rows); the rows kept in memory still have them."""
+        if not self.runtime.parquet_omit_small_communities:
+            return table
+        return table.filter(pc.greater_equal(table["members"],
+                                             self.runtime.min_members_exported))
+
+    def write_rows(self, rows: Sequence[SnapshotRow], wait: bool = True) -> None:
+        """Live rows to Parquet, through the sink queue (written by its thread, kept and
+        retried while the sink fails), which also retries what is waiting; `wait` until
+        that attempt is over (the snapshot timer does not: a hung disk must not stop
+        expiry). (The goals table comes from the closing rows, see `write_closings`.)"""
         if self.runtime.parquet_omit_small_communities:  # as /metrics does (privacy)
             rows = [row for row in rows if row.members >= self.runtime.min_members_exported]
-        if not rows:
-            return
+        attempt = self.sink.submit(rows)
+        if wait and attempt is not None:
+            attempt.result()
+
+    def _write_parquet(self, rows: Sequence[SnapshotRow]) -> None:
+        with self.metrics.sink_seconds.labels("parquet").time():
+            self.writer.write(rows)
+
+
+    # ---- steering ---------------------------------------------------------------------
+
+    def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
+        """Sketches and follow-up counts of the owned communities at `as_of` into
+        `inputs`, yielding after every SLICE_S of work like `snapshot_steps`."""
+        parts: list[tuple[pa.Table, pa.Table]] = []
+        slice_start = time.perf_counter()
+        for community_id in sorted(self.core.communities):
+            state = self.core.communities.get(community_id)  # may be revoked meanwhile
+            if state is not None:
+                parts.append(community_inputs([state], self.managers, as_of,
+                                              self.steering.settings))
+            if time.perf_counter() - slice_start > SLICE_S:
+                yield
+                slice_start = time.perf_counter()
+        inputs[:] = [pa.concat_tables([p[i] for p in parts] or [schema.empty_table()])
+                     for i, schema in enumerate((SKETCH_SCHEMA, FOLLOWUP_COUNTS_SCHEMA))]
+
+    def publish_steering(self, as_of: int, inputs: Sequence[pa.Table]) -> None:
+        """Write this worker's steering inputs; the owner of partition 0 then forms the
+        network-wide tables from every worker's newest (run off the event loop)."""
         try:
-            with self.metrics.sink_seconds.labels("parquet").time():
-                self.writer.write(rows)
+            with self.metrics.sink_seconds.labels("steering").time():
+                self.steering.write_inputs(*inputs)
+                if 0 not in self.partitions:
+                    self.metrics.show_steering(None)
+                    return
+                rt, span = self.runtime, STALE_AFTER_INTERVALS * 1000
+                inputs_since = as_of - int(span * rt.steering_interval_s)
+                snapshots_since = as_of - int(
+                    span * rt.snapshot_interval_s * BEHIND_SNAPSHOT_EVERY)
+                self.metrics.show_steering(self.steering.network_from_data_dir(
+                    as_of, inputs_since, snapshots_since))
         except Exception:  # a sink outage must not stop the stream; it is counted
-            self.metrics.sink_errors.labels("parquet").inc()
-            log.exception("writing %d snapshot rows failed", len(rows))
+            self.metrics.sink_errors.labels("steering").inc()
+            log.exception("writing the steering tables failed")
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -782,6 +1170,7 @@ def _scratch_dir(app_id: str) -> str:
 def faust_app(
     app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
     security: KafkaSecurity | None = None, replication: int = 1,
+    session_timeout_s: float = 60.0,
 ) -> faust.App:
     """The Faust settings the worker runs with (the benchmark's floor uses them too).
 
@@ -794,6 +1183,10 @@ def faust_app(
         broker=broker,
         broker_credentials=(security or KafkaSecurity()).faust_credentials(),
         topic_replication_factor=replication,
+        # How long the group waits for a silent worker before its partitions move on;
+        # a worker cut off for that long stops exporting and writing (PulseWorker.cut_off).
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=min(3.0, session_timeout_s / 10),
         datadir=_scratch_dir(app_id),
         store="memory://",
         topic_partitions=partitions,
@@ -817,40 +1210,88 @@ def ignored_faust_environment() -> list[str]:
 def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> faust.App:
     rt = worker.runtime
     app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms, security,
-                    rt.topic_replication_factor)
+                    rt.topic_replication_factor, rt.session_timeout_s)
     # Topics the worker creates when they are missing (replication: topic_replication_factor).
     topic_config = {"min.insync.replicas": str(rt.topic_min_insync_replicas)}
     source = app.topic(
         *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions,
         internal=True, config=topic_config,
     )
-    worker.dead_letter = app.topic(
+    worker.dead_letter = dead_letter_topic = app.topic(
         rt.topic_prefix + DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes,
         partitions=rt.partitions, internal=True, config=topic_config,
     )
+    worker.dead_letter_topic = dead_letter_topic.get_topic_name()
+    worker.partitions_of = app.consumer.topic_partitions
     table = app.Table(
         "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
         extra_topic_configs=topic_config,
     )
-    worker.deltas = DeltaLog(table)
+    worker.deltas = DeltaLog(table, RAW_IDS if worker.pseudonymise is None
+                             else worker.pseudonymise.fingerprint)
     worker.assigned = set()  # nothing until the consumer group assigns partitions
     source_topics = set(worker.topics)
+    sender = DurableSender(app.producer, worker.metrics.send_retries.inc)
 
     @app.agent(source, name="ingest")
     async def ingest(stream: StreamT) -> None:
         batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
             BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S)
         async for batch in batches:
-            worker.handle_batch(batch)
+            try:
+                prepared = worker.prepare(batch)
+                await sender.send(prepared.records)  # acked below only once durable
+                worker.apply(prepared)
+            except BaseException as exc:
+                withhold_acks(batch)  # its offsets stay uncommitted
+                if isinstance(exc, Exception):
+                    exit_unclean(exc)
+                raise
 
     @app.task
     async def declare_dead_letter_topic() -> None:
-        await worker.dead_letter.maybe_declare()
+        await dead_letter_topic.maybe_declare()
+
+    worker.session_timeout_s = app.conf.broker_session_timeout
+    contact_probe = TP(worker.dead_letter_topic, 0)  # asked even with nothing assigned
+
+    async def poll_lag() -> None:
+        consumer = app.consumer
+        ours = [tp for tp in consumer.assignment() if tp.topic in source_topics]
+        highwaters = await consumer.highwaters(*ours, contact_probe)
+        lag: dict[str, int] = dict.fromkeys(source_topics, 0)
+        for tp in ours:
+            position = await consumer.position(tp)
+            if position is not None and tp in highwaters:
+                lag[tp.topic] += max(0, highwaters[tp] - position)
+        worker.in_contact(lag, len(ours))
+
+    @app.timer(interval=LAG_POLL_INTERVAL_S)
+    async def watch_kafka() -> None:
+        # The lag gauge moves without batches arriving (a stuck or starved consumer
+        # shows), and a broker that does not answer is noticed (cut_off).
+        try:
+            await asyncio.wait_for(poll_lag(), LAG_POLL_TIMEOUT_S)
+        except Exception as exc:  # no answer, whatever the reason: no contact
+            log.info("lag poll failed: %r", exc)
+            if worker.last_contact is None:  # the first poll: the clock starts now
+                worker.last_contact = time.monotonic()
+        worker.cut_off()
+
+    @app.timer(interval=REFRESH_INTERVAL_S)
+    async def write_expiry() -> None:
+        while worker.expiry_records:  # carry pieces on the broker before any deletion
+            await sender.send(worker.expiry_records[0])
+            del worker.expiry_records[0]
 
     @table.on_recover
     async def on_recover() -> None:
         active = app.assignor.assigned_actives()
-        worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        try:
+            worker.recover({tp.partition for tp in active if tp.topic in source_topics})
+        except UserIdsMismatch as exc:  # counting a user twice: refuse, in one line
+            print(f"community-pulse: error: {exc}", file=sys.stderr, flush=True)
+            os._exit(2)
         # Faust resumes the source partitions after this returns: the closing files are
         # known before the backlog streams in (see learn_closing_files).
         now_ms = int(worker.clock() * 1000)
@@ -868,6 +1309,16 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     async def refresh() -> None:
         for _ in worker.refresh_steps():
             await asyncio.sleep(AGENT_TURN_S)  # let the agent consume between slices
+
+    @app.timer(interval=rt.steering_interval_s)
+    async def steering() -> None:
+        if worker.mark is None:  # catching up: sketches of a half-read backlog would mislead
+            return
+        as_of, inputs = int(worker.clock() * 1000), list[pa.Table]()
+        for _ in worker.steering_steps(as_of, inputs):
+            await asyncio.sleep(AGENT_TURN_S)
+        await asyncio.get_running_loop().run_in_executor(
+            None, worker.publish_steering, as_of, inputs)
 
     @app.timer(interval=CATCH_UP_CHECK_S)
     async def track_catch_up() -> None:
@@ -890,7 +1341,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
             await asyncio.sleep(AGENT_TURN_S)
         if worker.mark is not None:  # live rows over a half-read backlog are not written
-            await loop.run_in_executor(None, worker.write_rows, rows)
+            worker.write_rows(rows, wait=False)  # a hung disk must not stop expiry
         mark = worker.mark
         if mark is None:
             return
@@ -902,7 +1353,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         for _ in worker.closing_steps(mark, closing):
             await asyncio.sleep(AGENT_TURN_S)
         done = await loop.run_in_executor(None, worker.write_closings, closing)
-        worker.closing_written(done, mark)
+        worker.closing_written(closing, done, mark)
 
     return app
 
@@ -918,43 +1369,14 @@ class StartupError(ConfigError):
     """The worker cannot start with these settings; the message is one line."""
 
 
-BROKER_CHECK_TIMEOUT_S = 15.0
-
-
-def describe_startup_failure(exc: BaseException, runtime: RuntimeConfig) -> str:
-    """One line for what stopped the worker from starting. New causes (e.g. a refused
-    login) get their own branch here."""
-    if isinstance(exc, KafkaConnectionError | TimeoutError):
-        return (f"cannot reach Kafka at {runtime.broker} ({exc}); is the broker running? "
-                "Set it with --broker or PULSE_BROKER")
-    return f"cannot use Kafka at {runtime.broker}: {type(exc).__name__}: {exc}"
-
-
-def check_broker(app: faust.App, runtime: RuntimeConfig) -> None:
-    """Connect to the brokers once, with the app's own addresses and credentials, before
-    Faust starts: Faust's own failure would be a crash with a page of traceback."""
-
-    async def connect() -> None:
-        client = AIOKafkaClient(
-            bootstrap_servers=faust_aiokafka.server_list(app.conf.broker, 9092),
-            request_timeout_ms=int(BROKER_CHECK_TIMEOUT_S * 1000),
-            **faust_aiokafka.credentials_to_aiokafka_auth(app.conf.broker_credentials,
-                                                          app.conf.ssl_context))
-        try:
-            await asyncio.wait_for(client.bootstrap(), BROKER_CHECK_TIMEOUT_S)
-        finally:
-            await client.close()
-
-    kafka_log = logging.getLogger("aiokafka")
-    level, loop = kafka_log.level, asyncio.new_event_loop()
-    kafka_log.setLevel(logging.CRITICAL)  # its "Unable connect" lines: we say it once
+def check_broker(runtime: RuntimeConfig, security: KafkaSecurity) -> None:
+    """The broker preflight (streams.kafka_auth.check_access) before Faust starts, whose
+    own failures are endless retries (a refused login) or a page of traceback."""
     try:
-        loop.run_until_complete(connect())
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise StartupError(describe_startup_failure(exc, runtime)) from None
-    finally:
-        kafka_log.setLevel(level)
-        loop.close()
+        check_access(runtime.broker, security)
+    except KafkaAccessError as exc:
+        hint = "" if exc.reached else "; set it with --broker or PULSE_BROKER"
+        raise StartupError(f"{exc}{hint}") from None
 
 
 def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
@@ -970,7 +1392,7 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
     access = MetricsAccess.from_runtime(runtime)
-    check_access(runtime.broker, security)  # a refused login: one line, not endless retries
+    check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
@@ -979,7 +1401,6 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
-    check_broker(app, runtime)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
                 runtime.metrics_host, runtime.metrics_port,
@@ -987,4 +1408,16 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     if not sys.stdout.isatty():
         faust_worker.spinner = None  # it writes cursor escape codes, also into a log file
+    keep_beating(faust_worker.loop, worker.metrics.beat)
     faust_worker.execute_from_commandline()
+
+
+def keep_beating(loop: asyncio.AbstractEventLoop, beat: Callable[[], None]) -> None:
+    """Call `beat` every HEARTBEAT_INTERVAL_S from the event loop itself (not a Faust
+    timer, which starts only with the app): /healthz fails when the beats stop, i.e.
+    when something blocks the loop; /metrics is served from its own thread."""
+    def tick() -> None:
+        beat()
+        loop.call_later(HEARTBEAT_INTERVAL_S, tick)
+
+    loop.call_soon(tick)

@@ -11,22 +11,38 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from devkit.devkafka import LocalKafka
+pytest.register_assert_rewrite("tests.faults", "tests.workers")
+
+from devkit.devcerts import DevCerts, make_certs  # noqa: E402
+from devkit.devkafka import LocalKafka  # noqa: E402
+
+LONG_MARKERS = {"faults": "make faults", "soak": "make soak"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    for marker, target in LONG_MARKERS.items():
+        parser.addoption(f"--{marker}", action="store_true",
+                         help=f"run the tests marked {marker} ({target}; skipped otherwise)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kafka: needs the session's real local Kafka broker (fixture `kafka`)"
     )
+    config.addinivalue_line("markers", "faults: long fault runs (make faults)")
+    config.addinivalue_line("markers", "soak: the 10-minute soak (make soak)")
     # kafka-python loads its protocol schemas with deprecated importlib.resources calls.
     for msg in ("read_text is deprecated", "open_text is deprecated"):
         config.addinivalue_line("filterwarnings", f"ignore:{msg}:DeprecationWarning")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if {"kafka", "secured_kafka"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+        for marker, target in LONG_MARKERS.items():
+            if item.get_closest_marker(marker) and not config.getoption(f"--{marker}"):
+                item.add_marker(pytest.mark.skip(reason=f"long: run with {target}"))
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +60,13 @@ def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKaf
     with LocalKafka(run_dir=tmp_path_factory.mktemp("kafka-secured"), secured=True,
                     acls=True) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    """A throw-away CA with a server certificate for 127.0.0.1 (`broker_keystore`: key and
+    chain in one PEM) and a client certificate, for the https tests."""
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -56,6 +56,11 @@ def ids_by_day(state: CommunityState) -> dict[int, set[int]]:
         if seen:
             assert not seen & ids.get(day, set()), "an id kept twice"
             ids[day] = ids.get(day, set()) | seen
+    # The lookup structures hold exactly the days' ids, each id once (under one day).
+    assert state._seen == set().union(*state._seen_by_day.values())
+    all_frozen = [i for day in state._frozen_by_day.values() for i in day]
+    assert list(state._frozen) == sorted(all_frozen) and len(set(all_frozen)) == len(all_frozen)
+    assert not state._seen & set(all_frozen), "an id kept twice"
     return ids
 
 

@@ -98,6 +98,23 @@ def test_events_that_reach_kafka_after_an_open_midnights_grace_leave_its_rows() 
         (D, None, frozenset({"c"})), (D + DAY_MS, None, frozenset())]
 
 
+def test_arrivals_while_a_midnight_is_being_written_and_failed_writes_are_not_lost() -> None:
+    book, sink = ClosingBook(GRACE, 0), Sink()
+    for midnight in book.to_check(0, D + HOUR, D - DAY_MS):
+        book.learn(0, midnight, Written.ABSENT)
+    (task,) = book.plan(0, D + HOUR, D - DAY_MS)  # written whole, rows computed ...
+    book.arrived(0, "c", [D - HOUR])  # ... while a late event for D comes in
+    book.done(task)
+    assert [t.communities for t in book.plan(0, D + 2 * HOUR, D - DAY_MS)] == [
+        frozenset({"c"})]
+    # That write fails (or a rebalance abandons the pass): planned again, same rows.
+    book.retry(Task(0, D, frozenset({"c"}), False))
+    book.arrived(0, "d", [D - HOUR])
+    assert [t.communities for t in book.plan(0, D + 3 * HOUR, D - DAY_MS)] == [
+        frozenset({"c", "d"})]
+    assert sink == {}
+
+
 def test_nothing_before_the_first_event_or_the_exact_state() -> None:
     book, sink = ClosingBook(GRACE, 30), Sink()
     assert run_pass(book, sink, 0, D + HOUR, None) == []  # no events at all

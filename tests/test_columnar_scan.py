@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +28,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.columnar import EVENT_SCHEMA, scan_json_lines, scan_parquet
-from schemas.events import DEFAULT_TOPICS, EVENT_TYPES, MAX_FUTURE_MS, MIN_TS_MS, decode_message
+from schemas.columnar import EVENT_SCHEMA, _longest_line, scan_json_lines, scan_parquet
+from schemas.events import (
+    DEFAULT_TOPICS,
+    EVENT_TYPES,
+    MAX_FUTURE_MS,
+    MAX_MESSAGE_BYTES,
+    MIN_TS_MS,
+    decode_message,
+)
 from streams.config import MetricConfig
 from streams.replay import read_messages, replay
 
@@ -77,9 +85,12 @@ def lines(draw: st.DrawFn) -> bytes:
         else:
             event[name] = draw(TIME if choice == "time" else VALUE)
     event["extra"] = draw(VALUE)  # ignored by both
-    shape = draw(st.sampled_from(["object"] * 16 + ["envelope", "garbage", "blank", "ws"]))
+    shape = draw(st.sampled_from(["object"] * 16 + ["envelope", "garbage", "blank", "ws",
+                                                    "empty"]))
     if shape == "envelope":
         return msgspec.json.encode([event, event])
+    if shape == "empty":  # an envelope without events: dead-lettered, never dropped
+        return b"[]"
     if shape == "garbage":
         return draw(st.sampled_from([b"{not json", b'"text"', b"42", b"[1,", b'{"a":1} {"b":2}']))
     if shape in ("blank", "ws"):
@@ -201,6 +212,29 @@ def test_replay_counts_every_line_as_decoding_each_line_would(
     assert dict(stats.dead_lettered) == reasons
 
 
+def test_replay_and_the_worker_agree_at_the_message_size_limit(tmp_path: Path) -> None:
+    """A line of exactly MAX_MESSAGE_BYTES is an event; one byte more is oversized, in
+    the replay scan as in the worker's decoder (one validation contract)."""
+    def padded(event_id: str, size: int) -> bytes:
+        event = {"event_id": event_id, "type": "join", "community_id": "c",
+                 "user_id": "u", "ts": NOW, "extra": ""}
+        short = len(msgspec.json.encode(event))
+        return msgspec.json.encode(event | {"extra": "x" * (size - short)})
+
+    file_lines = [padded("fits", MAX_MESSAGE_BYTES), padded("over", MAX_MESSAGE_BYTES + 1),
+                  b"[]"]
+    assert [len(line) for line in file_lines[:2]] == [MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES + 1]
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(b"\n".join(file_lines) + b"\n")
+    result = replay([path], tmp_path / "data", MetricConfig(), now_ms=NOW)
+    worker = [decode_message(line, ALL, NOW) for line in file_lines]
+    assert [len(events) for events, _ in worker] == [1, 0, 0]
+    assert dict(result.stats.dead_lettered) == Counter(
+        r.reason for _, rejections in worker for r in rejections) == {
+        "oversized": 1, "empty_batch": 1}
+    assert result.stats.processed == 1
+
+
 @st.composite
 def parquet_rows(draw: st.DrawFn) -> dict[str, Any]:
     """An event row as a Parquet file holds it: every field a string or null, `ts` an
@@ -282,3 +316,13 @@ def test_a_parquet_row_too_large_for_a_message_is_rejected_as_oversized(tmp_path
     result = replay([path], tmp_path / "data", MetricConfig(), now_ms=NOW)
     assert dict(result.stats.dead_lettered) == {"oversized": 1}
     assert result.stats.processed == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"")), st.integers(1, 7))
+def test_longest_line_is_found_across_chunks(content: bytes, chunk: int) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as file:
+        file.write(content)
+        file.flush()
+        expected = max((len(line) for line in content.split(b"\n")), default=0)
+        assert _longest_line(Path(file.name), chunk) == expected

@@ -497,3 +497,16 @@ def test_rows_have_every_configured_window() -> None:
     core.apply([post("a", T - D, "p")])
     assert [r.window_days for r in core.snapshot(T)] == [1, 3, 7]
     assert [r.posts for r in core.snapshot(T)] == [0, 1, 1]  # t - 1d is outside (t - 1d, t]
+
+
+def test_a_repeated_event_id_with_another_day_is_still_a_duplicate() -> None:
+    # A producer that re-stamps a retry: dedup used to look only at the day of ts.
+    config = MetricConfig()
+    core = PulseCore(config)
+    post = Event("e1", "post", "c", "u1", T - 3 * DAY_MS, post_id="p1")
+    restamped = Event("e1", "post", "c", "u1", T - DAY_MS, post_id="p1")
+    assert core.apply([post]) == 0
+    assert core.apply([restamped]) == 1
+    core.expire(T + 2 * DAY_MS - config.retention_ms)  # the post's day is over: frozen
+    assert core.apply([Event("e1", "post", "c", "u1", T, post_id="p1")]) == 1
+    assert [r.posts for r in core.snapshot(T)] == [1, 1]

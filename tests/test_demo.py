@@ -63,6 +63,7 @@ def test_demo_from_a_fresh_directory_leaves_data_every_documented_query_answers(
     assert exported and int(exported.group(1)) > 0, final
     assert "creator, conversationalist or critic" in final
     assert 'community-pulse sql --data-dir data/demo "FROM latest_snapshots"' in final
+    assert re.search(r"where to start \(communities of practice, best first\): 1\. ", final)
     counts = re.search(r"events consumed ([\d,]+)\s+processed ([\d,]+)\s+duplicates ([\d,]+)"
                        r"\s+dead-lettered ([\d,]+)", final)
     assert counts, final
@@ -76,7 +77,7 @@ def test_demo_from_a_fresh_directory_leaves_data_every_documented_query_answers(
     assert len(ids) == 60 and not any(i.startswith("stale") for i in ids)
     assert days >= 28
     # The example goals (deploy/examples/goals.yml, moved to now): status lines, and the
-    # goals table from the seeded days and the worker's snapshots.
+    # goals table from the worker's closing rows of the history's days and its snapshots.
     assert re.search(r"^goals: 4$", final, re.M), final
     assert len(re.findall(r"^  goal \S+ +(on_track|behind) ", final, re.M)) == 4, final
     with duckdb.connect(str(data / "pulse.duckdb"), read_only=True) as db:

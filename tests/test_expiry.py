@@ -4,13 +4,14 @@ kept in the changelog after expiry still rebuilds the same numbers."""
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import msgspec
 
 from schemas.events import Event
 from streams.config import DAY_MS, MetricConfig
 from streams.core import CommunityState, PulseCore
-from streams.worker import DeltaLog
+from streams.worker import DeltaLog, Record
 
 START = 1_767_225_600_000  # 2026-01-01
 
@@ -60,14 +61,13 @@ def test_state_stays_bounded_over_a_long_run() -> None:
 
 
 class RecordingTable:
-    """Stands in for the Faust table's local store + changelog (bookkeeping only)."""
+    """Stands in for the Faust table's local store (DeltaLog returns the changelog
+    records it wants written; tests keep them in `changelog`)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-        self.changelog: list[tuple[int, bytes, bytes | None]] = []
-
-    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
-        self.changelog.append((partition, key, value))
+        self.changelog: list[Record] = []
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: "events-changelog")
 
 
 def test_changelog_after_expiry_rebuilds_the_same_snapshot_and_keeps_old_joins() -> None:
@@ -79,13 +79,22 @@ def test_changelog_after_expiry_rebuilds_the_same_snapshot_and_keeps_old_joins()
     for day in range(150):
         events = day_of_activity(day, rng)
         live.apply(events)
-        deltas.append(3, f"batch{day}", events)
+        table.changelog += deltas.append(3, f"batch{day}", events)
         t = START + (day + 1) * DAY_MS
         live.expire(t - config.retention_ms)
         carry = live.communities["c"].memberships_through(t - config.retention_ms)
-        deltas.expire(3, t - config.retention_ms, carry)
+        carried, deletions = deltas.expire(3, t - config.retention_ms, carry)
+        table.changelog += carried + deletions
     assert len(table.data) < 100  # old deltas were deleted, only recent ones and the carry
-    assert any(value is None for _, _, value in table.changelog)  # tombstones for compaction
+    assert any(r.value is None for r in table.changelog)  # tombstones for compaction
+    assert all(r.topic == "events-changelog" and r.partition == 3 for r in table.changelog)
+    compacted: dict[bytes | None, bytes] = {}  # what recovery reads back from the topic
+    for record in table.changelog:
+        if record.value is None:
+            compacted.pop(record.key, None)
+        else:
+            compacted[record.key] = record.value
+    assert compacted == table.data
 
     rebuilt = PulseCore(config)
     for _, events in DeltaLog(table).load({3}):  # type: ignore[arg-type]
@@ -137,7 +146,7 @@ def test_changelog_deltas_are_arrays_and_map_encoded_ones_still_load() -> None:
     events = day_of_activity(0, random.Random(4))
     table = RecordingTable()
     DeltaLog(table).append(1, "b", events)  # type: ignore[arg-type]
-    (stored,) = table.data.values()
+    (stored,) = (v for k, v in table.data.items() if not k.endswith(b"\x1fuser-ids"))
     assert stored[:1] == b"\xdc" and msgspec.msgpack.decode(stored)[0][0] == events[0].event_id
     table.data[b"1\x1fold#0"] = msgspec.msgpack.encode(events[:5])  # maps, as written before
     loaded = [e for _, batch in DeltaLog(table).load({1}) for e in batch]  # type: ignore[arg-type]

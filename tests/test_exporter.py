@@ -8,7 +8,7 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import generate as gen
-from schemas.events import Event
+from schemas.events import Event, Reason
 from sinks.prometheus import CLOSING_FAMILIES, ClosingValue, CommunitySeries, WorkerMetrics
 from streams.config import MetricConfig
 from streams.core import PulseCore
@@ -62,7 +62,7 @@ def test_pipeline_metrics_follow_prometheus_conventions() -> None:
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
     dead = [s for s in families["community_pulse_events_dead_lettered"].samples
             if s.name.endswith("_total")]
-    assert len(dead) == 7 and all(s.value == 0 for s in dead)  # every reason from zero
+    assert len(dead) == len(Reason.ALL) and all(s.value == 0 for s in dead)  # all from zero
 
 
 def test_cached_series_follow_updates_and_removals_and_escape_labels() -> None:

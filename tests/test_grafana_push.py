@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from devkit.devcerts import DevCerts, make_certs
+from devkit.devcerts import DevCerts
 from sinks import grafana as push_mod
 
 TOKEN = "s3cr3t-test-token"
@@ -127,11 +127,6 @@ def _serve(fake: FakeGrafana, tls: ssl.SSLContext | None = None
 @pytest.fixture
 def grafana() -> Iterator[tuple[FakeGrafana, str]]:
     yield from _serve(FakeGrafana())
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
-    return make_certs(tmp_path_factory.mktemp("grafana-tls"))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,13 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaConsumer
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka, Secured
-from schemas.events import DEFAULT_TOPICS
+from devkit.devkafka import LocalKafka, Secured, free_port
+from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams import config
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.kafka_auth import Acl, KafkaAccessError, KafkaSecurity, check_access
 from streams.worker import PulseWorker, build_app, faust_app, ignored_faust_environment
-from tests.workers import wait_for
+from tests.workers import WorkerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +111,17 @@ def test_mutual_tls_for_the_producer_and_for_faust_s_clients(secured_kafka: Loca
             await consumer.stop()
 
     assert asyncio.run(consume()) == 3
+
+
+def test_sasl_without_tls(secured_kafka: LocalKafka, unique_topic) -> None:
+    s = _secured(secured_kafka)
+    topic = unique_topic("saslplain")
+    plain = KafkaSecurity("SASL_PLAINTEXT", "PLAIN", s.plain_user, s.plain_password)
+    gen.produce(s.sasl_plaintext_bootstrap, [(topic, b"c1", b"{}")] * 2, plain)
+    assert _count(s.sasl_plaintext_bootstrap, [topic], plain) == 2
+    wrong = KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", s.scram_user, "wrong")
+    with pytest.raises(KafkaAccessError, match="refused the SCRAM-SHA-512 login"):
+        check_access(s.sasl_plaintext_bootstrap, wrong)
 
 
 def test_untrusted_broker_certificate_is_one_clear_error(secured_kafka: LocalKafka) -> None:
@@ -200,3 +212,37 @@ def test_replication_and_min_insync_replicas_reach_the_topics_the_worker_creates
     source = next(agent.channel for agent in app.agents.values())
     for topic in (changelog, worker.dead_letter, source):
         assert (topic.config or {}).get("min.insync.replicas") == "2"
+
+
+def test_worker_over_mutual_tls(secured_kafka: LocalKafka, tmp_path: Path) -> None:
+    """The worker's Faust clients with a client certificate (SSLCredentials): it consumes
+    and keeps its changelog on the listener that requires one."""
+    s = _secured(secured_kafka)
+    prefix, app_id = f"m{uuid.uuid4().hex[:8]}.", f"pulse-{uuid.uuid4().hex[:8]}"
+    secured_kafka.create_topics([prefix + t for t in (*DEFAULT_TOPICS, DEAD_LETTER_TOPIC)])
+    events = [{"event_id": f"e{n}", "type": "post", "community_id": f"c{n % 3}",
+               "user_id": f"u{n}", "ts": 1_767_225_600_000 + n, "post_id": f"p{n}"}
+              for n in range(30)]
+    messages = [(prefix + topic, key, value) for topic, key, value in gen.to_messages(events, 1)]
+    gen.produce(s.sasl_ssl_bootstrap, messages, s.security("PLAIN"))
+    env = {"PULSE_KAFKA_SECURITY_PROTOCOL": "SSL", "PULSE_KAFKA_SSL_CAFILE": str(s.cafile),
+           "PULSE_KAFKA_SSL_CERTFILE": str(s.client_certfile),
+           "PULSE_KAFKA_SSL_KEYFILE": str(s.client_keyfile)}
+    worker = WorkerProcess(s.ssl_bootstrap, tmp_path / "data", prefix, app_id, extra_env=env)
+    try:
+        wait_for(lambda: worker.total(worker.scrape(), "community_pulse_events_processed_total")
+                 == len(events), 90, "the events consumed over mutual TLS")
+        changelog = f"{app_id}-community-events-changelog"
+        mtls = KafkaSecurity("SSL", cafile=str(s.cafile), certfile=str(s.client_certfile),
+                             keyfile=str(s.client_keyfile))
+        wait_for(lambda: _count(s.ssl_bootstrap, [changelog], mtls), 30, "the changelog")
+    finally:
+        worker.stop()
+
+
+def test_unreachable_broker_is_one_line_for_generate(tmp_path: Path) -> None:
+    out = _cli("generate", "--bootstrap", f"127.0.0.1:{free_port()}", "--communities", "1",
+               env={}, timeout=60)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert "cannot reach Kafka at 127.0.0.1:" in lines[0] and "Connect call failed" in lines[0]

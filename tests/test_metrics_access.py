@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devkit.devcerts import DevCerts, make_certs
+from devkit.devcerts import DevCerts
 from devkit.devkafka import free_port
 from sinks.prometheus import MetricsAccess, WorkerMetrics
 from streams.config import ConfigError, RuntimeConfig
@@ -26,11 +26,6 @@ from tests.workers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "scrape-password-for-tests"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
-    return make_certs(tmp_path_factory.mktemp("metrics-tls"))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import random
 import re
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import msgspec
@@ -24,13 +25,15 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
+from sinks.parquet import rows_to_table
 from streams import config
 from streams.cli import main
+from streams.closing import Task
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.core import PulseCore
 from streams.privacy import Pseudonymiser, SendFailureFilter
 from streams.replay import parse_time
-from streams.worker import PulseWorker, faust_app
+from streams.worker import DeltaLog, PulseWorker, UserIdsMismatch, faust_app
 from tests.workers import WorkerProcess, wait_for
 
 SECRET_USER = "user-secret-4711"
@@ -209,9 +212,50 @@ def test_worker_leaves_small_communities_out_of_parquet_when_asked(tmp_path: Pat
     core = PulseCore(MetricConfig())
     core.apply([Event(f"e{n}", "join", "big" if n < 6 else "small", f"u{n}", 1_767_225_600_000)
                 for n in range(8)])
-    rows = core.snapshot(1_767_225_600_000)
+    midnight = 1_767_225_600_000
+    rows = core.snapshot(midnight)
     for omit, expected in ((False, {"big", "small"}), (True, {"big"})):
         runtime = RuntimeConfig(data_dir=tmp_path / str(omit), min_members_exported=5,
                                 parquet_omit_small_communities=omit)
-        PulseWorker(MetricConfig(), runtime).write_rows(rows)
-        assert {row[0] for row in _snapshot_rows(tmp_path / str(omit))} == expected
+        worker = PulseWorker(MetricConfig(), runtime)
+        worker.write_rows(rows)  # live rows
+        task = Task(partition=0, midnight=midnight, communities=None, final=True)
+        assert worker.write_closings([(task, rows_to_table(rows, closing=True))]) == [task]
+        files = str(tmp_path / str(omit) / "snapshots" / "**" / "*.parquet")
+        got = duckdb.sql(f"SELECT DISTINCT community_id, closing FROM read_parquet('{files}')")
+        assert got is not None and sorted(got.fetchall()) == sorted(
+            (c, closing) for c in expected for closing in (False, True))
+
+
+class _Table:
+    """The Faust table's local store and changelog, as DeltaLog uses them."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: "app-changelog")
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("written", "read", "refused"), [
+    ("raw", "raw", False), ("raw", "fp-a", True), ("fp-a", "fp-a", False),
+    ("fp-a", "fp-b", True), ("fp-a", "raw", True),
+    (None, "raw", False), (None, "fp-a", True),  # deltas of a version without the record
+])
+def test_deltas_record_how_they_store_user_ids(written: str | None, read: str,
+                                                refused: bool) -> None:
+    table = _Table()
+    events = [Event("e1", "post", "c", "u1", 1_767_225_600_000, post_id="p")]
+    DeltaLog(table, written or "raw").append(2, "t@1", events)  # type: ignore[arg-type]
+    if written is None:
+        table.data = {k: v for k, v in table.data.items() if not k.endswith(b"user-ids")}
+    loading = DeltaLog(table, read)  # type: ignore[arg-type]
+    if refused:
+        with pytest.raises(UserIdsMismatch, match=r"app-changelog holds user ids .*new app_id"):
+            list(loading.load({2}))
+    else:
+        loaded = [e for _, batch in loading.load({2}) for e in batch]
+        assert list(map(msgspec.structs.astuple, loaded)) == list(
+            map(msgspec.structs.astuple, events))
+    assert list(DeltaLog(table, "fp-z").load({5})) == []  # type: ignore[arg-type]  # not ours

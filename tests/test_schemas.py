@@ -73,6 +73,8 @@ def test_rfc3339_time_with_offset_is_normalised_to_epoch_ms() -> None:
          Reason.INVALID_FIELD),
         ({**post(type="like"), "target_id": "p1"}, Reason.MISSING_FIELD),
         (42, Reason.INVALID_FIELD),
+        (b"[]", Reason.EMPTY_BATCH),  # counted, not dropped without a trace
+        (b" [ ] ", Reason.EMPTY_BATCH),
     ],
 )
 def test_invalid_events_are_rejected_with_a_reason_and_their_bytes(value, reason) -> None:
@@ -206,3 +208,10 @@ def test_schema_and_decoder_reject_the_same_events(bad: dict) -> None:
     bad = {k: v for k, v in bad.items() if v is not None}
     assert not _validator("event.schema.json").is_valid(bad)
     assert decode(bad)[1]
+
+
+def test_an_empty_envelope_among_lines_is_rejected_as_one_message_would_be() -> None:
+    lines = [msgspec.json.encode(post()), b"[]", msgspec.json.encode([post(event_id="e2")])]
+    events, rejections = decode_lines(lines, ALL, NOW)
+    assert [e.event_id for e in events] == ["e1", "e2"]
+    assert [(r.reason, r.raw) for r in rejections] == [(Reason.EMPTY_BATCH, b"[]")]

@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
 
 import msgspec
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.devkafka import free_port
+from schemas.events import Event, Rejection
 from schemas.producer import TOPIC_OF
 from streams.config import MetricConfig, RuntimeConfig
 from streams.worker import (
     CATCH_UP_CHECKS,
+    DEAD_LETTER_KEEP_BYTES,
+    RECORD_MAX_BYTES,
+    DurableSender,
     PulseWorker,
+    Record,
     _ConsumerThread,
+    _encoded_chunks,
     committed_offsets,
+    dead_letter,
     faust_app,
+    keep_beating,
+    withhold_acks,
 )
+from tests.workers import wait_for
 
 
 def test_consumer_fetch_wait_is_short_unless_configured_otherwise() -> None:
@@ -133,6 +149,147 @@ def test_snapshots_thin_out_while_catching_up(tmp_path: Path) -> None:
     assert [worker.snapshot_due() for _ in range(3)] == [True] * 3
     worker.handle_batch(batch_of(community_events("a", 0, 1, "y"), NOW_S - 60))  # behind
     assert [worker.snapshot_due() for _ in range(6)].count(True) == 2
+
+
+def test_a_withheld_message_keeps_its_offset_and_later_ones_from_the_commit() -> None:
+    # Faust's take_events acks a batch in a `finally`, also when handling it raised.
+    # withhold_acks relies on two Faust internals, checked here on the installed Faust:
+    # Message.ack skips a message already marked acked (so Consumer.ack never hears of
+    # it), and Consumer._new_offset never commits past an offset that was not acked.
+    app = faust_app("test-withhold", "kafka://127.0.0.1:9", 1)
+    consumer: Any = app.consumer
+    app.topics._acking_topics.add("t")  # type: ignore[attr-defined]  # as an agent on "t"
+    tp = TP("t", 0)
+    messages = [ConsumerMessage("t", 0, offset, NOW_S, 0, [], b"k", b"v", None)
+                for offset in range(6)]
+    consumer._committed_offset[tp] = None
+    for message in messages[:2]:
+        message.ack(consumer)
+    withhold_acks([SimpleNamespace(message=m) for m in messages[2:4]])  # type: ignore[misc]
+    for message in messages:
+        message.ack(consumer)  # what take_events' finally does
+    assert consumer._new_offset(tp) == 2  # offsets 0 and 1 only
+
+
+class _FlakyProducer:
+    """A producer whose first attempt at each record fails, as during a broker outage."""
+
+    def __init__(self) -> None:
+        self.attempts: list[bytes | None] = []
+        self.failed: set[bytes | None] = set()
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any) -> Any:
+        self.attempts.append(key)
+        future = asyncio.get_running_loop().create_future()
+        if key in self.failed:
+            future.set_result(None)
+        else:
+            self.failed.add(key)
+            future.set_exception(KafkaTimeoutError("no broker"))
+        return future
+
+
+def test_durable_sender_returns_only_once_every_record_is_on_the_broker() -> None:
+    producer = _FlakyProducer()
+    retried: list[int] = []
+    records = [Record("t", b"a", b"1", 0), Record("t", b"b", b"2", 1)]
+    with patch("streams.worker.SEND_RETRY_FIRST_S", 0.0):
+        asyncio.run(DurableSender(producer, retried.append).send(records))
+    assert producer.attempts == [b"a", b"b", b"a", b"b"] and retried == [2]
+
+
+def test_dead_letter_of_an_oversized_message_keeps_its_head_size_and_digest() -> None:
+    raw = b"[" + b" " * 2_000_000 + b"]"
+    msg = SimpleNamespace(topic="community.posts", partition=3, offset=17, key=b"c")
+    record = dead_letter("dl", msg, Rejection(raw, "oversized", "too big"), 0)
+    headers = dict(record.headers or [])
+    assert record.value == raw[:DEAD_LETTER_KEEP_BYTES] and record.key == b"c"
+    assert headers["original_size"] == b"2000002"
+    assert headers["original_sha256"] == hashlib.sha256(raw).hexdigest().encode()
+    assert headers["dead_letter_id"] == b"community.posts/3/17/0"
+    small = dead_letter("dl", msg, Rejection(b"{}", "missing_field", "no id"), 1)
+    assert small.value == b"{}" and "original_size" not in dict(small.headers or [])
+
+
+def test_deltas_are_cut_by_bytes_as_well_as_by_count() -> None:
+    long = "x" * 256
+    events = [Event(f"{i}".ljust(128, "e"), "post", long, long, 1_795_000_000_000,
+                    post_id=long) for i in range(2000)]
+    chunks = list(_encoded_chunks(events))
+    assert len(chunks) > 1 and all(len(value) <= RECORD_MAX_BYTES for _, value in chunks)
+    assert [e for chunk, _ in chunks for e in chunk] == events
+
+
+def test_healthz_fails_once_the_event_loop_stops_beating(tmp_path: Path) -> None:
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path,
+                                                       liveness_timeout_s=1.5))
+    port = free_port()
+    server = worker.metrics.serve(port, host="127.0.0.1")
+    try:
+        def status() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as reply:
+                    return int(reply.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        loop = asyncio.new_event_loop()
+        keep_beating(loop, worker.metrics.beat)
+        loop.run_until_complete(asyncio.sleep(0.1))  # the loop turns: beats
+        assert status() == 200
+        loop.run_until_complete(asyncio.sleep(0))
+        wait_for(lambda: status() == 503, 10, "/healthz to fail while the loop is stuck")
+        loop.run_until_complete(asyncio.sleep(0.1))  # turning again: the overdue beat
+        assert status() == 200
+        loop.close()
+    finally:
+        server.shutdown()
+
+
+def test_a_worker_cut_off_from_kafka_stops_exporting_and_writing(tmp_path: Path) -> None:
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path), clock=lambda: NOW_S)
+    worker.handle_batch(batch_of(community_events("a", 6, 1, "x")))
+    worker.in_contact({"community.posts": 0}, 4)
+    worker.take_snapshot()
+    assert gauge(worker, "a") == 1.0 and worker.snapshot_due()
+    assert worker.last_contact is not None
+    worker.last_contact -= worker.session_timeout_s + 1  # no answer since
+    assert worker.cut_off() and gauge(worker, "a") is None and not worker.snapshot_due()
+    refresh(worker)
+    assert gauge(worker, "a") is None
+    worker.in_contact({"community.posts": 3}, 4)  # the broker answers again
+    assert not worker.cut_off() and worker.snapshot_due()
+    refresh(worker)
+    assert gauge(worker, "a") == 1.0
+
+
+class _SmallTopicProducer(_FlakyProducer):
+    """A dead-letter topic whose max.message.bytes refuses anything but a bare record."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any) -> Any:
+        self.attempts.append(value)
+        future = asyncio.get_running_loop().create_future()
+        if value:
+            future.set_exception(MessageSizeTooLargeError())
+        else:
+            future.set_result(None)
+        return future
+
+
+def test_a_dead_letter_the_topic_refuses_as_too_large_is_written_bare() -> None:
+    msg = SimpleNamespace(topic="community.posts", partition=1, offset=5, key=b"c")
+    letter = dead_letter("dl", msg, Rejection(b"x" * 1000, "wrong_topic", "d" * 500), 0)
+    producer = _SmallTopicProducer()
+    with patch("streams.worker.SEND_RETRY_FIRST_S", 0.0):
+        asyncio.run(DurableSender(producer).send([letter]))
+    assert producer.attempts == [b"x" * 1000, b""]
+    bare = letter.smaller
+    assert bare is not None and bare.key is None
+    headers = dict(bare.headers or [])
+    assert headers["dead_letter_id"] == b"community.posts/1/5/0"
+    assert headers["original_size"] == b"1000" and len(headers["detail"]) == 100
 
 
 def test_caught_up_when_what_was_there_a_few_checks_ago_is_processed(tmp_path: Path) -> None:

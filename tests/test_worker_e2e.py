@@ -25,21 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit import generate as gen
 from devkit.devkafka import SCRAM_USER, LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
-from sinks.parquet import snapshots_glob
 from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
-from streams.worker import _decode_events
-from tests.workers import Samples, WorkerProcess, wait_for
+from streams.worker import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
+from tests.workers import Samples, WorkerProcess, parquet_rows, settled_snapshot, wait_for
 
 N_COMMUNITIES = 10
 PSEUDONYM_KEY = "e2e-pseudonym-key-0123456789abcdef"
@@ -131,44 +130,10 @@ def pipeline(request: pytest.FixtureRequest,
     worker.stop()
 
 
-def _settled_snapshot(worker: WorkerProcess) -> tuple[float, Samples]:
-    """A scrape whose snapshot was taken after everything was consumed."""
-    consumed_at = time.time()
-
-    def fresh() -> tuple[float, Samples] | None:
-        first = worker.scrape()
-        as_of = worker.value(first, "community_pulse_last_snapshot_timestamp_seconds")
-        if as_of is None or as_of <= consumed_at:
-            return None
-        again = worker.scrape()
-        if worker.value(again, "community_pulse_last_snapshot_timestamp_seconds") != as_of:
-            return None  # a snapshot landed between the two scrapes; try again
-        return as_of, first
-
-    return wait_for(fresh, 60, "a snapshot after consumption")
-
-
-def _parquet_rows(data_dir: Path, as_of_s: float) -> list[dict]:
-    as_of_ms = round(as_of_s * 1000)
-    query = f"""SELECT * EXCLUDE (date) FROM read_parquet('{snapshots_glob(data_dir)}',
-                hive_partitioning = true)
-                WHERE epoch_ms(as_of) = {as_of_ms} ORDER BY community_id, window_days"""
-
-    def rows() -> list[dict] | None:
-        try:
-            rel = duckdb.sql(query)
-        except duckdb.IOException:
-            return None
-        assert rel is not None  # a SELECT always gives a relation
-        return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()] or None
-
-    return wait_for(rows, 30, f"parquet rows at {as_of_ms}")
-
-
 def test_parquet_and_metrics_agree(pipeline: Pipeline) -> None:
     worker = pipeline.worker
-    as_of, samples = _settled_snapshot(worker)
-    rows = _parquet_rows(worker.data_dir, as_of)
+    as_of, samples = settled_snapshot(worker)
+    rows = parquet_rows(worker.data_dir, as_of)
     assert {r["community_id"] for r in rows} == {
         c.community_id for c in gen.plan(N_COMMUNITIES, 300, random.Random(11))}
     assert {r["window_days"] for r in rows} == {7, 28}
@@ -238,11 +203,11 @@ def _comparable(row: dict) -> dict:
 
 
 def test_replay_gives_identical_snapshots(pipeline: Pipeline) -> None:
-    as_of, _ = _settled_snapshot(pipeline.worker)
-    streamed = _parquet_rows(pipeline.worker.data_dir, as_of)
+    as_of, _ = settled_snapshot(pipeline.worker)
+    streamed = parquet_rows(pipeline.worker.data_dir, as_of)
     out = pipeline.tmp / "replayed"
     replay([pipeline.events_file], out, MetricConfig(), as_of_ms=round(as_of * 1000))
-    replayed = _parquet_rows(out, as_of)
+    replayed = parquet_rows(out, as_of)
     assert [_comparable(r) for r in replayed] == [_comparable(r) for r in streamed]
 
 
@@ -251,8 +216,9 @@ def _changelog_user_ids(pipeline: Pipeline) -> set[str]:
     consumer = KafkaConsumer(
         f"{pipeline.app_id}-community-events-changelog", bootstrap_servers=pipeline.bootstrap,
         auto_offset_reset="earliest", consumer_timeout_ms=3000, **pipeline.client)
-    try:
-        values = [record.value for record in consumer if record.value]
+    try:  # (deltas, not the records of how they store user ids and of expiry cuts)
+        values = [record.value for record in consumer if record.value
+                  and not record.key.endswith((_USER_IDS_SUFFIX, _CUT_SUFFIX))]
     finally:
         consumer.close()
     if pipeline.secured:
@@ -274,6 +240,26 @@ def test_changelog_holds_raw_user_ids_only_without_pseudonyms(pipeline: Pipeline
     assert stored.isdisjoint(raw) == pipeline.secured
 
 
+def test_the_changelog_topic_gets_min_insync_replicas_from_the_settings(
+        pipeline: Pipeline) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.kafka.bootstrap)  # (admin listener)
+    try:
+        topic = f"{pipeline.app_id}-community-events-changelog"
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    setting = described["topic"][topic]["min.insync.replicas"]
+    assert setting["value"] == str(RuntimeConfig().topic_min_insync_replicas)
+    assert setting["config_source"] == "DYNAMIC_TOPIC_CONFIG"  # set when the worker created it
+
+
+def test_worker_log_names_no_user_and_no_secret(pipeline: Pipeline) -> None:
+    log = pipeline.worker.log.read_text()
+    assert "user-" not in log  # every generated user id starts so; bad input names "u"
+    for secret in (pipeline.env.get("PULSE_KAFKA_SASL_PASSWORD"), PSEUDONYM_KEY):
+        assert secret is None or secret not in log
+
+
 def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> None:
     pipeline.worker.stop()
     restarted = WorkerProcess(pipeline.bootstrap, pipeline.tmp / "after-restart",
@@ -285,14 +271,34 @@ def test_restarted_worker_recovers_state_from_changelog(pipeline: Pipeline) -> N
             return samples if owned == N_COMMUNITIES else None
 
         wait_for(owns_all, 90, "the restarted worker to own every community")
-        as_of, _ = _settled_snapshot(restarted)
-        recovered = _parquet_rows(restarted.data_dir, as_of)
+        as_of, _ = settled_snapshot(restarted)
+        recovered = parquet_rows(restarted.data_dir, as_of)
         out = pipeline.tmp / "replayed-restart"
         replay([pipeline.events_file], out, MetricConfig(), as_of_ms=round(as_of * 1000))
-        assert [_comparable(r) for r in _parquet_rows(out, as_of)] == [
+        assert [_comparable(r) for r in parquet_rows(out, as_of)] == [
             _comparable(r) for r in recovered]
         # The restarted worker consumed nothing new: its state came from the changelog.
         samples = restarted.scrape()
         assert restarted.total(samples, "community_pulse_events_processed_total") == 0
     finally:
         restarted.stop()
+
+
+def test_a_worker_that_stores_user_ids_otherwise_refuses_the_changelog(
+        pipeline: Pipeline) -> None:
+    """Switching pseudonymisation on (plain run) or changing its key (secured run) under
+    the same app_id would count every user twice: the worker stops with one line."""
+    key_file = pipeline.tmp / "another.key"
+    key_file.write_text("another-pseudonym-key-0123456789")
+    env = {**pipeline.env, "PULSE_PSEUDONYMISE_USER_IDS": "true",
+           "PULSE_PSEUDONYM_KEY_FILE": str(key_file)}
+    other = WorkerProcess(pipeline.bootstrap, pipeline.tmp / "other-key", pipeline.prefix,
+                          pipeline.app_id, extra_env=env)
+    try:
+        other.proc.wait(timeout=120)
+    finally:
+        other.stop()
+    assert other.proc.returncode == 2
+    (line,) = [ln for ln in other.log.read_text().splitlines() if "error:" in ln]
+    stored = "pseudonymised (key fingerprint " if pipeline.secured else "raw,"
+    assert f"holds user ids {stored}" in line and "new app_id" in line

@@ -10,8 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import duckdb
+from kafka import KafkaProducer
+
 from devkit.demo import scrape, stop_worker
 from devkit.devkafka import die_with_parent, free_port
+from sinks.parquet import snapshots_glob
 
 T = TypeVar("T")
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -35,7 +39,8 @@ def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
 class WorkerProcess:
     def __init__(self, bootstrap: str, data_dir: Path, prefix: str, app_id: str,
                  snapshot_interval: float = 2.0, extra_env: dict[str, str] | None = None,
-                 port: int | None = None):
+                 port: int | None = None, fault: str | None = None):
+        """`fault` runs the worker through tests/fault_worker.py with that fault."""
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-worker.log"
@@ -43,9 +48,11 @@ class WorkerProcess:
         env = {**os.environ, "PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": app_id,
                "TMPDIR": str(data_dir.parent),
                **(extra_env or {})}
+        launcher = ["-m", "streams.cli"] if fault is None else [
+            str(Path(__file__).with_name("fault_worker.py")), fault]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--broker", bootstrap,
+                [sys.executable, *launcher, "worker", "--broker", bootstrap,
                  "--data-dir", str(data_dir), "--metrics-port", str(self.port),
                  "--snapshot-interval", str(snapshot_interval), "--loglevel", "info"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -68,3 +75,58 @@ class WorkerProcess:
 
     def stop(self) -> None:
         stop_worker(self.proc)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no last commit."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
+
+def produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]],
+            max_request_size: int = 1_048_576) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
+                             max_request_size=max_request_size)
+    for topic, key, value in messages:
+        producer.send(prefix + topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def settled_snapshot(worker: WorkerProcess, timeout: float = 60) -> tuple[float, Samples]:
+    """A scrape whose snapshot was taken after everything was consumed."""
+    consumed_at = time.time()
+
+    def fresh() -> tuple[float, Samples] | None:
+        first = worker.scrape()
+        as_of = worker.value(first, "community_pulse_last_snapshot_timestamp_seconds")
+        if as_of is None or as_of <= consumed_at:
+            return None
+        again = worker.scrape()
+        if worker.value(again, "community_pulse_last_snapshot_timestamp_seconds") != as_of:
+            return None  # a snapshot landed between the two scrapes; try again
+        return as_of, first
+
+    return wait_for(fresh, timeout, "a snapshot after consumption")
+
+
+def parquet_rows(data_dir: Path, as_of_s: float) -> list[dict]:
+    """The snapshot rows written for `as_of_s` (waits until they are on disk)."""
+    as_of_ms = round(as_of_s * 1000)
+    query = f"""SELECT * EXCLUDE (date) FROM read_parquet('{snapshots_glob(data_dir)}',
+                hive_partitioning = true)
+                WHERE epoch_ms(as_of) = {as_of_ms} ORDER BY community_id, window_days"""
+
+    def rows() -> list[dict] | None:
+        try:
+            rel = duckdb.sql(query)
+        except duckdb.IOException:
+            return None
+        assert rel is not None  # a SELECT always gives a relation
+        return [dict(zip(rel.columns, r, strict=True)) for r in rel.fetchall()] or None
+
+    return wait_for(rows, 30, f"parquet rows at {as_of_ms}")
+
+
+def comparable(row: dict) -> dict:
+    return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in row.items()}

@@ -2,7 +2,9 @@
 
 - goals file (`goals_file`): `goals: [{id, community, metric, window_days, baseline,
   target, start, deadline, sustain_until, description}]`, see `streams.steering.goals`;
-- experts roster (`experts_file`): `experts: {<community_id>: [<user_id>, ...]}`.
+- experts roster (`experts_file`): `experts: {<community_id>: [<user_id>, ...]}`;
+- managers file (`managers_file`): `managers: [{name, user_id, follows: [...]}]`, see
+  `streams.steering.focus.parse_managers`.
 
 A bad file raises a `ConfigError` subclass with one line that names the goal (or
 community) and the field. Rosters hold user ids: they are loaded only by `read_experts`
@@ -20,6 +22,7 @@ import yaml
 
 from streams.config import ConfigError
 from streams.privacy import Pseudonymiser
+from streams.steering.focus import Manager, parse_managers
 from streams.steering.goals import Goal, parse_goals
 
 MAX_ID_CHARS = 256  # as event user ids (schemas.events)
@@ -77,6 +80,18 @@ def read_experts(path: Path | str, pseudonymise: Pseudonymiser | None = None
                                   f"a user id (text of 1-{MAX_ID_CHARS} characters)")
         roster[community] = _roster_ids(users, pseudonymise)
     return roster
+
+
+def read_managers(path: Path | str, pseudonymise: Pseudonymiser | None = None
+                  ) -> list[Manager]:
+    """The managers who agreed to have their follow-ups counted, validated; their user
+    ids as the core sees event user ids (hashed like them: `_roster_ids`)."""
+    managers = parse_managers(_load_yaml(path, "managers file"), f"managers file {path}")
+    read = []
+    for manager in managers:
+        (user_id,) = _roster_ids([manager.user_id], pseudonymise)
+        read.append(Manager(manager.name, user_id, manager.follows))
+    return read
 
 
 def _roster_ids(user_ids: Iterable[str], pseudonymise: Pseudonymiser | None = None

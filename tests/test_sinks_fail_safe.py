@@ -1,0 +1,125 @@
+"""Sinks fail safe: a failing disk keeps and retries the rows, leaves no temporary files,
+and neither torn files nor compaction can hide or break a snapshot."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from schemas.events import Event
+from sinks import parquet
+from sinks.compact import compact
+from sinks.parquet import SinkQueue, SnapshotWriter, ensure_catalogue, read_rows
+from streams.config import MetricConfig
+from streams.core import PulseCore, SnapshotRow
+from tests.workers import wait_for
+
+T = 1_795_000_000_000
+
+
+def snapshot_rows(as_of: int = T, members: int = 3) -> list[SnapshotRow]:
+    core = PulseCore(MetricConfig())
+    core.apply([Event(f"j{i}", "join", "c", f"u{i}", as_of - 1000) for i in range(members)])
+    return core.snapshot(as_of)
+
+
+def view_rows(data_dir: Path) -> list[tuple]:
+    with duckdb.connect(str(data_dir / "pulse.duckdb"), read_only=True) as con:
+        return con.sql("SELECT community_id, window_days, epoch_ms(as_of), members "
+                       "FROM snapshots ORDER BY ALL").fetchall()
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(parquet.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        SnapshotWriter(tmp_path).write(snapshot_rows())
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_rows_are_kept_and_retried_with_backoff_until_the_disk_takes_them(
+        tmp_path: Path, monkeypatch) -> None:
+    now = [0.0]
+    failing = [True]
+    errors: list[int] = []
+    writer = SnapshotWriter(tmp_path)
+
+    def write(rows):  # type: ignore[no-untyped-def]
+        if failing[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return writer.write(rows)
+
+    queue = SinkQueue(write, on_error=lambda: errors.append(1), first_backoff_s=10,
+                      clock=lambda: now[0])
+    first, second = snapshot_rows(T), snapshot_rows(T + 60_000, members=4)
+    done = queue.submit(first)
+    assert done is not None
+    done.result()
+    assert errors == [1] and queue.pending_rows == len(first)
+    assert queue.submit(second) is None  # not due yet: kept, not tried
+    now[0] = 11.0
+    queue.submit([]).result()  # type: ignore[union-attr]  # due: retried, fails again
+    assert errors == [1, 1] and queue.pending_rows == len(first) + len(second)
+    failing[0] = False
+    now[0] = 21.0
+    assert queue.submit([]) is None  # the backoff doubled: 20 s
+    now[0] = 32.0
+    queue.submit([]).result()  # type: ignore[union-attr]
+    assert queue.pending_rows == 0
+    assert [(r.as_of_ms, r.members) for r in read_rows(tmp_path)] == [
+        (T, 3), (T, 3), (T + 60_000, 4), (T + 60_000, 4)]
+
+
+def test_a_hung_write_blocks_only_the_sink_thread(tmp_path: Path) -> None:
+    release = threading.Event()
+    written: list[int] = []
+
+    def hanging(rows):  # type: ignore[no-untyped-def]
+        release.wait()
+        written.append(len(rows))
+
+    queue = SinkQueue(hanging)
+    started = time.monotonic()
+    queue.submit(snapshot_rows())
+    assert queue.submit(snapshot_rows(T + 1)) is None  # queued behind the hung one
+    assert time.monotonic() - started < 60  # returned: the caller was never blocked
+    release.set()
+    wait_for(lambda: len(written) == 2, 30, "both batches written once the disk is back")
+
+
+def test_torn_and_empty_files_never_break_the_snapshots_view(tmp_path: Path) -> None:
+    SnapshotWriter(tmp_path).write(snapshot_rows())
+    (good,) = tmp_path.glob("snapshots/*/*.parquet")
+    (good.parent / "20261118T000000000Z-empty.parquet").write_bytes(b"")
+    (good.parent / "20261118T000000000Z-torn.parquet").write_bytes(good.read_bytes()[:100])
+    (good.parent / ".20261118T000000000Z-x.parquet.tmp").write_bytes(b"PAR1")
+    ensure_catalogue(tmp_path)
+    assert view_rows(tmp_path) == [("c", 7, T, 3), ("c", 28, T, 3)]
+    assert sorted(p.name for p in (tmp_path / "quarantine").rglob("*")
+                  if p.is_file()) == [".20261118T000000000Z-x.parquet.tmp",
+                                      "20261118T000000000Z-empty.parquet",
+                                      "20261118T000000000Z-torn.parquet"]
+
+
+def test_a_snapshot_rewritten_after_compaction_wins_over_the_compacted_copy(
+        tmp_path: Path) -> None:
+    writer = SnapshotWriter(tmp_path)
+    writer.write(snapshot_rows(T, members=3))
+    writer.write(snapshot_rows(T + 60_000, members=3))
+    assert compact(tmp_path).partitions == 1
+    rewritten = [replace(row, members=9) for row in snapshot_rows(T, members=3)]
+    writer.write(rewritten)  # e.g. a closing row rewritten for a late event
+    ensure_catalogue(tmp_path)
+    assert view_rows(tmp_path) == [("c", 7, T, 9), ("c", 7, T + 60_000, 3),
+                                   ("c", 28, T, 9), ("c", 28, T + 60_000, 3)]
+    compact(tmp_path)  # and the next compaction keeps the rewrite too
+    assert view_rows(tmp_path) == [("c", 7, T, 9), ("c", 7, T + 60_000, 3),
+                                   ("c", 28, T, 9), ("c", 28, T + 60_000, 3)]
