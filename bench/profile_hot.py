@@ -41,12 +41,18 @@ class _EventT:
     message: _Message
 
 
+class _ChangelogTopic:
+    def get_topic_name(self) -> str:
+        return "profile-community-events-changelog"
+
+
 class _Table:
+    """What DeltaLog uses of a Faust table: its data and its changelog topic's name (the
+    worker builds the changelog records and sends them itself)."""
+
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-
-    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
-        pass
+        self.changelog_topic = _ChangelogTopic()
 
 
 def _worker(tmp: str) -> PulseWorker:
