@@ -107,6 +107,13 @@ KEY_HASH_CACHE = 100_000  # keys whose murmur2 hash is kept (cleared when over)
 SEND_RETRY_FIRST_S = 0.2
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a bug in batch handling; restart to resume
 SEND_RETRY_MAX_S = 5.0
+# How long the producer waits for a broker's answer before it gives the request up,
+# reconnects and re-sends with fresh metadata (Kafka's own clients: 30 s). Faust's
+# 20-minute default held every batch for as long as a stalled (alive but silent)
+# changelog leader stayed so, although Kafka had moved the leadership to an in-sync
+# replica within seconds (tests/test_faults_cluster.py). DurableSender retries whatever
+# times out.
+PRODUCER_REQUEST_TIMEOUT_S = 30.0
 DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 2  # live, refreshing may take half the time (never when behind)
@@ -1188,6 +1195,7 @@ def faust_app(
         # a worker cut off for that long stops exporting and writing (PulseWorker.cut_off).
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=min(3.0, session_timeout_s / 10),
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,  # acks stay Faust's -1 (all)
         datadir=_scratch_dir(app_id),
         store="memory://",
         topic_partitions=partitions,
