@@ -181,7 +181,7 @@ def one_line(exc: BaseException) -> str:
 def _worker(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from dataclasses import replace
 
-    from streams.worker import run
+    from streams.app import run
 
     overrides = {
         "broker": args.broker,

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC
-from streams.worker import LAG_POLL_INTERVAL_S
+from streams.app import LAG_POLL_INTERVAL_S
 from tests.faults import (
     FAST_GROUP,
     Names,

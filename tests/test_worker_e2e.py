@@ -33,11 +33,11 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from devkit import generate as gen
 from devkit.devkafka import SCRAM_USER, LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
+from streams.changelog import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
 from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
-from streams.worker import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
 from tests.workers import Samples, WorkerProcess, parquet_rows, settled_snapshot, wait_for
 
 N_COMMUNITIES = 10
