@@ -141,7 +141,7 @@ class PulseWorker:
         # The end offsets of the last checks, with their times, newest last.
         self._ends_seen: deque[tuple[dict[tuple[str, int], int], int]] = deque(
             maxlen=CATCH_UP_CHECKS)
-        self._ownership = 0  # changes with every revoke and recovery (closing passes)
+        self.ownership = 0  # changes with every revoke and recovery (closing passes)
         # Rows of the midnights this process wrote and that are still open, per partition,
         # so a late event recomputes one community's row, not the partition's.
         self._closing_rows: dict[tuple[int, int], dict[str, list[SnapshotRow]]] = {}
@@ -267,7 +267,7 @@ class PulseWorker:
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         self.first_event.clear()
-        self._ownership += 1
+        self.ownership += 1
         for partition, events in self.deltas.load(partitions):
             for event in events:
                 self.partition_of[event.community_id] = partition
@@ -290,7 +290,7 @@ class PulseWorker:
         the same rebalance is not re-read from the changelog.
         """
         self.partitions -= partitions
-        self._ownership += 1
+        self.ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
@@ -556,7 +556,7 @@ class PulseWorker:
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
-        slice_start, ownership = time.perf_counter(), self._ownership
+        slice_start, ownership = time.perf_counter(), self.ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
         planned: list[Task] = []
         for partition in sorted(self._partitions()):
@@ -590,7 +590,7 @@ class PulseWorker:
                     if time.perf_counter() - slice_start > SLICE_S:
                         yield
                         slice_start = time.perf_counter()
-                        if self._ownership != ownership:  # a rebalance: rows may miss
+                        if self.ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
                             for planned_task in planned:
                                 self.closing.retry(planned_task)
