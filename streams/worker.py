@@ -732,6 +732,9 @@ class PulseWorker:
                     span * rt.snapshot_interval_s * BEHIND_SNAPSHOT_EVERY)
                 self.metrics.show_steering(self.steering.network_from_data_dir(
                     as_of, inputs_since, snapshots_since))
+                if rt.sketch_retention_days:  # one worker prunes: the owner of partition 0
+                    self.steering.prune("member_sketches",
+                                        as_of - rt.sketch_retention_days * DAY_MS)
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("steering").inc()
             log.exception("writing the steering tables failed")

@@ -212,7 +212,12 @@ def test_a_hung_closing_write_stalls_only_the_closing_rows(tmp_path: Path) -> No
     worker.writer.write_table = hanging_write_table  # type: ignore[method-assign]
     expiry_cuts: list[int] = []
     expire = worker.core.expire
-    worker.core.expire = lambda cut: (expiry_cuts.append(cut), expire(cut))[1]  # type: ignore[method-assign]
+
+    def counted_expire(before_ms: int) -> None:
+        expiry_cuts.append(before_ms)
+        expire(before_ms)
+
+    worker.core.expire = counted_expire  # type: ignore[method-assign]
 
     async def ticks() -> None:
         try:
