@@ -63,6 +63,7 @@ LAG_POLL_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
 CATCH_UP_CHECK_S = 1.0
 REFRESH_INTERVAL_S = 0.5
+FILE_CHECK_INTERVAL_S = 10.0  # how often the goals and experts files are looked at
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -286,6 +287,13 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
     async def refresh() -> None:
         for _ in worker.refresh_steps():
             await asyncio.sleep(AGENT_TURN_S)  # let the agent consume between slices
+
+    @app.timer(interval=FILE_CHECK_INTERVAL_S)
+    async def reload_steering_files() -> None:
+        # (its own timer: a file system that hangs holds only this one)
+        read = await asyncio.get_running_loop().run_in_executor(
+            None, worker.read_changed_steering_files)
+        worker.use_steering_files(read)
 
     @app.timer(interval=rt.steering_interval_s)
     async def steering() -> None:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -40,13 +40,13 @@ from sinks.prometheus import ClosingValue, WorkerMetrics
 from sinks.steering import goals_table
 from streams.changelog import DeltaLog
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
-from streams.config import DAY_MS, MetricConfig, RuntimeConfig
+from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
 from streams.delivery import Record, dead_letter
 from streams.pipeline import Ingested, Ingestor
 from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
-from streams.steering.files import read_goals, read_managers
+from streams.steering.files import Watched, read_experts, read_goals, read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
     FOLLOWUP_COUNTS_SCHEMA,
@@ -150,6 +150,12 @@ class PulseWorker:
         self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
                       if runtime.goals_file else [])
         self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
+        # Read again when they change (reload_steering_files); the managers file is not:
+        # follow-up state is kept only for the communities followed at start.
+        self._watched = {name: Watched(path) for name, path in (
+            ("goals", runtime.goals_file), ("experts", runtime.experts_file)) if path}
+        for name in self._watched:
+            self.metrics.steering_file_invalid.labels(name).set(0)
         # Source partitions this worker owns (set on each assignment); None: all of them
         # (no consumer group, e.g. in tests). Decides who reports goals without data.
         self.assigned: set[int] | None = None
@@ -700,6 +706,36 @@ class PulseWorker:
 
 
     # ---- steering ---------------------------------------------------------------------
+
+    def read_changed_steering_files(self) -> dict[str, Any]:
+        """The goals file and the experts roster, read again where the file changed
+        (I/O: the reload timer runs this in a thread). A file that no longer reads keeps
+        what was read before: one log line with the reason (never a user id), and
+        community_pulse_steering_file_invalid is 1 until the file reads again."""
+        read: dict[str, Any] = {}
+        for name, watched in self._watched.items():
+            if not watched.changed():
+                continue
+            try:
+                read[name] = (read_goals(watched.path, self.config.windows_days)
+                              if name == "goals" else
+                              read_experts(watched.path, self.pseudonymise))
+            except ConfigError as exc:
+                self.metrics.steering_file_invalid.labels(name).set(1)
+                log.warning("%s file not reloaded, the one read before stays: %s", name, exc)
+                continue
+            self.metrics.steering_file_invalid.labels(name).set(0)
+        return read
+
+    def use_steering_files(self, read: Mapping[str, Any]) -> None:
+        """Apply what `read_changed_steering_files` read: from the next snapshot on."""
+        if "goals" in read:
+            self.goals = read["goals"]
+            log.info("goals file reloaded: %d goals", len(self.goals))
+        if "experts" in read:
+            self.config = replace(self.config, experts=read["experts"])
+            self.core.use_experts(read["experts"])
+            log.info("experts file reloaded: rosters of %d communities", len(read["experts"]))
 
     def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
         """Sketches and follow-up counts of the owned communities at `as_of` into
