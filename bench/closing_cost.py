@@ -26,8 +26,9 @@ import msgspec
 
 from devkit import generate as gen
 from schemas.producer import TOPIC_OF
+from streams.app import BATCH_MAX_MESSAGES
 from streams.config import MetricConfig, RuntimeConfig
-from streams.worker import BATCH_MAX_MESSAGES, PulseWorker
+from streams.worker import PulseWorker
 
 NOW_MS = 1_795_000_000_000  # 2026-11-17T...Z
 

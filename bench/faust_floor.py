@@ -1,6 +1,6 @@
 """(b) The engine floor: a bare Faust agent that only counts messages.
 
-Same Faust settings as `streams.worker.build_app` where they matter (`PulseApp` with the
+Same Faust settings as `streams.app.build_app` where they matter (`PulseApp` with the
 worker's default fetch wait, raw serializers, in-memory store, partitions, buffer size,
 `take_events(2000, within=0.05)`), but no decode, no table, no core.
 Usage: faust_floor.py BOOTSTRAP APP_ID STATUS_FILE PARTITIONS TOPIC...
@@ -13,9 +13,9 @@ import sys
 import faust
 
 from bench.common import Status
+from streams.app import BATCH_MAX_MESSAGES, BATCH_WITHIN_S, faust_app
 from streams.config import RuntimeConfig
 from streams.kafka_auth import KafkaSecurity
-from streams.worker import BATCH_MAX_MESSAGES, BATCH_WITHIN_S, faust_app
 
 
 def main(bootstrap: str, app_id: str, status_path: str, partitions: int,

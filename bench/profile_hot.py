@@ -22,8 +22,10 @@ from typing import Any
 
 import msgspec
 
+from streams.app import BATCH_MAX_MESSAGES
+from streams.changelog import DeltaLog
 from streams.config import MetricConfig, RuntimeConfig
-from streams.worker import BATCH_MAX_MESSAGES, DeltaLog, PulseWorker
+from streams.worker import PulseWorker
 
 
 @dataclass

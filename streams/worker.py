@@ -1,66 +1,31 @@
-"""The streaming job: a Faust app that feeds the pure core and runs the sinks.
+"""PulseWorker: the worker's logic around the pure core, without Faust.
 
-Topology (one agent, all event topics co-partitioned by community_id):
-
-    community.{posts,replies,likes,views,memberships}
-        -> ingest agent (batches of messages; decode, validate, apply to PulseCore)
-             -> rejected input  -> community.dead-letter (original bytes + reason)
-             -> accepted events -> `community-events` table (changelog), one write
-                                   per partition per batch
-    refresh timer (0.5 s)  -> communities that changed -> /metrics gauges
-    snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
-                              (every third tick only, and no Parquet, while catching up)
-                           -> closing rows of due UTC midnights (streams.closing) ->
-                              one Parquet file per partition and midnight + /metrics
-    catch-up timer (1 s)   -> end offsets of the source partitions: caught up when all
-                              that was there a tick ago is processed (the arrival mark)
-    steering timer (15 m)  -> sketches and follow-up counts of the owned communities
-                              -> Parquet; the owner of partition 0 also forms the
-                              network-wide steering tables (sinks.network)
-
-State: the table holds each partition's recent accepted events as per-batch deltas
-(keyed by partition and batch tag), so its Kafka changelog lets any worker of the consumer
-group rebuild a partition's communities exactly after a restart or a rebalance. The
-in-memory PulseCore is derived from it and rebuilt on recovery.
+It turns batches of Kafka messages into core updates (decode, validate, pseudonymise,
+dead letters, changelog deltas), keeps what it owns through rebalances, and computes
+snapshots, closing rows (streams.closing) and steering inputs for the sinks, in steps
+that the Faust timers of streams.app interleave with consumption. Tests drive it with
+Faust-like messages and an injectable clock.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import hashlib
 import logging
-import os
-import shutil
-import sys
-import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
-import faust
-import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-from aiokafka.errors import (
-    KafkaError,
-    MessageSizeTooLargeError,
-    RecordTooLargeError,
-)
-from faust.exceptions import ProducerSendError
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, EventT, StreamT, TableT
+from faust.types import EventT
 from kafka.partitioner.default import murmur2
 
 from schemas.events import (
-    DEAD_LETTER_TOPIC,
     DEFAULT_TOPICS,
     Event,
     Reason,
     Rejection,
-    newest_ts,
 )
 from sinks.network import STALE_AFTER_INTERVALS, SteeringSink
 from sinks.parquet import (
@@ -71,51 +36,29 @@ from sinks.parquet import (
     rows_to_table,
     table_rows,
 )
-from sinks.prometheus import ClosingValue, MetricsAccess, WorkerMetrics
+from sinks.prometheus import ClosingValue, WorkerMetrics
 from sinks.steering import goals_table
+from streams.changelog import DeltaLog
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
-from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
+from streams.delivery import Record, dead_letter
 from streams.pipeline import Ingested, Ingestor
-from streams.privacy import Pseudonymiser, install_log_filters
+from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
-from streams.steering.files import read_goals, read_managers
+from streams.steering.files import Watched, read_experts, read_goals, read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
     FOLLOWUP_COUNTS_SCHEMA,
     SKETCH_SCHEMA,
     SteeringSettings,
     community_inputs,
-    sketches_hash_raw_ids_with_public_key,
 )
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX_MESSAGES = 2000
-BATCH_WITHIN_S = 0.05
-DELTA_MAX_EVENTS = 2000
-# Every record we write stays below the producer's max_request_size (1,000,000 bytes,
-# which a record over it fails in Faust's send buffer, crashing the worker at every
-# restart) with room for the key, headers and batch overhead.
-RECORD_MAX_BYTES = 900_000
-DEAD_LETTER_KEEP_BYTES = 64 * 1024  # of a dead letter that would not fit: its first bytes
-LAG_POLL_INTERVAL_S = 5.0  # how often the worker asks the broker for its lag
-LAG_POLL_TIMEOUT_S = 10.0
-HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
 KEY_HASH_CACHE = 100_000  # keys whose murmur2 hash is kept (cleared when over)
-SEND_RETRY_FIRST_S = 0.2
-EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a bug in batch handling; restart to resume
-SEND_RETRY_MAX_S = 5.0
-# How long the producer waits for a broker's answer before it gives the request up,
-# reconnects and re-sends with fresh metadata (Kafka's own clients: 30 s). Faust's
-# 20-minute default held every batch for as long as a stalled (alive but silent)
-# changelog leader stayed so, although Kafka had moved the leadership to an in-sync
-# replica within seconds (tests/test_faults_cluster.py). DurableSender retries whatever
-# times out.
-PRODUCER_REQUEST_TIMEOUT_S = 30.0
 DELTA_EXPIRY_EVERY_MS = 3_600_000
-REFRESH_INTERVAL_S = 0.5
 REFRESH_BUDGET_SHARE = 2  # live, refreshing may take half the time (never when behind)
 BEHIND_S = 5.0  # consumer lag above which we are catching up, not live
 BEHIND_SNAPSHOT_EVERY = 3  # while catching up, only every third snapshot tick snapshots
@@ -123,281 +66,9 @@ SLICE_S = 0.02  # longest stretch of snapshot work before the agent gets a turn
 # The agent's turn lasts as long as a slice: one event-loop round (sleep(0)) moves a
 # message only one step through Faust's fetcher -> stream -> buffer chain.
 AGENT_TURN_S = SLICE_S
-CATCH_UP_CHECK_S = 1.0
 CATCH_UP_CHECKS = 10  # more than this many checks (seconds) behind: catching up
 TREND_DAYS = 7  # the closing series compare the newest midnight with this many days before
 _VALUE_COLUMNS = ["community_id", "window_days", "members", "sustainability", "tier"]
-_SEP = "\x1f"
-_encoder = msgspec.msgpack.Encoder()
-
-
-class _StoredEvent(Event, array_like=True):
-    """An accepted event as the changelog holds it: a msgpack array in Event's field
-    order, ~40% fewer bytes than a map with the field names (87 vs 142 per event)."""
-
-
-_decode_stored = msgspec.msgpack.Decoder(list[_StoredEvent]).decode
-_decode_maps = msgspec.msgpack.Decoder(list[Event]).decode  # changelogs written before
-
-
-def _encode_events(events: list[Event]) -> bytes:
-    return _encoder.encode([msgspec.structs.astuple(event) for event in events])
-
-
-def _decode_events(value: bytes) -> list[Event]:
-    try:
-        return list(_decode_stored(value))
-    except msgspec.ValidationError:
-        return _decode_maps(value)
-
-
-def _encoded_chunks(events: list[Event]) -> Iterator[tuple[list[Event], bytes]]:
-    """The events encoded in pieces of at most DELTA_MAX_EVENTS events and
-    RECORD_MAX_BYTES bytes (long ids make 2,000 events more than a record may hold)."""
-    for start in range(0, len(events), DELTA_MAX_EVENTS):
-        yield from _halved(events[start : start + DELTA_MAX_EVENTS])
-
-
-def _halved(events: list[Event]) -> Iterator[tuple[list[Event], bytes]]:
-    value = _encode_events(events)
-    if len(value) <= RECORD_MAX_BYTES or len(events) == 1:  # one event is < 10 kB
-        yield events, value
-        return
-    half = len(events) // 2
-    yield from _halved(events[:half])
-    yield from _halved(events[half:])
-
-
-def _delta_key(partition: int, tag: str) -> bytes:
-    return f"{partition}{_SEP}{tag}".encode()
-
-
-_CUT_SUFFIX = f"{_SEP}cut".encode()
-
-
-def _partition_of_key(key: bytes) -> int:
-    return int(key.split(_SEP.encode(), 1)[0])
-
-
-def _is_carry(key: bytes) -> bool:
-    return key.split(_SEP.encode(), 1)[1].startswith(b"carry")
-
-
-class Record(NamedTuple):
-    """One record the worker writes to Kafka (changelog delta or dead letter)."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    partition: int | None
-    headers: list[tuple[str, bytes]] | None = None
-    # What to write instead when the broker refuses this record as too large (a topic
-    # with a smaller max.message.bytes): a dead letter's bare headers.
-    smaller: Record | None = None
-
-
-class DurableSender:
-    """Writes records straight to the producer and returns once the broker has every
-    one of them (acks=all), retrying failed ones with backoff for as long as it takes.
-
-    Not Faust's send buffer (`send_soon`, `Table.send_changelog`): that one logs a
-    failed send and moves on, its flush gives up after 0.1 s without progress, and the
-    offset commit goes ahead anyway. Whoever awaits `send` knows the records are
-    durable, so the ingest agent acks a batch only after its writes are.
-    """
-
-    def __init__(self, producer: Any, on_retry: Callable[[int], None] = lambda n: None) -> None:
-        self.producer = producer
-        self.on_retry = on_retry
-
-    async def send(self, records: Sequence[Record]) -> None:
-        pending = list(records)
-        delay = SEND_RETRY_FIRST_S
-        while pending:
-            failed: list[tuple[Record, BaseException]] = []
-            sent: list[tuple[Record, Any]] = []
-            for record in pending:
-                try:
-                    sent.append((record, await self.producer.send(
-                        record.topic, record.key, record.value, record.partition, None,
-                        record.headers)))
-                except ProducerSendError as exc:  # e.g. no metadata for the topic in time
-                    failed.append((record, exc.__cause__ or exc))
-            for record, future in sent:
-                try:
-                    await future
-                except KafkaError as exc:
-                    failed.append((record, exc))
-            if not failed:
-                return
-            self.on_retry(len(failed))
-            for topic in sorted({record.topic for record, _ in failed}):
-                problems = {type(exc).__name__ for record, exc in failed if record.topic == topic}
-                # No record content in the log: only the topic and the error's kind.
-                log.warning("send to topic %s failed (%s); retrying in %.1f s", topic,
-                            ", ".join(sorted(problems)), delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, SEND_RETRY_MAX_S)
-            pending = [record.smaller if record.smaller is not None and isinstance(
-                exc, (MessageSizeTooLargeError, RecordTooLargeError)) else record
-                for record, exc in failed]
-
-
-def exit_unclean(exc: Exception) -> None:
-    """Leave at once after a batch failed half-way: only a restart from the changelog
-    and the committed offsets is exact again. As after a kill -9, which loses nothing
-    (the batch was never committed); a graceful Faust stop after an agent crash can
-    hang, and Faust's supervisor would restart the agent on the half-applied state."""
-    log.critical("handling a batch failed; exiting without committing it", exc_info=exc)
-    logging.shutdown()
-    os._exit(EXIT_BATCH_FAILED)
-
-
-def withhold_acks(batch: Sequence[EventT]) -> None:
-    """Make sure the messages of a batch are never acked, so their offsets are never
-    committed: `take_events` acks a batch in a `finally`, also when its handling raised.
-
-    A message marked acked is skipped by `Message.ack`, which then never reaches
-    `Consumer.ack`; the consumer's acked offsets keep a gap there, and `_new_offset`
-    never commits past a gap (tests/test_worker_app.py checks both on the installed
-    Faust)."""
-    for event in batch:
-        event.message.acked = True
-
-
-RAW_IDS = "raw"  # DeltaLog.user_ids without pseudonymisation
-_USER_IDS_TAG = "user-ids"
-_USER_IDS_SUFFIX = f"{_SEP}{_USER_IDS_TAG}".encode()
-
-
-class UserIdsMismatch(ConfigError):
-    """The changelog was written with other user ids than this worker's; one line."""
-
-
-def _describe_user_ids(stored: bytes) -> str:
-    return "raw" if stored == RAW_IDS.encode() else (
-        f"pseudonymised (key fingerprint {stored.decode(errors='replace')})")
-
-
-class DeltaLog:
-    """Accepted events per partition and batch, kept in a changelog-backed Faust table.
-
-    One table write per source partition per batch, whatever the number of events or
-    communities in it. Writes go to the changelog partition of that source partition,
-    which is where Faust recovers them from when the partition is assigned to a worker.
-    """
-
-    def __init__(self, table: TableT, user_ids: str = RAW_IDS) -> None:
-        self.table = table
-        # partition -> [(newest event ts in the delta, key)], to expire whole deltas
-        self.index: dict[int, list[tuple[int, bytes]]] = {}
-        self.carry_keys: dict[int, set[bytes]] = {}  # partition -> keys of its carry pieces
-        # partition -> the newest expiry cut: its state is exact from cut + retention
-        self.cuts: dict[int, int] = {}
-        # How user ids are stored (raw, or the pseudonym key's fingerprint), recorded per
-        # partition beside its deltas: a worker must not mix two kinds in one state.
-        self.user_ids = user_ids.encode()
-        self.marked: set[int] = set()
-
-    @property
-    def topic(self) -> str:
-        return self.table.changelog_topic.get_topic_name()
-
-    def append(self, partition: int, tag: str, events: list[Event]) -> list[Record]:
-        """Store the events; returns the changelog records to write (the caller writes
-        them and waits for the broker: see DurableSender)."""
-        records = []
-        if partition not in self.marked:
-            records.append(self._put(partition, _delta_key(partition, _USER_IDS_TAG),
-                                     self.user_ids))
-            self.marked.add(partition)
-        for number, (chunk, value) in enumerate(_encoded_chunks(events)):
-            key = _delta_key(partition, f"{tag}#{number}")
-            records.append(self._put(partition, key, value))
-            self.index.setdefault(partition, []).append((newest_ts(chunk), key))
-        return records
-
-    def _put(self, partition: int, key: bytes, value: bytes | None) -> Record:
-        if value is None:
-            self.table.data.pop(key, None)
-        else:
-            self.table.data[key] = value
-        return Record(self.topic, key, value, partition)
-
-    def has_expired(self, partition: int, cut_ms: int) -> bool:
-        return any(newest <= cut_ms for newest, _ in self.index.get(partition, ()))
-
-    def expire(self, partition: int, cut_ms: int,
-               carry: list[Event]) -> tuple[list[Record], list[Record]]:
-        """Delete deltas older than the cut; keep the membership events still in force.
-
-        Returns (carry records, deletions): the deletions may only be written once the
-        carry records are on the broker. The carry is split over as many keys as its
-        size needs (9k memberships already fill a record)."""
-        entries = self.index.get(partition, [])
-        expired = [key for newest, key in entries if newest <= cut_ms]
-        if not expired:
-            return [], []
-        carried = [self._put(partition, _delta_key(partition, f"carry#{number}"), value)
-                   for number, (_, value) in enumerate(_encoded_chunks(carry))]
-        kept = {record.key for record in carried if record.key is not None}
-        stale = sorted(self.carry_keys.get(partition, set()) - kept)
-        self.carry_keys[partition] = kept
-        carried.append(self._put(partition, _delta_key(partition, "cut"), str(cut_ms).encode()))
-        self.cuts[partition] = cut_ms
-        deletions = [self._put(partition, key, None) for key in [*stale, *expired]]
-        self.index[partition] = [(n, k) for n, k in entries if n > cut_ms]
-        return carried, deletions
-
-    def load(self, partitions: set[int]) -> Iterable[tuple[int, list[Event]]]:
-        """Stored deltas of the given partitions.
-
-        Deltas of other partitions (no longer ours) are dropped from local memory; their
-        changelog stays for the worker that owns them now.
-        """
-        self.index, self.cuts = {}, {}
-        self.carry_keys = {}
-        self.marked = self._check_user_ids(partitions)
-        for key, value in list(self.table.data.items()):
-            partition = _partition_of_key(key)
-            if partition not in partitions:
-                del self.table.data[key]
-                continue
-            if not value or key.endswith(_USER_IDS_SUFFIX):
-                continue
-            if key.endswith(_CUT_SUFFIX):
-                self.cuts[partition] = int(value)
-                continue
-            events = _decode_events(value)
-            if _is_carry(key):
-                self.carry_keys.setdefault(partition, set()).add(key)
-            elif events:
-                newest = newest_ts(events)
-                self.index.setdefault(partition, []).append((newest, key))
-            yield partition, events
-
-
-    def _check_user_ids(self, partitions: set[int]) -> set[int]:
-        """The partitions whose deltas say how they store user ids; raises
-        UserIdsMismatch when that is not how this worker stores them. Deltas that say
-        nothing (written before the record existed) hold raw ids."""
-        marked: dict[int, bytes] = {}
-        unmarked: set[int] = set()
-        for key, value in self.table.data.items():
-            partition = _partition_of_key(key)
-            if partition in partitions and value:
-                if key.endswith(_USER_IDS_SUFFIX):
-                    marked[partition] = value
-                else:
-                    unmarked.add(partition)
-        found = set(marked.values()) | ({RAW_IDS.encode()} if unmarked - set(marked) else set())
-        for stored in found - {self.user_ids}:
-            raise UserIdsMismatch(
-                f"the changelog {self.table.changelog_topic.get_topic_name()} holds user ids "
-                f"{_describe_user_ids(stored)}, but this worker stores them "
-                f"{_describe_user_ids(self.user_ids)}: pseudonymisation was switched or its "
-                "key changed; start with a new app_id (docs/security.md, key rotation)")
-        return set(marked)
 
 
 class PreparedBatch(NamedTuple):
@@ -405,36 +76,6 @@ class PreparedBatch(NamedTuple):
     parsed: list[tuple[str, int, int, int, Ingested]]
     records: list[Record]  # to be on the broker before the batch counts
     lag_s: float | None  # now minus the newest message's Kafka timestamp
-
-
-def dead_letter(topic: str, msg: Any, rejection: Rejection, number: int) -> Record:
-    """The dead-letter record of a rejection: original key and bytes, reason, source.
-
-    `dead_letter_id` (source topic, partition, offset and the rejection's number in the
-    message) is the same when a restart reads the message again, so readers
-    (`community-pulse redrive`) drop the copies. A record that would not fit keeps the
-    first DEAD_LETTER_KEEP_BYTES with the original size and SHA-256 in headers."""
-    source = f"{msg.topic}/{msg.partition}/{msg.offset}"
-    headers = [
-        ("reason", rejection.reason.encode()),
-        ("detail", rejection.detail.encode()[:1000]),
-        ("source_topic", msg.topic.encode()),
-        ("source_partition", str(msg.partition).encode()),
-        ("source_offset", str(msg.offset).encode()),
-        ("dead_letter_id", f"{source}/{number}".encode()),
-    ]
-    key, value = msg.key, rejection.raw
-    digest = [("original_size", str(len(value)).encode()),
-              ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
-    # If the topic refuses even that (a small max.message.bytes): the headers alone,
-    # which still say where the original is (source topic, partition, offset).
-    bare = Record(topic, None, b"", None, [(name, text[:100]) for name, text in headers]
-                  + digest)
-    if len(value) + len(key or b"") > RECORD_MAX_BYTES:
-        headers += digest
-        value = value[:DEAD_LETTER_KEEP_BYTES]
-        key = key[:DEAD_LETTER_KEEP_BYTES] if key else key
-    return Record(topic, key, value, None, headers, bare)
 
 
 class PulseWorker:
@@ -500,7 +141,7 @@ class PulseWorker:
         # The end offsets of the last checks, with their times, newest last.
         self._ends_seen: deque[tuple[dict[tuple[str, int], int], int]] = deque(
             maxlen=CATCH_UP_CHECKS)
-        self._ownership = 0  # changes with every revoke and recovery (closing passes)
+        self.ownership = 0  # changes with every revoke and recovery (closing passes)
         # Rows of the midnights this process wrote and that are still open, per partition,
         # so a late event recomputes one community's row, not the partition's.
         self._closing_rows: dict[tuple[int, int], dict[str, list[SnapshotRow]]] = {}
@@ -509,6 +150,12 @@ class PulseWorker:
         self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
                       if runtime.goals_file else [])
         self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
+        # Read again when they change (reload_steering_files); the managers file is not:
+        # follow-up state is kept only for the communities followed at start.
+        self._watched = {name: Watched(path) for name, path in (
+            ("goals", runtime.goals_file), ("experts", runtime.experts_file)) if path}
+        for name in self._watched:
+            self.metrics.steering_file_invalid.labels(name).set(0)
         # Source partitions this worker owns (set on each assignment); None: all of them
         # (no consumer group, e.g. in tests). Decides who reports goals without data.
         self.assigned: set[int] | None = None
@@ -626,7 +273,7 @@ class PulseWorker:
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         self.first_event.clear()
-        self._ownership += 1
+        self.ownership += 1
         for partition, events in self.deltas.load(partitions):
             for event in events:
                 self.partition_of[event.community_id] = partition
@@ -649,7 +296,7 @@ class PulseWorker:
         the same rebalance is not re-read from the changelog.
         """
         self.partitions -= partitions
-        self._ownership += 1
+        self.ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
@@ -915,7 +562,7 @@ class PulseWorker:
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
-        slice_start, ownership = time.perf_counter(), self._ownership
+        slice_start, ownership = time.perf_counter(), self.ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
         planned: list[Task] = []
         for partition in sorted(self._partitions()):
@@ -949,7 +596,7 @@ class PulseWorker:
                     if time.perf_counter() - slice_start > SLICE_S:
                         yield
                         slice_start = time.perf_counter()
-                        if self._ownership != ownership:  # a rebalance: rows may miss
+                        if self.ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
                             for planned_task in planned:
                                 self.closing.retry(planned_task)
@@ -1060,6 +707,36 @@ class PulseWorker:
 
     # ---- steering ---------------------------------------------------------------------
 
+    def read_changed_steering_files(self) -> dict[str, Any]:
+        """The goals file and the experts roster, read again where the file changed
+        (I/O: the reload timer runs this in a thread). A file that no longer reads keeps
+        what was read before: one log line with the reason (never a user id), and
+        community_pulse_steering_file_invalid is 1 until the file reads again."""
+        read: dict[str, Any] = {}
+        for name, watched in self._watched.items():
+            if not watched.changed():
+                continue
+            try:
+                read[name] = (read_goals(watched.path, self.config.windows_days)
+                              if name == "goals" else
+                              read_experts(watched.path, self.pseudonymise))
+            except ConfigError as exc:
+                self.metrics.steering_file_invalid.labels(name).set(1)
+                log.warning("%s file not reloaded, the one read before stays: %s", name, exc)
+                continue
+            self.metrics.steering_file_invalid.labels(name).set(0)
+        return read
+
+    def use_steering_files(self, read: Mapping[str, Any]) -> None:
+        """Apply what `read_changed_steering_files` read: from the next snapshot on."""
+        if "goals" in read:
+            self.goals = read["goals"]
+            log.info("goals file reloaded: %d goals", len(self.goals))
+        if "experts" in read:
+            self.config = replace(self.config, experts=read["experts"])
+            self.core.use_experts(read["experts"])
+            log.info("experts file reloaded: rosters of %d communities", len(read["experts"]))
+
     def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
         """Sketches and follow-up counts of the owned communities at `as_of` into
         `inputs`, yielding after every SLICE_S of work like `snapshot_steps`."""
@@ -1091,345 +768,9 @@ class PulseWorker:
                     span * rt.snapshot_interval_s * BEHIND_SNAPSHOT_EVERY)
                 self.metrics.show_steering(self.steering.network_from_data_dir(
                     as_of, inputs_since, snapshots_since))
+                if rt.sketch_retention_days:  # one worker prunes: the owner of partition 0
+                    self.steering.prune("member_sketches",
+                                        as_of - rt.sketch_retention_days * DAY_MS)
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("steering").inc()
             log.exception("writing the steering tables failed")
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # Faust hard-codes fetch_max_wait_ms=1500. aiokafka keeps one fetch in flight
-        # per broker and leaves out partitions that still hold undrained records; after
-        # any pause in draining, that fetch asks only for the idle partitions (e.g. no
-        # membership traffic) and the broker holds it 1.5 s while the busy ones wait:
-        # measured as 1-1.5 s consumption stalls at a steady 2,000 events/s.
-        wait_ms = getattr(self.app, "fetch_max_wait_ms", 0)
-        if wait_ms:
-            consumer._fetch_max_wait_ms = wait_ms
-        return consumer
-
-    async def _fetch_records(
-        self,
-        consumer: Any,
-        active_partitions: set[TP],
-        timeout: float | None = None,
-        max_records: int | None = None,
-    ) -> Any:
-        # Faust passes its *live* set of active partitions, and this call waits up to
-        # 1 s for records. A rebalance that starts meanwhile empties the set (revoke,
-        # then the whole new assignment paused until table recovery resumes the
-        # changelog partitions), and aiokafka's fetched_records() reads an empty set as
-        # "every assigned partition": the waiting call drains the changelog records
-        # recovery has just seeked to, and Faust's getmany() drops them (flow stopped).
-        # aiokafka's position is past them, so recovery never sees them and waits
-        # forever ("No event received for active tp ... since recovery start"). A short
-        # fetch wait makes it likely: records arrive while the stale call still waits.
-        # So ask only for the partitions active now, and give back to aiokafka (seek)
-        # whatever Faust would drop.
-        wanted = set(active_partitions)
-        if not wanted:
-            return {}
-        records = await super()._fetch_records(
-            consumer, wanted, timeout=timeout, max_records=max_records
-        )
-        owner = self.consumer
-        assigned = consumer.assignment()
-        kept = {}
-        for tp, batch in records.items():
-            if owner.flow_active and (
-                tp in active_partitions or tp in owner._buffered_partitions
-            ):
-                kept[tp] = batch
-            elif batch and tp in assigned:
-                log.debug("fetched %d records of %s while it is not consumed: back to %d",
-                          len(batch), tp, batch[0].offset)
-                consumer.seek(tp, batch[0].offset)
-        return kept
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class PulseApp(faust.App):
-    """faust.App whose Kafka consumer can wait less than Faust's 1.5 s per fetch
-    (RuntimeConfig.fetch_max_wait_ms; 0 keeps Faust's)."""
-
-    fetch_max_wait_ms = 0
-
-    def _new_transport(self) -> _Transport:
-        return _Transport(self.conf.broker_consumer, self)
-
-
-def _scratch_dir(app_id: str) -> str:
-    """Faust wants a local folder even with in-memory tables: a fresh one per process
-    under $TMPDIR (not the CWD), removed when the process exits."""
-    path = tempfile.mkdtemp(prefix=f"community-pulse-{app_id}-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
-def faust_app(
-    app_id: str, broker: str, partitions: int, fetch_max_wait_ms: int = 0,
-    security: KafkaSecurity | None = None, replication: int = 1,
-    session_timeout_s: float = 60.0,
-) -> faust.App:
-    """The Faust settings the worker runs with (the benchmark's floor uses them too).
-
-    Faust reads environment variables of its own (BROKER_URL, PROCESSING_GUARANTEE, ...)
-    over the arguments given here; `env={}` stops that, so the product's settings win
-    (`ignored_faust_environment` names what was ignored)."""
-    app = PulseApp(
-        app_id,
-        env={},
-        broker=broker,
-        broker_credentials=(security or KafkaSecurity()).faust_credentials(),
-        topic_replication_factor=replication,
-        # How long the group waits for a silent worker before its partitions move on;
-        # a worker cut off for that long stops exporting and writing (PulseWorker.cut_off).
-        broker_session_timeout=session_timeout_s,
-        broker_heartbeat_interval=min(3.0, session_timeout_s / 10),
-        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,  # acks stay Faust's -1 (all)
-        datadir=_scratch_dir(app_id),
-        store="memory://",
-        topic_partitions=partitions,
-        table_standby_replicas=0,
-        web_enabled=False,
-        key_serializer="raw",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=BATCH_MAX_MESSAGES * 2,
-    )
-    app.fetch_max_wait_ms = fetch_max_wait_ms
-    return app
-
-
-def ignored_faust_environment() -> list[str]:
-    """Faust's own environment variables that are set here, which faust_app ignores."""
-    names = {param.env_name for param in faust.Settings.SETTINGS.values() if param.env_name}
-    return sorted(name for name in names if name in os.environ)
-
-
-def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> faust.App:
-    rt = worker.runtime
-    app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms, security,
-                    rt.topic_replication_factor, rt.session_timeout_s)
-    # Topics the worker creates when they are missing (replication: topic_replication_factor).
-    topic_config = {"min.insync.replicas": str(rt.topic_min_insync_replicas)}
-    source = app.topic(
-        *worker.topics, key_type=bytes, value_type=bytes, partitions=rt.partitions,
-        internal=True, config=topic_config,
-    )
-    worker.dead_letter = dead_letter_topic = app.topic(
-        rt.topic_prefix + DEAD_LETTER_TOPIC, key_type=bytes, value_type=bytes,
-        partitions=rt.partitions, internal=True, config=topic_config,
-    )
-    worker.dead_letter_topic = dead_letter_topic.get_topic_name()
-    worker.partitions_of = app.consumer.topic_partitions
-    table = app.Table(
-        "community-events", partitions=rt.partitions, key_type=bytes, value_type=bytes,
-        extra_topic_configs=topic_config,
-    )
-    worker.deltas = DeltaLog(table, RAW_IDS if worker.pseudonymise is None
-                             else worker.pseudonymise.fingerprint)
-    worker.assigned = set()  # nothing until the consumer group assigns partitions
-    source_topics = set(worker.topics)
-    sender = DurableSender(app.producer, worker.metrics.send_retries.inc)
-
-    @app.agent(source, name="ingest")
-    async def ingest(stream: StreamT) -> None:
-        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
-            BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S)
-        async for batch in batches:
-            try:
-                prepared = worker.prepare(batch)
-                await sender.send(prepared.records)  # acked below only once durable
-                worker.apply(prepared)
-            except BaseException as exc:
-                withhold_acks(batch)  # its offsets stay uncommitted
-                if isinstance(exc, Exception):
-                    exit_unclean(exc)
-                raise
-
-    @app.task
-    async def declare_dead_letter_topic() -> None:
-        await dead_letter_topic.maybe_declare()
-
-    worker.session_timeout_s = app.conf.broker_session_timeout
-    contact_probe = TP(worker.dead_letter_topic, 0)  # asked even with nothing assigned
-
-    async def poll_lag() -> None:
-        consumer = app.consumer
-        ours = [tp for tp in consumer.assignment() if tp.topic in source_topics]
-        highwaters = await consumer.highwaters(*ours, contact_probe)
-        lag: dict[str, int] = dict.fromkeys(source_topics, 0)
-        for tp in ours:
-            position = await consumer.position(tp)
-            if position is not None and tp in highwaters:
-                lag[tp.topic] += max(0, highwaters[tp] - position)
-        worker.in_contact(lag, len(ours))
-
-    @app.timer(interval=LAG_POLL_INTERVAL_S)
-    async def watch_kafka() -> None:
-        # The lag gauge moves without batches arriving (a stuck or starved consumer
-        # shows), and a broker that does not answer is noticed (cut_off).
-        try:
-            await asyncio.wait_for(poll_lag(), LAG_POLL_TIMEOUT_S)
-        except Exception as exc:  # no answer, whatever the reason: no contact
-            log.info("lag poll failed: %r", exc)
-            if worker.last_contact is None:  # the first poll: the clock starts now
-                worker.last_contact = time.monotonic()
-        worker.cut_off()
-
-    @app.timer(interval=REFRESH_INTERVAL_S)
-    async def write_expiry() -> None:
-        while worker.expiry_records:  # carry pieces on the broker before any deletion
-            await sender.send(worker.expiry_records[0])
-            del worker.expiry_records[0]
-
-    @table.on_recover
-    async def on_recover() -> None:
-        active = app.assignor.assigned_actives()
-        try:
-            worker.recover({tp.partition for tp in active if tp.topic in source_topics})
-        except UserIdsMismatch as exc:  # counting a user twice: refuse, in one line
-            print(f"community-pulse: error: {exc}", file=sys.stderr, flush=True)
-            os._exit(2)
-        # Faust resumes the source partitions after this returns: the closing files are
-        # known before the backlog streams in (see learn_closing_files).
-        now_ms = int(worker.clock() * 1000)
-        checks = worker.closing_checks(now_ms)
-        if checks:
-            found = await asyncio.get_running_loop().run_in_executor(
-                None, worker.read_closings, checks, now_ms)
-            worker.learn_closings(found)
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
-        worker.revoke({tp.partition for tp in revoked if tp.topic in source_topics})
-
-    @app.timer(interval=REFRESH_INTERVAL_S)
-    async def refresh() -> None:
-        for _ in worker.refresh_steps():
-            await asyncio.sleep(AGENT_TURN_S)  # let the agent consume between slices
-
-    @app.timer(interval=rt.steering_interval_s)
-    async def steering() -> None:
-        if worker.mark is None:  # catching up: sketches of a half-read backlog would mislead
-            return
-        as_of, inputs = int(worker.clock() * 1000), list[pa.Table]()
-        for _ in worker.steering_steps(as_of, inputs):
-            await asyncio.sleep(AGENT_TURN_S)
-        await asyncio.get_running_loop().run_in_executor(
-            None, worker.publish_steering, as_of, inputs)
-
-    @app.timer(interval=CATCH_UP_CHECK_S)
-    async def track_catch_up() -> None:
-        now_ms = int(worker.clock() * 1000)
-        ends = None
-        if not (app.rebalancing or app.in_recovery):
-            tps = [tp for tp in app.assignor.assigned_actives() if tp.topic in source_topics]
-            try:
-                ends = await app.consumer.highwaters(*tps) if tps else {}
-            except Exception as exc:  # (e.g. the broker is away): unknown, catching up
-                log.debug("end offsets unavailable: %s", exc)
-        worker.observe_offsets(ends, committed_offsets(app), now_ms)
-
-    @app.timer(interval=rt.snapshot_interval_s)
-    async def snapshot() -> None:
-        if not worker.snapshot_due():
-            return
-        loop = asyncio.get_running_loop()
-        rows: list[SnapshotRow] = []
-        for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
-            await asyncio.sleep(AGENT_TURN_S)
-        if worker.mark is not None:  # live rows over a half-read backlog are not written
-            worker.write_rows(rows, wait=False)  # a hung disk must not stop expiry
-        mark = worker.mark
-        if mark is None:
-            return
-        checks = worker.closing_checks(mark)
-        if checks:
-            found = await loop.run_in_executor(None, worker.read_closings, checks, mark)
-            worker.learn_closings(found)
-        closing: list[tuple[Task, pa.Table]] = []
-        for _ in worker.closing_steps(mark, closing):
-            await asyncio.sleep(AGENT_TURN_S)
-        done = await loop.run_in_executor(None, worker.write_closings, closing)
-        worker.closing_written(closing, done, mark)
-
-    return app
-
-
-def committed_offsets(app: faust.App) -> Mapping[Any, int | None]:
-    """Faust's committed offset per partition (the next offset to read): what a
-    partition with nothing processed by this process has done. Faust keeps it in a
-    private field; tests/test_worker_app.py fails if an upgrade renames it."""
-    return getattr(app.consumer, "_committed_offset", {})
-
-
-class StartupError(ConfigError):
-    """The worker cannot start with these settings; the message is one line."""
-
-
-def check_broker(runtime: RuntimeConfig, security: KafkaSecurity) -> None:
-    """The broker preflight (streams.kafka_auth.check_access) before Faust starts, whose
-    own failures are endless retries (a refused login) or a page of traceback."""
-    try:
-        check_access(runtime.broker, security)
-    except KafkaAccessError as exc:
-        hint = "" if exc.reached else "; set it with --broker or PULSE_BROKER"
-        raise StartupError(f"{exc}{hint}") from None
-
-
-def serve_metrics(worker: PulseWorker, port: int, host: str, access: MetricsAccess) -> None:
-    try:
-        worker.metrics.serve(port, host, access)
-    except OSError as exc:
-        raise StartupError(f"cannot serve /metrics on port {port}: {exc.strerror or exc} "
-                           "(choose another with --metrics-port)") from None
-
-
-def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "warning") -> None:
-    """Run the worker until SIGINT/SIGTERM (what `community-pulse worker` does)."""
-    install_log_filters()
-    security = KafkaSecurity.from_runtime(runtime)
-    access = MetricsAccess.from_runtime(runtime)
-    check_broker(runtime, security)
-    ignored = ignored_faust_environment()
-    if ignored:
-        log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
-                    "its settings from the config file and PULSE_* only", ", ".join(ignored))
-    if sketches_hash_raw_ids_with_public_key(runtime):
-        log.warning("sketch_key is the public default: the member sketches hash raw user ids "
-                    "with a known key; set PULSE_SKETCH_KEY (docs/steering.md)")
-    offset = runtime.clock_offset_s
-    worker = PulseWorker(metric_config, runtime,
-                         clock=(lambda: time.time() + offset) if offset else time.time)
-    app = build_app(worker, security)
-    serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
-    log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
-                runtime.metrics_host, runtime.metrics_port,
-                " (basic auth)" if access.user else "", runtime.data_dir)
-    faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    if not sys.stdout.isatty():
-        faust_worker.spinner = None  # it writes cursor escape codes, also into a log file
-    keep_beating(faust_worker.loop, worker.metrics.beat)
-    faust_worker.execute_from_commandline()
-
-
-def keep_beating(loop: asyncio.AbstractEventLoop, beat: Callable[[], None]) -> None:
-    """Call `beat` every HEARTBEAT_INTERVAL_S from the event loop itself (not a Faust
-    timer, which starts only with the app): /healthz fails when the beats stop, i.e.
-    when something blocks the loop; /metrics is served from its own thread."""
-    def tick() -> None:
-        beat()
-        loop.call_later(HEARTBEAT_INTERVAL_S, tick)
-
-    loop.call_soon(tick)

@@ -105,12 +105,12 @@ def test_replay_command_runs_with_the_tuned_gc_thresholds(
 
 def test_worker_command_starts_the_worker_with_the_tuned_gc_thresholds(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """What `worker` hands to streams.worker.run (the Faust worker itself is tested on
+    """What `worker` hands to streams.app.run (the Faust worker itself is tested on
     a real broker elsewhere), and the GC thresholds in force when it starts."""
-    import streams.worker
+    import streams.app
 
     started: list[tuple[object, ...]] = []
-    monkeypatch.setattr(streams.worker, "run", lambda metrics, runtime, loglevel: started.append(
+    monkeypatch.setattr(streams.app, "run", lambda metrics, runtime, loglevel: started.append(
         (runtime.broker, runtime.partitions, loglevel, gc.get_threshold())))
     before = gc.get_threshold()
     try:

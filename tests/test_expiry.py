@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import msgspec
 
 from schemas.events import Event
+from streams.changelog import DeltaLog
 from streams.config import DAY_MS, MetricConfig
 from streams.core import CommunityState, PulseCore
-from streams.worker import DeltaLog, Record
+from streams.delivery import Record
 
 START = 1_767_225_600_000  # 2026-01-01
 

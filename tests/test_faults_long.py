@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devkit.devkafka import LocalKafka
-from streams.worker import LAG_POLL_INTERVAL_S
+from streams.app import LAG_POLL_INTERVAL_S
 from tests.faults import (
     FAST_GROUP,
     Names,

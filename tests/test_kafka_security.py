@@ -21,9 +21,10 @@ from devkit import generate as gen
 from devkit.devkafka import LocalKafka, Secured, free_port
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams import config
+from streams.app import build_app, faust_app, ignored_faust_environment
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.kafka_auth import Acl, KafkaAccessError, KafkaSecurity, check_access
-from streams.worker import PulseWorker, build_app, faust_app, ignored_faust_environment
+from streams.worker import PulseWorker
 from tests.workers import WorkerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,6 +27,8 @@ from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
 from sinks.parquet import rows_to_table
 from streams import config
+from streams.app import faust_app
+from streams.changelog import DeltaLog, UserIdsMismatch
 from streams.cli import main
 from streams.closing import Task
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
@@ -34,7 +36,7 @@ from streams.core import PulseCore
 from streams.privacy import Pseudonymiser, SendFailureFilter
 from streams.replay import parse_time
 from streams.steering.files import read_managers
-from streams.worker import DeltaLog, PulseWorker, UserIdsMismatch, faust_app
+from streams.worker import PulseWorker
 from tests.workers import WorkerProcess, wait_for
 
 SECRET_USER = "user-secret-4711"

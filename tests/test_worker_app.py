@@ -21,23 +21,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit.devkafka import free_port
 from schemas.events import Event, Rejection
 from schemas.producer import TOPIC_OF
-from streams.config import MetricConfig, RuntimeConfig
-from streams.worker import (
-    CATCH_UP_CHECKS,
-    DEAD_LETTER_KEEP_BYTES,
+from streams.app import (
     PRODUCER_REQUEST_TIMEOUT_S,
-    RECORD_MAX_BYTES,
-    DurableSender,
-    PulseWorker,
-    Record,
     _ConsumerThread,
-    _encoded_chunks,
     committed_offsets,
-    dead_letter,
     faust_app,
     keep_beating,
+)
+from streams.changelog import _encoded_chunks
+from streams.config import MetricConfig, RuntimeConfig
+from streams.delivery import (
+    DEAD_LETTER_KEEP_BYTES,
+    RECORD_MAX_BYTES,
+    DurableSender,
+    Record,
+    dead_letter,
     withhold_acks,
 )
+from streams.worker import CATCH_UP_CHECKS, PulseWorker
 from tests.workers import wait_for
 
 
@@ -195,7 +196,7 @@ def test_durable_sender_returns_only_once_every_record_is_on_the_broker() -> Non
     producer = _FlakyProducer()
     retried: list[int] = []
     records = [Record("t", b"a", b"1", 0), Record("t", b"b", b"2", 1)]
-    with patch("streams.worker.SEND_RETRY_FIRST_S", 0.0):
+    with patch("streams.delivery.SEND_RETRY_FIRST_S", 0.0):
         asyncio.run(DurableSender(producer, retried.append).send(records))
     assert producer.attempts == [b"a", b"b", b"a", b"b"] and retried == [2]
 
@@ -283,7 +284,7 @@ def test_a_dead_letter_the_topic_refuses_as_too_large_is_written_bare() -> None:
     msg = SimpleNamespace(topic="community.posts", partition=1, offset=5, key=b"c")
     letter = dead_letter("dl", msg, Rejection(b"x" * 1000, "wrong_topic", "d" * 500), 0)
     producer = _SmallTopicProducer()
-    with patch("streams.worker.SEND_RETRY_FIRST_S", 0.0):
+    with patch("streams.delivery.SEND_RETRY_FIRST_S", 0.0):
         asyncio.run(DurableSender(producer).send([letter]))
     assert producer.attempts == [b"x" * 1000, b""]
     bare = letter.smaller
@@ -323,7 +324,7 @@ def test_caught_up_when_what_was_there_a_few_checks_ago_is_processed(tmp_path: P
 
 
 def test_faust_keeps_the_committed_offsets_the_catch_up_check_reads() -> None:
-    # streams.worker.committed_offsets reads Faust's private Consumer._committed_offset.
+    # streams.app.committed_offsets reads Faust's private Consumer._committed_offset.
     app = faust_app("test-committed", "kafka://127.0.0.1:9", 1)
     committed = committed_offsets(app)
     assert committed is app.consumer._committed_offset  # type: ignore[attr-defined]

@@ -27,17 +27,17 @@ from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit import generate as gen
 from devkit.devkafka import SCRAM_USER, LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
+from streams.changelog import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
 from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
-from streams.worker import _CUT_SUFFIX, _USER_IDS_SUFFIX, _decode_events
 from tests.workers import Samples, WorkerProcess, parquet_rows, settled_snapshot, wait_for
 
 N_COMMUNITIES = 10
@@ -302,3 +302,27 @@ def test_a_worker_that_stores_user_ids_otherwise_refuses_the_changelog(
     (line,) = [ln for ln in other.log.read_text().splitlines() if "error:" in ln]
     stored = "pseudonymised (key fingerprint " if pipeline.secured else "raw,"
     assert f"holds user ids {stored}" in line and "new app_id" in line
+
+
+def test_generate_writes_to_the_topics_of_the_topic_prefix(
+        kafka: LocalKafka, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """`generate --bootstrap` produces where a worker with the same settings reads."""
+    from streams import cli
+
+    prefix = f"gen-{uuid.uuid4().hex[:8]}."
+    monkeypatch.setenv("PULSE_TOPIC_PREFIX", prefix)
+    assert cli.main(["generate", "--bootstrap", kafka.bootstrap, "--communities", "3",
+                     "--days", "2", "--no-bad"]) == 0
+    printed = capsys.readouterr().out
+    messages = int(printed.split(" messages")[0].rsplit(" ", 1)[1].replace(",", ""))
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap)
+    try:
+        topics = {t for t in consumer.topics() if t.startswith(prefix)}
+        assert topics and topics <= {prefix + name for name in DEFAULT_TOPICS}
+        partitions = [tp for t in topics for tp in (
+            TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ())]
+        assert sum(consumer.end_offsets(partitions).values()) == messages > 0
+    finally:
+        consumer.close()
+    assert f"(topics {prefix}community.*)" in printed
