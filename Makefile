@@ -58,7 +58,7 @@ bench: setup
 	$(VPY) bench/run.py
 
 faults: setup
-	$(VPY) -m pytest -q -rA -s --faults tests/test_faults_long.py $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -rA -s --faults tests/test_faults_long.py tests/test_faults_cluster.py $(PYTEST_ARGS)
 
 soak: setup
 	$(VPY) -m pytest -q -rA -s --soak tests/test_soak.py $(PYTEST_ARGS)

@@ -747,6 +747,10 @@ class LocalKafkaCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
+            # Throw-away data: no controlled shutdown, which waits out its timeouts once
+            # the controller quorum is leaving too.
+            if node.running():
+                node.crash()
             node.stop()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -1,18 +1,28 @@
-"""A partition leader that dies or stalls on a real 3-node KRaft cluster, with the worker
-writing its changelog (replication 3, min ISR 2) the whole time: leadership moves to
-another node, the worker carries on, and its final snapshot equals `replay`."""
+"""A changelog partition's leader that dies or stalls on a real 3-node KRaft cluster, with
+the worker writing its changelog (replication 3, min ISR 2) the whole time: leadership
+moves to an in-sync replica, the worker carries on in the same process, and its final
+snapshot, and that of a fresh worker rebuilt from the changelog after a kill -9, equal
+`replay`. The stalled leader takes two minutes more (request timeouts), so it runs in
+`make faults`; docs/reliability.md has the figures.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit.devkafka import LocalKafkaCluster, PartitionState
 from tests.faults import (
     FAST_GROUP,
+    Message,
     Names,
+    Stream,
     assert_snapshot_equals_replay,
     committed_through_end,
     dead_letters,
@@ -26,11 +36,40 @@ from tests.workers import WorkerProcess, produce, wait_for
 
 REPLICATED = {**FAST_GROUP, "PULSE_TOPIC_REPLICATION_FACTOR": "3",
               "PULSE_TOPIC_MIN_INSYNC_REPLICAS": "2"}
-EXITED_ON_A_BATCH = "exiting without committing"  # streams/worker.py exit_unclean
+EXITED_ON_A_BATCH = "exiting without committing"  # streams/delivery.py exit_unclean
+PROCESSED = "community_pulse_events_processed_total"
 
 
-def _leaders(cluster: LocalKafkaCluster, topic: str) -> dict[int, PartitionState]:
-    return wait_for(lambda: cluster.partitions(topic), 60, f"{topic} to exist")
+@dataclass
+class Run:
+    cluster: LocalKafkaCluster
+    names: Names
+    stream: Stream
+    quarters: list[list[Message]]  # the stream (bad messages spread in) in four parts
+    bad: int
+    worker: WorkerProcess
+    started: float = field(default_factory=time.monotonic)
+    timeline: list[str] = field(default_factory=list)
+
+    @property
+    def changelog(self) -> str:
+        return f"{self.names.app_id}-community-events-changelog"
+
+    def send(self, part: list[Message]) -> None:
+        # acks=all: a leader stalled or killed right after answering acks=1 may take
+        # messages with it that the comparison then expects.
+        produce(self.cluster.live_bootstrap(), self.names.prefix, part, acks="all")
+
+    def mark(self, what: str) -> None:
+        self.timeline.append(f"{time.monotonic() - self.started:6.1f} s  {what}")
+
+    def processed(self) -> float:
+        return self.worker.total(self.worker.scrape(), PROCESSED)
+
+    def wait_committed(self, what: str) -> None:
+        wait_for(lambda: committed_through_end(self.cluster.live_bootstrap(), self.names),
+                 180, what)
+        self.mark(what)
 
 
 def _min_insync(cluster: LocalKafkaCluster, topic: str) -> str:
@@ -42,100 +81,123 @@ def _min_insync(cluster: LocalKafkaCluster, topic: str) -> str:
     return str(described["topic"][topic]["min.insync.replicas"]["value"])
 
 
-def test_changelog_leader_killed_then_stalled_on_a_3_node_cluster_loses_nothing(
-        tmp_path: Path) -> None:
-    stream = make_stream(tmp_path, seed=14)
+@contextmanager
+def _replicated_run(tmp_path: Path, seed: int) -> Iterator[Run]:
+    """A 3-node cluster, the source topics at replication 3 (min ISR 2), and a worker
+    that has committed the first quarter of the stream into its replicated changelog.
+    On leaving: the checks every fault here must pass (see `_finish`)."""
+    stream = make_stream(tmp_path, seed=seed)
     messages, bad = with_bad_messages(stream.messages)
     q = len(messages) // 4
-    names: Names = fresh_names()
-    changelog = f"{names.app_id}-community-events-changelog"
-    timeline: list[str] = []
-    t_start = time.monotonic()
-
-    def mark(what: str) -> None:
-        timeline.append(f"{time.monotonic() - t_start:6.1f} s {what}")
-
-    def send(part: list) -> None:
-        produce(cluster.bootstrap, names.prefix, part, acks="all")
-
+    quarters = [messages[:q], messages[q : 2 * q], messages[2 * q : 3 * q], messages[3 * q :]]
+    names = fresh_names()
     with LocalKafkaCluster(run_dir=tmp_path / "kafka") as cluster:
-        mark("cluster up")
         names.create_topics(cluster)
-        send(messages[:q])
+        produce(cluster.bootstrap, names.prefix, quarters[0], acks="all")
         worker = WorkerProcess(cluster.bootstrap, tmp_path / "first", names.prefix,
                                names.app_id, extra_env=REPLICATED)
+        run = Run(cluster, names, stream, quarters, bad, worker)
         try:
-            wait_for(lambda: committed_through_end(cluster.bootstrap, names), 120,
-                     "the first quarter committed")
-            mark("first quarter committed")
-            before = _leaders(cluster, changelog)
-            assert all(len(s.isr) == 3 for s in before.values())  # the worker made it RF 3
-            assert _min_insync(cluster, changelog) == "2"
-
-            # (a) kill -9 the node that leads changelog partition 0 (and source partitions).
-            victim = before[0].leader
-            led = {p for p, s in before.items() if s.leader == victim}
-            sources_led = [(t, p) for t in names.source_topics
-                           for p, s in cluster.partitions(t).items() if s.leader == victim]
-            assert sources_led, "the victim leads no source partition"
-            cluster.node(victim).crash()
-            mark(f"node {victim} killed (led changelog {sorted(led)}, "
-                 f"{len(sources_led)} source partitions)")
-            cluster.wait_for_leader(changelog, 0, not_on=victim)
-            mark("changelog leader moved")
-            send(messages[q : 2 * q])
-            wait_for(lambda: committed_through_end(cluster.bootstrap, names), 180,
-                     "the second quarter committed with a node down")
-            mark("second quarter committed")
-            after = cluster.partitions(changelog)
-            assert all(after[p].leader not in (victim, -1) for p in led)
-            cluster.node(victim).restart()
-            cluster.wait_in_sync([changelog, *names.source_topics])
-            mark(f"node {victim} back and in sync")
-
-            # (b) stall (SIGSTOP) a node leading changelog partitions past the broker
-            # session timeout: Kafka moves its leaderships to the in-sync replicas, and the
-            # worker must write to those while the stalled node stays silent. (Not the
-            # group's coordinator: a stalled coordinator holds commits and heartbeats for
-            # the consumer's request timeout, see docs/reliability.md.)
-            now = cluster.partitions(changelog)
-            coordinator = cluster.group_coordinator(names.app_id)
-            stalled = next((s.leader for s in now.values()
-                            if s.leader not in (coordinator, victim)), -1)
-            assert stalled != -1, f"changelog leaders {now}, coordinator {coordinator}"
-            stalled_led = {p for p, s in now.items() if s.leader == stalled}
-            cluster.node(stalled).pause()
-            mark(f"node {stalled} stalled (led changelog {sorted(stalled_led)})")
-            for p in stalled_led:
-                cluster.wait_for_leader(changelog, p, not_on=stalled)
-            mark("its changelog leaderships moved")
-            processed = worker.total(worker.scrape(), "community_pulse_events_processed_total")
-            produce(cluster.live_bootstrap(), names.prefix, messages[2 * q : 3 * q], acks="all")
-            wait_for(lambda: worker.total(worker.scrape(), "community_pulse_events_processed_total")
-                     > processed, 150, "the worker to process while a node is stalled")
-            mark("the worker processes again")
-            moved = cluster.partitions(changelog)
-            assert all(moved[p].leader not in (stalled, -1) for p in stalled_led)
-            cluster.node(stalled).resume()
-            mark(f"node {stalled} resumed")
-            send(messages[3 * q :])
-            finish_and_compare(worker, cluster.bootstrap, names, stream, tmp_path / "replayed")
-            mark("equal to replay")
-            samples = worker.scrape()
-            retries = worker.total(samples, "community_pulse_kafka_send_retries_total")
-            assert worker.proc.poll() is None  # the same process throughout: no crash loop
+            run.mark("cluster up, worker started")
+            run.wait_committed("first quarter committed")
+            leaders = wait_for(lambda: cluster.partitions(run.changelog), 60, "the changelog")
+            assert all(len(s.isr) == 3 for s in leaders.values())  # the worker made it RF 3
+            assert _min_insync(cluster, run.changelog) == "2"
+            yield run
+            _finish(run, tmp_path)
         finally:
             worker.kill()
-        assert EXITED_ON_A_BATCH not in worker.log.read_text()
-        # Whatever it committed is in the changelog: a fresh worker rebuilds it exactly.
-        restarted = WorkerProcess(cluster.bootstrap, tmp_path / "second", names.prefix,
-                                  names.app_id, extra_env=REPLICATED)
-        try:
-            wait_for(lambda: owns(restarted, len(stream.communities)), 120, "every community")
-            assert_snapshot_equals_replay(restarted, stream, tmp_path / "replayed-again")
-            mark("rebuilt equal to replay")
-        finally:
-            restarted.stop()
-        letters = dead_letters(cluster.bootstrap, names)
-    print("\n" + "\n".join(timeline) + f"\nsend retries {retries}; {len(letters)} dead letters")
-    assert len({h["dead_letter_id"] for h in letters}) == bad
+            print("\n" + "\n".join(run.timeline))
+
+
+def _finish(run: Run, tmp_path: Path) -> None:
+    run.send(run.quarters[3])
+    finish_and_compare(run.worker, run.cluster.bootstrap, run.names, run.stream,
+                       tmp_path / "replayed")
+    run.mark("the worker's snapshot equals replay")
+    retries = run.worker.total(run.worker.scrape(), "community_pulse_kafka_send_retries_total")
+    assert run.worker.proc.poll() is None  # the same process throughout: no crash loop
+    run.worker.kill()
+    assert EXITED_ON_A_BATCH not in run.worker.log.read_text()
+    # Whatever it committed is in the changelog: a fresh worker rebuilds it exactly.
+    restarted = WorkerProcess(run.cluster.bootstrap, tmp_path / "second", run.names.prefix,
+                              run.names.app_id, extra_env=REPLICATED)
+    try:
+        wait_for(lambda: owns(restarted, len(run.stream.communities)), 120,
+                 "every community")
+        assert_snapshot_equals_replay(restarted, run.stream, tmp_path / "replayed-again")
+        run.mark("after kill -9, a fresh worker's snapshot equals replay")
+    finally:
+        restarted.stop()
+    letters = dead_letters(run.cluster.bootstrap, run.names)
+    run.mark(f"send retries {retries:.0f}; dead letters {len(letters)} written, "
+             f"{len({h['dead_letter_id'] for h in letters})} distinct")
+    assert len({h["dead_letter_id"] for h in letters}) == run.bad
+
+
+def _led_by(states: dict[int, PartitionState], node: int) -> set[int]:
+    return {p for p, s in states.items() if s.leader == node}
+
+
+def test_changelog_leader_killed_on_a_3_node_cluster_loses_nothing(tmp_path: Path) -> None:
+    with _replicated_run(tmp_path, seed=14) as run:
+        cluster, changelog = run.cluster, run.changelog
+        before = cluster.partitions(changelog)
+        victim = before[0].leader
+        led = _led_by(before, victim)
+        sources_led = [(t, p) for t in run.names.source_topics
+                       for p in _led_by(cluster.partitions(t), victim)]
+        assert sources_led, "the victim leads no source partition"
+        cluster.node(victim).crash()
+        run.mark(f"node {victim} killed -9 (led changelog {sorted(led)} and "
+                 f"{len(sources_led)} source partitions)")
+        for p in led:
+            cluster.wait_for_leader(changelog, p, not_on=victim)
+        run.mark("its leaderships moved")
+        run.send(run.quarters[1])
+        run.send(run.quarters[2][:100])
+        run.wait_committed("second quarter committed with the node down")
+        after = cluster.partitions(changelog)
+        assert all(after[p].leader not in (victim, -1) and victim not in after[p].isr
+                   for p in led)  # leadership really moved
+        cluster.node(victim).restart()
+        run.send(run.quarters[2][100:])
+        cluster.wait_in_sync([changelog, *run.names.source_topics])
+        run.mark(f"node {victim} back and in sync")
+        run.wait_committed("third quarter committed")
+
+
+@pytest.mark.faults
+def test_changelog_leader_stalled_on_a_3_node_cluster_loses_nothing(tmp_path: Path) -> None:
+    # SIGSTOP a node leading changelog partitions for longer than the broker session
+    # timeout: the controller fences it and moves its leaderships to in-sync replicas,
+    # and the worker must write to those while the stalled node stays alive but silent.
+    # (Not the group's coordinator: a stalled coordinator holds commits and heartbeats
+    # for the consumer's request timeout, a different fault; docs/reliability.md.)
+    with _replicated_run(tmp_path, seed=15) as run:
+        cluster, changelog = run.cluster, run.changelog
+        run.send(run.quarters[1])
+        run.wait_committed("second quarter committed")
+        before = cluster.partitions(changelog)
+        coordinator = cluster.group_coordinator(run.names.app_id)
+        stalled = next((s.leader for s in before.values() if s.leader != coordinator), -1)
+        assert stalled != -1, f"changelog leaders {before}, coordinator {coordinator}"
+        led = _led_by(before, stalled)
+        cluster.node(stalled).pause()
+        run.mark(f"node {stalled} stalled (led changelog {sorted(led)})")
+        for p in led:
+            cluster.wait_for_leader(changelog, p, not_on=stalled)
+        run.mark("its leaderships moved")
+        processed = run.processed()
+        run.send(run.quarters[2])  # to the new leaders (live nodes only)
+        # It waits out the consumer's request timeout (90 s) for a fetch and offset
+        # lookups stuck on the stalled node, then the producer's (30 s) for a send to
+        # the leader it last knew: docs/reliability.md.
+        wait_for(lambda: run.processed() > processed, 300,
+                 "the worker to process while a node is stalled")
+        run.mark("the worker processes and writes its changelog again")
+        after = cluster.partitions(changelog)
+        assert all(after[p].leader not in (stalled, -1) for p in led)  # really moved
+        cluster.node(stalled).resume()
+        run.mark(f"node {stalled} resumed")
+        run.wait_committed("third quarter committed")
