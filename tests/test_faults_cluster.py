@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.errors import KafkaError
 
 from devkit.devkafka import LocalKafkaCluster, PartitionState
 from tests.faults import (
@@ -67,8 +68,13 @@ class Run:
         return self.worker.total(self.worker.scrape(), PROCESSED)
 
     def wait_committed(self, what: str) -> None:
-        wait_for(lambda: committed_through_end(self.cluster.live_bootstrap(), self.names),
-                 180, what)
+        def committed() -> bool:
+            try:
+                return committed_through_end(self.cluster.live_bootstrap(), self.names)
+            except KafkaError:  # a node just resumed may time a lookup out: ask again
+                return False
+
+        wait_for(committed, 180, what)
         self.mark(what)
 
 
