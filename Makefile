@@ -6,7 +6,7 @@
 #   make test    ruff + mypy + pytest (pytest starts its own Kafka broker on free ports)
 #   make demo    run the end-to-end demo
 #   make bench   run the benchmark
-#   make faults  long fault runs against a real broker (~20 min; docs/reliability.md)
+#   make faults  long fault runs against a real broker or cluster (~25 min; docs/reliability.md)
 #   make soak    10 minutes at a steady rate with a fast event clock
 #   make lint    ruff + mypy only
 #   make lock    regenerate requirements.lock (needs uv: `pip install uv`)
