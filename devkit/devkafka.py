@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka broker (KRaft mode) on 127.0.0.1, for tests and the demo.
+"""A real single-node Apache Kafka broker (KRaft mode) on 127.0.0.1, for tests and the demo,
+and a small real cluster of them for fault tests.
 
 The jars come from Maven Central (pinned in ``deploy/kafka/pom.xml``) and are cached outside
 the repository in ``${PULSE_CACHE_DIR:-~/.cache/community-pulse}/kafka-<version>/libs``.
@@ -10,6 +11,9 @@ Library use::
 
     with LocalKafka(secured=True) as kafka:   # plus SASL_SSL and mutual-TLS listeners
         kafka.secured.sasl_ssl_bootstrap      # PLAIN and SCRAM-SHA-512 users, see Secured
+
+    with LocalKafkaCluster() as cluster:      # 3 nodes (fault tests where a leader moves)
+        cluster.node(cluster.partition("t", 0).leader).pause()
 
 Command line::
 
