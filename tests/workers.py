@@ -84,9 +84,11 @@ class WorkerProcess:
 
 
 def produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]],
-            max_request_size: int = 1_048_576) -> None:
+            max_request_size: int = 1_048_576, acks: int | str = 1) -> None:
+    """`acks="all"` on a replicated cluster: with 1, a leader stalled or killed right
+    after its answer may take messages with it that the test then expects."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
-                             max_request_size=max_request_size)
+                             max_request_size=max_request_size, acks=acks)
     for topic, key, value in messages:
         producer.send(prefix + topic, key=key, value=value)
     producer.flush()
