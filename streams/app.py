@@ -30,6 +30,7 @@ import asyncio
 import atexit
 import logging
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -201,27 +202,36 @@ class OffsetLookup:
     thread, whose method queue has two workers shared with the fetches: two lookups
     stuck on a stalled broker held every fetch, from every broker, for the consumer's
     request timeout of 90 s (tests/test_faults_cluster.py). Here a silent node costs one
-    lookup LOOKUP_REQUEST_TIMEOUT_S; aiokafka then drops its connection and refreshes the
-    metadata, so the next lookup asks the partition's new leader."""
+    lookup LOOKUP_REQUEST_TIMEOUT_S, and the next lookup starts a new client, with new
+    metadata: with one client, every lookup asked the stalled node again (aiokafka's
+    end_offsets gives up after the same time as its request, before that request's
+    clean-up drops the connection and refreshes the metadata)."""
 
     def __init__(self, servers: Sequence[str], security: KafkaSecurity) -> None:
         self._settings: dict[str, Any] = {
-            "bootstrap_servers": list(servers), "client_id": "community-pulse-lookup",
+            "client_id": "community-pulse-lookup",
             "enable_auto_commit": False,
             "request_timeout_ms": int(LOOKUP_REQUEST_TIMEOUT_S * 1000),
             **security.client_kwargs()}
+        self._servers = list(servers)
         self._client: AIOKafkaConsumer | None = None
 
     async def end_offsets(self, tps: Sequence[TP]) -> dict[TP, int]:
         if self._client is None:  # started on first use, in the app's event loop
-            client = AIOKafkaConsumer(**self._settings)
+            # In another order each time: a stalled first server would hold every start.
+            servers = random.sample(self._servers, len(self._servers))
+            client = AIOKafkaConsumer(bootstrap_servers=servers, **self._settings)
             try:
                 await client.start()
             except BaseException:  # no broker answers yet: the next lookup tries again
                 await client.stop()
                 raise
             self._client = client
-        ends = await self._client.end_offsets([TopicPartition(*tp) for tp in tps])
+        try:
+            ends = await self._client.end_offsets([TopicPartition(*tp) for tp in tps])
+        except Exception:
+            await self.stop()  # new metadata next time
+            raise
         return {TP(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
     async def stop(self) -> None:
