@@ -150,8 +150,13 @@ def steering_lines(samples: dict[str, list[tuple[dict[str, str], float]]]) -> li
     """Where to start and what to merge (docs/steering.md), from the worker's gauges."""
     ranks = sorted((value, labels["community"]) for labels, value in
                    samples.get("community_pulse_focus_rank", []))
-    merges = sorted(((-value, labels["community"], labels["candidate"]) for labels, value in
-                     samples.get("community_pulse_merge_suggestion_jaccard", [])))
+    merges, pairs = [], set()  # a pair is suggested from both sides: shown once
+    for overlap, a, b in sorted((-value, labels["community"], labels["candidate"]) for
+                                labels, value in
+                                samples.get("community_pulse_merge_suggestion_jaccard", [])):
+        if frozenset((a, b)) not in pairs:
+            pairs.add(frozenset((a, b)))
+            merges.append((overlap, a, b))
     if not ranks and not merges:
         return ["where to start / merge suggestions: waiting for the first steering pass"]
     start = ", ".join(f"{int(rank)}. {c}" for rank, c in ranks[:5]) or "none"

@@ -220,8 +220,10 @@ def _left(users: list[str], community: Community) -> list[str]:
 
 
 def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]],
-            security: KafkaSecurity | None = None) -> None:
-    """Send ready-made messages to Kafka, keyed by community, and wait for acks."""
-    with EnvelopeProducer(bootstrap, security=security or KafkaSecurity()) as producer:
+            security: KafkaSecurity | None = None, topic_prefix: str = "") -> None:
+    """Send ready-made messages to Kafka, keyed by community, and wait for acks; the
+    topics are named with `topic_prefix` as the worker reads them."""
+    with EnvelopeProducer(bootstrap, topic_prefix=topic_prefix,
+                          security=security or KafkaSecurity()) as producer:
         for topic, key, value in messages:
             producer.send_raw(topic, key, value)

@@ -11,7 +11,8 @@
   DATA_DIR (the folder or object store all workers write to), and writes
   `merge_suggestions`, `focus` and `manager_followups` at its own `as_of`
   (`network_from_data_dir`). Only files whose name (their `as_of`) lies in that span
-  are read, so the cost does not grow with the history.
+  are read, so the cost does not grow with the history. It also deletes the
+  `member_sketches` dates older than `sketch_retention_days` (`prune`).
 - `replay` writes the same tables at its steering times, from the tables of all its
   partitions at that moment (`write_network`), without reading them back.
 """
@@ -75,6 +76,19 @@ class SteeringSink:
         tables = self.write_network(as_of_ms, newest["snapshots"], newest["member_sketches"],
                                     newest["followup_counts"])
         return {**tables, "member_sketches": newest["member_sketches"]}
+
+    def prune(self, name: str, before_ms: int) -> list[str]:
+        """Delete the table's date folders of days wholly before `before_ms` (its UTC
+        date), local or on object storage; return what was deleted."""
+        fs, folder = self.writer.fs, self.writer.table_dir(name)
+        first_kept = f"date={datetime.fromtimestamp(before_ms / 1000, tz=UTC):%Y-%m-%d}"
+        old = sorted(info.path for info in fs.get_file_info(
+            pafs.FileSelector(folder, allow_not_found=True))
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("date=")
+            and info.base_name < first_kept)
+        for path in old:
+            fs.delete_dir(path)
+        return old
 
     def read_newest(self, name: str, since_ms: int, until_ms: int,
                     schema: pa.Schema) -> pa.Table:

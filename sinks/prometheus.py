@@ -382,6 +382,10 @@ class WorkerMetrics:
             f"{NS}_sink_dropped_rows", "Snapshot rows given up on: the oldest, when too "
             "many waited for a failing sink.", ["sink"], registry=reg)
         self.sink_dropped_rows.labels("parquet")
+        self.steering_file_invalid = Gauge(
+            f"{NS}_steering_file_invalid", "1 while the goals or experts file on disk does "
+            "not read: the worker keeps the version read before (its log says why).",
+            ["file"], registry=reg)
         self.assigned_partitions = Gauge(
             f"{NS}_assigned_partitions", "Source topic partitions assigned to this worker "
             "(0 while cut off from Kafka).", registry=reg)

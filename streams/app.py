@@ -34,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import faust
@@ -63,6 +63,7 @@ LAG_POLL_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
 CATCH_UP_CHECK_S = 1.0
 REFRESH_INTERVAL_S = 0.5
+FILE_CHECK_INTERVAL_S = 10.0  # how often the goals and experts files are looked at
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -293,6 +294,13 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         for _ in worker.refresh_steps():
             await asyncio.sleep(AGENT_TURN_S)  # let the agent consume between slices
 
+    @app.timer(interval=FILE_CHECK_INTERVAL_S)
+    async def reload_steering_files() -> None:
+        # (its own timer: a file system that hangs holds only this one)
+        read = await asyncio.get_running_loop().run_in_executor(
+            None, worker.read_changed_steering_files)
+        worker.use_steering_files(read)
+
     @app.timer(interval=rt.steering_interval_s)
     async def steering() -> None:
         if worker.mark is None:  # catching up: sketches of a half-read backlog would mislead
@@ -315,30 +323,60 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
                 log.debug("end offsets unavailable: %s", exc)
         worker.observe_offsets(ends, committed_offsets(app), now_ms)
 
+    snapshots = SnapshotTimer(worker, app.add_future)  # (cancelled when the app stops)
+
     @app.timer(interval=rt.snapshot_interval_s)
     async def snapshot() -> None:
+        await snapshots.tick()
+
+    return app
+
+
+class SnapshotTimer:
+    """The snapshot timer's work. Each tick snapshots the owned communities (gauges, live
+    rows queued to the sink thread, expiry), then starts a closing pass in the background
+    unless the previous one is still busy: closing files are read and written in a thread,
+    and a hung disk there must stall only the closing rows, not expiry or the live rows."""
+
+    def __init__(self, worker: PulseWorker,
+                 start: Callable[[Coroutine[Any, Any, None]], asyncio.Future[None]]
+                 = asyncio.ensure_future) -> None:
+        self.worker = worker
+        self.start = start
+        self.closing: asyncio.Future[None] | None = None
+
+    async def tick(self) -> None:
+        worker = self.worker
         if not worker.snapshot_due():
             return
-        loop = asyncio.get_running_loop()
         rows: list[SnapshotRow] = []
         for _ in worker.snapshot_steps(int(worker.clock() * 1000), rows):
             await asyncio.sleep(AGENT_TURN_S)
-        if worker.mark is not None:  # live rows over a half-read backlog are not written
-            worker.write_rows(rows, wait=False)  # a hung disk must not stop expiry
-        mark = worker.mark
-        if mark is None:
+        if worker.mark is None:  # live rows over a half-read backlog are not written
             return
+        worker.write_rows(rows, wait=False)
+        if self.closing is not None:
+            if not self.closing.done():
+                return  # still reading or writing: its midnights stay pending (and kept)
+            self.closing.result()  # a pass that failed fails the timer, as before
+        self.closing = self.start(self.close_midnights(worker.mark))
+
+    async def close_midnights(self, mark: int) -> None:
+        """One closing pass at the arrival mark: which files exist, the rows due, their
+        files (I/O in an executor thread, the rows in slices between agent turns)."""
+        worker, loop = self.worker, asyncio.get_running_loop()
         checks = worker.closing_checks(mark)
         if checks:
+            ownership = worker.ownership
             found = await loop.run_in_executor(None, worker.read_closings, checks, mark)
+            if worker.ownership != ownership:
+                return  # a rebalance meanwhile: the next pass asks again
             worker.learn_closings(found)
         closing: list[tuple[Task, pa.Table]] = []
         for _ in worker.closing_steps(mark, closing):
             await asyncio.sleep(AGENT_TURN_S)
         done = await loop.run_in_executor(None, worker.write_closings, closing)
         worker.closing_written(closing, done, mark)
-
-    return app
 
 
 def committed_offsets(app: faust.App) -> Mapping[Any, int | None]:

@@ -260,12 +260,15 @@ def _generate(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeC
         from kafka.errors import KafkaError
 
         try:
-            gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime))
+            gen.produce(args.bootstrap, messages, KafkaSecurity.from_runtime(runtime),
+                        runtime.topic_prefix)
         except KafkaError as exc:
             raise UsageError(f"cannot produce to Kafka at {args.bootstrap}: {exc}; is the "
                              "broker running?") from None
+    where = args.out or (f"{args.bootstrap} (topics {runtime.topic_prefix}community.*)"
+                         if runtime.topic_prefix else args.bootstrap)
     print(f"generated {len(events):,} events in {len(messages):,} messages for "
-          f"{len(communities)} communities -> {args.out or args.bootstrap}")
+          f"{len(communities)} communities -> {where}")
     return 0
 
 

@@ -137,6 +137,9 @@ class RuntimeConfig:
     steering_interval_s: float = 900.0
     sketch_size: int = 1024
     sketch_key: str = field(default="community-pulse", repr=False)
+    # Days of member_sketches the live pipeline keeps (0: all). Only the newest are read;
+    # older ones take ~16 KiB per large community and steering interval (docs/steering.md).
+    sketch_retention_days: int = 7
     # Closing rows (SPEC 4, docs/metrics.md#closing-rows): how long after a UTC midnight
     # late events still rewrite its closing row, and how many days back a worker writes
     # the closing rows it missed (down, behind, or started on topics with history).
@@ -150,6 +153,8 @@ class RuntimeConfig:
         if self.closing_grace_hours < 0 or self.closing_backfill_days < 0:
             raise ConfigError("closing_grace_hours and closing_backfill_days must not be "
                               "negative")
+        if self.sketch_retention_days < 0:
+            raise ConfigError("sketch_retention_days must not be negative (0 keeps all)")
 
     @property
     def closing_grace_ms(self) -> int:

@@ -19,7 +19,7 @@ import sys
 from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -807,6 +807,13 @@ class PulseCore:
         for community_id in sorted(self.communities):
             rows.extend(self.communities[community_id].snapshot(as_of_ms))
         return rows
+
+    def use_experts(self, experts: Mapping[str, frozenset[str]] | None) -> None:
+        """Another experts roster (the file changed): snapshots from now on count it.
+        Exact at once, since expert counts come from the users' logs at snapshot time."""
+        self.config = replace(self.config, experts=experts)
+        for state in self.communities.values():
+            state.config = self.config
 
     def expire(self, before_ms: int) -> None:
         for community_id in list(self.communities):

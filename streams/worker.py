@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -40,13 +40,13 @@ from sinks.prometheus import ClosingValue, WorkerMetrics
 from sinks.steering import goals_table
 from streams.changelog import DeltaLog
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
-from streams.config import DAY_MS, MetricConfig, RuntimeConfig
+from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
 from streams.delivery import Record, dead_letter
 from streams.pipeline import Ingested, Ingestor
 from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
-from streams.steering.files import read_goals, read_managers
+from streams.steering.files import Watched, read_experts, read_goals, read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
     FOLLOWUP_COUNTS_SCHEMA,
@@ -141,7 +141,7 @@ class PulseWorker:
         # The end offsets of the last checks, with their times, newest last.
         self._ends_seen: deque[tuple[dict[tuple[str, int], int], int]] = deque(
             maxlen=CATCH_UP_CHECKS)
-        self._ownership = 0  # changes with every revoke and recovery (closing passes)
+        self.ownership = 0  # changes with every revoke and recovery (closing passes)
         # Rows of the midnights this process wrote and that are still open, per partition,
         # so a late event recomputes one community's row, not the partition's.
         self._closing_rows: dict[tuple[int, int], dict[str, list[SnapshotRow]]] = {}
@@ -150,6 +150,12 @@ class PulseWorker:
         self.goals = (read_goals(runtime.goals_file, metric_config.windows_days)
                       if runtime.goals_file else [])
         self.goal_rows: list[steering_goals.GoalRow] = []  # at the newest snapshot
+        # Read again when they change (reload_steering_files); the managers file is not:
+        # follow-up state is kept only for the communities followed at start.
+        self._watched = {name: Watched(path) for name, path in (
+            ("goals", runtime.goals_file), ("experts", runtime.experts_file)) if path}
+        for name in self._watched:
+            self.metrics.steering_file_invalid.labels(name).set(0)
         # Source partitions this worker owns (set on each assignment); None: all of them
         # (no consumer group, e.g. in tests). Decides who reports goals without data.
         self.assigned: set[int] | None = None
@@ -267,7 +273,7 @@ class PulseWorker:
         self.core.forget(list(self.partition_of))  # rebuilt whole: deltas mix communities
         self.partition_of.clear()
         self.first_event.clear()
-        self._ownership += 1
+        self.ownership += 1
         for partition, events in self.deltas.load(partitions):
             for event in events:
                 self.partition_of[event.community_id] = partition
@@ -290,7 +296,7 @@ class PulseWorker:
         the same rebalance is not re-read from the changelog.
         """
         self.partitions -= partitions
-        self._ownership += 1
+        self.ownership += 1
         gone = {c for c, p in self.partition_of.items() if p in partitions}
         self.core.forget(gone)
         for community_id in gone:
@@ -556,7 +562,7 @@ class PulseWorker:
     def closing_steps(self, mark: int, out: list[tuple[Task, pa.Table]]) -> Iterator[None]:
         """Compute the closing rows due at `mark` into `out` (task, table), yielding
         after every SLICE_S of work like `snapshot_steps`."""
-        slice_start, ownership = time.perf_counter(), self._ownership
+        slice_start, ownership = time.perf_counter(), self.ownership
         oldest: dict[str, int | None] = {}  # community -> oldest event time, once a pass
         planned: list[Task] = []
         for partition in sorted(self._partitions()):
@@ -590,7 +596,7 @@ class PulseWorker:
                     if time.perf_counter() - slice_start > SLICE_S:
                         yield
                         slice_start = time.perf_counter()
-                        if self._ownership != ownership:  # a rebalance: rows may miss
+                        if self.ownership != ownership:  # a rebalance: rows may miss
                             out.clear()  # communities; the next pass starts over
                             for planned_task in planned:
                                 self.closing.retry(planned_task)
@@ -701,6 +707,36 @@ class PulseWorker:
 
     # ---- steering ---------------------------------------------------------------------
 
+    def read_changed_steering_files(self) -> dict[str, Any]:
+        """The goals file and the experts roster, read again where the file changed
+        (I/O: the reload timer runs this in a thread). A file that no longer reads keeps
+        what was read before: one log line with the reason (never a user id), and
+        community_pulse_steering_file_invalid is 1 until the file reads again."""
+        read: dict[str, Any] = {}
+        for name, watched in self._watched.items():
+            if not watched.changed():
+                continue
+            try:
+                read[name] = (read_goals(watched.path, self.config.windows_days)
+                              if name == "goals" else
+                              read_experts(watched.path, self.pseudonymise))
+            except ConfigError as exc:
+                self.metrics.steering_file_invalid.labels(name).set(1)
+                log.warning("%s file not reloaded, the one read before stays: %s", name, exc)
+                continue
+            self.metrics.steering_file_invalid.labels(name).set(0)
+        return read
+
+    def use_steering_files(self, read: Mapping[str, Any]) -> None:
+        """Apply what `read_changed_steering_files` read: from the next snapshot on."""
+        if "goals" in read:
+            self.goals = read["goals"]
+            log.info("goals file reloaded: %d goals", len(self.goals))
+        if "experts" in read:
+            self.config = replace(self.config, experts=read["experts"])
+            self.core.use_experts(read["experts"])
+            log.info("experts file reloaded: rosters of %d communities", len(read["experts"]))
+
     def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
         """Sketches and follow-up counts of the owned communities at `as_of` into
         `inputs`, yielding after every SLICE_S of work like `snapshot_steps`."""
@@ -732,6 +768,9 @@ class PulseWorker:
                     span * rt.snapshot_interval_s * BEHIND_SNAPSHOT_EVERY)
                 self.metrics.show_steering(self.steering.network_from_data_dir(
                     as_of, inputs_since, snapshots_since))
+                if rt.sketch_retention_days:  # one worker prunes: the owner of partition 0
+                    self.steering.prune("member_sketches",
+                                        as_of - rt.sketch_retention_days * DAY_MS)
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("steering").inc()
             log.exception("writing the steering tables failed")

@@ -4,7 +4,9 @@ tests/test_closing_e2e.py; here each step can look at the clock exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit import generate as gen
 from schemas.producer import TOPIC_OF
 from sinks.parquet import FINAL_KEY
+from streams.app import SnapshotTimer
 from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.replay import parse_time
 from streams.worker import PulseWorker
@@ -186,3 +189,64 @@ def test_shuffled_history_late_events_and_a_restart_equal_replay(tmp_path: Path)
                            in_range(before, backfill_from, MIDNIGHT - DAY_MS))
     assert final_flags(tmp_path / "data", MIDNIGHT) == {b"true"}
     assert final_flags(tmp_path / "data", MIDNIGHT + DAY_MS) == {b"true"}
+
+
+def test_a_hung_closing_write_stalls_only_the_closing_rows(tmp_path: Path) -> None:
+    """The snapshot timer goes on (snapshots, gauges, expiry, live rows) while a closing
+    file's write hangs; no second pass starts meanwhile; once the disk is back, the
+    pending midnights are written."""
+    clock = Clock(NOW_MS)
+    worker, feeder = new_worker(tmp_path, clock), Feeder()
+    events = history(7, 3)
+    feed(worker, feeder, events)
+    disk_back, hung, closing_writes = threading.Event(), threading.Event(), []
+    write_table = worker.writer.write_table
+
+    def hanging_write_table(as_of_ms: int, table: Any, name: str | None = None) -> str:
+        if name is not None and "-closing-" in name:
+            closing_writes.append(as_of_ms)
+            hung.set()
+            disk_back.wait()
+        return write_table(as_of_ms, table, name)
+
+    worker.writer.write_table = hanging_write_table  # type: ignore[method-assign]
+    expiry_cuts: list[int] = []
+    expire = worker.core.expire
+
+    def counted_expire(before_ms: int) -> None:
+        expiry_cuts.append(before_ms)
+        expire(before_ms)
+
+    worker.core.expire = counted_expire  # type: ignore[method-assign]
+
+    async def ticks() -> None:
+        try:
+            await timeline()
+        finally:  # a failed run must not leave the write thread waiting (nor asyncio.run)
+            disk_back.set()
+
+    async def timeline() -> None:
+        timer = SnapshotTimer(worker)
+        await asyncio.wait_for(timer.tick(), 120)
+        while not hung.is_set():  # the closing pass reached its first write
+            await asyncio.sleep(0.05)
+        for _ in range(3):  # the disk hangs: the timer still ticks, an hour apart
+            clock.ms += 3_600_000
+            cuts_before = len(expiry_cuts)
+            await asyncio.wait_for(timer.tick(), 120)
+            assert len(expiry_cuts) > cuts_before
+            assert worker.metrics.last_snapshot._value.get() == clock.ms / 1000
+        assert len(closing_writes) == 1  # no second pass while the first one waits
+        assert worker.newest_closing == 0
+        disk_back.set()
+        assert timer.closing is not None
+        await asyncio.wait_for(timer.closing, 120)
+        await timer.tick()  # (the next pass: nothing due is left unwritten)
+        assert timer.closing is not None
+        await asyncio.wait_for(timer.closing, 120)
+
+    asyncio.run(ticks())
+    assert worker.newest_closing == MIDNIGHT
+    backfill_from = MIDNIGHT - RuntimeConfig().closing_backfill_days * DAY_MS
+    assert not differences(daily_rows(tmp_path / "data"), in_range(
+        replayed_daily(events, tmp_path / "replay"), backfill_from, MIDNIGHT))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from devkit import generate as gen
-from devkit.demo import MARKER, DemoError, cut, start_clean, summary
+from devkit.demo import MARKER, DemoError, cut, start_clean, steering_lines, summary
 from devkit.devkafka import free_port
 from devkit.generate import BAD_MESSAGES
 from schemas.events import decode_message
@@ -169,3 +169,14 @@ def stagnating(events: list[dict], as_of: int) -> set[str]:
             rows = db.sql("SELECT community_id FROM snapshots WHERE stagnating "
                           "AND window_days = 28").fetchall()
     return {r[0] for r in rows}
+
+
+def test_a_merge_pair_suggested_from_both_sides_is_shown_once() -> None:
+    def pair(a: str, b: str, jaccard: float) -> tuple[dict[str, str], float]:
+        return {"community": a, "candidate": b}, jaccard
+
+    lines = steering_lines({"community_pulse_merge_suggestion_jaccard": [
+        pair("low-2", "medium-37", 0.13), pair("medium-37", "low-2", 0.13),
+        pair("low-5", "low-9", 0.4), pair("low-9", "low-5", 0.4), pair("low-5", "low-2", 0.1)]})
+    assert lines[1].endswith(": low-5 + low-9 (40% shared), low-2 + medium-37 (13% shared), "
+                             "low-5 + low-2 (10% shared)")

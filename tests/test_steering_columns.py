@@ -21,6 +21,7 @@ from sinks.prometheus import CommunitySeries
 from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
 from streams.replay import parse_time, replay
+from streams.steering.files import read_experts
 from streams.worker import PulseWorker
 
 T = parse_time("2026-11-18T12:00:00Z")
@@ -178,3 +179,59 @@ def test_the_experts_command_prints_the_counts_and_no_id(tmp_path: Path) -> None
     assert not any(u in done.stdout + done.stderr for u in ("erik", "fatima", "gert"))
     missing = cli()
     assert missing.returncode == 2 and missing.stderr.startswith("community-pulse: error: ")
+
+
+GOAL = """\
+  - id: {id}
+    community: it-support
+    metric: unanswered_posts
+    window_days: 7
+    baseline: 3
+    target: 0
+    start: 2026-11-01
+    deadline: 2026-12-15
+    sustain_until: 2027-01-15
+"""
+
+
+def test_the_worker_reloads_changed_goals_and_experts_files(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    goals, experts = tmp_path / "goals.yml", tmp_path / "experts.yml"
+    goals.write_text("goals:\n" + GOAL.format(id="answer-all"))
+    experts.write_text(json.dumps({"experts": {"it-support": ["erik"]}}))
+    runtime = RuntimeConfig(data_dir=tmp_path / "data", goals_file=goals,
+                            experts_file=experts)
+    worker = PulseWorker(MetricConfig(experts=read_experts(experts)), runtime,
+                         clock=lambda: T / 1000)
+    worker.core.apply(worked_example())
+    assert {r.window_days: r.experts for r in worker.take_snapshot()} == {7: 1, 28: 1}
+    assert [g.goal_id for g in worker.goal_rows] == ["answer-all"]
+    assert worker.read_changed_steering_files() == {}  # nothing changed: nothing read
+
+    # A manager edits both files: the next snapshot counts the new roster exactly as a
+    # worker started with it, and shows both goals.
+    goals.write_text("goals:\n" + GOAL.format(id="answer-all") + GOAL.format(id="answer-2"))
+    experts.write_text(json.dumps({"experts": {c: sorted(u) for c, u in ROSTER.items()}}))
+    worker.use_steering_files(worker.read_changed_steering_files())
+    assert {r.window_days: r for r in worker.take_snapshot()} == {
+        w: dataclasses.replace(r, as_of_ms=T) for w, r in _rows().items()}
+    assert sorted(g.goal_id for g in worker.goal_rows) == ["answer-2", "answer-all"]
+
+    # A file that no longer reads: the one read before stays, counted, one log line
+    # with the reason and no user id.
+    goals.write_text("goals: {reach: 1}\n")
+    experts.write_text("experts:\n  it-support: [erik, 7]\n")
+    worker.use_steering_files(worker.read_changed_steering_files())
+    assert sorted(g.goal_id for g in worker.goal_rows) == ["answer-2", "answer-all"]
+    assert worker.take_snapshot()[0].experts == 2
+    invalid = worker.metrics.steering_file_invalid
+    assert invalid.labels("goals")._value.get() == invalid.labels("experts")._value.get() == 1
+    reasons = [r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage()]
+    assert len(reasons) == 2 and "goals: expected a list" in reasons[0]
+    assert not any(user in m for m in reasons for user in ("erik", "fatima", "gert"))
+    goals.write_text("goals:\n" + GOAL.format(id="answer-3"))  # mended: read again
+    worker.use_steering_files(worker.read_changed_steering_files())
+    assert sorted(g.goal_id for g in worker.goal_rows) == ["answer-2", "answer-all"]  # (until
+    worker.take_snapshot()  # the next snapshot)
+    assert [g.goal_id for g in worker.goal_rows] == ["answer-3"]
+    assert invalid.labels("goals")._value.get() == 0

@@ -146,3 +146,29 @@ def test_the_worker_is_told_when_sketches_hash_raw_ids_with_the_public_key() -> 
     assert sketches_hash_raw_ids_with_public_key(default)
     assert not sketches_hash_raw_ids_with_public_key(replace(default, sketch_key="s3cr3t-key"))
     assert not sketches_hash_raw_ids_with_public_key(replace(default, pseudonymise_user_ids=True))
+
+
+@pytest.mark.parametrize("retention_days", [7, 0])
+def test_the_owner_of_partition_0_prunes_old_member_sketches(
+        setup: SimpleNamespace, tmp_path: Path, retention_days: int) -> None:
+    runtime = RuntimeConfig(data_dir=tmp_path / "live", managers_file=setup.managers,
+                            sketch_retention_days=retention_days)
+    worker = PulseWorker(MetricConfig(), runtime, clock=lambda: T / 1000)
+    worker.handle_batch(batch_of(setup.events, 0))
+    worker.partitions = {0}
+    days_back = [9, 8, 7, 1, 0]  # steering passes at these days before T (at noon)
+    for days in days_back:
+        as_of = T - days * 86_400_000 + 43_200_000
+        inputs: list[Any] = []
+        for _ in worker.steering_steps(as_of, inputs):
+            pass
+        worker.publish_steering(as_of, inputs)
+    dates = {name: sorted(p.name for p in (tmp_path / "live" / name).iterdir())
+             for name in ("member_sketches", "followup_counts")}
+    written = [f"date={d}" for d in ("2026-11-21", "2026-11-22", "2026-11-23",
+                                     "2026-11-29", "2026-11-30")]
+    assert dates["followup_counts"] == written  # small: kept whatever the retention
+    assert dates["member_sketches"] == (written[2:] if retention_days else written)
+    assert worker.metrics.sink_errors.labels("steering")._value.get() == 0
+    with duckdb.connect(str(tmp_path / "live" / "pulse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM member_sketches").fetchall()[0][0] > 0

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit import generate as gen
@@ -300,3 +300,27 @@ def test_a_worker_that_stores_user_ids_otherwise_refuses_the_changelog(
     (line,) = [ln for ln in other.log.read_text().splitlines() if "error:" in ln]
     stored = "pseudonymised (key fingerprint " if pipeline.secured else "raw,"
     assert f"holds user ids {stored}" in line and "new app_id" in line
+
+
+def test_generate_writes_to_the_topics_of_the_topic_prefix(
+        kafka: LocalKafka, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """`generate --bootstrap` produces where a worker with the same settings reads."""
+    from streams import cli
+
+    prefix = f"gen-{uuid.uuid4().hex[:8]}."
+    monkeypatch.setenv("PULSE_TOPIC_PREFIX", prefix)
+    assert cli.main(["generate", "--bootstrap", kafka.bootstrap, "--communities", "3",
+                     "--days", "2", "--no-bad"]) == 0
+    printed = capsys.readouterr().out
+    messages = int(printed.split(" messages")[0].rsplit(" ", 1)[1].replace(",", ""))
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap)
+    try:
+        topics = {t for t in consumer.topics() if t.startswith(prefix)}
+        assert topics and topics <= {prefix + name for name in DEFAULT_TOPICS}
+        partitions = [tp for t in topics for tp in (
+            TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ())]
+        assert sum(consumer.end_offsets(partitions).values()) == messages > 0
+    finally:
+        consumer.close()
+    assert f"(topics {prefix}community.*)" in printed

@@ -14,6 +14,7 @@ and no message, log line or output ever shows one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,29 @@ def read_managers(path: Path | str, pseudonymise: Pseudonymiser | None = None
         (user_id,) = _roster_ids([manager.user_id], pseudonymise)
         read.append(Manager(manager.name, user_id, manager.follows))
     return read
+
+
+class Watched:
+    """A file to read again when it changes (its modification time or size)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size
+
+    def changed(self) -> bool:
+        """Whether it changed since the last call (or since it was watched)."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        return True
 
 
 def _roster_ids(user_ids: Iterable[str], pseudonymise: Pseudonymiser | None = None
