@@ -185,7 +185,7 @@ def _communities(result: list[dict]) -> set[str]:
 # Alerts whose condition is, by construction of this data, false right now.
 QUIET_NOW = {"PipelineConsumerLagHigh", "PipelineSnapshotsStale", "PipelineSinkErrors",
              "PipelineWorkerDown", "PipelineNotConsuming", "PipelineNoConsumers",
-             "SteeringFileInvalid"}  # (data only while a goals or experts file is broken)
+             "SteeringFileInvalid"}  # the stack's goals and experts files read
 
 
 def test_trend_alerts_fire_within_their_for_of_a_new_workers_start(stack: Stack) -> None:
