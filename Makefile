@@ -6,7 +6,7 @@
 #   make test    ruff + mypy + pytest (pytest starts its own Kafka broker on free ports)
 #   make demo    run the end-to-end demo
 #   make bench   run the benchmark
-#   make faults  long fault runs against a real broker (~20 min; docs/reliability.md)
+#   make faults  long fault runs against a real broker or cluster (~25 min; docs/reliability.md)
 #   make soak    10 minutes at a steady rate with a fast event clock
 #   make lint    ruff + mypy only
 #   make lock    regenerate requirements.lock (needs uv: `pip install uv`)
@@ -58,7 +58,7 @@ bench: setup
 	$(VPY) bench/run.py
 
 faults: setup
-	$(VPY) -m pytest -q -rA -s --faults tests/test_faults_long.py $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -rA -s --faults tests/test_faults_long.py tests/test_faults_cluster.py $(PYTEST_ARGS)
 
 soak: setup
 	$(VPY) -m pytest -q -rA -s --soak tests/test_soak.py $(PYTEST_ARGS)

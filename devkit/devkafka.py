@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka broker (KRaft mode) on 127.0.0.1, for tests and the demo.
+"""A real single-node Apache Kafka broker (KRaft mode) on 127.0.0.1, for tests and the demo,
+and a small real cluster of them for fault tests.
 
 The jars come from Maven Central (pinned in ``deploy/kafka/pom.xml``) and are cached outside
 the repository in ``${PULSE_CACHE_DIR:-~/.cache/community-pulse}/kafka-<version>/libs``.
@@ -10,6 +11,9 @@ Library use::
 
     with LocalKafka(secured=True) as kafka:   # plus SASL_SSL and mutual-TLS listeners
         kafka.secured.sasl_ssl_bootstrap      # PLAIN and SCRAM-SHA-512 users, see Secured
+
+    with LocalKafkaCluster() as cluster:      # 3 nodes (fault tests where a leader moves)
+        cluster.node(cluster.partition("t", 0).leader).pause()
 
 Command line::
 
@@ -248,6 +252,7 @@ class LocalKafka:
         jvm_opts: Sequence[str] = FAST_START_JVM_OPTS,
         secured: bool = False,
         acls: bool = False,
+        cluster_id: str | None = None,
     ) -> None:
         self._want_port = port
         self._want_cport = controller_port
@@ -258,6 +263,10 @@ class LocalKafka:
         self.start_timeout = start_timeout
         self.num_partitions = num_partitions
         self.extra_config = dict(extra_config or {})
+        # A node of a LocalKafkaCluster: its id and the cluster's id come from the cluster.
+        self.node_id = int(self.extra_config.get("node.id", "1"))
+        self._cluster_id = cluster_id or _cluster_id()
+        self.paused = False
         self.jvm_opts = list(jvm_opts)
         self.want_secured = secured
         self.acls = acls  # with `secured`: an authorizer; the SCRAM user gets only ACLs
@@ -291,6 +300,12 @@ class LocalKafka:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> LocalKafka:
+        self._prepare()
+        self._launch()
+        return self
+
+    def _prepare(self) -> None:
+        """Ports, directory, configuration and formatted storage: all but the process."""
         if self._proc is not None:
             raise DevKafkaError("LocalKafka already started")
         java = find_java()
@@ -315,7 +330,7 @@ class LocalKafka:
                 "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
                 f"-Dkafka.logs.dir={self.dir / 'logs'}", "-cp", str(libs / "*")]
         fmt = subprocess.run(
-            [*base, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
+            [*base, "kafka.tools.StorageTool", "format", "-t", self._cluster_id, "-c", str(props),
              *scram],
             capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )
@@ -326,10 +341,16 @@ class LocalKafka:
             )
         self._base = base
         self._props = props
-        self._launch()
-        return self
 
     def _launch(self) -> None:
+        self._spawn()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self) -> None:
         assert self.dir is not None
         stdout_log = open(self.dir / "logs" / "stdout.log", "ab")  # noqa: SIM115
         main_thread = threading.current_thread() is threading.main_thread()
@@ -343,12 +364,8 @@ class LocalKafka:
             )
         finally:
             stdout_log.close()
+        self.paused = False
         _live.add(self)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     # -- faults (tests): the same broker, ports and data throughout ----------------------
 
@@ -356,10 +373,12 @@ class LocalKafka:
         """Stall the broker (SIGSTOP): connections stay open, nothing answers."""
         assert self._proc is not None
         self._signal_group(self._proc.pid, signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         assert self._proc is not None
         self._signal_group(self._proc.pid, signal.SIGCONT)
+        self.paused = False
 
     def crash(self) -> None:
         """kill -9 the broker, keeping its data and ports for `restart`."""
@@ -368,6 +387,7 @@ class LocalKafka:
         self._signal_group(proc.pid, signal.SIGCONT)
         self._signal_group(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        self.paused = False
 
     def restart(self) -> None:
         """Start the broker again on its data and ports after `crash`."""
@@ -398,29 +418,7 @@ class LocalKafka:
         self, names: Sequence[str], partitions: int | None = None, timeout: float = 30.0
     ) -> None:
         """Create topics (ignoring ones that exist) and wait until they have leaders."""
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        n = partitions or self.num_partitions
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="devkafka-admin")
-        try:
-            for name in names:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([NewTopic(name, n, 1)])
-            deadline = time.monotonic() + timeout
-            while True:
-                desc = admin.describe_topics(list(names))
-                if all(
-                    not t.get("error_code") and t.get("partitions")
-                    and all(p.get("leader_id", -1) >= 0 for p in t["partitions"])
-                    for t in desc
-                ):
-                    return
-                if time.monotonic() > deadline:
-                    raise DevKafkaError(f"topics {list(names)} not ready after {timeout}s")
-                time.sleep(0.2)
-        finally:
-            admin.close()
+        _create_topics(self.bootstrap, names, partitions or self.num_partitions, 1, {}, timeout)
 
     def grant(self, principal: str, acls: Sequence[Acl]) -> None:
         """Allow `principal` (e.g. "User:pulse-scram") these ACLs (broker made with acls=True)."""
@@ -593,9 +591,11 @@ class LocalKafka:
                         cluster = admin.describe_cluster()
                     finally:
                         admin.close()
-                    if cluster.get("brokers"):
+                    # Our own id in our own metadata: registered and unfenced.
+                    if any(b.get("broker_id") == self.node_id and not b.get("is_fenced")
+                           for b in cluster.get("brokers") or ()):
                         return
-                    last_err = "no registered brokers yet"
+                    last_err = "not registered (or still fenced) yet"
                 except Exception as e:  # the broker is still coming up
                     last_err = f"{type(e).__name__}: {e}"
             time.sleep(0.25)
@@ -619,6 +619,227 @@ class LocalKafka:
     def _signal_group(pid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+
+def _create_topics(bootstrap: str, names: Sequence[str], partitions: int, replication: int,
+                   config: dict[str, str], timeout: float) -> None:
+    """Create topics (ignoring ones that exist) and wait until every partition has a leader
+    and, when replicated, all its replicas in sync."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="devkafka-admin")
+    try:
+        for name in names:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, partitions, replication,
+                                              topic_configs=config)])
+        deadline = time.monotonic() + timeout
+        while True:
+            desc = admin.describe_topics(list(names))
+            if all(
+                not t.get("error_code") and t.get("partitions")
+                and all(p.get("leader_id", -1) >= 0
+                        and len(p.get("isr_nodes") or ()) >= replication
+                        for p in t["partitions"])
+                for t in desc
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise DevKafkaError(f"topics {list(names)} not ready after {timeout}s")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+class LocalKafkaCluster:
+    """A real KRaft cluster of `nodes` processes on 127.0.0.1, each broker and controller
+    (combined mode, one static `controller.quorum.voters`), for fault tests where a
+    partition's leader has to move: kill -9, stall or restart one node
+    (`cluster.node(id).crash()` / `.pause()` / `.resume()` / `.restart()`) while the
+    others carry on. Three nodes keep a controller quorum with one of them down.
+
+        with LocalKafkaCluster() as cluster:
+            cluster.create_topics(["t"])                  # replication 3, min ISR 2
+            leader = cluster.partition("t", 0).leader     # a node id
+            cluster.node(leader).pause()                  # a stalled leader
+            cluster.wait_for_leader("t", 0, not_on=leader)
+    """
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        run_dir: str | os.PathLike[str] | None = None,
+        heap: str = "256m",  # three JVMs on a small machine; plenty for test traffic
+        start_timeout: float = 120.0,
+        num_partitions: int = 4,
+        min_insync_replicas: int = 2,
+        session_timeout_ms: int = 6000,
+        extra_config: dict[str, str] | None = None,
+        jvm_opts: Sequence[str] = FAST_START_JVM_OPTS,
+    ) -> None:
+        ports = [(free_port(), free_port()) for _ in range(nodes)]
+        voters = ",".join(f"{i}@127.0.0.1:{cport}" for i, (_, cport) in enumerate(ports, 1))
+        replicas, min_isr = str(nodes), str(min_insync_replicas)
+        config = {
+            "controller.quorum.voters": voters,
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            # Group offsets and transaction state replicated too: the consumer group
+            # survives the loss of any one node.
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            # The controller fences a node it has not heard from for this long and moves
+            # its partition leaderships to in-sync replicas (default 9 s, heartbeats every
+            # 2 s): shorter keeps a stalled-leader test short, with heartbeats every second
+            # so a busy but live node is not fenced.
+            "broker.session.timeout.ms": str(session_timeout_ms),
+            "broker.heartbeat.interval.ms": "1000",
+            # No preferred-leader election behind the test's back: a leader moves only
+            # because of the fault a test injects.
+            "auto.leader.rebalance.enable": "false",
+            **(extra_config or {}),
+        }
+        self.min_insync_replicas = min_insync_replicas
+        self.session_timeout_ms = session_timeout_ms
+        self.num_partitions = num_partitions
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if run_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="devkafka-cluster-")
+            run_dir = self._tmp.name
+        cluster_id = _cluster_id()
+        self.nodes = [
+            LocalKafka(port=port, controller_port=cport, run_dir=Path(run_dir) / f"node-{i}",
+                       heap=heap, start_timeout=start_timeout, num_partitions=num_partitions,
+                       extra_config={**config, "node.id": str(i)}, jvm_opts=jvm_opts,
+                       cluster_id=cluster_id)
+            for i, (port, cport) in enumerate(ports, 1)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node, as clients are configured for a cluster."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def live_bootstrap(self) -> str:
+        """The nodes that run and answer (an admin client asking a stalled node hangs)."""
+        live = [node.bootstrap for node in self.nodes if node.running() and not node.paused]
+        if not live:
+            raise DevKafkaError("no node of the cluster is running")
+        return ",".join(live)
+
+    def start(self) -> LocalKafkaCluster:
+        # All nodes up before waiting for any: a node is ready only once a quorum of
+        # controllers has elected a leader.
+        try:
+            for node in self.nodes:
+                node._prepare()
+            for node in self.nodes:
+                node._spawn()
+            for node in self.nodes:
+                node._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            # Throw-away data: no controlled shutdown, which waits out its timeouts once
+            # the controller quorum is leaving too.
+            if node.running():
+                node.crash()
+            node.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalKafkaCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def create_topics(self, names: Sequence[str], partitions: int | None = None,
+                      timeout: float = 60.0) -> None:
+        """Topics replicated on every node, `min.insync.replicas` as the cluster's."""
+        _create_topics(self.live_bootstrap(), names, partitions or self.num_partitions,
+                       len(self.nodes), {"min.insync.replicas": str(self.min_insync_replicas)},
+                       timeout)
+
+    def partitions(self, topic: str) -> dict[int, PartitionState]:
+        """Leader and in-sync replicas of each partition of `topic`, as a live node sees
+        them (no entry while the topic is unknown)."""
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.live_bootstrap(),
+                                 client_id="devkafka-admin", request_timeout_ms=10_000)
+        try:
+            (desc,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        if desc.get("error_code"):
+            return {}
+        return {p["partition_index"]: PartitionState(p["leader_id"], tuple(p["isr_nodes"]))
+                for p in desc["partitions"]}
+
+    def partition(self, topic: str, partition: int) -> PartitionState:
+        return self.partitions(topic)[partition]
+
+    def group_coordinator(self, group: str) -> int:
+        """The node coordinating consumer group `group`: the leader of its partition of
+        `__consumer_offsets` (Java's String.hashCode of the name, modulo the partitions)."""
+        java_hash = 0
+        for char in group:
+            java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
+        if java_hash >= 1 << 31:
+            java_hash -= 1 << 32
+        offsets = self.partitions("__consumer_offsets")
+        return offsets[abs(java_hash) % len(offsets)].leader
+
+    def wait_for_leader(self, topic: str, partition: int, not_on: int | None = None,
+                        timeout: float = 60.0) -> int:
+        """The partition's leader once it has one (other than node `not_on`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(Exception):  # a node going or coming: ask again
+                leader = self.partition(topic, partition).leader
+                if leader >= 0 and leader != not_on:
+                    return leader
+            if time.monotonic() > deadline:
+                raise DevKafkaError(f"{topic}[{partition}] has no leader other than "
+                                    f"{not_on} after {timeout}s")
+            time.sleep(0.2)
+
+    def wait_in_sync(self, topics: Sequence[str], timeout: float = 120.0) -> None:
+        """Until every partition of `topics` has all its replicas in sync again (after a
+        node came back)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(Exception):
+                states = [s for t in topics for s in self.partitions(t).values()]
+                if states and all(len(s.isr) == len(self.nodes) for s in states):
+                    return
+            if time.monotonic() > deadline:
+                raise DevKafkaError(f"{list(topics)} not fully in sync after {timeout}s")
+            time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    leader: int  # node id; -1 while the partition has none
+    isr: tuple[int, ...]
 
 
 # -- command line -------------------------------------------------------------------------

@@ -61,6 +61,13 @@ BATCH_WITHIN_S = 0.05
 LAG_POLL_INTERVAL_S = 5.0  # how often the worker asks the broker for its lag
 LAG_POLL_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
+# How long the producer waits for a broker's answer before it gives the request up,
+# reconnects and re-sends with fresh metadata (Kafka's own clients: 30 s). Faust's
+# 20-minute default held every batch for as long as a stalled (alive but silent)
+# changelog leader stayed so, although Kafka had moved the leadership to an in-sync
+# replica within seconds (tests/test_faults_cluster.py). DurableSender retries whatever
+# times out.
+PRODUCER_REQUEST_TIMEOUT_S = 30.0
 CATCH_UP_CHECK_S = 1.0
 REFRESH_INTERVAL_S = 0.5
 FILE_CHECK_INTERVAL_S = 10.0  # how often the goals and experts files are looked at
@@ -165,6 +172,7 @@ def faust_app(
         # a worker cut off for that long stops exporting and writing (PulseWorker.cut_off).
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=min(3.0, session_timeout_s / 10),
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,  # acks stay Faust's -1 (all)
         datadir=_scratch_dir(app_id),
         store="memory://",
         topic_partitions=partitions,

@@ -13,7 +13,7 @@ import msgspec
 from kafka import KafkaConsumer, TopicPartition
 
 from devkit import generate as gen
-from devkit.devkafka import LocalKafka
+from devkit.devkafka import LocalKafka, LocalKafkaCluster
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams.config import MetricConfig
 from streams.replay import replay
@@ -62,8 +62,26 @@ class Names:
     def source_topics(self) -> list[str]:
         return [self.prefix + t for t in DEFAULT_TOPICS]
 
-    def create_topics(self, kafka: LocalKafka) -> None:
+    def create_topics(self, kafka: LocalKafka | LocalKafkaCluster) -> None:
         kafka.create_topics([*self.source_topics, self.prefix + DEAD_LETTER_TOPIC])
+
+
+def with_bad_messages(messages: list[Message]) -> tuple[list[Message], int]:
+    """The messages with gen.BAD_MESSAGES spread evenly over them, and how many those are."""
+    bad = [(topic, b"x", value) for topic, value in gen.BAD_MESSAGES]
+    messages = list(messages)
+    for i, message in enumerate(bad):
+        messages.insert((i + 1) * len(messages) // (len(bad) + 1), message)
+    return messages, len(bad)
+
+
+def dead_letters(bootstrap: str, names: Names) -> list[dict[str, bytes]]:
+    """The headers of every dead letter written (copies re-sent after a restart too)."""
+    consumer = KafkaConsumer(names.prefix + DEAD_LETTER_TOPIC, bootstrap_servers=bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    letters = [dict(record.headers) for record in consumer]
+    consumer.close()
+    return letters
 
 
 def fresh_names() -> Names:

@@ -13,20 +13,19 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
 
-from devkit import generate as gen
 from devkit.devkafka import LocalKafka
-from schemas.events import DEAD_LETTER_TOPIC
 from streams.app import LAG_POLL_INTERVAL_S
 from tests.faults import (
     FAST_GROUP,
     Names,
     committed_through_end,
+    dead_letters,
     finish_and_compare,
     fresh_names,
     make_stream,
     owns,
+    with_bad_messages,
 )
 from tests.workers import Samples, WorkerProcess, produce, wait_for
 
@@ -49,20 +48,9 @@ def _busy(worker: WorkerProcess, bootstrap: str, names: Names) -> bool:
                 or committed_through_end(bootstrap, names))
 
 
-def _dead_letters(bootstrap: str, names: Names) -> list[dict[str, bytes]]:
-    consumer = KafkaConsumer(names.prefix + DEAD_LETTER_TOPIC, bootstrap_servers=bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    letters = [dict(record.headers) for record in consumer]
-    consumer.close()
-    return letters
-
-
 def test_kill_9_at_20_random_points_loses_nothing(tmp_path: Path) -> None:
     stream = make_stream(tmp_path, n_communities=12, users=300, days=35, seed=14)
-    bad = [(topic, b"x", value) for topic, value in gen.BAD_MESSAGES]
-    messages = list(stream.messages)
-    for i, message in enumerate(bad):  # bad input spread over the stream
-        messages.insert((i + 1) * len(messages) // (len(bad) + 1), message)
+    messages, bad = with_bad_messages(stream.messages)
     names = fresh_names()
     rng = random.Random(14)
     kills = []
@@ -95,13 +83,12 @@ def test_kill_9_at_20_random_points_loses_nothing(tmp_path: Path) -> None:
                                timeout=300)
         finally:
             final.stop()
-        letters = _dead_letters(broker.bootstrap, names)
+        letters = dead_letters(broker.bootstrap, names)
     print(f"\nkill -9 after consuming (per run, -1: not up yet): {kills}; "
           f"{len(messages)} messages; dead letters {len(letters)} written, "
           f"{len({h['dead_letter_id'] for h in letters})} distinct")
     assert sum(1 for k in kills if k > 0) >= 10  # most kills landed mid-stream
-    assert {h["dead_letter_id"] for h in letters} and len(
-        {h["dead_letter_id"] for h in letters}) == len(bad)
+    assert len({h["dead_letter_id"] for h in letters}) == bad
 
 
 @pytest.mark.parametrize("outage_s", [60, 180])

@@ -21,7 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit.devkafka import free_port
 from schemas.events import Event, Rejection
 from schemas.producer import TOPIC_OF
-from streams.app import _ConsumerThread, committed_offsets, faust_app, keep_beating
+from streams.app import (
+    PRODUCER_REQUEST_TIMEOUT_S,
+    _ConsumerThread,
+    committed_offsets,
+    faust_app,
+    keep_beating,
+)
 from streams.changelog import _encoded_chunks
 from streams.config import MetricConfig, RuntimeConfig
 from streams.delivery import (
@@ -379,3 +385,22 @@ def test_snapshots_while_catching_up_update_gauges_but_are_not_reported_written(
         worker.observe_offsets(dict(worker.processed_next), {}, int(NOW_S * 1000))
     worker.take_snapshot()
     assert worker.metrics.last_snapshot._value.get() == NOW_S
+
+
+def test_the_producer_waits_for_every_in_sync_replica_but_not_for_a_silent_broker() -> None:
+    # acks=all (Faust's producer_acks -1; Faust's PRODUCER_ACKS variable is ignored): with
+    # min.insync.replicas 2 a record the broker acknowledged survives the loss of its
+    # leader. The request timeout gives up a send to a stalled leader, so it is re-sent to
+    # the new one (test_faults_cluster.py) instead of waiting Faust's 20 minutes.
+    async def created_producer() -> tuple[int, int]:
+        app = faust_app("test-producer", "kafka://127.0.0.1:9", 1)
+        producer = app.producer._new_producer()  # type: ignore[attr-defined]
+        try:
+            return producer._sender._acks, producer._request_timeout_ms
+        finally:
+            await producer.stop()
+
+    with patch.dict("os.environ", {"PRODUCER_ACKS": "1"}):
+        acks, timeout_ms = asyncio.run(created_producer())
+    assert acks == -1
+    assert timeout_ms == PRODUCER_REQUEST_TIMEOUT_S * 1000

@@ -92,11 +92,13 @@ class WorkerProcess:
 
 
 def produce(bootstrap: str, prefix: str, messages: Iterable[tuple[str, bytes, bytes]],
-            max_request_size: int = 1_048_576, **client: Any) -> None:
+            max_request_size: int = 1_048_576, acks: int | str = 1, **client: Any) -> None:
     """Produce the messages and make sure every one is on the broker (`client`: more
-    KafkaProducer settings, e.g. security)."""
+    KafkaProducer settings, e.g. security). `acks="all"` on a replicated cluster: with 1,
+    a leader stalled or killed right after its answer may take messages with it that the
+    test then expects."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
-                             max_request_size=max_request_size, **client)
+                             max_request_size=max_request_size, acks=acks, **client)
     sent = [producer.send(prefix + topic, key=key, value=value)
             for topic, key, value in messages]
     producer.flush()
