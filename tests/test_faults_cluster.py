@@ -2,7 +2,7 @@
 the worker writing its changelog (replication 3, min ISR 2) the whole time: leadership
 moves to an in-sync replica, the worker carries on in the same process, and its final
 snapshot, and that of a fresh worker rebuilt from the changelog after a kill -9, equal
-`replay`. The stalled leader takes two minutes more (request timeouts), so it runs in
+`replay`. The stalled leader takes 2-3 minutes more (request timeouts), so it runs in
 `make faults`; docs/reliability.md has the figures.
 """
 
