@@ -325,6 +325,12 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
 
     @table.on_recover
     async def on_recover() -> None:
+        # After this returns Faust resumes the source partitions, awaits their seek to the
+        # committed offsets and then resumes flow control, which empties every stream
+        # buffer. Flow is on already (recovery turned it on to read the changelog): records
+        # fetched during the seek would be dropped there, counted as read by aiokafka and
+        # Faust, never re-read (lost, or committed past). Held at the gate, they wait.
+        app.flow_control.suspend()
         active = app.assignor.assigned_actives()
         try:
             worker.recover({tp.partition for tp in active if tp.topic in source_topics})

@@ -5,6 +5,10 @@
 FAULT:
     raise-mid-batch:N   the Nth core update of two or more events applies half of them
                         and raises (a bug half-way through a batch)
+    slow-seek:S         the seek to the committed offsets at the end of each recovery
+                        answers late (a loaded broker answering its ~25 committed-offset
+                        requests slowly): once 100 fetched records wait in the stream
+                        buffers, or after S seconds
     fast-clock:T0:X     the worker's clock (snapshots, expiry, event-time checks) is
                         T0 + (wall clock - T0) * X: at epoch seconds T0 it agrees with
                         the wall clock, then runs X times as fast
@@ -18,9 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import asyncio
 import time
+from typing import Any
 
-from streams import pipeline, worker
+from streams import app, pipeline, worker
 from streams.cli import main
 
 
@@ -40,6 +46,30 @@ def raise_mid_batch(nth: int) -> None:
     pipeline.Ingestor.apply = apply  # type: ignore[method-assign]
 
 
+BUFFERED = 100  # slow-seek answers once this many fetched records wait in stream buffers
+
+
+def _buffered(faust_app: Any) -> int:
+    """Records waiting in the agents' stream buffers (Faust's channel queues)."""
+    channels = {c for chans in faust_app.topics._tp_index.values() for c in chans}
+    return sum(c._queue.qsize() for c in channels if getattr(c, "_queue", None) is not None)
+
+
+def slow_seek(seconds: float) -> None:
+    original = app._Consumer.seek_to_committed
+
+    async def seek_to_committed(self: app._Consumer) -> Any:
+        committed = await original(self)
+        # The answer comes late: as late as it takes for fetched records to reach a
+        # stream buffer (what the fetcher does meanwhile), at most `seconds`.
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and _buffered(self.app) < BUFFERED:
+            await asyncio.sleep(0.005)
+        return committed
+
+    app._Consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
+
+
 def fast_clock(start_s: float, speed: float) -> None:
     original = worker.PulseWorker.__init__
 
@@ -57,6 +87,8 @@ if __name__ == "__main__":
     name, _, arg = fault.partition(":")
     if name == "raise-mid-batch":
         raise_mid_batch(int(arg))
+    elif name == "slow-seek":
+        slow_seek(float(arg))
     elif name == "fast-clock":
         start, speed = arg.split(":")
         fast_clock(float(start), float(speed))

@@ -17,7 +17,6 @@ from pathlib import Path
 import duckdb
 import msgspec
 import yaml
-from kafka import KafkaProducer
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
@@ -27,6 +26,7 @@ from streams.closing import midnight_at_or_before
 from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.replay import replay
 from streams.steering.files import read_goals
+from tests import workers
 from tests.closing_helpers import Key, daily_rows, differences, live_rows, replayed_daily
 from tests.workers import WorkerProcess, wait_for
 
@@ -35,11 +35,7 @@ DOWN_MS = 2 * DAY_MS  # the first worker runs this far in the past, then stops
 
 
 def produce(kafka: LocalKafka, prefix: str, events: list[dict]) -> None:
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=10)
-    for topic, key, value in gen.to_messages(events, 20):
-        producer.send(prefix + topic, key=key, value=value)
-    producer.flush()
-    producer.close()
+    workers.produce(kafka.bootstrap, prefix, gen.to_messages(events, 20))
 
 
 def renamed(events: list[dict], prefix: str) -> list[dict]:

@@ -9,14 +9,13 @@ import uuid
 from pathlib import Path
 
 import msgspec
-from kafka import KafkaProducer
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, Event
 from streams.config import MetricConfig
 from streams.core import PulseCore
-from tests.workers import Samples, WorkerProcess, wait_for
+from tests.workers import Samples, WorkerProcess, produce, wait_for
 
 N = 12
 
@@ -39,11 +38,7 @@ def test_two_workers_share_the_work_and_the_survivor_takes_over(
     events = [e for c in gen.plan(N, 500, rng) for e in gen.history(
         c, int(time.time() * 1000), 35, rng)]
     kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=10)
-    for topic, key, value in gen.to_messages(events, 25):
-        producer.send(prefix + topic, key=key, value=value)
-    producer.flush()
-    producer.close()
+    produce(kafka.bootstrap, prefix, gen.to_messages(events, 25))
     core = PulseCore(MetricConfig())
     core.apply(msgspec.convert(e, type=Event) for e in events)
 

@@ -173,6 +173,49 @@ def test_a_withheld_message_keeps_its_offset_and_later_ones_from_the_commit() ->
     assert consumer._new_offset(tp) == 2  # offsets 0 and 1 only
 
 
+def test_faust_commits_past_a_withheld_message_at_the_head_of_a_partition() -> None:
+    # The gap withhold_acks leaves is not enough on its own: Consumer._new_offset checks
+    # the head of the acked offsets only once something was committed, and then lets a
+    # gap of exactly one message through (`min(acked) - committed > 1`). Acks after a
+    # withheld batch would commit past it; the worker exits in the same step instead
+    # (exit_unclean), before anything else is acked. If Faust fixes this, this test says so.
+    app = faust_app("test-withhold-head", "kafka://127.0.0.1:9", 1)
+    consumer: Any = app.consumer
+    app.topics._acking_topics.add("t")  # type: ignore[attr-defined]  # as an agent on "t"
+    tp = TP("t", 0)
+
+    def new_offset(committed: int | None, withheld: set[int]) -> int | None:
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._committed_offset[tp] = committed
+        messages = [ConsumerMessage("t", 0, offset, NOW_S, 0, [], b"k", b"v", None)
+                    for offset in range(10, 16)]
+        withhold_acks([SimpleNamespace(message=m)  # type: ignore[misc]
+                       for m in messages if m.offset in withheld])
+        for message in messages:
+            message.ack(consumer)
+        return consumer._new_offset(tp)  # type: ignore[no-any-return]
+
+    assert new_offset(10, {12}) == 12  # a gap after the head: never passed
+    assert new_offset(10, {10, 11}) is None  # two at the head: not passed
+    assert new_offset(10, {10}) == 16  # one at the head: passed
+    assert new_offset(None, {10, 11}) == 16  # nothing committed yet: passed
+
+
+def test_faust_clears_the_stream_buffers_whenever_flow_control_resumes() -> None:
+    # At the end of a recovery Faust resumes the source partitions, seeks them to the
+    # committed offsets and then resumes flow control, which empties every stream buffer
+    # even when flow was on already (recovery turned it on to read the changelog). What the
+    # fetcher delivered meanwhile is gone, though Faust counts it as read: the worker's
+    # on_recover holds flow control until then (tests/test_faults.py, slow-seek).
+    app = faust_app("test-flow-clear", "kafka://127.0.0.1:9", 1)
+    queue = app.channel().queue
+    app.flow_control.resume()
+    queue.put_nowait("a fetched record")
+    app.flow_control.resume()
+    assert queue.empty()
+
+
 class _FlakyProducer:
     """A producer whose first attempt at each record fails, as during a broker outage."""
 

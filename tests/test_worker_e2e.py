@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from devkit import generate as gen
@@ -38,7 +38,14 @@ from streams.config import MetricConfig, RuntimeConfig
 from streams.kafka_auth import worker_acls
 from streams.privacy import Pseudonymiser
 from streams.replay import replay
-from tests.workers import Samples, WorkerProcess, parquet_rows, settled_snapshot, wait_for
+from tests.workers import (
+    Samples,
+    WorkerProcess,
+    parquet_rows,
+    produce,
+    settled_snapshot,
+    wait_for,
+)
 
 N_COMMUNITIES = 10
 PSEUDONYM_KEY = "e2e-pseudonym-key-0123456789abcdef"
@@ -72,15 +79,6 @@ class Pipeline:
     secured: bool
     env: dict[str, str] = field(default_factory=dict)  # the worker's extra settings
     client: dict[str, Any] = field(default_factory=dict)  # kafka-python security kwargs
-
-
-def _produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]],
-             **client: Any) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, **client)
-    for topic, key, value in messages:
-        producer.send(prefix + topic, key=key, value=value)
-    producer.flush()
-    producer.close()
 
 
 def _consumed_all(worker: WorkerProcess, expected: int) -> Samples | None:
@@ -119,11 +117,11 @@ def pipeline(request: pytest.FixtureRequest,
     # Both forms SPEC 1 allows: single events, then batch envelopes.
     messages = [*gen.to_messages(events[:half], 1), *gen.to_messages(events[half:], 40)]
     kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
-    _produce(bootstrap, prefix, messages[: len(messages) // 2] + BAD, **client)
+    produce(bootstrap, prefix, messages[: len(messages) // 2] + BAD, **client)
     worker = WorkerProcess(bootstrap, tmp / "data", prefix, app_id, extra_env=env)
     # The rest arrives while the worker runs.
     wait_for(worker.scrape, 60, "the worker's /metrics")
-    _produce(bootstrap, prefix, messages[len(messages) // 2 :], **client)
+    produce(bootstrap, prefix, messages[len(messages) // 2 :], **client)
     wait_for(lambda: _consumed_all(worker, len(events) + len(BAD)), 120, "all events consumed")
     yield Pipeline(kafka, prefix, app_id, events_file, len(events), worker, tmp, bootstrap,
                    secured, env, client)

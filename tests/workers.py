@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 from kafka import KafkaProducer
@@ -76,6 +77,13 @@ class WorkerProcess:
     def stop(self) -> None:
         stop_worker(self.proc)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the whole process stands still (what a starved machine does to it)."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """kill -9: no shutdown, no last commit."""
         if self.proc.poll() is None:
@@ -83,16 +91,24 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def produce(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]],
-            max_request_size: int = 1_048_576, acks: int | str = 1) -> None:
-    """`acks="all"` on a replicated cluster: with 1, a leader stalled or killed right
-    after its answer may take messages with it that the test then expects."""
+def produce(bootstrap: str, prefix: str, messages: Iterable[tuple[str, bytes, bytes]],
+            max_request_size: int = 1_048_576, acks: int | str = 1, **client: Any) -> None:
+    """Produce the messages and make sure every one is on the broker (`client`: more
+    KafkaProducer settings, e.g. security). `acks="all"` on a replicated cluster: with 1,
+    a leader stalled or killed right after its answer may take messages with it that the
+    test then expects."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
-                             max_request_size=max_request_size, acks=acks)
-    for topic, key, value in messages:
-        producer.send(prefix + topic, key=key, value=value)
+                             max_request_size=max_request_size, acks=acks, **client)
+    sent = [producer.send(prefix + topic, key=key, value=value)
+            for topic, key, value in messages]
     producer.flush()
     producer.close()
+    # flush() waits but does not raise: a send that failed (e.g. its delivery timed out on
+    # a loaded broker) would be a message the worker never saw and replay counts.
+    failed = [future for future in sent if not future.succeeded()]
+    if failed:
+        raise AssertionError(f"{len(failed)} of {len(sent)} messages were not produced: "
+                             f"{failed[0].exception!r}")
 
 
 def settled_snapshot(worker: WorkerProcess, timeout: float = 60) -> tuple[float, Samples]:
