@@ -30,15 +30,17 @@ import asyncio
 import atexit
 import logging
 import os
+import random
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import faust
 import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, StreamT
 
@@ -60,6 +62,7 @@ BATCH_MAX_MESSAGES = 2000
 BATCH_WITHIN_S = 0.05
 LAG_POLL_INTERVAL_S = 5.0  # how often the worker asks the broker for its lag
 LAG_POLL_TIMEOUT_S = 10.0
+LOOKUP_REQUEST_TIMEOUT_S = 5.0  # the worker's own end-offset lookups (OffsetLookup)
 HEARTBEAT_INTERVAL_S = 1.0  # event-loop heartbeat behind /healthz
 # How long the producer waits for a broker's answer before it gives the request up,
 # reconnects and re-sends with fresh metadata (Kafka's own clients: 30 s). Faust's
@@ -193,6 +196,50 @@ def ignored_faust_environment() -> list[str]:
     return sorted(name for name in names if name in os.environ)
 
 
+class OffsetLookup:
+    """End offsets for the worker's own checks (lag poll, catch-up), from a client of its
+    own without a group. Through Faust (`consumer.highwaters`) they ran on its consumer
+    thread, whose method queue has two workers shared with the fetches: two lookups
+    stuck on a stalled broker held every fetch, from every broker, for the consumer's
+    request timeout of 90 s (tests/test_faults_cluster.py). Here a silent node costs one
+    lookup LOOKUP_REQUEST_TIMEOUT_S, and the next lookup starts a new client, with new
+    metadata: with one client, every lookup asked the stalled node again (aiokafka's
+    end_offsets gives up after the same time as its request, before that request's
+    clean-up drops the connection and refreshes the metadata)."""
+
+    def __init__(self, servers: Sequence[str], security: KafkaSecurity) -> None:
+        self._settings: dict[str, Any] = {
+            "client_id": "community-pulse-lookup",
+            "enable_auto_commit": False,
+            "request_timeout_ms": int(LOOKUP_REQUEST_TIMEOUT_S * 1000),
+            **security.client_kwargs()}
+        self._servers = list(servers)
+        self._client: AIOKafkaConsumer | None = None
+
+    async def end_offsets(self, tps: Sequence[TP]) -> dict[TP, int]:
+        if self._client is None:  # started on first use, in the app's event loop
+            # In another order each time: a stalled first server would hold every start.
+            servers = random.sample(self._servers, len(self._servers))
+            client = AIOKafkaConsumer(bootstrap_servers=servers, **self._settings)
+            try:
+                await client.start()
+            except BaseException:  # no broker answers yet: the next lookup tries again
+                await client.stop()
+                raise
+            self._client = client
+        try:
+            ends = await self._client.end_offsets([TopicPartition(*tp) for tp in tps])
+        except Exception:
+            await self.stop()  # new metadata next time
+            raise
+        return {TP(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.stop()
+
+
 def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> faust.App:
     rt = worker.runtime
     app = faust_app(rt.app_id, rt.broker, rt.partitions, rt.fetch_max_wait_ms, security,
@@ -240,11 +287,17 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
 
     worker.session_timeout_s = app.conf.broker_session_timeout
     contact_probe = TP(worker.dead_letter_topic, 0)  # asked even with nothing assigned
+    lookup = OffsetLookup(faust_aiokafka.server_list(app.conf.broker, 9092),
+                          security or KafkaSecurity())
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_lookup(app: faust.App, **_: Any) -> None:
+        await lookup.stop()
 
     async def poll_lag() -> None:
         consumer = app.consumer
         ours = [tp for tp in consumer.assignment() if tp.topic in source_topics]
-        highwaters = await consumer.highwaters(*ours, contact_probe)
+        highwaters = await lookup.end_offsets([*ours, contact_probe])
         lag: dict[str, int] = dict.fromkeys(source_topics, 0)
         for tp in ours:
             position = await consumer.position(tp)
@@ -326,7 +379,7 @@ def build_app(worker: PulseWorker, security: KafkaSecurity | None = None) -> fau
         if not (app.rebalancing or app.in_recovery):
             tps = [tp for tp in app.assignor.assigned_actives() if tp.topic in source_topics]
             try:
-                ends = await app.consumer.highwaters(*tps) if tps else {}
+                ends = await lookup.end_offsets(tps) if tps else {}
             except Exception as exc:  # (e.g. the broker is away): unknown, catching up
                 log.debug("end offsets unavailable: %s", exc)
         worker.observe_offsets(ends, committed_offsets(app), now_ms)
