@@ -233,6 +233,13 @@ def test_worker_over_mutual_tls(secured_kafka: LocalKafka, tmp_path: Path) -> No
     try:
         wait_for(lambda: worker.total(worker.scrape(), "community_pulse_events_processed_total")
                  == len(events), 90, "the events consumed over mutual TLS")
+        # The worker's own end-offset lookups (streams.app.OffsetLookup: lag poll, catch-up
+        # check) log in too: caught up, the lag polled, still owning its partitions.
+        wait_for(lambda: (samples := worker.scrape()) and worker.value(
+            samples, "community_pulse_catching_up") == 0 and worker.value(
+            samples, "community_pulse_consumer_lag_messages", topic=prefix + "community.posts"
+            ) == 0, 60, "caught up by its own offset lookups over mutual TLS")
+        assert worker.total(worker.scrape(), "community_pulse_assigned_partitions") > 0
         changelog = f"{app_id}-community-events-changelog"
         mtls = KafkaSecurity("SSL", cafile=str(s.cafile), certfile=str(s.client_certfile),
                              keyfile=str(s.client_keyfile))
