@@ -10,10 +10,15 @@ Topology (one agent, all event topics co-partitioned by community_id):
     refresh timer (0.5 s)  -> communities that changed -> /metrics gauges
     snapshot timer (10 s)  -> PulseCore.snapshot(now) of all -> Parquet + /metrics
                               (every third tick only, and no Parquet, while catching up)
-                           -> closing rows of due UTC midnights (streams.closing) ->
-                              one Parquet file per partition and midnight + /metrics
-    catch-up timer (1 s)   -> end offsets of the source partitions: caught up when all
-                              that was there a tick ago is processed (the arrival mark)
+                           -> starts a closing pass beside it (SnapshotTimer): closing
+                              rows of due UTC midnights (streams.closing) -> one Parquet
+                              file per partition and midnight + /metrics
+    catch-up timer (1 s)   -> end offsets of the source partitions (OffsetLookup, a client
+                              of our own): caught up when all that was there a tick ago
+                              is processed (the arrival mark)
+    lag timer (5 s)        -> consumer lag per topic; no answer past the session
+                              timeout: cut off (stop exporting and writing)
+    file timer (10 s)      -> the goals and experts files, read again when changed
     steering timer (15 m)  -> sketches and follow-up counts of the owned communities
                               -> Parquet; the owner of partition 0 also forms the
                               network-wide steering tables (sinks.network)
