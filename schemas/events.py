@@ -2,25 +2,35 @@
 
 A Kafka message (or a JSON-lines line) holds one event object or a JSON array of them
 (a batch envelope). `decode_message` turns its bytes into valid `Event`s plus
-`Rejection`s that carry the original bytes and a reason, so nothing is ever lost.
+`Rejection`s that carry the original bytes and a reason, so nothing is ever lost; it
+never raises, whatever the bytes.
 
 The fast path decodes a whole envelope with one typed msgspec call; only when that
-fails do we fall back to decoding element by element to find out which ones are bad.
+fails, or cannot vouch for the message (not UTF-8, nested deeper than MAX_DEPTH, a field
+named twice), we decode element by element to find out which ones are bad. An
+envelope's bad elements become one rejection, whatever their number.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
+import numpy as np
 
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_MS: Final = 24 * 3600 * 1000
+# Nesting levels a message may have (an envelope of events has 2; unknown fields may
+# nest): deeper messages are rejected as too_deep, whatever the parser would manage.
+MAX_DEPTH: Final = 64
 
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -77,22 +87,37 @@ class Reason:
     KEY_MISMATCH = "key_mismatch"
     EMPTY_BATCH = "empty_batch"  # `[]`: valid JSON, but a message that says nothing
     WRONG_PARTITION = "wrong_partition"  # set by the worker: see streams.worker
+    INVALID_UTF8 = "invalid_utf8"  # the message (or its key) is not UTF-8
+    TOO_DEEP = "too_deep"  # nested more than MAX_DEPTH levels
+    INTERNAL = "internal"  # handling the message raised (a bug): streams.pipeline
 
     ALL: Final = (OVERSIZED, INVALID_JSON, INVALID_FIELD, MISSING_FIELD, WRONG_TOPIC,
-                  BAD_TIME, KEY_MISMATCH, EMPTY_BATCH, WRONG_PARTITION)
+                  BAD_TIME, KEY_MISMATCH, EMPTY_BATCH, WRONG_PARTITION, INVALID_UTF8,
+                  TOO_DEEP, INTERNAL)
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Input that failed validation: the original bytes and why."""
+    """Input that failed validation: the original bytes and why. The detail names fields
+    and rules, never a field's value (dead letters are read by people).
+
+    One rejection may stand for several events: the bad elements of an envelope are one
+    rejection whose `raw` is the message itself when all its elements are bad, else an
+    envelope of the bad elements' own bytes (so a redrive resends exactly those)."""
 
     raw: bytes
-    reason: str  # one of Reason.ALL
+    reason: str  # one of Reason.ALL; of the first bad element for an envelope's
     detail: str
+    count: int = 1  # events (envelope elements) rejected
+    reasons: tuple[tuple[str, int], ...] = ()  # per reason, when they differ
 
     @property
     def message(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+    def by_reason(self) -> tuple[tuple[str, int], ...]:
+        """(reason, events) for the dead-letter counters."""
+        return self.reasons or ((self.reason, self.count),)
 
 
 _REQUIRED: Final[dict[str, tuple[str, ...]]] = {
@@ -113,12 +138,24 @@ _ENUM_FIELDS: Final[dict[str, tuple[str, frozenset[str | None]]]] = {
     "post": ("content_kind", frozenset({None, *_CONTENT_KINDS})),
 }
 _BATCH_CHECK_MIN: Final = 8  # below this, `_check` per event is cheaper than `_all_valid`
-_get_type, _get_ts, _get_community = (attrgetter(name) for name in ("type", "ts", "community_id"))
+_get_type, _get_ts, _get_community, _get_content_kind = (
+    attrgetter(name) for name in ("type", "ts", "community_id", "content_kind"))
+_ALWAYS: Final = ("event_id", "type", "community_id", "user_id", "ts")  # required of all
 
 _batch_decoder = msgspec.json.Decoder(Event | list[Event])
 _raw_decoder = msgspec.json.Decoder(msgspec.Raw)
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _one_decoder = msgspec.json.Decoder(Event)
+_FIELDS: Final = Event.__struct_fields__
+_FIELD_TOKENS: Final = tuple(f'"{name}"'.encode() for name in _FIELDS)
+_FIELD_GETTERS: Final = tuple(attrgetter(name) for name in _FIELDS)
+# A key spelt with an escape (`"\u0074ype":`): only such keys can name a field twice
+# without its plain token appearing twice.
+_ESCAPED_KEY: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)+"\s*:')
+_BRACKETS: Final = np.zeros(256, np.int8)
+_BRACKETS[list(b"[{")] = 1
+_BRACKETS[list(b"]}")] = -1
+_FIRST_ELEMENTS_IN_DETAIL: Final = 3
 
 
 def decode_message(
@@ -136,21 +173,43 @@ def decode_message(
     raw = value or b""
     if len(raw) > MAX_MESSAGE_BYTES:
         return [], [Rejection(raw, Reason.OVERSIZED, f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")]
-    try:
-        decoded = _batch_decoder.decode(raw)
-    except msgspec.DecodeError:
-        return _decode_elementwise(raw, allowed_types, now_ms, key)
+    key_text = None
+    if key is not None:
+        key_text = _utf8(key)
+        if key_text is None:  # no community_id (a JSON string) can equal it
+            return [], [Rejection(raw, Reason.INVALID_UTF8, "the message key is not UTF-8")]
+    decoded = _decode_plain(raw)
+    if decoded is None:
+        return _decode_elementwise(raw, allowed_types, now_ms, key_text)
     if not isinstance(decoded, list):  # one event, the most common message
-        key_text = key.decode("utf-8", "replace") if key is not None else None
         problem = _check(decoded, allowed_types, now_ms, key_text)
         return ([decoded], []) if problem is None else ([], [Rejection(raw, *problem)])
     if not decoded:  # counted as a dead letter, not dropped without a trace
         return [], [Rejection(raw, Reason.EMPTY_BATCH, "an envelope without events")]
-    events, rejections = _check_all(decoded, allowed_types, now_ms, key, raw)
-    if rejections:
-        # Rare: redo element by element so each rejection carries its original bytes.
-        return _decode_elementwise(raw, allowed_types, now_ms, key)
-    return events, rejections
+    if len(decoded) >= _BATCH_CHECK_MIN:
+        if _all_valid(decoded, allowed_types, now_ms, key_text):
+            return decoded, []
+    elif not _checked(((event, raw) for event in decoded), allowed_types, now_ms,
+                      key_text)[1]:
+        return decoded, []  # (`_check` normalised their times)
+    # Rare: element by element, so the rejection carries the bad elements' own bytes.
+    return _decode_elementwise(raw, allowed_types, now_ms, key_text)
+
+
+def _decode_plain(raw: bytes) -> Event | list[Event] | None:
+    """One typed msgspec call for the usual message: UTF-8, shallow, each field once.
+    None for anything else, which `_decode_elementwise` sorts out."""
+    if not _is_utf8(raw):
+        return None
+    try:
+        decoded = _batch_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # (msgspec's own recursion guard)
+        return None
+    events = decoded if isinstance(decoded, list) else [decoded]
+    envelopes = int(isinstance(decoded, list))
+    if not _shallow(raw, len(events), envelopes) or _may_repeat_fields(raw, events):
+        return None
+    return decoded
 
 
 def decode_lines(
@@ -160,21 +219,27 @@ def decode_lines(
     same events and rejections, with one msgspec call for all when all are valid."""
     joined = b"\n".join(values)
     if (joined.count(b"\n") == len(values) - 1  # no message spans lines
-            and max(map(len, values), default=0) <= MAX_MESSAGE_BYTES):
+            and max(map(len, values), default=0) <= MAX_MESSAGE_BYTES
+            and _is_utf8(joined)):
         try:
             items = _batch_decoder.decode_lines(joined)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             items = []
         if len(items) == len(values) and [] not in items:  # `[]` is a rejection
             events: list[Event] = []
+            envelopes = 0
             for item in items:
                 if isinstance(item, list):
                     events.extend(item)
+                    envelopes += 1
                 else:
                     events.append(item)
-            if _all_valid(events, allowed_types, now_ms, None):
+            if not _shallow(joined, len(events), envelopes) or _may_repeat_fields(
+                    joined, events):
+                pass  # some line is unusual: per message below
+            elif _all_valid(events, allowed_types, now_ms, None):
                 return events, []
-            if len(events) == len(values):  # one event a line: check each, no re-decoding
+            elif len(events) == len(values):  # one event a line: check each, no re-decoding
                 return _checked_lines(values, events, allowed_types, now_ms)
     events, rejections = [], []
     for value in values:  # something is wrong: find out per message, as the worker would
@@ -182,6 +247,82 @@ def decode_lines(
         events.extend(ok)
         rejections.extend(bad)
     return events, rejections
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    return data.isascii() or _utf8(data) is not None
+
+
+def _shallow(raw: bytes, events: int, envelopes: int) -> bool:
+    """Whether decoded messages (`events` events, `envelopes` of them in arrays) surely
+    nest at most MAX_DEPTH levels, from their bracket count alone: beyond the arrays
+    and event objects themselves, every level takes an opening bracket of its own."""
+    extra = raw.count(b"{") + raw.count(b"[") - events - envelopes
+    return extra + (2 if envelopes else 1) <= MAX_DEPTH
+
+
+def max_depth(raw: bytes) -> int:
+    """How deep the JSON text nests (brackets within strings do not count), computed
+    without recursion: numpy over the bytes."""
+    data = np.frombuffer(raw, np.uint8)
+    quotes = data == ord('"')
+    backslashes = data == ord("\\")
+    if backslashes.any():  # a quote after an odd run of backslashes is escaped
+        at = np.arange(len(data))
+        last_other = np.maximum.accumulate(np.where(backslashes, -1, at))
+        run = np.zeros(len(data), np.int64)
+        run[1:] = at[:-1] - last_other[:-1]  # backslashes right before each byte
+        quotes &= run % 2 == 0
+    in_string = (np.cumsum(quotes, dtype=np.int64) & 1).astype(np.bool_)
+    steps = np.where(in_string, 0, _BRACKETS[data]).astype(np.int64)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _may_repeat_fields(raw: bytes, events: Sequence[Event]) -> bool:
+    """Whether some event object may name a field twice: the fields' quoted names occur
+    more often than the events hold fields, or a key is spelt with escapes. False
+    alarms only cost the careful path (`_first_values`)."""
+    if b"\\" in raw and _ESCAPED_KEY.search(raw) is not None:
+        return True
+    # Every field name ends in one of these, and each field an event holds puts its name
+    # into the message once; a name that occurs more often may be a repeated key.
+    names = (raw.count(b'_id"') + raw.count(b'type"') + raw.count(b'"ts"')
+             + raw.count(b'kind"'))
+    if names <= _least_fields(events):
+        return False
+    return _repeats_a_field(raw, events)
+
+
+def _may_name_a_field_twice(item: bytes) -> bool:
+    """`_may_repeat_fields` for one object, before it is decoded."""
+    return any(item.count(token) > 1 for token in _FIELD_TOKENS) or (
+        b"\\" in item and _ESCAPED_KEY.search(item) is not None)
+
+
+def _least_fields(events: Sequence[Event]) -> int:
+    """How many fields the events hold at least: those their types require, and
+    content_kind where given (cheap: no look at every field of every event)."""
+    if len(events) == 1:
+        return len(_FIELDS) - msgspec.structs.astuple(events[0]).count(None)
+    kinds = Counter(map(_get_type, events))
+    required = sum(len(_REQUIRED.get(kind, ())) * n for kind, n in kinds.items())
+    kinds_given = len(events) - list(map(_get_content_kind, events)).count(None)
+    return len(_ALWAYS) * len(events) + required + kinds_given
+
+
+def _repeats_a_field(raw: bytes, events: Sequence[Event]) -> bool:
+    for token, getter in zip(_FIELD_TOKENS, _FIELD_GETTERS, strict=True):
+        occurrences = raw.count(token)
+        if occurrences and occurrences > len(events) - list(map(getter, events)).count(None):
+            return True
+    return False
 
 
 def _checked_lines(values: Sequence[bytes], events: list[Event], allowed_types: frozenset[str],
@@ -205,44 +346,86 @@ def _checked(candidates: Iterable[tuple[Event, bytes]], allowed_types: frozenset
 
 
 def _decode_elementwise(
-    raw: bytes, allowed_types: frozenset[str], now_ms: int, key: bytes | None
+    raw: bytes, allowed_types: frozenset[str], now_ms: int, key_text: str | None
 ) -> tuple[list[Event], list[Rejection]]:
+    """The careful path: depth first (so no parser recurses past MAX_DEPTH), then each
+    element on its own; an envelope's bad elements become one rejection."""
+    if max_depth(raw) > MAX_DEPTH:
+        return [], [Rejection(raw, Reason.TOO_DEEP, f"nested more than {MAX_DEPTH} levels")]
+    envelope = raw.lstrip().startswith(b"[")
     try:
-        if raw.lstrip().startswith(b"["):
-            items = _raw_list_decoder.decode(raw)
-        else:
-            items = [_raw_decoder.decode(raw)]
+        items = _raw_list_decoder.decode(raw) if envelope else [_raw_decoder.decode(raw)]
     except msgspec.DecodeError as exc:
         return [], [Rejection(raw, Reason.INVALID_JSON, str(exc))]
+    if not items:
+        return [], [Rejection(raw, Reason.EMPTY_BATCH, "an envelope without events")]
     events: list[Event] = []
-    rejections: list[Rejection] = []
-    for item in items:
+    bad: list[tuple[int, bytes, str, str]] = []  # (place, bytes, reason, detail)
+    for place, item in enumerate(items):
         item_bytes = bytes(item)
-        try:
-            event = _one_decoder.decode(item_bytes)
-        except msgspec.ValidationError as exc:
-            missing = "missing required" in str(exc)
-            reason = Reason.MISSING_FIELD if missing else Reason.INVALID_FIELD
-            rejections.append(Rejection(item_bytes, reason, str(exc)))
-            continue
-        ok, bad = _check_all([event], allowed_types, now_ms, key, item_bytes)
-        events.extend(ok)
-        rejections.extend(bad)
-    return events, rejections
+        decoded = _decode_element(item_bytes)
+        problem = decoded if isinstance(decoded, tuple) else _check(
+            decoded, allowed_types, now_ms, key_text)
+        if problem is None:
+            events.append(decoded)  # type: ignore[arg-type]  # (an Event when no problem)
+        else:
+            bad.append((place, item_bytes, *problem))
+    if not bad:
+        return events, []
+    if not envelope:
+        return events, [Rejection(raw, bad[0][2], bad[0][3])]
+    return events, [_envelope_rejection(raw, len(items), bad)]
 
 
-def _check_all(
-    candidates: list[Event],
-    allowed_types: frozenset[str],
-    now_ms: int,
-    key: bytes | None,
-    raw: bytes,
-) -> tuple[list[Event], list[Rejection]]:
-    key_text = key.decode("utf-8", "replace") if key is not None else None
-    if len(candidates) >= _BATCH_CHECK_MIN and _all_valid(candidates, allowed_types, now_ms,
-                                                          key_text):
-        return candidates, []
-    return _checked(((event, raw) for event in candidates), allowed_types, now_ms, key_text)
+def _decode_element(item: bytes) -> Event | tuple[str, str]:
+    """One event object's bytes as an Event, or (reason, detail)."""
+    if not _is_utf8(item):
+        return Reason.INVALID_UTF8, "not UTF-8"
+    try:
+        if _may_name_a_field_twice(item):
+            item = _first_values(item)
+        event = _one_decoder.decode(item)
+    except msgspec.ValidationError as exc:
+        missing = "missing required" in str(exc)
+        return (Reason.MISSING_FIELD if missing else Reason.INVALID_FIELD), str(exc)
+    except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+        return Reason.INVALID_JSON, str(exc) if isinstance(exc, msgspec.DecodeError) else (
+            type(exc).__name__)
+    return event
+
+
+def _first_values(item: bytes) -> bytes:
+    """The object with each field's first value only (as DuckDB reads a repeated field,
+    so replay's scan and this decoder agree), re-encoded for the typed decoder. Runs
+    only on objects msgspec has parsed already: UTF-8, valid JSON, at most MAX_DEPTH
+    deep."""
+
+    def first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for name, value in pairs:
+            fields.setdefault(name, value)
+        return fields
+
+    # Integers are kept as text: a 5,000-digit number is no reason to fail here.
+    return msgspec.json.encode(json.loads(item, object_pairs_hook=first_wins,
+                                          parse_int=_small_int))
+
+
+def _small_int(text: str) -> int | float:
+    return int(text) if len(text) <= 30 else float(text)
+
+
+def _envelope_rejection(raw: bytes, elements: int, bad: list[tuple[int, bytes, str, str]]
+                        ) -> Rejection:
+    """One rejection for an envelope's bad elements: their count per reason and the
+    first few problems in the detail."""
+    counts = Counter(reason for _, _, reason, _ in bad)
+    summary = ", ".join(f"{reason} {n}" for reason, n in counts.most_common())
+    first = "; ".join(f"element {place}: {reason}: {detail}"
+                      for place, _, reason, detail in bad[:_FIRST_ELEMENTS_IN_DETAIL])
+    kept = raw if len(bad) == elements else b"[" + b",".join(b for _, b, _, _ in bad) + b"]"
+    return Rejection(kept, bad[0][2], f"{len(bad)} of {elements} events ({summary}); {first}",
+                     len(bad), tuple(counts.items()) if len(counts) > 1 else ())
 
 
 def _all_valid(
@@ -283,8 +466,9 @@ def _check(
     """Cross-field rules msgspec cannot express; normalises `ts` to epoch ms."""
     if event.type not in allowed_types:
         if event.type not in _REQUIRED:
-            return Reason.INVALID_FIELD, f"unknown type {event.type!r}"
-        return Reason.WRONG_TOPIC, f"type {event.type!r} not allowed on this topic"
+            return Reason.INVALID_FIELD, f"type is not one of {', '.join(EVENT_TYPES)}"
+        # (the type is one of EVENT_TYPES here: naming it repeats no one's data)
+        return Reason.WRONG_TOPIC, f"type {event.type} is not allowed on this topic"
     for name in _REQUIRED[event.type]:
         if getattr(event, name) is None:
             return Reason.MISSING_FIELD, f"{event.type} needs {name}"
@@ -292,13 +476,16 @@ def _check(
     if enumerated is not None and getattr(event, enumerated[0]) not in enumerated[1]:
         name, values = enumerated
         allowed = " or ".join(sorted(v for v in values if v is not None))
-        return Reason.INVALID_FIELD, f"{name} must be {allowed}: {getattr(event, name)!r}"
+        return Reason.INVALID_FIELD, f"{name} must be {allowed}"
     ts = event.ts
-    ts_ms = (ts - _EPOCH) // _ONE_MS if isinstance(ts, datetime) else ts
+    try:
+        ts_ms = (ts - _EPOCH) // _ONE_MS if isinstance(ts, datetime) else ts
+    except OverflowError:  # (year 1 with a positive offset is before year 1 in UTC)
+        return Reason.BAD_TIME, "ts is before 2000-01-01"
     if ts_ms < MIN_TS_MS:
-        return Reason.BAD_TIME, f"ts {ts_ms} is before 2000-01-01"
+        return Reason.BAD_TIME, "ts is before 2000-01-01"
     if ts_ms > now_ms + MAX_FUTURE_MS:
-        return Reason.BAD_TIME, f"ts {ts_ms} is more than 1 day in the future"
+        return Reason.BAD_TIME, "ts is more than 1 day in the future"
     if key_text is not None and key_text != event.community_id:
         return Reason.KEY_MISMATCH, "community_id does not match the message key"
     event.ts = ts_ms

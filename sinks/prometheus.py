@@ -397,6 +397,10 @@ class WorkerMetrics:
             f"{NS}_kafka_send_retries", "Changelog and dead-letter records the broker did "
             "not take at once; retried until it does (the batch is not committed before).",
             registry=reg)
+        self.key_cache_clears = Counter(
+            f"{NS}_key_cache_clears", "Times the cache of message keys' partitions (8 MiB "
+            "of keys) was full and emptied: many distinct keys, e.g. a producer with "
+            "random keys.", registry=reg)
         self.owned = Gauge(
             f"{NS}_owned_communities", "Communities whose partitions this worker owns.",
             registry=reg)

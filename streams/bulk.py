@@ -98,6 +98,18 @@ def _thread_items(table: pa.Table) -> tuple[Ints, Ints, list[str]]:
     return code, item, items
 
 
+def _post_events(event_ids: pa.ChunkedArray, code: Ints) -> tuple[Ints, list[str]]:
+    """Per row, the post's event id as a code into the sorted ids of the posts (-1 for
+    other rows): codes compare as the ids do."""
+    posts = np.flatnonzero(code == POST)
+    ids = event_ids.take(posts)
+    names = pc.unique(ids)
+    names = names.take(pc.sort_indices(names))
+    codes = np.full(len(code), -1, dtype=np.int64)
+    codes[posts] = pc.index_in(ids, value_set=names).to_numpy(zero_copy_only=False)
+    return codes, names.to_pylist()
+
+
 @dataclass(frozen=True)
 class EventColumns:
     """Validated events as columns; strings are codes into shared name lists."""
@@ -112,6 +124,10 @@ class EventColumns:
     item: Ints  # the thread a post, reply or like of a post touches; -1: none
     items: list[str]
     managed: Mask  # a post of managed (hard) content, not ugc
+    # Of a post: its event id as a code into `post_events`, which is sorted, so codes
+    # order as the ids do (a thread's post is its first by time, then event id); -1: none.
+    post_event: Ints
+    post_events: list[str]
 
     @classmethod
     def from_table(cls, table: pa.Table, only_columns: bool = False) -> EventColumns:
@@ -126,12 +142,14 @@ class EventColumns:
             id_hash = (_duckdb_hashes if only_columns else _hashes)(table["event_id"])
             (community, community_names), (user, user_names) = communities.result(), users.result()
             code, item, items = threads.result()
+        post_event, post_events = _post_events(table["event_id"], code)
         return cls(
             community=community, communities=community_names,
             user=user, users=[sys.intern(u) for u in user_names],
             ts=pc.fill_null(table["ts"], 0).to_numpy().astype(np.int64),
             id_hash=id_hash, code=code, item=item, items=items,
-            managed=_is(table["content_kind"], "managed"))
+            managed=_is(table["content_kind"], "managed"),
+            post_event=post_event, post_events=post_events)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -140,7 +158,8 @@ class EventColumns:
         """These rows, in this order (the name lists are shared)."""
         return replace(self, community=self.community[rows], user=self.user[rows],
                        ts=self.ts[rows], id_hash=self.id_hash[rows], code=self.code[rows],
-                       item=self.item[rows], managed=self.managed[rows])
+                       item=self.item[rows], managed=self.managed[rows],
+                       post_event=self.post_event[rows])
 
 
 def _stable_order(keys: Ints) -> Ints:
@@ -299,16 +318,21 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
     keys, newest = k[runs[:-1]], ts[np.array(runs[1:]) - 1]
     replies = _earliest_pairs(keys, k, ts, user, (code != POST) & (code != LIKE), events.users)
     likes = _earliest_pairs(keys, k, ts, user, code == LIKE, events.users)
-    # The last post applied (in column order) names the thread's time and author.
+    # The first post by (time, event id) names the thread's time and author (_Thread).
     posts = rows[events.code[rows] == POST]
     post_keys = events.community[posts] * n_items + events.item[posts]
-    last = np.full(len(keys), -1, dtype=np.int64)
-    last[np.searchsorted(keys, post_keys)] = posts  # later rows overwrite earlier ones
-    has_post = last >= 0
-    post_ts = [t if t >= 0 else None for t in np.where(has_post, events.ts[last], -1).tolist()]
+    order = np.lexsort((events.post_event[posts], events.ts[posts], post_keys))
+    posts, post_keys = posts[order], post_keys[order]
+    firsts = np.flatnonzero(np.r_[True, post_keys[1:] != post_keys[:-1]]) if len(posts) else posts
+    first = np.full(len(keys), -1, dtype=np.int64)
+    first[np.searchsorted(keys, post_keys[firsts])] = posts[firsts]
+    has_post = first >= 0
+    post_ts = [t if t >= 0 else None for t in np.where(has_post, events.ts[first], -1).tolist()]
     authors = [events.users[u] if u >= 0 else None
-               for u in np.where(has_post, events.user[last], -1).tolist()]
-    managed = (has_post & events.managed[last]).tolist()
+               for u in np.where(has_post, events.user[first], -1).tolist()]
+    post_event = [events.post_events[e] if e >= 0 else ""
+                  for e in np.where(has_post, events.post_event[first], -1).tolist()]
+    managed = (has_post & events.managed[first]).tolist()
     post_ids = [events.items[i] for i in (keys % n_items).tolist()]
     newest_ts = newest.tolist()
     for start, end, community in _bucket_runs(keys // n_items):
@@ -316,23 +340,25 @@ def _merge_threads(states: list[CommunityState], events: EventColumns) -> None:
         if not threads:  # the usual case in a replay: a community's first batch
             threads.update(zip(post_ids[start:end], map(
                 _Thread, post_ts[start:end], authors[start:end], replies[start:end],
-                likes[start:end], newest_ts[start:end], managed[start:end]), strict=True))
+                likes[start:end], newest_ts[start:end], managed[start:end],
+                post_event[start:end]), strict=True))
             continue
-        for post_id, newest_, reply, like, posted, author, hard in zip(
+        for post_id, newest_, reply, like, posted, author, hard, event_id in zip(
                 post_ids[start:end], newest_ts[start:end], replies[start:end],
                 likes[start:end], post_ts[start:end], authors[start:end], managed[start:end],
-                strict=True):
+                post_event[start:end], strict=True):
             thread = threads.get(post_id)
             if thread is None:
-                threads[post_id] = _Thread(posted, author, reply, like, newest_, hard)
+                threads[post_id] = _Thread(posted, author, reply, like, newest_, hard,
+                                           event_id)
                 continue
             thread.newest = max(thread.newest, newest_)
             if reply:
                 thread.replies = _merged(thread.replies, reply)
             if like:
                 thread.likes = _merged(thread.likes, like)
-            if author is not None:
-                thread.post_ts, thread.author, thread.managed = posted, author, hard
+            if posted is not None and author is not None:
+                thread.posted(posted, author, event_id, hard)
 
 
 def _merge_followups(states: list[CommunityState], events: EventColumns) -> None:

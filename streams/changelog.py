@@ -9,6 +9,7 @@ streams.delivery.DurableSender, not by Faust's send buffer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 import msgspec
@@ -71,8 +72,14 @@ def _partition_of_key(key: bytes) -> int:
     return int(key.split(_SEP.encode(), 1)[0])
 
 
+# A carry piece's tag is `carry#<n>`; a batch's is `<topic>@<offset>#<n>`, and a topic name
+# never holds "@" or "#" (Kafka allows letters, digits, ".", "_" and "-"), so no topic
+# prefix can make a batch look like a carry.
+_CARRY_TAG = re.compile(rb"carry#\d+")
+
+
 def _is_carry(key: bytes) -> bool:
-    return key.split(_SEP.encode(), 1)[1].startswith(b"carry")
+    return _CARRY_TAG.fullmatch(key.split(_SEP.encode(), 1)[1]) is not None
 
 
 RAW_IDS = "raw"  # DeltaLog.user_ids without pseudonymisation
@@ -186,6 +193,14 @@ class DeltaLog:
                 self.index.setdefault(partition, []).append((newest, key))
             yield partition, events
 
+
+    def stored(self, partitions: set[int]) -> Iterator[list[Event]]:
+        """The events stored for these partitions (deltas and carry), read-only: what a
+        recovery would load, for rebuilding communities in place."""
+        for key, value in list(self.table.data.items()):
+            if (value and _partition_of_key(key) in partitions
+                    and not key.endswith((_USER_IDS_SUFFIX, _CUT_SUFFIX))):
+                yield _decode_events(value)
 
     def _check_user_ids(self, partitions: set[int]) -> set[int]:
         """The partitions whose deltas say how they store user ids; raises

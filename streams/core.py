@@ -14,6 +14,7 @@ after `before + retention` can see, which keeps memory bounded.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import sys
 from array import array
@@ -173,22 +174,41 @@ class _UserLog(array):  # type: ignore[type-arg]  # array('q') subclass, no extr
 Earliest = tuple[()] | tuple[int, str] | tuple[int, str, int, str]
 
 
+def carry_id(kind: str, ts: int, user_id: str) -> str:
+    """The event id of a carried membership event (CommunityState.memberships_through):
+    one per (kind, time, user) whatever the length of the user id (a digest of it, so
+    two long ids that share a prefix never meet as duplicates)."""
+    digest = hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()
+    return f"carry:{kind}:{ts}:{digest}"
+
+
 class _Thread:
     """A post and the earliest reply/like by two distinct users (enough to find
-    the earliest one by someone other than the author, whoever the author is)."""
+    the earliest one by someone other than the author, whoever the author is).
 
-    __slots__ = ("author", "likes", "managed", "newest", "post_ts", "replies")
+    Several post events may name one post_id (a producer's retry with a new event id):
+    the thread's post is the first of them by event time, then by event id, so its
+    author and time do not depend on the order they arrive in."""
+
+    __slots__ = ("author", "likes", "managed", "newest", "post_event", "post_ts", "replies")
 
     def __init__(self, post_ts: int | None = None, author: str | None = None,
                  replies: Earliest = (), likes: Earliest = (), newest: int = 0,
-                 managed: bool = False) -> None:
+                 managed: bool = False, post_event: str = "") -> None:
         self.post_ts = post_ts
         self.author = author
+        self.post_event = post_event  # the event id of the post (ties in post_ts)
         self.managed = managed  # the post is managed (hard) content, not ugc (soft)
         # Flat (ts, user[, ts, user]): the earliest, then the earliest by another user.
         self.replies = replies
         self.likes = likes
         self.newest = newest  # newest timestamp touching this thread, for expiry
+
+    def posted(self, ts: int, author: str, event_id: str, managed: bool) -> None:
+        """A post event of this thread: it names the thread's post if it is the first."""
+        if self.post_ts is None or (ts, event_id) < (self.post_ts, self.post_event):
+            self.post_ts, self.author, self.post_event = ts, author, event_id
+            self.managed = managed
 
     def first_by_other(self, entries: Earliest, t: int) -> int | None:
         for i in range(0, len(entries), 2):
@@ -345,9 +365,8 @@ class CommunityState:
         self.kinds[kind].add(ts)
         if kind == "post":
             category = POST
-            thread = self._thread(event.post_id, ts)
-            thread.post_ts, thread.author = ts, user_id
-            thread.managed = event.content_kind == "managed"
+            self._thread(event.post_id, ts).posted(ts, user_id, event.event_id,
+                                                   event.content_kind == "managed")
         elif kind == "reply":
             category = REPLY_TO_REPLY if event.parent_type == "reply" else REPLY_TO_POST
             thread = self._thread(event.post_id, ts)
@@ -463,8 +482,8 @@ class CommunityState:
                 if ts > cut_ms:
                     break
                 kind = "leave" if entry & 1 else "join"
-                kept.append(Event(f"carry:{kind}:{ts}:{user_id}"[:128], kind,
-                                  self.community_id, user_id, ts))
+                kept.append(Event(carry_id(kind, ts, user_id), kind, self.community_id,
+                                  user_id, ts))
         return kept
 
     def is_empty(self) -> bool:

@@ -129,6 +129,7 @@ def dead_letter(topic: str, msg: Any, rejection: Rejection, number: int) -> Reco
         ("source_partition", str(msg.partition).encode()),
         ("source_offset", str(msg.offset).encode()),
         ("dead_letter_id", f"{source}/{number}".encode()),
+        ("events", str(rejection.count).encode()),  # an envelope's bad elements: one letter
     ]
     key, value = msg.key, rejection.raw
     digest = [("original_size", str(len(value)).encode()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -43,7 +44,7 @@ from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
 from streams.core import TIERS, PulseCore, SnapshotRow
 from streams.delivery import Record, dead_letter
-from streams.pipeline import Ingested, Ingestor
+from streams.pipeline import Ingested, Ingestor, internal_rejection
 from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
 from streams.steering.files import Watched, read_experts, read_goals, read_managers
@@ -57,7 +58,10 @@ from streams.steering.network import (
 
 log = logging.getLogger(__name__)
 
-KEY_HASH_CACHE = 100_000  # keys whose murmur2 hash is kept (cleared when over)
+# Keys whose murmur2 hash is kept, by their bytes (cleared when full): a community id is
+# at most 256 characters, 1,024 bytes, so longer keys (rejected anyway) are never kept.
+KEY_HASH_CACHE_BYTES = 8 * 2**20
+MAX_KEY_BYTES = 4 * 256
 DELTA_EXPIRY_EVERY_MS = 3_600_000
 REFRESH_BUDGET_SHARE = 2  # live, refreshing may take half the time (never when behind)
 BEHIND_S = 5.0  # consumer lag above which we are catching up, not live
@@ -76,6 +80,15 @@ class PreparedBatch(NamedTuple):
     parsed: list[tuple[str, int, int, int, Ingested]]
     records: list[Record]  # to be on the broker before the batch counts
     lag_s: float | None  # now minus the newest message's Kafka timestamp
+    duplicates: dict[str, int]  # per topic: accepted events that changed nothing
+
+
+class _Parsed(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    arrival_ms: int
+    result: Ingested
 
 
 class PulseWorker:
@@ -118,6 +131,7 @@ class PulseWorker:
         # binds it to the consumer's metadata.
         self.partitions_of: Callable[[str], int | None] = lambda topic: None
         self._key_hashes: dict[bytes, int] = {}
+        self._key_hash_bytes = 0
         # Last answer from the broker (monotonic); past the session timeout without one,
         # the group has given our partitions to others: stop exporting and writing.
         self.last_contact: float | None = None  # None: not asked yet (still starting)
@@ -163,14 +177,16 @@ class PulseWorker:
     # ---- ingest -----------------------------------------------------------------------
 
     def prepare(self, batch: Sequence[EventT]) -> PreparedBatch:
-        """Decode one batch of Kafka messages and store its accepted events in the
-        table: the records to write (one changelog write per partition, dead letters)
-        before `apply` may count and apply it."""
+        """Decode one batch of Kafka messages, apply its accepted events to the core and
+        store them in the table: the records to write (one changelog write per
+        partition, dead letters) before `apply` may count the batch.
+
+        The core is updated here, before the records are durable, so that a message
+        whose update raises (a bug) can be left out of the changelog and dead-lettered
+        instead; if the records never get written the worker exits (exit_unclean) and a
+        restart reads the batch again."""
         now_ms = int(self.clock() * 1000)
-        parsed: list[tuple[str, int, int, int, Ingested]] = []
-        records: list[Record] = []
-        by_partition: dict[int, list[Event]] = {}
-        tags: dict[int, str] = {}
+        parsed: list[_Parsed] = []
         for message_event in batch:
             msg = message_event.message
             misplaced = self._misplaced(msg)
@@ -178,22 +194,91 @@ class PulseWorker:
             result = misplaced or self.ingestor.parse(msg.topic, msg.value, msg.key or b"",
                                                       now_ms)
             arrival_ms = min(int(msg.timestamp * 1000), now_ms)  # a producer may run ahead
-            parsed.append((msg.topic, msg.partition, msg.offset, arrival_ms, result))
-            for number, rejection in enumerate(result.rejections):
+            parsed.append(_Parsed(msg.topic, msg.partition, msg.offset, arrival_ms, result))
+        duplicates = self._update_core(parsed, [m.message for m in batch])
+        records: list[Record] = []
+        by_partition: dict[int, list[Event]] = {}
+        tags: dict[int, str] = {}
+        for message_event, item in zip(batch, parsed, strict=True):
+            for number, rejection in enumerate(item.result.rejections):
                 if self.dead_letter_topic is not None:
-                    records.append(dead_letter(self.dead_letter_topic, msg, rejection, number))
-            if not result.events:
+                    records.append(dead_letter(self.dead_letter_topic, message_event.message,
+                                               rejection, number))
+            if not item.result.events:
                 continue
-            by_partition.setdefault(msg.partition, []).extend(result.events)
-            if msg.partition not in tags:
+            by_partition.setdefault(item.partition, []).extend(item.result.events)
+            if item.partition not in tags:
                 # (topic, offset) of the first message is unique and stable across retries.
-                tags[msg.partition] = f"{msg.topic}@{msg.offset}"
+                tags[item.partition] = f"{item.topic}@{item.offset}"
         if self.deltas is not None:
             for partition, events in by_partition.items():
                 records.extend(self.deltas.append(partition, tags[partition], events))
         # Kafka timestamp of the newest message: how far behind the producers we are.
         lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp) if batch else None
-        return PreparedBatch(parsed, records, lag)
+        return PreparedBatch([tuple(item) for item in parsed],  # type: ignore[misc]
+                             records, lag, duplicates)
+
+    def _update_core(self, parsed: list[_Parsed], messages: Sequence[Any]) -> dict[str, int]:
+        """Apply the accepted events to the core, one call per topic; return the
+        duplicates per topic. A call that raises cannot be bad input (the decoder
+        rejected that) but a bug: the communities it touched are rebuilt from the
+        changelog and this batch's messages applied so far, then its messages are applied
+        one by one, and a message that raises again is replaced by a rejection (reason
+        internal): its partition goes on."""
+        by_topic: dict[str, list[int]] = {}
+        for index, item in enumerate(parsed):
+            if item.result.events:
+                community_id = item.result.events[0].community_id  # (one per message: key)
+                self.partition_of[community_id] = item.partition
+                by_topic.setdefault(item.topic, []).append(index)
+        duplicates: dict[str, int] = {}
+        applied: list[int] = []  # messages whose events are in the core
+        for topic, indexes in by_topic.items():
+            try:
+                duplicates[topic] = self.core.apply(
+                    [event for index in indexes for event in parsed[index].result.events])
+            except Exception as exc:
+                duplicates[topic] = self._update_one_by_one(parsed, messages, indexes,
+                                                            applied, exc)
+            else:
+                applied.extend(indexes)
+        return duplicates
+
+    def _update_one_by_one(self, parsed: list[_Parsed], messages: Sequence[Any],
+                           indexes: list[int], applied: list[int], exc: Exception) -> int:
+        if self.deltas is None:
+            raise exc  # nothing to rebuild the communities from (tests without a table)
+        log.error("a core update raised %s; rebuilding its communities and applying its "
+                  "%d messages one by one:\n%s", type(exc).__name__, len(indexes),
+                  "".join(traceback.format_tb(exc.__traceback__)))  # (no text: it may quote data)
+        self._rebuild({parsed[i].result.events[0].community_id for i in indexes}, parsed,
+                      applied)
+        duplicates = 0
+        for index in indexes:
+            events = parsed[index].result.events
+            try:
+                duplicates += self.core.apply(events)
+            except Exception as again:
+                log.error("a message of %s raised %s again: dead-lettered (internal)",
+                          parsed[index].topic, type(again).__name__)
+                parsed[index] = parsed[index]._replace(result=Ingested(
+                    [], [internal_rejection(messages[index].value, again)]))
+                self._rebuild({events[0].community_id}, parsed, applied)
+            else:
+                applied.append(index)
+        return duplicates
+
+    def _rebuild(self, communities: set[str], parsed: list[_Parsed], applied: list[int]
+                 ) -> None:
+        """The communities' state as the changelog has it plus this batch's messages
+        applied so far: what a restart would find, with those messages."""
+        assert self.deltas is not None
+        partitions = {self.partition_of[c] for c in communities if c in self.partition_of}
+        self.core.forget(communities)
+        for events in self.deltas.stored(partitions):
+            self.core.apply([event for event in events if event.community_id in communities])
+        self.core.apply([event for index in applied for event in parsed[index].result.events
+                         if event.community_id in communities])
 
     def _misplaced(self, msg: Any) -> Ingested | None:
         """A message on another partition than the Java client's murmur2 partitioner
@@ -208,9 +293,14 @@ class PulseWorker:
             return None
         hashed = self._key_hashes.get(key)
         if hashed is None:
-            if len(self._key_hashes) > KEY_HASH_CACHE:
-                self._key_hashes.clear()
-            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+            hashed = murmur2(key) & 0x7FFFFFFF
+            if len(key) <= MAX_KEY_BYTES:  # longer keys are rejected anyway: not kept
+                if self._key_hash_bytes + len(key) > KEY_HASH_CACHE_BYTES:
+                    self._key_hashes.clear()
+                    self._key_hash_bytes = 0
+                    self.metrics.key_cache_clears.inc()
+                self._key_hashes[key] = hashed
+                self._key_hash_bytes += len(key)
         expected = hashed % partitions
         if expected == msg.partition:
             return None
@@ -219,9 +309,9 @@ class PulseWorker:
         return Ingested([], [Rejection(msg.value or b"", Reason.WRONG_PARTITION, detail)])
 
     def apply(self, prepared: PreparedBatch) -> None:
-        """Count and apply a prepared batch (once its records are on the broker): one
-        core call per topic. Counters, gauges and snapshots only ever show what a
-        restart would find again."""
+        """Count a prepared batch (once its records are on the broker) and tell the
+        closing book and the gauges what arrived. Counters only ever show what a restart
+        would find again."""
         by_topic: dict[str, list[Event]] = {}
         for topic, partition, offset, arrival_ms, (events, rejections) in prepared.parsed:
             self.processed_next[(topic, partition)] = offset + 1
@@ -229,15 +319,13 @@ class PulseWorker:
             if not events:
                 continue
             self._arrived(partition, events, arrival_ms)
-            community_id = events[0].community_id  # one community per message (its key)
-            self.partition_of[community_id] = partition
-            self.dirty[community_id] = None
+            self.dirty[events[0].community_id] = None  # (one community per message: key)
             by_topic.setdefault(topic, []).extend(events)
         if prepared.lag_s is not None:
             self.metrics.consumer_lag.set(prepared.lag_s)
             self.behind = prepared.lag_s > BEHIND_S
         for topic, events in by_topic.items():
-            self.ingestor.apply(topic, events)
+            self.ingestor.applied(topic, events, prepared.duplicates.get(topic, 0))
 
     def handle_batch(self, batch: Sequence[EventT]) -> None:
         """`prepare` and `apply` at once, without writing to Kafka (tests, tools)."""

@@ -36,8 +36,8 @@ def state_of(core: PulseCore) -> dict[str, Any]:
         cid: {
             "users": {uid: list(log) for uid, log in s.users.items()},
             "kinds": {kind: list(log.view()) for kind, log in s.kinds.items()},
-            "threads": {pid: (th.post_ts, th.author, th.replies, th.likes, th.newest,
-                              th.managed)
+            "threads": {pid: (th.post_ts, th.author, th.post_event, th.replies, th.likes,
+                              th.newest, th.managed)
                         for pid, th in s.threads.items()},
             "ids": ids_by_day(s),
         }
@@ -112,13 +112,14 @@ def test_pseudonyms_in_bulk_match_pseudonyms_per_event(
 
 
 def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:
-    """First sighting wins a duplicate id; the last post of a post id names its author;
+    """First sighting wins a duplicate id; the first post of a post id by (ts, event id)
+    names its author;
     (ts, user) ties order users as Python compares them, non-ASCII included."""
     t = 1_710_028_800_000
     events = [
         Event("e1", "post", "c", "zoë", t, post_id="p"),
         Event("e1", "post", "c", "bob", t, post_id="q"),  # duplicate id: ignored
-        Event("e2", "post", "c", "ann", t, post_id="p"),  # same post again: last wins
+        Event("e2", "post", "c", "ann", t, post_id="p"),  # same post, a later event id
         Event("e3", "reply", "c", "zoë", t + 5, post_id="p", reply_id="r1", parent_id="p",
               parent_type="post"),
         Event("e4", "reply", "c", "Zed", t + 5, post_id="p", reply_id="r2", parent_id="p",
@@ -132,7 +133,7 @@ def test_bulk_apply_is_exact_on_the_tie_breaks() -> None:
     assert one_by_one.apply(events) == apply_columns(bulk, columns(events)) == 1
     assert state_of(bulk) == state_of(one_by_one)
     thread = bulk.communities["c"].threads["p"]
-    assert thread.author == "ann"
+    assert (thread.author, thread.post_event) == ("zoë", "e1")
     assert thread.replies == (t + 5, "Zed", t + 5, "zoë")  # "É" sorts after "z"
     assert thread.likes == (t + 1, "ann")
 

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.columnar import EVENT_SCHEMA, _longest_line, scan_json_lines, scan_parquet
+from schemas.columnar import EVENT_SCHEMA, _line_facts, scan_json_lines, scan_parquet
 from schemas.events import (
     DEFAULT_TOPICS,
     EVENT_TYPES,
@@ -205,7 +205,7 @@ def test_replay_counts_every_line_as_decoding_each_line_would(
             events, rejections = decode_message(line, ALL, NOW)
             accepted += len(events)
             for rejection in rejections:
-                reasons[rejection.reason] += 1
+                reasons.update(dict(rejection.by_reason()))
     stats = result.stats
     assert stats.consumed == accepted + sum(reasons.values())
     assert stats.processed + stats.duplicates == accepted
@@ -325,4 +325,5 @@ def test_longest_line_is_found_across_chunks(content: bytes, chunk: int) -> None
         file.write(content)
         file.flush()
         expected = max((len(line) for line in content.split(b"\n")), default=0)
-        assert _longest_line(Path(file.name), chunk) == expected
+        assert _line_facts(Path(file.name), chunk) == (
+            expected, content.count(b"{") + content.count(b"["))

@@ -510,3 +510,34 @@ def test_a_repeated_event_id_with_another_day_is_still_a_duplicate() -> None:
     core.expire(T + 2 * DAY_MS - config.retention_ms)  # the post's day is over: frozen
     assert core.apply([Event("e1", "post", "c", "u1", T, post_id="p1")]) == 1
     assert [r.posts for r in core.snapshot(T)] == [1, 1]
+
+
+def test_a_post_id_posted_twice_takes_its_first_post_whatever_the_arrival_order() -> None:
+    # Two post events of one post id (a retry with a new event id): the thread's author and
+    # time come from the first by event time, then by event id, in any arrival order.
+    events = [Event("b", "post", C, "ann", T - 3 * D, post_id="p"),
+              Event("a", "post", C, "bob", T - 3 * D, post_id="p"),  # same ts, smaller id
+              Event("c", "post", C, "cy", T - 4 * D, post_id="q"),
+              Event("d", "post", C, "dee", T - 5 * D, post_id="q"),  # earlier: it wins
+              reply("bob", T - 2 * D, "p"), reply("dee", T - 4 * D + H, "q")]
+    rows = {tuple(events.index(e) for e in order): snap(list(order))
+            for order in itertools.permutations(events)}
+    assert len(set(rows.values())) == 1
+    row = next(iter(rows.values()))
+    # p is bob's (id "a"): bob's own reply is no answer; q is dee's: dee's reply neither.
+    assert row.unanswered_posts == 2 and row.median_first_reply_seconds is None
+
+
+def test_long_user_ids_sharing_a_prefix_keep_their_own_carried_membership() -> None:
+    # Expiry carries each deciding join as an event of its own: two user ids that share
+    # their first 200 characters must not make one carry a duplicate of the other.
+    first, second = "x" * 200 + "-one", "x" * 200 + "-two"
+    config = MetricConfig()
+    core = PulseCore(config)
+    core.apply([join(first, T - 200 * D), join(second, T - 200 * D)])
+    core.expire(T - config.retention_ms)
+    carried = core.communities[C].memberships_through(T)
+    assert len({event.event_id for event in carried}) == 2
+    rebuilt = PulseCore(config)
+    assert rebuilt.apply(carried) == 0  # no duplicate among them
+    assert snap(carried).members == 2

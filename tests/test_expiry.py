@@ -154,3 +154,19 @@ def test_changelog_deltas_are_arrays_and_map_encoded_ones_still_load() -> None:
     fields = msgspec.structs.astuple
     assert sorted(map(fields, loaded), key=lambda t: t[0]) == sorted(
         map(fields, [*events, *events[:5]]), key=lambda t: t[0])
+
+
+def test_a_topic_prefix_that_starts_like_a_carry_leaves_batches_as_batches() -> None:
+    # Batch deltas are tagged `<topic>@<offset>`; with topic_prefix "carry" their tags
+    # start like the carry's. Recovery must still index them as batches, so that expiry
+    # deletes them (a carry key is never deleted by age).
+    table = RecordingTable()
+    deltas = DeltaLog(table)  # type: ignore[arg-type]
+    events = day_of_activity(0, random.Random(3))
+    deltas.append(3, "carrycommunity.posts@17", events)
+    recovered = DeltaLog(table)  # type: ignore[arg-type]
+    assert [len(e) for _, e in recovered.load({3})] == [len(events)]
+    assert recovered.carry_keys == {} and recovered.has_expired(3, START + 2 * DAY_MS)
+    _, deletions = recovered.expire(3, START + 2 * DAY_MS, [])
+    assert [r.key for r in deletions] == [b"3\x1fcarrycommunity.posts@17#0"]
+    assert not any(b"carrycommunity" in key for key in table.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,7 +106,20 @@ def test_one_bad_element_in_an_envelope_loses_only_itself() -> None:
     good, bad = post(event_id="ok"), post(event_id="bad", ts="not a time")
     events, (rejection,) = decode([good, bad, post(event_id="ok2")])
     assert [e.event_id for e in events] == ["ok", "ok2"]
-    assert json.loads(rejection.raw) == bad  # the element's own bytes, not the envelope
+    # an envelope of the bad elements' own bytes, not the whole message
+    assert json.loads(rejection.raw) == [bad] and rejection.count == 1
+    assert rejection.detail.startswith("1 of 3 events (invalid_field 1); element 1: ")
+
+
+def test_an_envelope_of_bad_elements_is_one_rejection_that_counts_them_all() -> None:
+    raw = b"[" + b",".join([b"0"] * 200_000) + b"]"
+    events, (rejection,) = decode(raw)
+    assert events == [] and rejection.raw == raw  # all bad: the message itself
+    assert (rejection.reason, rejection.count) == (Reason.INVALID_FIELD, 200_000)
+    mixed = [post(event_id="a", ts="x"), post(event_id="b"), post(event_id="c", post_id=None)]
+    events, (rejection,) = decode(mixed)
+    assert [e.event_id for e in events] == ["b"] and rejection.count == 2
+    assert dict(rejection.by_reason()) == {Reason.INVALID_FIELD: 1, Reason.MISSING_FIELD: 1}
 
 
 def test_oversized_message_is_rejected_whole() -> None:
@@ -154,8 +168,9 @@ def test_batch_checks_give_the_same_result_as_event_by_event() -> None:
         enveloped = decode(batch, key=b"c1")
         one_by_one = [decode(event, key=b"c1") for event in batch]
         assert enveloped[0] == [e for events, _ in one_by_one for e in events]
-        assert [r.reason for r in enveloped[1]] == [r.reason for _, bad in one_by_one
-                                                     for r in bad]
+        reasons = Counter(r.reason for _, bad in one_by_one for r in bad)
+        assert Counter(dict(p for r in enveloped[1] for p in r.by_reason())) == reasons
+        assert len(enveloped[1]) == (1 if reasons else 0)  # one rejection per message
 
 
 def test_decode_lines_equals_decoding_each_line() -> None:
