@@ -4,7 +4,12 @@
 
 FAULT:
     raise-mid-batch:N   the Nth core update of two or more events applies half of them
-                        and raises (a bug half-way through a batch)
+                        and raises, once (a bug half-way through a batch)
+    crash-mid-batch:N   the Nth core update of two or more events applies half of them
+                        and the process dies at once (exit 70, as after kill -9)
+    poison-event:MARK   every core update holding an event whose id contains MARK
+                        applies half of its events and raises (a bug one message
+                        always meets)
     slow-seek:S         the seek to the committed offsets at the end of each recovery
                         answers late (a loaded broker answering its ~25 committed-offset
                         requests slowly): once 100 fetched records wait in the stream
@@ -23,27 +28,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncio
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-from streams import app, pipeline, worker
+from streams import app, core, worker
 from streams.cli import main
 
 
-def raise_mid_batch(nth: int) -> None:
-    original = pipeline.Ingestor.apply
+def _half_then(fault: Callable[[list[Any]], bool], act: Callable[[], None]) -> None:
+    """PulseCore.apply applies half of its events and then `act`s when `fault` says so."""
+    original = core.PulseCore.apply
+
+    def apply(self: core.PulseCore, events: Any) -> int:
+        events = list(events)
+        if fault(events):
+            original(self, events[: len(events) // 2])
+            act()
+        return original(self, events)
+
+    core.PulseCore.apply = apply  # type: ignore[method-assign]
+
+
+def _nth_update(nth: int) -> Callable[[list[Any]], bool]:
     calls = 0
 
-    def apply(self: pipeline.Ingestor, topic: str, events: list[pipeline.Event]) -> None:
+    def fault(events: list[Any]) -> bool:
         nonlocal calls
         if len(events) >= 2:
             calls += 1
-            if calls == nth:
-                original(self, topic, events[: len(events) // 2])
-                raise RuntimeError("injected fault half-way through a batch")
-        original(self, topic, events)
+        return len(events) >= 2 and calls == nth
 
-    pipeline.Ingestor.apply = apply  # type: ignore[method-assign]
+    return fault
+
+
+def raise_mid_batch(nth: int) -> None:
+    def act() -> None:
+        raise RuntimeError("injected fault half-way through a batch")
+
+    _half_then(_nth_update(nth), act)
+
+
+def crash_mid_batch(nth: int) -> None:
+    def act() -> None:
+        print("injected crash half-way through a batch", file=sys.stderr, flush=True)
+        os._exit(70)
+
+    _half_then(_nth_update(nth), act)
+
+
+def poison_event(mark: str) -> None:
+    def act() -> None:
+        raise RuntimeError("injected fault on a poisoned event")
+
+    _half_then(lambda events: any(mark in event.event_id for event in events), act)
 
 
 BUFFERED = 100  # slow-seek answers once this many fetched records wait in stream buffers
@@ -87,6 +126,10 @@ if __name__ == "__main__":
     name, _, arg = fault.partition(":")
     if name == "raise-mid-batch":
         raise_mid_batch(int(arg))
+    elif name == "crash-mid-batch":
+        crash_mid_batch(int(arg))
+    elif name == "poison-event":
+        poison_event(arg)
     elif name == "slow-seek":
         slow_seek(float(arg))
     elif name == "fast-clock":

@@ -42,32 +42,51 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Stream:
 
 
 def _stopped_half_way(kafka: LocalKafka, stream: Stream, tmp_path: Path) -> Names:
-    """All messages produced, and a worker that raised half-way through its third
-    batch: a changelog to recover from, the batch not committed."""
+    """All messages produced, and a worker that died half-way through its third batch:
+    a changelog to recover from, the batch not committed."""
     names = fresh_names()
     names.create_topics(kafka)
     produce(kafka.bootstrap, names.prefix, stream.messages)
     faulty = WorkerProcess(kafka.bootstrap, tmp_path / "faulty", names.prefix, names.app_id,
-                           fault="raise-mid-batch:3", extra_env=FAST_GROUP)
+                           fault="crash-mid-batch:3", extra_env=FAST_GROUP)
     try:
         wait_for(lambda: faulty.proc.poll() is not None
                  or committed_through_end(kafka.bootstrap, names), 120,
                  "the faulty worker to stop (or to finish)")
     finally:
         faulty.stop()
-    assert "injected fault" in faulty.log.read_text()
+    assert "injected crash" in faulty.log.read_text()
     return names
 
 
-def test_a_batch_that_raises_half_way_is_not_committed(
+def test_a_batch_cut_short_by_a_crash_is_not_committed(
         kafka: LocalKafka, stream: Stream, tmp_path: Path) -> None:
-    # take_events acks a batch in a `finally`, also when handling it raised; the worker
-    # must stop without committing it, and a restart must bring back all of it.
+    # The worker dies half-way through a batch: a restart must bring back all of it.
     names = _stopped_half_way(kafka, stream, tmp_path)
     worker = WorkerProcess(kafka.bootstrap, tmp_path / "after", names.prefix, names.app_id,
                            extra_env=FAST_GROUP)
     try:
         finish_and_compare(worker, kafka.bootstrap, names, stream, tmp_path / "replayed")
+    finally:
+        worker.stop()
+
+
+def test_a_core_update_that_raises_half_way_is_rebuilt_and_nothing_is_lost(
+        kafka: LocalKafka, stream: Stream, tmp_path: Path) -> None:
+    # A bug raises half-way through the core update of a batch (once): the worker goes
+    # on, rebuilds the communities it touched from the changelog, applies the batch
+    # message by message, and ends where replay does, with nothing dead-lettered.
+    names = fresh_names()
+    names.create_topics(kafka)
+    produce(kafka.bootstrap, names.prefix, stream.messages)
+    worker = WorkerProcess(kafka.bootstrap, tmp_path / "data", names.prefix, names.app_id,
+                           fault="raise-mid-batch:3", extra_env=FAST_GROUP)
+    try:
+        finish_and_compare(worker, kafka.bootstrap, names, stream, tmp_path / "replayed")
+        assert worker.proc.poll() is None
+        log = worker.log.read_text()
+        assert "rebuilding its communities" in log and "exiting without committing" not in log
+        assert worker.total(worker.scrape(), "community_pulse_events_dead_lettered_total") == 0
     finally:
         worker.stop()
 
