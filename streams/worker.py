@@ -58,8 +58,8 @@ from streams.steering.network import (
 
 log = logging.getLogger(__name__)
 
-# Keys whose murmur2 hash is kept, by their bytes (cleared when full): a community id is
-# at most 256 characters, 1,024 bytes, so longer keys (rejected anyway) are never kept.
+# Keys whose murmur2 hash is kept, by their bytes (cleared when full). A community id is
+# at most 256 characters, 1,024 bytes of UTF-8: longer keys are never hashed or kept.
 KEY_HASH_CACHE_BYTES = 8 * 2**20
 MAX_KEY_BYTES = 4 * 256
 DELTA_EXPIRY_EVERY_MS = 3_600_000
@@ -288,19 +288,20 @@ class PulseWorker:
         a community over workers; once it is fixed, `community-pulse redrive` puts
         these messages where they belong."""
         key = msg.key
-        partitions = self.partitions_of(msg.topic) if key else None
+        # A key longer than any community id is rejected by the decoder (key_mismatch);
+        # hashing it (kafka-python's murmur2 is Python: ~50 ms for 100 kB) is not needed.
+        partitions = self.partitions_of(msg.topic) if key and len(key) <= MAX_KEY_BYTES \
+            else None
         if not partitions:
             return None
         hashed = self._key_hashes.get(key)
         if hashed is None:
-            hashed = murmur2(key) & 0x7FFFFFFF
-            if len(key) <= MAX_KEY_BYTES:  # longer keys are rejected anyway: not kept
-                if self._key_hash_bytes + len(key) > KEY_HASH_CACHE_BYTES:
-                    self._key_hashes.clear()
-                    self._key_hash_bytes = 0
-                    self.metrics.key_cache_clears.inc()
-                self._key_hashes[key] = hashed
-                self._key_hash_bytes += len(key)
+            if self._key_hash_bytes + len(key) > KEY_HASH_CACHE_BYTES:
+                self._key_hashes.clear()
+                self._key_hash_bytes = 0
+                self.metrics.key_cache_clears.inc()
+            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+            self._key_hash_bytes += len(key)
         expected = hashed % partitions
         if expected == msg.partition:
             return None

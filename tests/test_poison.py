@@ -347,3 +347,24 @@ def test_a_message_whose_core_update_raises_is_dead_lettered_and_the_rest_applie
     assert sorted(stored) == sorted(e["event_id"] for e in good)
     assert_counted(worker.ingestor.stats[TOPIC_OF["post"]])
     assert worker.ingestor.stats[TOPIC_OF["post"]].dead_lettered == {Reason.INTERNAL: 2}
+
+
+def test_the_key_cache_is_bounded_in_bytes_and_never_keeps_impossible_keys(
+        tmp_path: Path) -> None:
+    from streams import worker as worker_module
+
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tmp_path),
+                         clock=lambda: NOW / 1000)
+    worker.partitions_of = lambda topic: 4
+    value = msgspec.json.encode(post())
+    huge = [(value, bytes([i % 256]) * 100_000 + str(i).encode(), TOPIC_OF["post"])
+            for i in range(50)]
+    prepared = worker.prepare(_faust_batch(huge))
+    assert worker._key_hash_bytes == 0  # longer than any community id: not hashed, not kept
+    assert {r.reason for _, _, _, _, (_, bad) in prepared.parsed for r in bad} == {
+        Reason.KEY_MISMATCH}
+    many = [(value, f"{i:01000d}".encode(), TOPIC_OF["post"]) for i in range(20_000)]
+    for start in range(0, len(many), 2000):
+        worker.prepare(_faust_batch(many[start:start + 2000], first=start))
+        assert worker._key_hash_bytes <= worker_module.KEY_HASH_CACHE_BYTES
+    assert worker.metrics.key_cache_clears._value.get() >= 2  # 20 MB of keys, 8 MiB kept
