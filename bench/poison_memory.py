@@ -56,7 +56,7 @@ def child(case: str, code: Path) -> dict[str, float]:
     from streams.config import MetricConfig, RuntimeConfig
     from streams.worker import PulseWorker
 
-    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=tempfile.mkdtemp()),
+    worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=Path(tempfile.mkdtemp())),
                          clock=lambda: NOW_S)
     worker.dead_letter_topic = "community.dead-letter"
     worker.partitions_of = lambda topic: 4  # the wrong-partition check runs, as on Kafka
@@ -109,8 +109,8 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(baseline)], check=True)
-    print(f"| case | code | peak RSS before | peak RSS after | growth | seconds |\n"
-          f"| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| case | code | peak RSS before | peak RSS after | growth | seconds |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: |")
     for (name, case), r in results.items():
         label = args.baseline if name == "baseline" else "this"
         print(f"| {case} | {label} | {r['before_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "

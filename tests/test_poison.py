@@ -12,6 +12,7 @@ sends the same kinds of poison through the real worker and broker.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -208,7 +209,8 @@ def test_replay_reads_each_line_as_the_worker_decodes_it(
     assert_counted(result.stats)
 
 
-def _faust_batch(items: list[tuple[bytes, bytes | None, str]], first: int = 0) -> list[Any]:
+def _faust_batch(items: Sequence[tuple[bytes, bytes | None, str]], first: int = 0
+                 ) -> list[Any]:
     return [SimpleNamespace(message=SimpleNamespace(
         topic=topic, value=value, key=key, partition=0, offset=i, timestamp=NOW / 1000))
         for i, (value, key, topic) in enumerate(items, start=first)]
