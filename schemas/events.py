@@ -239,7 +239,7 @@ def decode_lines(
                 pass  # some line is unusual: per message below
             elif _all_valid(events, allowed_types, now_ms, None):
                 return events, []
-            elif len(events) == len(values):  # one event a line: check each, no re-decoding
+            elif not envelopes:  # one event a line: check each, no re-decoding
                 return _checked_lines(values, events, allowed_types, now_ms)
     events, rejections = [], []
     for value in values:  # something is wrong: find out per message, as the worker would

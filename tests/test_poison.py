@@ -12,6 +12,8 @@ sends the same kinds of poison through the real worker and broker.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,7 +95,9 @@ def mutated(draw: st.DrawFn) -> bytes:
     event = draw(valid_events())
     fields = list(event.items())
     kind = draw(st.sampled_from(["none", "utf8", "deep", "number", "twice", "surrogate",
-                                 "truncate", "extra"]))
+                                 "truncate", "extra", "drop"]))
+    if kind == "drop":  # a field left out (a required one, often)
+        del fields[draw(st.integers(0, len(fields) - 1))]
     if kind == "utf8":  # a byte sequence that is not UTF-8 inside one field's value
         name = draw(st.sampled_from([n for n, v in fields if isinstance(v, str)] + ["extra"]))
         raw = _encode([*fields, ("extra", MARK)])
@@ -370,3 +374,42 @@ def test_the_key_cache_is_bounded_in_bytes_and_never_keeps_impossible_keys(
         worker.prepare(_faust_batch(many[start:start + 2000], first=start))
         assert worker._key_hash_bytes <= worker_module.KEY_HASH_CACHE_BYTES
     assert worker.metrics.key_cache_clears._value.get() >= 2  # 20 MB of keys, 8 MiB kept
+
+
+FUZZ_RUNS = 30_000  # a fixed number of inputs (seconds): libFuzzer's own mutations
+
+
+def test_coverage_guided_fuzzing_finds_no_input_that_breaks_the_decoder(tmp_path: Path) -> None:
+    # atheris (libFuzzer) mutates a seed corpus of valid events, envelopes and poison,
+    # guided by coverage of the decoder and the ingestor (tests/fuzz_decoder.py).
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    seeds = [msgspec.json.encode(post()), msgspec.json.encode([post(), post(event_id="e2")]),
+             msgspec.json.encode(post(type="reply", reply_id="r", parent_id="p1",
+                                      parent_type="post")),
+             msgspec.json.encode(post(ts="2026-11-18T10:00:00+01:00")),
+             b'{"event_id":"e","type":"join","community_id":"c","user_id":"u",'
+             b'"user_id":"v","\\u0074s":1795000000000}',
+             b"[" * 70 + b"]" * 70, b"[0,0,0]"]
+    for number, seed in enumerate(seeds):
+        # (the first byte: no key; tests/fuzz_decoder.py reads a flag, then the message)
+        (corpus / f"seed{number}").write_bytes(b"\x00" + seed)
+    words = tmp_path / "json.dict"
+    words.write_text("".join(f'"\\"{word}\\""\n' for word in (
+        *EVENT_TYPES, "event_id", "community_id", "user_id", "ts", "post_id", "reply_id",
+        "parent_id", "parent_type", "target_id", "target_type", "content_kind")) +
+        '"["\n"]"\n"{"\n"}"\n":"\n","\n"\\\\u0000"\n"\\\\ud800"\n')
+    run = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("fuzz_decoder.py")),
+         f"-runs={FUZZ_RUNS}", "-seed=7", f"-dict={words}", f"-artifact_prefix={tmp_path}/",
+         str(corpus)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Done {FUZZ_RUNS} runs" in run.stderr
+
+
+def test_an_envelope_line_of_one_bad_event_decodes_as_the_message_does() -> None:
+    # Found by tests/fuzz_decoder.py (atheris) on the code of 82f929c already:
+    # decode_lines took a one-element envelope for a plain event and rejected the whole
+    # line with another detail than decode_message.
+    line = msgspec.json.encode([{k: v for k, v in post().items() if k != "post_id"}])
+    assert decode_lines([line], ALL, NOW) == decode_message(line, ALL, NOW)
