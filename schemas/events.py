@@ -156,6 +156,9 @@ _BRACKETS: Final = np.zeros(256, np.int8)
 _BRACKETS[list(b"[{")] = 1
 _BRACKETS[list(b"]}")] = -1
 _FIRST_ELEMENTS_IN_DETAIL: Final = 3
+_NAME_ENDINGS: Final = (b'_id"', b'ype"', b'ind"', b'"ts"')
+_NAME_CODES: Final = tuple(int.from_bytes(ending, "little") for ending in _NAME_ENDINGS)
+_NUMPY_FROM: Final = 4096  # bytes from which numpy counts faster than bytes.count
 
 
 def decode_message(
@@ -264,8 +267,12 @@ def _shallow(raw: bytes, events: int, envelopes: int) -> bool:
     """Whether decoded messages (`events` events, `envelopes` of them in arrays) surely
     nest at most MAX_DEPTH levels, from their bracket count alone: beyond the arrays
     and event objects themselves, every level takes an opening bracket of its own."""
-    extra = raw.count(b"{") + raw.count(b"[") - events - envelopes
-    return extra + (2 if envelopes else 1) <= MAX_DEPTH
+    if len(raw) < _NUMPY_FROM:
+        openers = raw.count(b"{") + raw.count(b"[")
+    else:  # (numpy counts a byte ~10x as fast as bytes.count)
+        data = np.frombuffer(raw, np.uint8)
+        openers = int(np.count_nonzero(data == ord("{")) + np.count_nonzero(data == ord("[")))
+    return openers - events - envelopes + (2 if envelopes else 1) <= MAX_DEPTH
 
 
 def max_depth(raw: bytes) -> int:
@@ -291,13 +298,24 @@ def _may_repeat_fields(raw: bytes, events: Sequence[Event]) -> bool:
     alarms only cost the careful path (`_first_values`)."""
     if b"\\" in raw and _ESCAPED_KEY.search(raw) is not None:
         return True
-    # Every field name ends in one of these, and each field an event holds puts its name
-    # into the message once; a name that occurs more often may be a repeated key.
-    names = (raw.count(b'_id"') + raw.count(b'type"') + raw.count(b'"ts"')
-             + raw.count(b'kind"'))
-    if names <= _least_fields(events):
+    if _name_endings(raw) <= _least_fields(events):
         return False
     return _repeats_a_field(raw, events)
+
+
+def _name_endings(raw: bytes) -> int:
+    """How often the four-byte endings of the quoted field names occur (`_id"`, `ype"`,
+    `ind"`, `"ts"`: every field name has one, and each field an event holds puts its name
+    into the message once). At least as many as `bytes.count` finds."""
+    if len(raw) < _NUMPY_FROM:
+        return sum(map(raw.count, _NAME_ENDINGS))
+    # The bytes as little-endian uint32 words from each of the four offsets (views, no
+    # copy): every four bytes of the message are one word of one of them.
+    found = 0
+    for offset in range(4):
+        words = np.frombuffer(raw, "<u4", (len(raw) - offset) // 4, offset)
+        found += sum(int(np.count_nonzero(words == code)) for code in _NAME_CODES)
+    return found
 
 
 def _may_name_a_field_twice(item: bytes) -> bool:
