@@ -181,3 +181,20 @@ def test_k8s_selectors_and_ports_agree() -> None:
     assert endpoints[0]["port"] == "metrics" and endpoints[0]["interval"] == "15s"
     relabel = endpoints[0]["relabelings"][0]
     assert (relabel["targetLabel"], relabel["replacement"]) == ("job", "community-pulse")
+
+
+def test_probes_call_the_path_that_needs_no_auth() -> None:
+    """With basic auth on, a probe of /metrics gets 401 and the pod never turns ready; the
+    server answers OPEN_PATHS without auth (tests/test_metrics_access.py, over TLS too)."""
+    from sinks.prometheus import OPEN_PATHS
+
+    workload = next(d for d in _k8s() if d["kind"] in ("StatefulSet", "Deployment"))
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in OPEN_PATHS and get["port"] == "metrics", probe
+        assert get["scheme"] in ("HTTP", "HTTPS")
+    compose = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text(encoding="utf-8"))
+    for name in ("worker-1", "worker-2"):
+        check = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert any(f":9464{path}'" in check for path in OPEN_PATHS), check
