@@ -303,6 +303,7 @@ def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig
 
 def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from schemas.events import Reason
+    from streams.kafka_auth import KafkaSecurity
     from streams.redrive import redrive
 
     unknown = set(args.reason) - set(Reason.ALL)
@@ -311,7 +312,8 @@ def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCo
     reasons = frozenset() if args.all_reasons else frozenset(
         args.reason or [Reason.WRONG_PARTITION])
     broker = (args.broker or runtime.broker).removeprefix("kafka://")
-    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons))
+    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons,
+                  security=KafkaSecurity.from_runtime(runtime)))
     return 0
 
 
