@@ -58,7 +58,7 @@ from streams.core import SnapshotRow
 from streams.delivery import DurableSender, exit_unclean, withhold_acks
 from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
 from streams.privacy import install_log_filters
-from streams.steering.network import sketches_hash_raw_ids_with_public_key
+from streams.steering.network import SKETCHES_OFF
 from streams.worker import AGENT_TURN_S, PulseWorker
 
 log = logging.getLogger(__name__)
@@ -484,12 +484,11 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     if ignored:
         log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
                     "its settings from the config file and PULSE_* only", ", ".join(ignored))
-    if sketches_hash_raw_ids_with_public_key(runtime):
-        log.warning("sketch_key is the public default: the member sketches hash raw user ids "
-                    "with a known key; set PULSE_SKETCH_KEY (docs/steering.md)")
     offset = runtime.clock_offset_s
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)
+    if worker.steering.settings.sketch_key is None:
+        log.warning(SKETCHES_OFF)
     app = build_app(worker, security)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
