@@ -117,6 +117,9 @@ class Published:
             staged._add(group, is_own)
         for group, is_own in new.items():
             self._add(group, is_own)
+        for group in own:  # a group first out as a suggestion's is a community's own too
+            if group:
+                self.groups[group] = True
         return True
 
     def _add(self, group: Group, is_own: bool) -> None:
