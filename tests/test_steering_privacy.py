@@ -410,7 +410,8 @@ def communities(draw: st.DrawFn) -> list[MemberSets]:
         members |= set(draw(st.sets(st.sampled_from(loose), max_size=3)))
         contributing = draw(st.sets(st.sampled_from(sorted(chosen))))
         contributors = {u for i in contributing for u in blocks[i]}
-        if members and draw(st.booleans()):
+        loose_contributors: bool = draw(st.booleans())
+        if members and loose_contributors:
             contributors |= set(draw(st.sets(st.sampled_from(sorted(members)), max_size=2)))
         out.append(MemberSets(f"c{c}", frozenset(members), frozenset(contributors)))
     return out
