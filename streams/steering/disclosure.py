@@ -99,7 +99,6 @@ class Published:
         self.groups: dict[Group, bool] = {}  # group -> whether a community's own
         self._by_size: dict[int, list[Group]] = defaultdict(list)
         self._by_first: dict[Hashable, list[Group]] = defaultdict(list)  # by _first()
-        self._containing: dict[Hashable, list[Group]] = defaultdict(list)
 
     def admit(self, own: Iterable[Group], derived: Iterable[Group]) -> bool:
         """Publish these groups (each side's members and contributors, the suggestion's
@@ -126,8 +125,6 @@ class Published:
         self.groups[group] = is_own
         self._by_size[len(group)].append(group)
         self._by_first[_first(group)].append(group)
-        for element in group:
-            self._containing[element].append(group)
 
     def _violates(self, group: Group, is_own: bool, views: Sequence[Published]) -> bool:
         k, n = self.k, len(group)
@@ -145,22 +142,20 @@ class Published:
                 if any(group < other and not (is_own and own(other))
                        for other in view._by_size.get(n + d, ())):
                     return True
-        # group = S u T of known S, T with |S n T| small
+        # group = S u T of known S, T with |S n T| = |S| + |T| - |group| small
         parts = _subsets(group, views)
         for i, s in enumerate(parts):
             for t in parts[i + 1:]:
-                if s | t == group and small(len(s & t), k) and not (
+                if small(len(s) + len(t) - n, k) and s | t == group and not (
                         is_own and own(s) and own(t)):
                     return True
         # a known U = group u T of a known T, with |group n T| small
-        for view in views:
-            for union in view._containing.get(_first(group), ()):
-                if not group < union:
-                    continue
-                for other in _subsets(union, views):
-                    if other != group and group | other == union and small(
-                            len(group & other), k) and not (is_own and own(union) and own(other)):
-                        return True
+        for union in _supersets(group, views):
+            for other in _subsets(union, views):
+                if (other != group and small(n + len(other) - len(union), k)
+                        and group | other == union
+                        and not (is_own and own(union) and own(other))):
+                    return True
         return False
 
 
@@ -171,6 +166,12 @@ def _first(group: Group) -> Hashable:
 
 def _subsets(group: Group, views: Sequence[Published]) -> list[Group]:
     """The known groups strictly inside `group` (each has its _first element in it)."""
-    found = {other for view in views for e in group for other in view._by_first.get(e, ())
-             if other != group and other <= group}
-    return list(found)
+    return [other for view in views for first in view._by_first.keys() & group
+            for other in view._by_first[first] if other != group and other <= group]
+
+
+def _supersets(group: Group, views: Sequence[Published]) -> list[Group]:
+    """The known groups strictly around `group`."""
+    n = len(group)
+    return [other for view in views for size, others in view._by_size.items() if size > n
+            for other in others if group < other]
