@@ -207,8 +207,6 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     pseudonymise = Pseudonymiser.from_runtime(runtime)
     steering = Steering(SteeringSettings.of(runtime), read_managers(
         runtime.managers_file, pseudonymise) if runtime.managers_file else [])
-    if steering.settings.sketch_key is None:
-        print(f"{PROG}: note: {SKETCHES_OFF}", file=sys.stderr)
     as_of = parse_time(args.as_of) if args.as_of else None
     every = parse_duration(args.snapshot_every) if args.snapshot_every else None
     if args.jobs is not None and args.jobs < 1:
@@ -230,6 +228,8 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
         raise UsageError(f"no valid events in {len(args.files)} file(s) ({s.consumed:,} "
                          f"messages, {s.dead_lettered.total():,} invalid{first}); nothing "
                          f"written to {args.data_dir}")
+    if steering.settings.sketch_key is None:  # (after any error: that stays one line)
+        print(f"{PROG}: note: {SKETCHES_OFF}", file=sys.stderr)
     print(f"replayed {s.consumed:,} events in {seconds:.1f}s: {s.processed:,} processed, "
           f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}{first}); "
           f"{len(result.snapshot_times)} snapshot time(s), {result.rows_written:,} rows "
