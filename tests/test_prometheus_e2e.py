@@ -136,7 +136,9 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                            snapshot_interval=1.0, port=worker_port,
                            extra_env={"PULSE_GOALS_FILE": str(goals),
                                       "PULSE_EXPERTS_FILE": str(roster),
-                                      "PULSE_STEERING_INTERVAL_S": "2"})
+                                      "PULSE_STEERING_INTERVAL_S": "2",
+                                      # merge suggestions need member sketches, and a key
+                                      "PULSE_SKETCH_KEY": "e2e-sketch-key-0123456789abcdef"})
 
     rules = []
     for path in RULE_FILES:

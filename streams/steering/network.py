@@ -8,12 +8,14 @@ leaving a process: each worker writes, next to its snapshots, two small tables a
 own communities (`community_inputs`):
 
 - `member_sketches`: per community, the exact member and contributor counts and a
-  bottom-k sketch of each set (keyed hashes, `streams.steering.merges.MemberSketch`);
+  bottom-k sketch of each set (keyed hashes, `streams.steering.merges.MemberSketch`;
+  only with a secret sketch key);
 - `followup_counts`: per (manager name, followed community) its open follow-ups;
 
-and the whole-network tables are a function of those tables and the snapshots of one
-moment (`network_tables`). Who computes it, when: see `sinks.network`. Pure: Arrow
-tables in, Arrow tables out.
+both only for communities of at least the privacy threshold (`SteeringSettings.min_group`,
+`streams.steering.disclosure`); and the whole-network tables are a function of those
+tables and the snapshots of one moment (`network_tables`). Who computes it, when: see
+`sinks.network`. Pure: Arrow tables in, Arrow tables out.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class SteeringSettings:
     sketch_key: bytes | None = field(default=None, repr=False)
     # The privacy threshold k (min_members_exported): no steering table describes a
     # group of 1 to k-1 people (streams.steering.disclosure).
-    min_group: int = 5
+    min_group: int = RuntimeConfig.min_members_exported
 
     def __post_init__(self) -> None:
         check_arguments(self.min_overlap, self.top)
