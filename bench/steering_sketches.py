@@ -104,7 +104,8 @@ def main() -> None:
                            random.Random(options.seed))
         source = work / "events.jsonl"
         source.write_bytes(b"\n".join(map(msgspec.json.encode, generated)) + b"\n")
-        env = {**os.environ}
+        # Sketches (and so replay's merge suggestions) need a key (docs/security.md).
+        env = {**os.environ, "PULSE_SKETCH_KEY": "bench-sketch-key-0123456789abcdef"}
         exact_file = work / "exact.parquet"
         exact_s = run(["suggest-merges", str(source), "--as-of", AS_OF, "--out",
                        str(exact_file)], env)

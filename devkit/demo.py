@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -191,6 +192,8 @@ def run_demo(
         env["PULSE_METRICS_HOST"] = "127.0.0.1"  # a demo: this machine only
         env["PULSE_GOALS_FILE"] = str(goals)  # the example goals, moved to now
         env.setdefault("PULSE_STEERING_INTERVAL_S", "15")  # focus and merges soon
+        # Merge suggestions need member sketches, and those a secret key: one per run.
+        env.setdefault("PULSE_SKETCH_KEY", secrets.token_hex(32))
         if kafka.secured is not None:
             bootstrap, security = kafka.secured.sasl_ssl_bootstrap, kafka.secured.security()
             env.update(kafka.secured.settings_env())

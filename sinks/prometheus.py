@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 from prometheus_client import (
@@ -43,6 +43,10 @@ from streams.steering.goals import STATUSES, Goal, GoalRow
 
 NS = "community_pulse"
 PASSWORD_ENV = "PULSE_METRICS_BASIC_AUTH_PASSWORD"
+# Paths served without basic auth: the probes' (a yes/no that reveals no data).
+OPEN_PATHS = ("/healthz",)
+# Longest a connection may take for its TLS handshake and for each read of its request.
+REQUEST_TIMEOUT_S = 10.0
 ROLE_FIELDS = {
     "creator": "creators",
     "conversationalist": "conversationalists",
@@ -472,14 +476,17 @@ class WorkerMetrics:
     def serve(self, port: int, host: str = "127.0.0.1", access: MetricsAccess | None = None
               ) -> ThreadingHTTPServer:
         """Serve /metrics from a daemon thread (what start_http_server does, plus the
-        cached community series), over TLS and behind basic auth when `access` says so."""
+        cached community series), over TLS and behind basic auth when `access` says so.
+        `/healthz` answers without auth: it is what the probes call."""
         metrics = self
         guard = access or MetricsAccess()
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT_S  # a client that sends nothing is dropped
+
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
-                if path == "/healthz":  # liveness: the event loop's heartbeat is recent;
+                if path in OPEN_PATHS:  # liveness: the event loop's heartbeat is recent;
                     alive = metrics.alive()  # a yes/no, so no auth (probes send none)
                     self._reply(200 if alive else 503, b"ok\n" if alive else
                                 b"event loop stuck\n", "text/plain; charset=utf-8")
@@ -505,14 +512,32 @@ class WorkerMetrics:
             def log_message(self, format: str, *args: object) -> None:
                 return  # no access log on stderr
 
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = _MetricsServer((host, port), Handler)
         if guard.certfile:
             # prometheus_client's own TLS context for its exporters (start_http_server's).
+            # The handshake is left to each connection's thread (_MetricsServer): done in
+            # accept(), one client that connects and sends nothing would stall every scrape.
             context = _get_ssl_ctx(guard.certfile, guard.keyfile, ssl.PROTOCOL_TLS_SERVER)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
-        server.daemon_threads = True
+            server.socket = context.wrap_socket(server.socket, server_side=True,
+                                                do_handshake_on_connect=False)
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         return server
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    """One thread per connection, which does the TLS handshake and reads the request
+    under REQUEST_TIMEOUT_S; failed or abandoned connections are dropped quietly."""
+
+    daemon_threads = True
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(REQUEST_TIMEOUT_S)
+        if isinstance(request, ssl.SSLSocket):
+            request.do_handshake()
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that hung up or spoke no TLS: nothing to report, no traceback
 
 
 @dataclass(frozen=True)

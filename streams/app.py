@@ -58,10 +58,13 @@ from streams.core import SnapshotRow
 from streams.delivery import DurableSender, exit_unclean, withhold_acks
 from streams.kafka_auth import KafkaAccessError, KafkaSecurity, check_access
 from streams.privacy import install_log_filters
-from streams.steering.network import sketches_hash_raw_ids_with_public_key
+from streams.steering.network import SKETCHES_OFF
 from streams.worker import AGENT_TURN_S, PulseWorker
 
 log = logging.getLogger(__name__)
+# The start's own lines come before Faust sets up logging, and mode gives this module's
+# logger a NullHandler (its Service subclasses below): they would be dropped there.
+start_log = logging.getLogger("community-pulse")
 
 BATCH_MAX_MESSAGES = 2000
 BATCH_WITHIN_S = 0.05
@@ -482,19 +485,19 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
-        log.warning("ignoring Faust's environment variable(s) %s: community-pulse reads "
-                    "its settings from the config file and PULSE_* only", ", ".join(ignored))
-    if sketches_hash_raw_ids_with_public_key(runtime):
-        log.warning("sketch_key is the public default: the member sketches hash raw user ids "
-                    "with a known key; set PULSE_SKETCH_KEY (docs/steering.md)")
+        start_log.warning("ignoring Faust's environment variable(s) %s: community-pulse "
+                          "reads its settings from the config file and PULSE_* only",
+                          ", ".join(ignored))
     offset = runtime.clock_offset_s
     worker = PulseWorker(metric_config, runtime,
                          clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
-    log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
-                runtime.metrics_host, runtime.metrics_port,
-                " (basic auth)" if access.user else "", runtime.data_dir)
+    start_log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,
+                      runtime.metrics_host, runtime.metrics_port,
+                      " (basic auth)" if access.user else "", runtime.data_dir)
+    if worker.steering.settings.sketch_key is None:  # (after the start's one-line errors)
+        start_log.warning(SKETCHES_OFF)
     faust_worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     if not sys.stdout.isatty():
         faust_worker.spinner = None  # it writes cursor escape codes, also into a log file

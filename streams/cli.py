@@ -202,7 +202,7 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
     from streams.privacy import Pseudonymiser
     from streams.replay import Steering, parse_duration, parse_time, replay
     from streams.steering.files import read_goals, read_managers
-    from streams.steering.network import SteeringSettings
+    from streams.steering.network import SKETCHES_OFF, SteeringSettings
 
     pseudonymise = Pseudonymiser.from_runtime(runtime)
     steering = Steering(SteeringSettings.of(runtime), read_managers(
@@ -228,6 +228,8 @@ def _replay(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCon
         raise UsageError(f"no valid events in {len(args.files)} file(s) ({s.consumed:,} "
                          f"messages, {s.dead_lettered.total():,} invalid{first}); nothing "
                          f"written to {args.data_dir}")
+    if steering.settings.sketch_key is None:  # (after any error: that stays one line)
+        print(f"{PROG}: note: {SKETCHES_OFF}", file=sys.stderr)
     print(f"replayed {s.consumed:,} events in {seconds:.1f}s: {s.processed:,} processed, "
           f"{s.duplicates:,} duplicates, {s.dead_lettered.total():,} invalid ({bad}{first}); "
           f"{len(result.snapshot_times)} snapshot time(s), {result.rows_written:,} rows "
@@ -303,6 +305,7 @@ def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig
 
 def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     from schemas.events import Reason
+    from streams.kafka_auth import KafkaSecurity
     from streams.redrive import redrive
 
     unknown = set(args.reason) - set(Reason.ALL)
@@ -311,7 +314,8 @@ def _redrive(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCo
     reasons = frozenset() if args.all_reasons else frozenset(
         args.reason or [Reason.WRONG_PARTITION])
     broker = (args.broker or runtime.broker).removeprefix("kafka://")
-    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons))
+    print(redrive(broker, runtime.app_id, runtime.topic_prefix, reasons,
+                  security=KafkaSecurity.from_runtime(runtime)))
     return 0
 
 
@@ -367,7 +371,8 @@ def _suggest_merges(args: argparse.Namespace, metrics: MetricConfig,
     check_arguments(args.min_overlap, args.top)
     core, _ = core_from_files(args.files, metrics)
     rows = suggest_merges(member_sets(core.communities.values(), as_of, args.window), as_of,
-                          args.window, metrics, args.min_overlap, args.top)
+                          args.window, metrics, args.min_overlap, args.top,
+                          min_group=runtime.min_members_exported)
     print(table_text(rows, ("community_id", "candidate_id", "jaccard", "shared_members",
                             "merged_members", "merged_contributors", "merged_share",
                             "merged_tier")) if rows else "no merge suggestions")
@@ -394,9 +399,9 @@ def _focus(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConf
     core, _ = core_from_files(args.files, config, managers_of(managers),
                               pseudonymise=pseudonymise)
     candidates, followups = focus_at(core, managers, as_of, args.window, args.min_members,
-                                     args.max_open)
+                                     args.max_open, min_group=runtime.min_members_exported)
     print(f"where to start ({args.window}-day window): tier high, at least "
-          f"{args.min_members} members, not stagnating")
+          f"{max(args.min_members, runtime.min_members_exported)} members, not stagnating")
     print(table_text(candidates, ("rank", "community_id", "members", "contributors",
                                   "contributor_share", "sustainability"))
           if candidates else "  no candidates")
@@ -491,12 +496,14 @@ def _experts(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCo
 
     from sinks.parquet import read_rows
     from streams.privacy import Pseudonymiser
+    from streams.steering.experts import check_roster_sizes
     from streams.steering.files import read_experts
     from streams.steering.goals import to_utc
 
     if args.experts:
-        metrics = replace(metrics, experts=read_experts(
-            args.experts, Pseudonymiser.from_runtime(runtime)))
+        metrics = replace(metrics, experts=check_roster_sizes(read_experts(
+            args.experts, Pseudonymiser.from_runtime(runtime)), runtime.min_members_exported,
+            str(args.experts)))
     if metrics.experts is None:
         raise UsageError("no experts roster: pass --experts FILE or set experts_file")
     with tempfile.TemporaryDirectory(prefix="community-pulse-experts-") as data_dir:

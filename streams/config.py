@@ -101,7 +101,7 @@ class RuntimeConfig:
     session_timeout_s: float = 60.0
     # Security and privacy (docs/security.md). Secrets are never settings: they come from
     # the *_file named here or from PULSE_KAFKA_SASL_PASSWORD / PULSE_KAFKA_SSL_KEY_PASSWORD /
-    # PULSE_PSEUDONYM_KEY (streams/kafka_auth.py, streams/privacy.py).
+    # PULSE_PSEUDONYM_KEY / PULSE_SKETCH_KEY (streams/kafka_auth.py, streams/privacy.py).
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in the container images
     metrics_tls_certfile: str = ""
     metrics_tls_keyfile: str = ""
@@ -128,7 +128,8 @@ class RuntimeConfig:
     managers_file: Path | None = None
     # Merge suggestions and where to start (SPEC 5): their window and parameters, how
     # often the worker writes them, and the member sketches behind the network-wide view
-    # (entries per sketch; the secret that keys their hashes of user ids).
+    # (entries per sketch; the file with the secret that keys their hashes of user ids,
+    # else PULSE_SKETCH_KEY; without a secret no sketches and no merge suggestions).
     steering_window_days: int = 28
     merge_min_overlap: float = 0.10
     merge_top: int = 3
@@ -136,7 +137,7 @@ class RuntimeConfig:
     max_open_followups: int = 5
     steering_interval_s: float = 900.0
     sketch_size: int = 1024
-    sketch_key: str = field(default="community-pulse", repr=False)
+    sketch_key_file: Path | None = None
     # Days of member_sketches the live pipeline keeps (0: all). Only the newest are read;
     # older ones take ~16 KiB per large community and steering interval (docs/steering.md).
     sketch_retention_days: int = 7
@@ -194,9 +195,16 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
         raise ConfigError(f"bad value for {name}: {raw!r}") from exc
 
 
+# Former settings that are secrets: read from a file or the environment (read_secret).
+_SECRETS_NOW = {"sketch_key": "put the secret in PULSE_SKETCH_KEY or in the file that "
+                              "sketch_key_file names (docs/security.md)"}
+
+
 def _apply(obj: Any, values: dict[str, Any], origin: str) -> Any:
     known = {f.name for f in fields(obj) if f.metadata.get("setting", True)}
     unknown = set(values) - known
+    for name in sorted(unknown & set(_SECRETS_NOW)):
+        raise ConfigError(f"{name} in {origin} is no longer a setting: {_SECRETS_NOW[name]}")
     if unknown:
         raise ConfigError(f"unknown setting(s) in {origin}: {', '.join(sorted(unknown))}")
     changes = {k: _coerce(getattr(obj, k), v, k) for k, v in values.items()}
@@ -218,11 +226,13 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
         runtime = _apply(runtime, doc.get("runtime", {}), str(path))
     metrics, runtime = _with_env(metrics), _with_env(runtime)
     if runtime.experts_file is not None:
-        from streams.privacy import Pseudonymiser  # (both build on this module)
+        from streams.privacy import Pseudonymiser  # (these build on this module)
+        from streams.steering.experts import check_roster_sizes
         from streams.steering.files import read_experts
 
-        metrics = replace(metrics, experts=read_experts(
-            runtime.experts_file, Pseudonymiser.from_runtime(runtime)))
+        metrics = replace(metrics, experts=check_roster_sizes(read_experts(
+            runtime.experts_file, Pseudonymiser.from_runtime(runtime)),
+            runtime.min_members_exported, str(runtime.experts_file)))
     return metrics, runtime
 
 

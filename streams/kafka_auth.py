@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,10 +75,18 @@ class KafkaSecurity:
 
     @classmethod
     def from_runtime(cls, runtime: RuntimeConfig) -> KafkaSecurity:
-        """The settings' security, with secrets read from their files or the environment."""
-        sasl = runtime.kafka_security_protocol.upper().startswith("SASL_")
+        """The settings' security, with secrets read from their files or the environment.
+        SASL settings with a protocol that is not SASL_* are refused: left at PLAINTEXT,
+        the protocol would silently send everything unauthenticated and in the clear."""
+        protocol = runtime.kafka_security_protocol.upper()
+        sasl = protocol.startswith("SASL_")
+        given = _sasl_settings_given(runtime)
+        if given and not sasl:
+            raise ConfigError(f"{given} is set but kafka_security_protocol is {protocol}: set "
+                              "kafka_security_protocol to SASL_SSL (or SASL_PLAINTEXT) to log "
+                              "in, or remove the SASL settings")
         return cls(
-            protocol=runtime.kafka_security_protocol.upper(),
+            protocol=protocol,
             mechanism=runtime.kafka_sasl_mechanism.upper(),
             username=runtime.kafka_sasl_username,
             password=read_secret("kafka_sasl_password_file", runtime.kafka_sasl_password_file,
@@ -166,6 +175,19 @@ class KafkaSecurity:
         return conf
 
 
+def _sasl_settings_given(runtime: RuntimeConfig) -> str:
+    """The first SASL setting that is set (a name, never a value), or ""."""
+    default = type(runtime).kafka_sasl_mechanism
+    for name, given in (("kafka_sasl_username", runtime.kafka_sasl_username),
+                        ("kafka_sasl_password_file", runtime.kafka_sasl_password_file),
+                        (PASSWORD_ENV, os.environ.get(PASSWORD_ENV, "").strip()),
+                        ("kafka_sasl_mechanism",
+                         runtime.kafka_sasl_mechanism.upper() != default)):
+        if given:
+            return name
+    return ""
+
+
 class Acl(NamedTuple):
     """One ACL a principal needs: e.g. Acl("TOPIC", "PREFIXED", "community.", "READ")."""
 
@@ -193,9 +215,31 @@ def worker_acls(runtime: RuntimeConfig) -> list[Acl]:
 
 
 def producer_acls(topic_prefix: str = "") -> list[Acl]:
-    """What `generate` and applications using the producer helper need."""
-    return [Acl("TOPIC", "PREFIXED", topic_prefix + "community.", op)
-            for op in ("DESCRIBE", "WRITE")]
+    """What `generate` and applications using the producer helper need: the event topics
+    by name, so that a producer cannot write the dead-letter topic (which `redrive`
+    trusts, and which has the same prefix)."""
+    return [Acl("TOPIC", "LITERAL", topic, op)
+            for topic in event_topics(topic_prefix) for op in ("DESCRIBE", "WRITE")]
+
+
+def redrive_acls(runtime: RuntimeConfig) -> list[Acl]:
+    """What `community-pulse redrive` needs: read the dead letters as its own group and
+    write the event topics (docs/security.md)."""
+    from schemas.events import DEAD_LETTER_TOPIC
+
+    return [
+        *(Acl("TOPIC", "LITERAL", runtime.topic_prefix + DEAD_LETTER_TOPIC, op)
+          for op in ("DESCRIBE", "READ")),
+        Acl("GROUP", "LITERAL", f"{runtime.app_id}-redrive", "READ"),
+        *producer_acls(runtime.topic_prefix),
+    ]
+
+
+def event_topics(topic_prefix: str = "") -> list[str]:
+    """The event topics, with the prefix: the only topics producers and `redrive` write."""
+    from schemas.events import DEFAULT_TOPICS
+
+    return [topic_prefix + name for name in DEFAULT_TOPICS]
 
 
 class KafkaAccessError(ConnectionError):

@@ -9,6 +9,10 @@ that name users (experts, managers: SPEC section 5) are hashed with the same key
 they are loaded (`streams.steering.files._roster_ids`), so that they meet the same
 pseudonyms.
 
+Member sketches (`streams.steering.merges`): their hashes of user ids are keyed with
+`sketch_key`, derived from a secret (PULSE_SKETCH_KEY or `sketch_key_file`); without
+one, no sketches are written (a known key would let anyone test who is a member).
+
 Log hygiene: `install_log_filters` keeps message content and user ids out of the log
 lines Faust writes itself.
 """
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from streams.config import RuntimeConfig
 
 KEY_ENV = "PULSE_PSEUDONYM_KEY"
+SKETCH_KEY_ENV = "PULSE_SKETCH_KEY"
 MIN_KEY_BYTES = 16
 DIGEST_BYTES = 16  # 128 bits of HMAC-SHA-256: 32 hex characters
 CACHE_MAX = 1 << 20  # distinct ids remembered (~200 bytes each); then it starts over
@@ -87,6 +92,20 @@ class Pseudonymiser:
         for event in events:
             user_id = event.user_id
             event.user_id = cached(user_id) or self._new(user_id)
+
+
+def sketch_key(runtime: RuntimeConfig) -> bytes | None:
+    """The 64-byte key of the member sketches' BLAKE2b hashes, derived from the secret
+    (of any length from MIN_KEY_BYTES: BLAKE2b itself takes at most 64); None when no
+    secret is set, and then no sketch is written."""
+    secret = read_secret("sketch_key_file", runtime.sketch_key_file, SKETCH_KEY_ENV)
+    if not secret:
+        return None
+    if len(secret.encode()) < MIN_KEY_BYTES:
+        raise ConfigError(f"the sketch key must have at least {MIN_KEY_BYTES} bytes "
+                          "(e.g. `openssl rand -hex 32`)")
+    return hmac.new(secret.encode(), b"community-pulse member sketches",
+                    hashlib.sha512).digest()
 
 
 # faust.topics.Topic._on_published (faust-streaming 0.15) logs, on a failed send,

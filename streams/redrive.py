@@ -8,6 +8,11 @@ default, the contract's). Letters are deduplicated by their `dead_letter_id` hea
 restarted worker may have written one twice); letters that kept only their first bytes
 (an oversized message: header `original_size`) cannot be re-driven and are counted.
 The group's offsets are committed only after the producer has flushed everything.
+
+Both clients connect with the product's Kafka security settings (`KafkaSecurity`, after
+the same one-line login check as every client): dead letters hold what producers sent,
+user ids included. A letter is re-produced only to one of the event topics (with
+`topic_prefix`); one that names another topic is left where it is and counted.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from schemas.events import DEAD_LETTER_TOPIC
+from streams.kafka_auth import KafkaSecurity, check_access, event_topics
 
 
 @dataclass
@@ -33,14 +39,18 @@ class RedriveReport:
 
 def redrive(bootstrap: str, app_id: str, topic_prefix: str = "",
             reasons: frozenset[str] = frozenset({"wrong_partition"}),
-            timeout_s: float = 10.0) -> RedriveReport:
+            timeout_s: float = 10.0, *, security: KafkaSecurity) -> RedriveReport:
     """Re-produce the dead letters with one of `reasons` (empty: every reason) that
     arrived since the last run; return what was done."""
+    check_access(bootstrap, security)  # a refused login: one line, not a hanging client
     topic = topic_prefix + DEAD_LETTER_TOPIC
+    allowed = {name.encode(): name for name in event_topics(topic_prefix)}
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{app_id}-redrive",
                              enable_auto_commit=False, auto_offset_reset="earliest",
-                             consumer_timeout_ms=int(timeout_s * 1000))
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+                             consumer_timeout_ms=int(timeout_s * 1000),
+                             **security.client_kwargs())
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                             **security.client_kwargs())
     report = RedriveReport()
     try:
         partitions = [TopicPartition(topic, p)
@@ -52,16 +62,18 @@ def redrive(bootstrap: str, app_id: str, topic_prefix: str = "",
         seen: set[bytes] = set()
         for record in consumer:
             headers = dict(record.headers)
-            reason = headers.get("reason", b"").decode()
+            reason = headers.get("reason", b"").decode(errors="replace")
             letter_id = headers.get("dead_letter_id")
+            source = allowed.get(headers.get("source_topic", b""))
             if reasons and reason not in reasons:
                 report.skipped[f"with reason {reason or '(none)'}"] += 1
             elif letter_id is not None and letter_id in seen:
                 report.skipped["copies"] += 1
             elif "original_size" in headers:
                 report.skipped["cut short (oversized)"] += 1
+            elif source is None:
+                report.skipped["naming no event topic (left in the dead-letter topic)"] += 1
             else:
-                source = headers["source_topic"].decode()
                 producer.send(source, key=record.key, value=record.value)
                 report.redriven[source] += 1
             if letter_id is not None:

@@ -47,6 +47,7 @@ from streams.delivery import Record, dead_letter
 from streams.pipeline import Ingested, Ingestor, internal_rejection
 from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
+from streams.steering.experts import check_roster_sizes
 from streams.steering.files import Watched, read_experts, read_goals, read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
@@ -807,8 +808,9 @@ class PulseWorker:
                 continue
             try:
                 read[name] = (read_goals(watched.path, self.config.windows_days)
-                              if name == "goals" else
-                              read_experts(watched.path, self.pseudonymise))
+                              if name == "goals" else check_roster_sizes(
+                                  read_experts(watched.path, self.pseudonymise),
+                                  self.runtime.min_members_exported, str(watched.path)))
             except ConfigError as exc:
                 self.metrics.steering_file_invalid.labels(name).set(1)
                 log.warning("%s file not reloaded, the one read before stays: %s", name, exc)

@@ -181,3 +181,38 @@ def test_k8s_selectors_and_ports_agree() -> None:
     assert endpoints[0]["port"] == "metrics" and endpoints[0]["interval"] == "15s"
     relabel = endpoints[0]["relabelings"][0]
     assert (relabel["targetLabel"], relabel["replacement"]) == ("job", "community-pulse")
+
+
+def test_probes_call_the_path_that_needs_no_auth() -> None:
+    """With basic auth on, a probe of /metrics gets 401 and the pod never turns ready; the
+    server answers OPEN_PATHS without auth (tests/test_metrics_access.py, over TLS too)."""
+    from sinks.prometheus import OPEN_PATHS
+
+    workload = next(d for d in _k8s() if d["kind"] in ("StatefulSet", "Deployment"))
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in OPEN_PATHS and get["port"] == "metrics", probe
+        assert get["scheme"] in ("HTTP", "HTTPS")
+    compose = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text(encoding="utf-8"))
+    for name in ("worker-1", "worker-2"):
+        check = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert any(f":9464{path}'" in check for path in OPEN_PATHS), check
+
+
+def test_the_secrets_list_names_every_secret_the_product_reads() -> None:
+    """Secrets come from the optional Secret `community-pulse-worker`, never the ConfigMap;
+    the ConfigMap's header lists them all (the sketch key was missing)."""
+    from sinks.prometheus import PASSWORD_ENV as METRICS_PASSWORD_ENV
+    from streams.kafka_auth import KEY_PASSWORD_ENV, PASSWORD_ENV
+    from streams.privacy import KEY_ENV, SKETCH_KEY_ENV
+
+    secrets = {METRICS_PASSWORD_ENV, KEY_PASSWORD_ENV, PASSWORD_ENV, KEY_ENV, SKETCH_KEY_ENV}
+    text = (K8S_DIR / "configmap.yaml").read_text(encoding="utf-8")
+    header = " ".join(line for line in text.splitlines() if line.startswith("#"))
+    assert {name for name in secrets if name in header} == secrets
+    assert not secrets & set(_one("ConfigMap")["data"])
+    workload = next(d for d in _k8s() if d["kind"] in ("StatefulSet", "Deployment"))
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    (secret,) = [e["secretRef"] for e in container["envFrom"] if "secretRef" in e]
+    assert secret["name"] == "community-pulse-worker" and secret["optional"] is True

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import TopicAuthorizationFailedError
 
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka, Secured, free_port
@@ -23,7 +24,14 @@ from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
 from streams import config
 from streams.app import build_app, faust_app, ignored_faust_environment
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
-from streams.kafka_auth import Acl, KafkaAccessError, KafkaSecurity, check_access
+from streams.kafka_auth import (
+    Acl,
+    KafkaAccessError,
+    KafkaSecurity,
+    check_access,
+    producer_acls,
+    redrive_acls,
+)
 from streams.worker import PulseWorker
 from tests.workers import WorkerProcess, wait_for
 
@@ -180,6 +188,12 @@ def test_security_settings_come_from_toml_env_and_files(tmp_path: Path,
     ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "/nonexistent"}, "not a readable"),
     ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "u",
       "kafka_sasl_password_file": "/nonexistent"}, "cannot read kafka_sasl_password_file"),
+    # SASL settings with the protocol left at its default would connect PLAINTEXT.
+    ({"kafka_sasl_username": "u"},
+     "kafka_sasl_username is set but kafka_security_protocol is PLAINTEXT: set"),
+    ({"kafka_sasl_mechanism": "SCRAM-SHA-512"}, "kafka_sasl_mechanism is set but"),
+    ({"kafka_security_protocol": "SSL", "kafka_sasl_password_file": "/x"},
+     "kafka_sasl_password_file is set but kafka_security_protocol is SSL"),
 ])
 def test_bad_security_settings_are_one_line(settings: dict[str, str], message: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,6 +201,14 @@ def test_bad_security_settings_are_one_line(settings: dict[str, str], message: s
     with pytest.raises(ConfigError, match=message) as error:
         KafkaSecurity.from_runtime(RuntimeConfig(**settings))  # type: ignore[arg-type]
     assert "\n" not in str(error.value)
+
+
+def test_a_sasl_password_in_the_environment_needs_a_sasl_protocol(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULSE_KAFKA_SASL_PASSWORD", "secret-4711")
+    with pytest.raises(ConfigError, match="PULSE_KAFKA_SASL_PASSWORD is set but") as error:
+        KafkaSecurity.from_runtime(RuntimeConfig())
+    assert "secret-4711" not in str(error.value)
 
 
 def test_product_settings_win_over_faust_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,3 +276,70 @@ def test_unreachable_broker_is_one_line_for_generate(tmp_path: Path) -> None:
     lines = (out.stdout + out.stderr).strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, lines
     assert "cannot reach Kafka at 127.0.0.1:" in lines[0] and "Connect call failed" in lines[0]
+
+
+def _dead_letter(source_topic: str, value: bytes, letter: str) -> tuple:
+    headers = [("reason", b"wrong_partition"), ("detail", b"-"),
+               ("source_topic", source_topic.encode()), ("dead_letter_id", letter.encode())]
+    return b"c1", value, headers
+
+
+def test_redrive_logs_in_like_every_client_and_writes_only_event_topics(
+        secured_kafka: LocalKafka) -> None:
+    """`redrive` over a SASL_SSL-only listener, as a SCRAM user that holds exactly
+    `redrive_acls`: letters go back to their event topic; a letter naming any other topic
+    stays. Without the security settings it stops with one line."""
+    s = _secured(secured_kafka)
+    prefix, app_id = f"rd{uuid.uuid4().hex[:8]}.", f"pulse-{uuid.uuid4().hex[:8]}"
+    runtime = RuntimeConfig(topic_prefix=prefix, app_id=app_id)
+    dead_letters, posts = prefix + DEAD_LETTER_TOPIC, prefix + "community.posts"
+    secured_kafka.create_topics([dead_letters, posts, "elsewhere." + prefix])
+    letters = [_dead_letter(posts, b'{"n": 1}', "a"), _dead_letter(posts, b'{"n": 2}', "b"),
+               _dead_letter("elsewhere." + prefix, b'{"n": 3}', "c"),
+               _dead_letter(dead_letters, b'{"n": 4}', "d")]  # (a loop)
+    admin = KafkaProducer(bootstrap_servers=secured_kafka.bootstrap)  # a super user
+    for key, value, headers in letters:
+        admin.send(dead_letters, key=key, value=value, headers=headers)
+    admin.flush()
+    admin.close()
+    secured_kafka.grant(f"User:{s.scram_user}", redrive_acls(runtime))
+    env = {**s.settings_env("SCRAM-SHA-512"), "PULSE_TOPIC_PREFIX": prefix,
+           "PULSE_APP_ID": app_id}
+
+    def redriven() -> subprocess.CompletedProcess | None:
+        out = _cli("redrive", "--broker", s.sasl_ssl_bootstrap, env=env, timeout=90)
+        return out if "Authorization" not in out.stderr else None  # ACLs not applied yet
+
+    out = wait_for(redriven, 60, "redrive with its ACLs")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("redrove 2 dead letter(s); skipped 2 naming no event topic "
+                                  "(left in the dead-letter topic)")
+    consumer = KafkaConsumer(posts, bootstrap_servers=secured_kafka.bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    try:
+        assert sorted(r.value for r in consumer) == [b'{"n": 1}', b'{"n": 2}']
+    finally:
+        consumer.close()
+    scram = s.security("SCRAM-SHA-512")
+    # The ACLs give no WRITE on the dead-letter topic: a producer cannot plant letters.
+    producer = KafkaProducer(bootstrap_servers=s.sasl_ssl_bootstrap, max_block_ms=20_000,
+                             **scram.client_kwargs())
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(dead_letters, b"{}").get(timeout=20)
+    finally:
+        producer.close()
+
+    bare = _cli("redrive", "--broker", s.sasl_ssl_bootstrap, env={
+        "PULSE_TOPIC_PREFIX": prefix, "PULSE_APP_ID": app_id}, timeout=90)
+    lines = (bare.stdout + bare.stderr).strip().splitlines()
+    assert bare.returncode == 2 and len(lines) == 1, lines
+    assert "expect PLAINTEXT" in lines[0] and "closed the connection" in lines[0]
+
+
+def test_producer_acls_name_the_event_topics_not_the_dead_letter_topic() -> None:
+    acls = producer_acls("p.")
+    assert {a.name for a in acls} == {f"p.{t}" for t in DEFAULT_TOPICS}
+    assert all(a.pattern == "LITERAL" and a.operation in ("DESCRIBE", "WRITE") for a in acls)
+    assert not any(a.name == "p." + DEAD_LETTER_TOPIC for a in redrive_acls(
+        RuntimeConfig(topic_prefix="p.")) if a.operation == "WRITE")

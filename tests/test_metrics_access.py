@@ -13,12 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from devkit.devcerts import DevCerts
 from devkit.devkafka import free_port
+from sinks import prometheus
 from sinks.prometheus import MetricsAccess, WorkerMetrics
 from streams.config import ConfigError, RuntimeConfig
 from streams.pipeline import TopicStats
@@ -43,14 +45,15 @@ def secured_metrics(certs: DevCerts, tmp_path: Path) -> Iterator[tuple[int, DevC
     server.server_close()
 
 
-def _get(url: str, cafile: Path | None = None, user: str = "", password: str = "") -> int:
+def _get(url: str, cafile: Path | None = None, user: str = "", password: str = "",
+         timeout: float = 5) -> int:
     request = urllib.request.Request(url)
     if user:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return error.code
@@ -66,6 +69,59 @@ def test_tls_and_basic_auth_guard_metrics(secured_metrics: tuple[int, DevCerts])
         _get(url)
     with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plain http
         _get(f"http://127.0.0.1:{port}/metrics")
+    # The probes' path answers without auth (a yes/no, no data), over TLS too.
+    assert _get(f"https://127.0.0.1:{port}/healthz", certs.cafile) == 200
+
+
+def _secured_server(certs: DevCerts) -> tuple[int, Any]:
+    runtime = RuntimeConfig(metrics_tls_certfile=str(certs.broker_keystore),
+                            metrics_tls_keyfile=str(certs.broker_keystore))
+    port = free_port()
+    metrics = WorkerMetrics({"community.posts": TopicStats(consumed=42)}, 5)
+    return port, metrics.serve(port, "127.0.0.1", MetricsAccess.from_runtime(runtime))
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed this connection (no EOF waiting on it)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_an_idle_connection_does_not_hold_up_scrapes_over_tls(
+        certs: DevCerts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS handshake used to run in the accept loop: a client that connected and sent
+    nothing stalled /metrics and /healthz until it went away (liveness probes failed)."""
+    monkeypatch.setattr(prometheus, "REQUEST_TIMEOUT_S", 300.0)  # the idle one stays
+    port, server = _secured_server(certs)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            for path in ("/metrics", "/healthz", "/metrics"):
+                assert _get(f"https://127.0.0.1:{port}{path}", certs.cafile, timeout=60) == 200
+            assert _still_open(idle)  # the scrapes did not wait for it to go
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_connection_that_sends_nothing_is_dropped(
+        certs: DevCerts, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prometheus, "REQUEST_TIMEOUT_S", 0.5)
+    port, server = _secured_server(certs)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as idle:
+            assert idle.recv(1) == b""  # closed by the server (else recv times out: fails)
+        tls = ssl.create_default_context(cafile=str(certs.cafile))
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
+                tls.wrap_socket(raw, server_hostname="127.0.0.1") as quiet:
+            assert quiet.recv(1) == b""  # after the handshake, no request: closed too
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_listen_address_defaults_to_loopback() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import uuid
@@ -36,6 +37,7 @@ from streams.core import PulseCore
 from streams.privacy import Pseudonymiser, SendFailureFilter
 from streams.replay import parse_time
 from streams.steering.files import read_managers
+from streams.steering.network import SKETCHES_OFF
 from streams.worker import PulseWorker
 from tests.workers import WorkerProcess, wait_for
 
@@ -110,6 +112,7 @@ def test_rosters_are_hashed_with_the_same_key(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     roster = tmp_path / "experts.yml"
     roster.write_text(f"experts:\n  c1: [ann, {SECRET_USER}]\n")
+    monkeypatch.setenv("PULSE_MIN_MEMBERS_EXPORTED", "2")  # (a roster of 2 is then enough)
     key = "a-key-of-thirty-two-bytes-000000"
     (tmp_path / "key").write_text(key + "\n")
     monkeypatch.setenv("PULSE_EXPERTS_FILE", str(roster))
@@ -178,6 +181,8 @@ def test_worker_logs_hold_no_user_ids_when_sends_fail(kafka: LocalKafka,
         worker.stop()
     log = worker.log.read_text()
     assert re.search(r"send to topic \S+dead-letter failed", log)
+    if "PULSE_SKETCH_KEY" not in os.environ:  # started without a sketch key: said once
+        assert log.count(SKETCHES_OFF) == 1
     for user in [*users, *leaked, SECRET_USER]:
         assert user not in log, user
     assert "x" * 100 not in log  # no message content either

@@ -91,16 +91,18 @@ def _goal(goal: tuple, now_ms: int) -> dict:
 
 
 def _experts(events: list[dict]) -> dict[str, frozenset[str]]:
-    """A roster: for the healthy community a member who never replies (so it needs an
-    expert), for the medium one its most frequent replier."""
+    """A roster of 5 (the privacy threshold) a community: for the healthy community
+    members who never reply (so it needs an expert), for the medium one its most
+    frequent replier and four who never reply."""
     def users(community: str, kind: str) -> list[str]:
         return [e["user_id"] for e in events
                 if e["community_id"] == community and e["type"] == kind]
 
     repliers = users(MEDIUM, "reply")
-    silent = sorted(set(users(HEALTHY, "like")) - set(users(HEALTHY, "reply")))
-    return {HEALTHY: frozenset(silent[:1]),
-            MEDIUM: frozenset({max(set(repliers), key=repliers.count)})}
+    silent = {c: sorted(set(users(c, "like")) - set(users(c, "reply")))
+              for c in (HEALTHY, MEDIUM)}
+    return {HEALTHY: frozenset(silent[HEALTHY][:5]),
+            MEDIUM: frozenset({max(set(repliers), key=repliers.count), *silent[MEDIUM][:4]})}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,9 @@ def stack(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                            snapshot_interval=1.0, port=worker_port,
                            extra_env={"PULSE_GOALS_FILE": str(goals),
                                       "PULSE_EXPERTS_FILE": str(roster),
-                                      "PULSE_STEERING_INTERVAL_S": "2"})
+                                      "PULSE_STEERING_INTERVAL_S": "2",
+                                      # merge suggestions need member sketches, and a key
+                                      "PULSE_SKETCH_KEY": "e2e-sketch-key-0123456789abcdef"})
 
     rules = []
     for path in RULE_FILES:

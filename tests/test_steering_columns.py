@@ -25,7 +25,9 @@ from streams.steering.files import read_experts
 from streams.worker import PulseWorker
 
 T = parse_time("2026-11-18T12:00:00Z")
-ROSTER = {"it-support": frozenset({"erik", "fatima", "gert"})}
+# Five experts, the privacy threshold (min_members_exported): gert, hugo and ines never
+# appear in the community.
+ROSTER = {"it-support": frozenset({"erik", "fatima", "gert", "hugo", "ines"})}
 CONFIG = MetricConfig(experts=ROSTER)
 HOUR = 3_600_000
 
@@ -151,7 +153,7 @@ def test_roster_ids_never_leave_the_process(tmp_path: Path) -> None:
     series = CommunitySeries(min_members=1)
     series.update("it-support", list(_rows().values()))
     written = b"".join(p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file())
-    for user in ("erik", "fatima", "gert"):
+    for user in ROSTER["it-support"]:
         assert user.encode() not in written
         assert user not in series.render()
         assert user not in repr(CONFIG)
@@ -165,7 +167,7 @@ def test_the_experts_command_prints_the_counts_and_no_id(tmp_path: Path) -> None
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"\n".join(msgspec.json.encode(e) for e in worked_example()))
     roster = tmp_path / "experts.yml"
-    roster.write_text("experts:\n  it-support: [erik, fatima, gert]\n")
+    roster.write_text("experts:\n  it-support: [erik, fatima, gert, hugo, ines]\n")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "streams.cli", "experts", str(source),
@@ -176,9 +178,17 @@ def test_the_experts_command_prints_the_counts_and_no_id(tmp_path: Path) -> None
     lines = [line.split() for line in done.stdout.splitlines()]
     assert lines[0][-4:] == ["experts", "replying", "replies", "expert_needed"]
     assert [line[-4:] for line in lines[1:]] == [["2", "1", "2", "no"], ["2", "1", "3", "no"]]
-    assert not any(u in done.stdout + done.stderr for u in ("erik", "fatima", "gert"))
+    assert not any(u in done.stdout + done.stderr for u in ROSTER["it-support"])
     missing = cli()
     assert missing.returncode == 2 and missing.stderr.startswith("community-pulse: error: ")
+    # A roster under the privacy threshold: one line, no counts, no id.
+    roster.write_text("experts:\n  it-support: [erik, fatima, gert]\n")
+    small = cli("--as-of", "2026-11-18T12:00:00Z", "--experts", str(roster))
+    assert small.returncode == 2 and small.stdout == ""
+    assert small.stderr.strip().splitlines() == [
+        f"community-pulse: error: {roster}: community 'it-support' lists 3 expert(s), fewer "
+        "than min_members_exported (5): their counts would be those people's own replies; "
+        "list at least 5 or none"]
 
 
 GOAL = """\
@@ -235,3 +245,29 @@ def test_the_worker_reloads_changed_goals_and_experts_files(
     worker.take_snapshot()  # the next snapshot)
     assert [g.goal_id for g in worker.goal_rows] == ["answer-3"]
     assert invalid.labels("goals")._value.get() == 0
+    # A roster under the privacy threshold (min_members_exported, 5) is refused like an
+    # invalid file: one expert's counts are that person's own replies.
+    experts.write_text(json.dumps({"experts": {"it-support": ["erik", "fatima"]}}))
+    assert worker.read_changed_steering_files() == {}
+    assert invalid.labels("experts")._value.get() == 1
+    assert worker.take_snapshot()[0].experts == 2  # the 5-expert roster stays
+    assert "lists 2 expert(s), fewer than min_members_exported (5)" in caplog.records[
+        -1].getMessage()
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_rosters_under_the_privacy_threshold_are_refused_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    from streams import config as config_module
+    from streams.config import ConfigError
+
+    roster = tmp_path / "experts.yml"
+    names = ["erik", "fatima", "gert", "hugo", "ines"]
+    roster.write_text(json.dumps({"experts": {"it-support": names, "hr": names[:size],
+                                              "empty": []}}))
+    monkeypatch.setenv("PULSE_EXPERTS_FILE", str(roster))
+    with pytest.raises(ConfigError, match=rf"community 'hr' lists {size} expert") as refused:
+        config_module.load()
+    assert not any(name in str(refused.value) for name in names)
+    roster.write_text(json.dumps({"experts": {"it-support": names, "empty": []}}))
+    assert set(config_module.load()[0].experts or {}) == {"it-support", "empty"}

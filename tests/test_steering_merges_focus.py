@@ -92,15 +92,21 @@ class Log:
 T = "2026-11-30T00:00"
 
 
+def users(first: int, last: int) -> list[str]:
+    """u01 ... u80: the users of the merge example, by number."""
+    return [f"u{n:02d}" for n in range(first, last + 1)]
+
+
 def merge_example() -> Log:
     log = Log()
-    log.join("ipad-tips", "abcdefghij")  # 10 members
-    log.join("ipad-apps", "fghijklm")  # 8 members, 5 of them (f-j) in ipad-tips too
-    log.join("mobile-help", "abcpqrstuv")  # 10 members, 3 of them (a-c) in ipad-tips
-    log.post("ipad-tips", "a", "2026-11-20T09:00", "t1")
-    for user in "fkl":
-        log.post("ipad-apps", user, "2026-11-21T09:00", f"a-{user}")
-    log.post("mobile-help", "p", "2026-11-22T09:00", "m1")
+    for community, members, contributors in (
+            ("ipad-tips", users(1, 40), users(1, 5)),  # 40 members, 5 contribute: low
+            ("ipad-apps", users(21, 50), users(34, 45)),  # 30 (20 shared with ipad-tips), 12
+            ("mobile-help", users(1, 10) + users(51, 80), users(51, 55))):  # 40 (10 shared), 5
+        for user in members:
+            log.add("join", community, user, "2026-06-01T00:00")
+        for user in contributors:
+            log.post(community, user, "2026-11-20T09:00", f"{community}-{user}")
     return log
 
 
@@ -108,20 +114,20 @@ def test_worked_example_of_merge_suggestions() -> None:
     core = PulseCore(MetricConfig())
     core.apply(merge_example().events)
     t = ms(T)
-    rows = suggest_merges(member_sets(core.communities.values(), t, 28), t, 28, core.config)
+    sets = member_sets(core.communities.values(), t, 28)
+    rows = suggest_merges(sets, t, 28, core.config, min_group=5)
     got = [(r.community_id, r.candidate_id, r.shared_members, r.merged_members,
             r.merged_contributors, r.merged_tier) for r in rows]
     assert got == [
-        ("ipad-tips", "ipad-apps", 5, 13, 4, "high"),
-        ("ipad-tips", "mobile-help", 3, 17, 2, "low"),
-        ("mobile-help", "ipad-tips", 3, 17, 2, "low"),
+        ("ipad-tips", "ipad-apps", 20, 50, 17, "high"),
+        ("ipad-tips", "mobile-help", 10, 70, 10, "low"),
+        ("mobile-help", "ipad-tips", 10, 70, 10, "low"),
     ]
-    assert [round(r.jaccard, 3) for r in rows] == [0.385, 0.176, 0.176]
-    assert [round(r.merged_share, 3) for r in rows] == [0.308, 0.118, 0.118]
-    # ipad-apps (3 of 8 contribute: high) gets no suggestions of its own; with a higher
+    assert [round(r.jaccard, 3) for r in rows] == [0.4, 0.143, 0.143]
+    assert [round(r.merged_share, 3) for r in rows] == [0.34, 0.143, 0.143]
+    # ipad-apps (12 of 30 contribute: high) gets no suggestions of its own; with a higher
     # bar only the iPad pair is left
-    strict = suggest_merges(member_sets(core.communities.values(), t, 28), t, 28,
-                            core.config, min_overlap=0.2)
+    strict = suggest_merges(sets, t, 28, core.config, min_overlap=0.2, min_group=5)
     assert [(r.community_id, r.candidate_id) for r in strict] == [("ipad-tips", "ipad-apps")]
 
 
@@ -159,12 +165,12 @@ def test_worked_example_of_focus_and_followups() -> None:
     log, managers = followup_example()
     core = PulseCore(MetricConfig(windows_days=(28,)), managers_of(managers))
     core.apply(log.events)
-    focus, followups = focus_at(core, managers, ms(T), 28)
+    focus, followups = focus_at(core, managers, ms(T), 28, min_group=5)
     assert [(f.rank, f.community_id, f.members, f.contributors) for f in focus] == [
         (1, "ipad-apps", 34, 16), (2, "sales-cop", 25, 10)]
     assert [(m.manager, m.open_followups, m.ready_for_next, m.next_community)
             for m in followups] == [("Mia", 2, True, "sales-cop"), ("Noor", 0, True, "ipad-apps")]
-    strict = focus_at(core, managers, ms(T), 28, max_open_followups=1)[1]
+    strict = focus_at(core, managers, ms(T), 28, max_open_followups=1, min_group=5)[1]
     assert strict[0].ready_for_next is False
 
 
@@ -198,7 +204,8 @@ def test_merges_match_the_oracle_and_sketches_of_small_sets_are_exact(
     for t in props.AS_OFS:
         for window in config.windows_days:
             sets = member_sets(core.communities.values(), t, window)
-            rows = suggest_merges(sets, t, window, config, min_overlap, top)
+            # (min_group 1: the oracle is SPEC 5 without the privacy rule)
+            rows = suggest_merges(sets, t, window, config, min_overlap, top, min_group=1)
             expected = oracle_merges(arrived, t, window, config, min_overlap, top)
             assert [(r.community_id, r.candidate_id, r.shared_members, r.merged_members,
                      r.merged_contributors, r.merged_tier) for r in rows] == [
@@ -209,7 +216,8 @@ def test_merges_match_the_oracle_and_sketches_of_small_sets_are_exact(
                        math.isclose(r.merged_share, e["merged_share"])
                        for r, e in zip(rows, expected, strict=True))
             sketches = [MemberSketch.of(s, KEY, size=4) for s in sets]  # <= 4 users
-            assert estimate_merges(sketches, t, window, config, min_overlap, top) == rows
+            assert estimate_merges(sketches, t, window, config, min_overlap, top,
+                                   min_group=1) == rows
 
 
 @pytest.mark.parametrize("config", props.CONFIGS, ids=props.CONFIG_IDS)
@@ -231,7 +239,8 @@ def test_open_followups_and_focus_match_the_oracle(
         if expire_days is not None and t < props.AS_OFS[0] - expire_days * DAY_MS:
             continue
         for window in config.windows_days:
-            candidates, followups = focus_at(core, MANAGERS, t, window, min_members=1)
+            candidates, followups = focus_at(core, MANAGERS, t, window, min_members=1,
+                                             min_group=1)
             expected = oracle_focus([r for r in rows if r["as_of_ms"] == t], window, 1)
             assert [c.community_id for c in candidates] == expected
             open_ = oracle_open_followups(arrived, follows, t, window, config.retention_ms)
@@ -297,10 +306,11 @@ def test_sketches_estimate_large_overlaps_closely() -> None:
     rng = random.Random(11)
     sets = overlapping_communities(rng, 24, 3000)
     config = MetricConfig()
-    exact = suggest_merges(sets, 0, 28, config, min_overlap=0.05, top=10)
+    exact = suggest_merges(sets, 0, 28, config, min_overlap=0.05, top=10, min_group=1)
     sketches = [MemberSketch.of(s, KEY, size=1024) for s in sets]
     estimate = {(r.community_id, r.candidate_id): r
-                for r in estimate_merges(sketches, 0, 28, config, min_overlap=0.05, top=10)}
+                for r in estimate_merges(sketches, 0, 28, config, min_overlap=0.05, top=10,
+                                         min_group=1)}
     assert len(exact) > 20 and max(len(s.members) for s in sets) > 1024  # not all exact
     errors = [abs(estimate[r.community_id, r.candidate_id].jaccard - r.jaccard)
               for r in exact if (r.community_id, r.candidate_id) in estimate]
@@ -368,7 +378,7 @@ def test_suggest_merges_command_prints_and_writes_the_suggestions(
     assert table.column_names == ["community_id", "candidate_id", "as_of", "window_days",
                                   "jaccard", "shared_members", "merged_members",
                                   "merged_contributors", "merged_share", "merged_tier"]
-    assert table["merged_members"].to_pylist() == [13, 17, 17]
+    assert table["merged_members"].to_pylist() == [50, 70, 70]
     top1 = cli("suggest-merges", example_files["merges"], "--as-of", "2026-11-30T00:00:00Z",
                "--top", "1", "--min-overlap", "0.2")
     assert top1.stdout.splitlines()[1:] and len(top1.stdout.splitlines()) == 2

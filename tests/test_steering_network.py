@@ -21,7 +21,7 @@ from streams.config import MetricConfig, RuntimeConfig
 from streams.core import PulseCore
 from streams.replay import Steering, parse_time, replay
 from streams.steering.files import read_managers
-from streams.steering.focus import focus_at, managers_of
+from streams.steering.focus import Manager, focus_at, managers_of
 from streams.steering.merges import member_sets, suggest_merges
 from streams.steering.network import SteeringSettings, community_inputs
 from streams.worker import PulseWorker
@@ -47,7 +47,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     log, _ = followup_example()
     events = [msgspec.structs.asdict(e) for e in log.events]
     events = [{k: v for k, v in e.items() if v is not None} for e in events]
-    events += family_events(3, 4, 60, random.Random(2))  # sketches hold whole sets
+    events += family_events(3, 4, 300, random.Random(2))  # sketches hold whole sets
     rng = random.Random(4)
     for i in range(300):  # Noor (u1-7) takes part in family 1's threads; others answer
         community = f"fam01-c{rng.randrange(4)}"
@@ -76,8 +76,17 @@ def tables(data_dir: Path) -> dict[str, list[tuple]]:
                              key=repr) for name in TABLES}
 
 
+SKETCH_KEY = "network-test-sketch-key-0123456789"
+
+
+@pytest.fixture
+def sketch_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PULSE_SKETCH_KEY", SKETCH_KEY)
+    return SKETCH_KEY
+
+
 def test_two_workers_form_the_network_view_replay_writes_it_too_and_both_are_exact(
-        setup: SimpleNamespace, tmp_path: Path) -> None:
+        setup: SimpleNamespace, tmp_path: Path, sketch_key: str) -> None:
     runtime = RuntimeConfig(data_dir=tmp_path / "live", managers_file=setup.managers)
     workers = [PulseWorker(MetricConfig(), runtime, clock=lambda: T / 1000) for _ in range(2)]
     for partition, worker in enumerate(workers):
@@ -94,20 +103,21 @@ def test_two_workers_form_the_network_view_replay_writes_it_too_and_both_are_exa
     live = tables(tmp_path / "live")
 
     replay([setup.source], tmp_path / "replay", MetricConfig(), T, jobs=2,
-           steering=Steering(SteeringSettings(), read_managers(setup.managers)))
+           steering=Steering(SteeringSettings.of(runtime), read_managers(setup.managers)))
     assert tables(tmp_path / "replay") == live
 
     # Every member fits its sketch here, so the view equals the exact commands.
     managers = read_managers(setup.managers)
     core = PulseCore(MetricConfig(windows_days=(28,)), managers_of(managers))
     core.apply(msgspec.convert(e, type=Event) for e in setup.events)
-    exact = suggest_merges(member_sets(core.communities.values(), T, 28), T, 28, core.config)
+    exact = suggest_merges(member_sets(core.communities.values(), T, 28), T, 28, core.config,
+                           min_group=runtime.min_members_exported)
     assert len(exact) > 10
     assert [(r[0], r[1], r[4], r[5], r[6], r[7], r[9]) for r in
             sorted(live["merge_suggestions"], key=lambda r: (r[0], -r[4], -r[8], r[1]))] == [
         (r.community_id, r.candidate_id, r.jaccard, r.shared_members, r.merged_members,
          r.merged_contributors, r.merged_tier) for r in exact]
-    focus, followups = focus_at(core, managers, T, 28)
+    focus, followups = focus_at(core, managers, T, 28, min_group=runtime.min_members_exported)
     assert sorted((r[1], r[2]) for r in live["focus"]) == [
         (f.rank, f.community_id) for f in focus]
     assert sorted((r[1], r[2], r[3], r[4]) for r in live["manager_followups"]) == [
@@ -122,35 +132,52 @@ def test_two_workers_form_the_network_view_replay_writes_it_too_and_both_are_exa
     assert "mia" not in exported and "u1-7" not in exported  # manager ids never leave
 
 
-def test_communities_under_the_privacy_threshold_write_no_steering_inputs() -> None:
+@pytest.mark.parametrize("omit_from_parquet", [False, True])
+def test_communities_under_the_privacy_threshold_write_no_steering_inputs(
+        sketch_key: str, omit_from_parquet: bool) -> None:
+    """Whatever parquet_omit_small_communities says: sketches and follow-up counts are
+    about groups of people, and the threshold holds for them always."""
     log, managers = followup_example()
+    managers = [*managers, Manager("Olaf", "olaf", ("tiny-cop",))]
     core = PulseCore(MetricConfig(), managers_of(managers))
     core.apply(log.events)
-    runtime = RuntimeConfig(parquet_omit_small_communities=True, min_members_exported=26)
+    runtime = RuntimeConfig(parquet_omit_small_communities=omit_from_parquet,
+                            min_members_exported=26)
     sketches, counts = community_inputs(core.communities.values(), managers, T,
                                         SteeringSettings.of(runtime))
     assert sorted(sketches["community_id"].to_pylist()) == ["big-low", "ipad-apps"]
-    assert counts["community_id"].to_pylist() == ["ipad-apps"]
-    everything, _ = community_inputs(core.communities.values(), managers, T,
-                                     SteeringSettings.of(RuntimeConfig()))
-    assert everything.num_rows == 4
+    assert counts["community_id"].to_pylist() == ["ipad-apps"]  # not tiny-cop (10)
+    everything, counted = community_inputs(core.communities.values(), managers, T,
+                                           SteeringSettings.of(RuntimeConfig()))
+    assert everything.num_rows == 4 and sorted(counted["manager"].to_pylist()) == [
+        "Mia", "Olaf"]
 
 
-def test_the_worker_is_told_when_sketches_hash_raw_ids_with_the_public_key() -> None:
-    from dataclasses import replace
-
-    from streams.config import RuntimeConfig
-    from streams.steering.network import sketches_hash_raw_ids_with_public_key
-
-    default = RuntimeConfig()
-    assert sketches_hash_raw_ids_with_public_key(default)
-    assert not sketches_hash_raw_ids_with_public_key(replace(default, sketch_key="s3cr3t-key"))
-    assert not sketches_hash_raw_ids_with_public_key(replace(default, pseudonymise_user_ids=True))
+def test_without_a_sketch_key_no_sketch_and_no_merge_is_written(
+        setup: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("PULSE_SKETCH_KEY", raising=False)
+    runtime = RuntimeConfig(data_dir=tmp_path / "live", managers_file=setup.managers)
+    worker = PulseWorker(MetricConfig(), runtime, clock=lambda: T / 1000)
+    worker.handle_batch(batch_of(setup.events, 0))
+    worker.partitions = {0}
+    worker.write_rows(worker.take_snapshot())
+    inputs: list[Any] = []
+    for _ in worker.steering_steps(T, inputs):
+        pass
+    worker.publish_steering(T, inputs)
+    written = {p.name for p in (tmp_path / "live").iterdir()}
+    assert {"focus", "manager_followups", "followup_counts"} <= written
+    assert not {"member_sketches", "merge_suggestions"} & written
+    replay([setup.source], tmp_path / "replay", MetricConfig(), T,
+           steering=Steering(SteeringSettings.of(runtime), read_managers(setup.managers)))
+    assert not {"member_sketches", "merge_suggestions"} & {
+        p.name for p in (tmp_path / "replay").iterdir()}
 
 
 @pytest.mark.parametrize("retention_days", [7, 0])
 def test_the_owner_of_partition_0_prunes_old_member_sketches(
-        setup: SimpleNamespace, tmp_path: Path, retention_days: int) -> None:
+        setup: SimpleNamespace, tmp_path: Path, retention_days: int, sketch_key: str) -> None:
     runtime = RuntimeConfig(data_dir=tmp_path / "live", managers_file=setup.managers,
                             sketch_retention_days=retention_days)
     worker = PulseWorker(MetricConfig(), runtime, clock=lambda: T / 1000)

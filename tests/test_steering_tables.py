@@ -79,7 +79,8 @@ def test_steering_files_are_settings(tmp_path: Path, monkeypatch: pytest.MonkeyP
     roster = tmp_path / "experts.yml"
     roster.write_text("experts:\n  it-support: [u1, u2]\n  hr: []\n")
     toml = tmp_path / "pulse.toml"
-    toml.write_text(f'[runtime]\ngoals_file = "goals.yml"\nexperts_file = "{roster}"\n')
+    toml.write_text(f'[runtime]\ngoals_file = "goals.yml"\nexperts_file = "{roster}"\n'
+                    'min_members_exported = 2\n')  # (a roster of 2 is then enough)
     metrics, runtime = config_module.load(toml)
     assert runtime.goals_file == Path("goals.yml") and runtime.experts_file == roster
     assert metrics.experts == {"it-support": frozenset({"u1", "u2"}), "hr": frozenset()}

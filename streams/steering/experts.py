@@ -11,15 +11,23 @@ For a community with a roster of content experts, at `t` and per window `W`:
 
 Fed by the core's per-user logs (what `CommunityState` keeps anyway): the roster picks
 at most a handful of logs, so a snapshot costs O(roster) more. Only these counts leave
-the product, never the roster's ids. Pure: no I/O; rosters are read by
-`streams.steering.files`.
+the product, never the roster's ids. A community's roster must name no experts or at
+least the privacy threshold (`check_roster_sizes`): the counts of a roster of one are
+that person's own replies. Pure: no I/O; rosters are read by `streams.steering.files`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from streams.config import ConfigError
+from streams.steering.disclosure import small
+
+
+class RosterTooSmallError(ConfigError):
+    """A roster whose counts would describe fewer people than the privacy threshold."""
 
 
 class ExpertLog(Protocol):
@@ -57,3 +65,19 @@ def expert_counts(logs: Iterable[ExpertLog], t: int, horizon_ms: int,
         counts.append(ExpertCounts(members, replying, sum(replies),
                                    has_members and replying == 0))
     return counts
+
+
+def check_roster_sizes(rosters: Mapping[str, frozenset[str]], min_experts: int, source: str
+                       ) -> Mapping[str, frozenset[str]]:
+    """The rosters, if each names no experts or at least `min_experts` (the privacy
+    threshold, min_members_exported); else one line naming the first community (never
+    a user id)."""
+    too_small = sorted(c for c, experts in rosters.items() if small(len(experts), min_experts))
+    if too_small:
+        first, more = too_small[0], len(too_small) - 1
+        raise RosterTooSmallError(
+            f"{source}: community {first!r} lists {len(rosters[first])} expert(s), fewer "
+            f"than min_members_exported ({min_experts}): their counts would be those "
+            f"people's own replies; list at least {min_experts} or none"
+            + (f" ({more} more communities like it)" if more else ""))
+    return rosters

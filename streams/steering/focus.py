@@ -207,13 +207,17 @@ def open_followups_by_manager(managers: Sequence[Manager],
 
 def focus_at(core: PulseCore, managers: Sequence[Manager], as_of_ms: int, window_days: int,
              min_members: int = DEFAULT_MIN_MEMBERS,
-             max_open_followups: int = DEFAULT_MAX_OPEN_FOLLOWUPS
+             max_open_followups: int = DEFAULT_MAX_OPEN_FOLLOWUPS, *, min_group: int
              ) -> tuple[list[FocusRow], list[ManagerFollowups]]:
-    """Both tables from one core that holds every community (the exact commands)."""
+    """Both tables from one core that holds every community (the exact commands). As in
+    the worker's tables, communities of fewer than `min_group` members (the privacy
+    threshold) are no candidates and their follow-ups are not counted."""
     rows = [row for state in core.communities.values() for row in state.snapshot(as_of_ms)]
-    candidates = focus_candidates(rows, as_of_ms, window_days, min_members)
-    counts = open_followups_by_manager(managers, core.communities, as_of_ms,
-                                       window_days * DAY_MS, core.config.retention_ms)
+    candidates = focus_candidates(rows, as_of_ms, window_days, max(min_members, min_group))
+    large = {row.community_id for row in rows if row.members >= min_group}
+    counts = open_followups_by_manager(
+        managers, {c: s for c, s in core.communities.items() if c in large}, as_of_ms,
+        window_days * DAY_MS, core.config.retention_ms)
     per_manager: dict[str, int] = {}
     for (name, _), n in counts.items():
         per_manager[name] = per_manager.get(name, 0) + n

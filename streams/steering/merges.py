@@ -12,13 +12,16 @@ Two ways to the same rows, both pure:
   sketch, the estimator behind Apache DataSketches' theta sketches) and the set's exact
   size; for sets of at most k users it holds every hash and the estimate is exact.
   docs/steering.md measures the error on generated data.
+
+Both publish only suggestions that single out nobody: `min_group` is the privacy
+threshold, and `streams.steering.disclosure` the rule (docs/security.md#small-groups).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -27,8 +30,12 @@ import numpy.typing as npt
 
 from streams.config import DAY_MS, MetricConfig
 from streams.core import CommunityState, tier_of
+from streams.steering.disclosure import Group, Published, pair_publishable, small
 
 Hashes = npt.NDArray[np.uint64]
+# A pair's groups for rule 3 (disclosure.Published): both sides' members and contributors,
+# and the pair's shared, merged and merged contributors; None when only estimated.
+PairGroups = Callable[[int, int], tuple[list[Group], list[Group]] | None]
 DEFAULT_SKETCH_SIZE = 1024
 ELIGIBLE_TIERS = ("low", "medium")
 
@@ -78,28 +85,39 @@ def check_arguments(min_overlap: float, top: int) -> None:
 
 
 def _ranked(overlaps: dict[tuple[int, int], _Overlap], names: Sequence[str],
-            eligible: Sequence[bool], as_of_ms: int, window_days: int,
-            config: MetricConfig, min_overlap: float, top: int) -> list[MergeSuggestion]:
-    """Suggestions per eligible community, best first, at most `top` each. `overlaps`
-    holds the pairs (a < b) that share anyone; others have jaccard 0."""
-    by_community: dict[int, list[MergeSuggestion]] = {}
+            eligible: Sequence[bool], sizes: Sequence[tuple[int, int]], groups: PairGroups,
+            as_of_ms: int, window_days: int, config: MetricConfig, min_overlap: float,
+            top: int, min_group: int) -> list[MergeSuggestion]:
+    """Suggestions per eligible community, best first, at most `top` each, of those the
+    privacy rule lets out. `overlaps` holds the pairs (a < b) that share anyone; others
+    have jaccard 0. `sizes`: each community's (members, contributors). The rule across
+    suggestions depends on what is out already, so they are checked best first over all
+    communities: a close pair is not crowded out by a poorer one."""
+    found: list[tuple[MergeSuggestion, tuple[int, int]]] = []
     for (a, b), overlap in overlaps.items():
-        if overlap.jaccard < min_overlap:
+        if overlap.jaccard < min_overlap or not pair_publishable(
+                (sizes[a][0], sizes[b][0], sizes[a][1], sizes[b][1], overlap.shared_members,
+                 overlap.merged_members, overlap.merged_contributors), min_group):
             continue
         share = (overlap.merged_contributors / overlap.merged_members
                  if overlap.merged_members else 0.0)
         for this, other in ((a, b), (b, a)):
             if eligible[this]:
-                by_community.setdefault(this, []).append(MergeSuggestion(
+                found.append((MergeSuggestion(
                     names[this], names[other], as_of_ms, window_days, overlap.jaccard,
                     overlap.shared_members, overlap.merged_members,
-                    overlap.merged_contributors, share, tier_of(share, config)))
-    suggestions: list[MergeSuggestion] = []
-    for community in sorted(by_community, key=names.__getitem__):
-        best = sorted(by_community[community],
-                      key=lambda s: (-s.jaccard, -s.merged_share, s.candidate_id))
-        suggestions.extend(best[:top])
-    return suggestions
+                    overlap.merged_contributors, share, tier_of(share, config)), (a, b)))
+    found.sort(key=lambda f: (-f[0].jaccard, -f[0].merged_share, f[0].community_id,
+                              f[0].candidate_id))
+    published = Published(min_group)
+    kept: dict[str, list[MergeSuggestion]] = {}
+    for suggestion, pair in found:
+        mine = kept.setdefault(suggestion.community_id, [])
+        if len(mine) < top:
+            pair_groups = groups(*pair)
+            if pair_groups is None or published.admit(*pair_groups):
+                mine.append(suggestion)
+    return [s for community in sorted(kept) for s in kept[community]]
 
 
 def _eligible(members: int, contributors: int, config: MetricConfig) -> bool:
@@ -108,9 +126,10 @@ def _eligible(members: int, contributors: int, config: MetricConfig) -> bool:
 
 
 def suggest_merges(communities: Sequence[MemberSets], as_of_ms: int, window_days: int,
-                   config: MetricConfig, min_overlap: float = 0.10, top: int = 3
-                   ) -> list[MergeSuggestion]:
-    """Exact suggestions (SPEC 5) from every community's member and contributor sets."""
+                   config: MetricConfig, min_overlap: float = 0.10, top: int = 3, *,
+                   min_group: int) -> list[MergeSuggestion]:
+    """Exact suggestions (SPEC 5) from every community's member and contributor sets,
+    those that describe no group of 1 to min_group - 1 people."""
     check_arguments(min_overlap, top)
     communities = sorted(communities, key=lambda c: c.community_id)
     names = [c.community_id for c in communities]
@@ -128,7 +147,16 @@ def suggest_merges(communities: Sequence[MemberSets], as_of_ms: int, window_days
         union = len(communities[a].members) + len(communities[b].members) - n
         contributors = len(communities[a].contributors | communities[b].contributors)
         overlaps[a, b] = _Overlap(n / union, n, union, contributors)
-    return _ranked(overlaps, names, eligible, as_of_ms, window_days, config, min_overlap, top)
+
+    def groups(a: int, b: int) -> tuple[list[Group], list[Group]]:
+        one, two = communities[a], communities[b]
+        return ([one.members, one.contributors, two.members, two.contributors],
+                [one.members & two.members, one.members | two.members,
+                 one.contributors | two.contributors])
+
+    sizes = [(len(c.members), len(c.contributors)) for c in communities]
+    return _ranked(overlaps, names, eligible, sizes, groups, as_of_ms, window_days, config,
+                   min_overlap, top, min_group)
 
 
 # ---- sketches ---------------------------------------------------------------------------
@@ -187,16 +215,21 @@ def _estimated_union_overlap(a: Hashes, size_a: int, b: Hashes, size_b: int
 
 
 def estimate_merges(sketches: Sequence[MemberSketch], as_of_ms: int, window_days: int,
-                    config: MetricConfig, min_overlap: float = 0.10, top: int = 3
-                    ) -> list[MergeSuggestion]:
-    """`suggest_merges` estimated from sketches (exact where every set fits its sketch)."""
+                    config: MetricConfig, min_overlap: float = 0.10, top: int = 3, *,
+                    min_group: int) -> list[MergeSuggestion]:
+    """`suggest_merges` estimated from sketches (exact where every set fits its sketch).
+    A community whose contributors' hashes were withheld (fewer than the threshold, see
+    `streams.steering.network.community_inputs`) takes part in no suggestion: any would
+    single its contributors out."""
     check_arguments(min_overlap, top)
     sketches = sorted(sketches, key=lambda s: s.community_id)
     names = [s.community_id for s in sketches]
     eligible = [_eligible(s.members, s.contributors, config) for s in sketches]
+    usable = [s.members >= min_group and not small(s.contributors, min_group)
+              and (s.contributors == 0 or len(s.contributor_hashes) > 0) for s in sketches]
     overlaps = {}
     for a, b in _pairs_sharing_a_hash(sketches):
-        if not (eligible[a] or eligible[b]):
+        if not (eligible[a] or eligible[b]) or not (usable[a] and usable[b]):
             continue
         sa, sb = sketches[a], sketches[b]
         jaccard, shared = _estimated_union_overlap(
@@ -205,7 +238,26 @@ def estimate_merges(sketches: Sequence[MemberSketch], as_of_ms: int, window_days
             sa.contributor_hashes, sa.contributors, sb.contributor_hashes, sb.contributors)
         overlaps[a, b] = _Overlap(jaccard, shared, sa.members + sb.members - shared,
                                   sa.contributors + sb.contributors - shared_contributors)
-    return _ranked(overlaps, names, eligible, as_of_ms, window_days, config, min_overlap, top)
+    whole: dict[int, tuple[Group, Group] | None] = {}
+
+    def sets(i: int) -> tuple[Group, Group] | None:
+        if i not in whole:
+            s = sketches[i]
+            whole[i] = ((frozenset(s.member_hashes.tolist()),
+                         frozenset(s.contributor_hashes.tolist()))
+                        if (len(s.member_hashes), len(s.contributor_hashes))
+                        == (s.members, s.contributors) else None)
+        return whole[i]
+
+    def groups(a: int, b: int) -> tuple[list[Group], list[Group]] | None:
+        one, two = sets(a), sets(b)
+        if one is None or two is None:
+            return None  # estimated: rules 1 and 2 only
+        return [*one, *two], [one[0] & two[0], one[0] | two[0], one[1] | two[1]]
+
+    sizes = [(s.members, s.contributors) for s in sketches]
+    return _ranked(overlaps, names, eligible, sizes, groups, as_of_ms, window_days, config,
+                   min_overlap, top, min_group)
 
 
 def _pairs_sharing_a_hash(sketches: Sequence[MemberSketch]) -> set[tuple[int, int]]:

@@ -8,18 +8,20 @@ leaving a process: each worker writes, next to its snapshots, two small tables a
 own communities (`community_inputs`):
 
 - `member_sketches`: per community, the exact member and contributor counts and a
-  bottom-k sketch of each set (keyed hashes, `streams.steering.merges.MemberSketch`);
+  bottom-k sketch of each set (keyed hashes, `streams.steering.merges.MemberSketch`;
+  only with a secret sketch key);
 - `followup_counts`: per (manager name, followed community) its open follow-ups;
 
-and the whole-network tables are a function of those tables and the snapshots of one
-moment (`network_tables`). Who computes it, when: see `sinks.network`. Pure: Arrow
-tables in, Arrow tables out.
+both only for communities of at least the privacy threshold (`SteeringSettings.min_group`,
+`streams.steering.disclosure`); and the whole-network tables are a function of those
+tables and the snapshots of one moment (`network_tables`). Who computes it, when: see
+`sinks.network`. Pure: Arrow tables in, Arrow tables out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +31,8 @@ import pyarrow.compute as pc
 from sinks.parquet import records_table
 from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.core import CommunityState
+from streams.privacy import sketch_key
+from streams.steering.disclosure import small
 from streams.steering.focus import (
     Manager,
     focus_candidates,
@@ -87,6 +91,10 @@ SCHEMAS = {"member_sketches": SKETCH_SCHEMA, "followup_counts": FOLLOWUP_COUNTS_
            "manager_followups": MANAGER_FOLLOWUPS_SCHEMA}
 
 
+SKETCHES_OFF = ("no sketch key (PULSE_SKETCH_KEY or sketch_key_file): no member sketches "
+                "and no merge suggestions are written (docs/security.md#member-sketches)")
+
+
 @dataclass(frozen=True)
 class SteeringSettings:
     """The parameters of SPEC 5's merge suggestions and focus, and of the sketches."""
@@ -97,10 +105,12 @@ class SteeringSettings:
     min_members: int = 20
     max_open_followups: int = 5
     sketch_size: int = 1024
-    sketch_key: bytes = b"community-pulse"
-    # Communities with fewer members write no steering inputs, so they appear in no
-    # steering table (parquet_omit_small_communities: the privacy threshold in Parquet too).
-    min_members_written: int = 0
+    # The key of the sketches' hashes (streams.privacy.sketch_key); None: no sketches,
+    # and so no merge suggestions.
+    sketch_key: bytes | None = field(default=None, repr=False)
+    # The privacy threshold k (min_members_exported): no steering table describes a
+    # group of 1 to k-1 people (streams.steering.disclosure).
+    min_group: int = RuntimeConfig.min_members_exported
 
     def __post_init__(self) -> None:
         check_arguments(self.min_overlap, self.top)
@@ -113,13 +123,7 @@ class SteeringSettings:
     def of(cls, runtime: RuntimeConfig) -> SteeringSettings:
         return cls(runtime.steering_window_days, runtime.merge_min_overlap, runtime.merge_top,
                    runtime.focus_min_members, runtime.max_open_followups, runtime.sketch_size,
-                   runtime.sketch_key.encode(), runtime.min_members_exported
-                   if runtime.parquet_omit_small_communities else 0)
-
-
-def sketches_hash_raw_ids_with_public_key(runtime: RuntimeConfig) -> bool:
-    """Whether member sketches would hash raw user ids with the known default key."""
-    return runtime.sketch_key == type(runtime).sketch_key and not runtime.pseudonymise_user_ids
+                   sketch_key(runtime), runtime.min_members_exported)
 
 
 def _times(as_of_ms: int, n: int) -> pa.Array:
@@ -136,13 +140,23 @@ def community_inputs(states: Iterable[CommunityState], managers: Sequence[Manage
                      as_of_ms: int, settings: SteeringSettings
                      ) -> tuple[pa.Table, pa.Table]:
     """What a worker writes about its own communities at `as_of`: their sketches and
-    the open follow-ups of the managers who follow them (counts, by manager name)."""
+    the open follow-ups of the managers who follow them (counts, by manager name). Only
+    communities of at least `min_group` members: a smaller one's sketch would link its
+    few members' hashes across communities, and a follow-up count there is about those
+    few people's answers. A sketch keeps no contributor hashes when there are 1 to
+    min_group - 1 contributors (no suggestion can name such a community anyway), and
+    without a key there are no sketches."""
+    k = settings.min_group
     states = list(states)
     sets = [s for s in member_sets(states, as_of_ms, settings.window_days)
-            if len(s.members) >= settings.min_members_written]
+            if len(s.members) >= k]
     kept = {s.community_id for s in sets}
     states = [s for s in states if s.community_id in kept]
-    sketches = [MemberSketch.of(s, settings.sketch_key, settings.sketch_size) for s in sets]
+    key = settings.sketch_key
+    sketches = [] if key is None else [MemberSketch.of(s, key, settings.sketch_size)
+                                       for s in sets]
+    contributor_hashes = [np.array([], np.uint64) if small(s.contributors, k)
+                          else s.contributor_hashes for s in sketches]
     n = len(sketches)
     sketch_table = pa.table({
         "community_id": [s.community_id for s in sketches],
@@ -151,7 +165,7 @@ def community_inputs(states: Iterable[CommunityState], managers: Sequence[Manage
         "members": pa.array([s.members for s in sketches], pa.int64()),
         "contributors": pa.array([s.contributors for s in sketches], pa.int64()),
         "member_hashes": _hash_lists([s.member_hashes for s in sketches]),
-        "contributor_hashes": _hash_lists([s.contributor_hashes for s in sketches]),
+        "contributor_hashes": _hash_lists(contributor_hashes),
     }, schema=SKETCH_SCHEMA)
     lookback = states[0].config.retention_ms if states else 0
     counts = open_followups_by_manager(managers, {s.community_id: s for s in states},
@@ -161,7 +175,7 @@ def community_inputs(states: Iterable[CommunityState], managers: Sequence[Manage
         "as_of": _times(as_of_ms, len(keys)),
         "manager": [name for name, _ in keys],
         "community_id": [community for _, community in keys],
-        "open_followups": pa.array([counts[k] for k in keys], pa.int64()),
+        "open_followups": pa.array([counts[pair] for pair in keys], pa.int64()),
     }, schema=FOLLOWUP_COUNTS_SCHEMA)
     return sketch_table, count_table
 
@@ -186,12 +200,12 @@ def network_tables(snapshots: pa.Table, sketches: pa.Table, followup_counts: pa.
     window = settings.window_days
     sketches = sketches.filter(pc.equal(sketches["window_days"], window))
     merges = estimate_merges(_sketches(sketches), as_of_ms, window, config,
-                             settings.min_overlap, settings.top)
+                             settings.min_overlap, settings.top, min_group=settings.min_group)
     rows = snapshots.filter(pc.equal(snapshots["window_days"], window))
     candidates = focus_candidates(
         [_Candidate(*values) for values in zip(*(rows[name].to_pylist()
                                                  for name in _Candidate._fields), strict=True)],
-        as_of_ms, window, settings.min_members)
+        as_of_ms, window, max(settings.min_members, settings.min_group))
     open_by_manager: dict[str, int] = {}
     for name, n in zip(followup_counts["manager"].to_pylist(),
                        followup_counts["open_followups"].to_pylist(), strict=True):
