@@ -492,18 +492,17 @@ def _goal_status(path: Path, goals: list[Goal], data_dir: str | Path,
 
 def _experts(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     import tempfile
-    from dataclasses import replace
 
     from sinks.parquet import read_rows
     from streams.privacy import Pseudonymiser
-    from streams.steering.experts import check_roster_sizes
+    from streams.steering.experts import with_rosters
     from streams.steering.files import read_experts
     from streams.steering.goals import to_utc
 
     if args.experts:
-        metrics = replace(metrics, experts=check_roster_sizes(read_experts(
+        metrics = with_rosters(metrics, read_experts(
             args.experts, Pseudonymiser.from_runtime(runtime)), runtime.min_members_exported,
-            str(args.experts)))
+            str(args.experts))
     if metrics.experts is None:
         raise UsageError("no experts roster: pass --experts FILE or set experts_file")
     with tempfile.TemporaryDirectory(prefix="community-pulse-experts-") as data_dir:
@@ -511,9 +510,11 @@ def _experts(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeCo
         rows = read_rows(data_dir) if any(Path(data_dir).glob("snapshots/*/*")) else []
     table = [("community", "window", "as_of", "members", "tier", "experts", "replying",
               "replies", "expert_needed")]
+    # ("-": the community's roster is under the privacy threshold, its counts withheld)
     table += [(r.community_id, f"{r.window_days}d", to_utc(r.as_of_ms), str(r.members), r.tier,
-               str(r.experts), str(r.experts_replying), str(r.expert_replies),
-               "yes" if r.expert_needed else "no") for r in rows]
+               _count(r.experts), _count(r.experts_replying), _count(r.expert_replies),
+               "-" if r.expert_needed is None else "yes" if r.expert_needed else "no")
+              for r in rows]
     _print_table(table)
     return 0
 
@@ -523,6 +524,10 @@ def _print_table(table: Sequence[Sequence[str]]) -> None:
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
               .rstrip())
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _number(value: float | None) -> str:

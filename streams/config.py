@@ -52,6 +52,9 @@ class MetricConfig:
     # and out of repr: the roster's user ids never leave the process.
     experts: Mapping[str, frozenset[str]] | None = field(
         default=None, repr=False, metadata={"setting": False})
+    # A roster of fewer experts than this (RuntimeConfig.min_members_exported, set by
+    # `load`) leaves its community's expert columns empty.
+    experts_min_roster: int = field(default=1, metadata={"setting": False})
 
     def __post_init__(self) -> None:
         if not self.windows_days or any(w <= 0 for w in self.windows_days):
@@ -227,12 +230,12 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
     metrics, runtime = _with_env(metrics), _with_env(runtime)
     if runtime.experts_file is not None:
         from streams.privacy import Pseudonymiser  # (these build on this module)
-        from streams.steering.experts import check_roster_sizes
+        from streams.steering.experts import with_rosters
         from streams.steering.files import read_experts
 
-        metrics = replace(metrics, experts=check_roster_sizes(read_experts(
+        metrics = with_rosters(metrics, read_experts(
             runtime.experts_file, Pseudonymiser.from_runtime(runtime)),
-            runtime.min_members_exported, str(runtime.experts_file)))
+            runtime.min_members_exported, str(runtime.experts_file))
     return metrics, runtime
 
 

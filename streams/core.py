@@ -532,12 +532,15 @@ class CommunityState:
 
     def _experts(self, t: int, horizon: int, windows_ms: list[int], has_members: bool
                  ) -> list[ExpertCounts | None]:
-        """Per window, the roster's expert counts (None each without a roster)."""
+        """Per window, the roster's expert counts (None each without a roster, and for a
+        roster of fewer experts than the privacy threshold: its counts would be those
+        few people's own replies)."""
         roster = self.config.experts
-        if roster is None:
+        experts = () if roster is None else roster.get(self.community_id, ())
+        if roster is None or 0 < len(experts) < self.config.experts_min_roster:
             return [None] * len(windows_ms)
         users = self.users
-        logs = [users[u] for u in roster.get(self.community_id, ()) if u in users]
+        logs = [users[u] for u in experts if u in users]
         return list(expert_counts(logs, t, horizon, windows_ms, has_members))
 
     def _members_and_roles(self, t: int, horizon: int, windows_ms: list[int]

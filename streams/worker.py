@@ -47,7 +47,7 @@ from streams.delivery import Record, dead_letter
 from streams.pipeline import Ingested, Ingestor, internal_rejection
 from streams.privacy import Pseudonymiser
 from streams.steering import goals as steering_goals
-from streams.steering.experts import check_roster_sizes
+from streams.steering.experts import small_rosters
 from streams.steering.files import Watched, read_experts, read_goals, read_managers
 from streams.steering.focus import managers_of
 from streams.steering.network import (
@@ -101,7 +101,9 @@ class PulseWorker:
         runtime: RuntimeConfig,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = metric_config
+        # (expert rosters are held to the privacy threshold: streams.steering.experts)
+        self.config = metric_config = replace(
+            metric_config, experts_min_roster=runtime.min_members_exported)
         self.runtime = runtime
         self.clock = clock
         self.topics = {runtime.topic_prefix + name: types for name, types in DEFAULT_TOPICS.items()}
@@ -808,9 +810,8 @@ class PulseWorker:
                 continue
             try:
                 read[name] = (read_goals(watched.path, self.config.windows_days)
-                              if name == "goals" else check_roster_sizes(
-                                  read_experts(watched.path, self.pseudonymise),
-                                  self.runtime.min_members_exported, str(watched.path)))
+                              if name == "goals" else read_experts(watched.path,
+                                                                   self.pseudonymise))
             except ConfigError as exc:
                 self.metrics.steering_file_invalid.labels(name).set(1)
                 log.warning("%s file not reloaded, the one read before stays: %s", name, exc)
@@ -827,6 +828,7 @@ class PulseWorker:
             self.config = replace(self.config, experts=read["experts"])
             self.core.use_experts(read["experts"])
             log.info("experts file reloaded: rosters of %d communities", len(read["experts"]))
+            small_rosters(read["experts"], self.config.experts_min_roster, "experts file")
 
     def steering_steps(self, as_of: int, inputs: list[pa.Table]) -> Iterator[None]:
         """Sketches and follow-up counts of the owned communities at `as_of` into

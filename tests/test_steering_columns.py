@@ -181,14 +181,13 @@ def test_the_experts_command_prints_the_counts_and_no_id(tmp_path: Path) -> None
     assert not any(u in done.stdout + done.stderr for u in ROSTER["it-support"])
     missing = cli()
     assert missing.returncode == 2 and missing.stderr.startswith("community-pulse: error: ")
-    # A roster under the privacy threshold: one line, no counts, no id.
+    # A roster under the privacy threshold: its community's counts are withheld ("-"),
+    # the other communities' shown; no id anywhere.
     roster.write_text("experts:\n  it-support: [erik, fatima, gert]\n")
     small = cli("--as-of", "2026-11-18T12:00:00Z", "--experts", str(roster))
-    assert small.returncode == 2 and small.stdout == ""
-    assert small.stderr.strip().splitlines() == [
-        f"community-pulse: error: {roster}: community 'it-support' lists 3 expert(s), fewer "
-        "than min_members_exported (5): their counts would be those people's own replies; "
-        "list at least 5 or none"]
+    assert small.returncode == 0, small.stderr
+    assert [line.split()[-4:] for line in small.stdout.splitlines()[1:]] == [["-"] * 4] * 2
+    assert not any(u in small.stdout + small.stderr for u in ROSTER["it-support"])
 
 
 GOAL = """\
@@ -214,7 +213,8 @@ def test_the_worker_reloads_changed_goals_and_experts_files(
     worker = PulseWorker(MetricConfig(experts=read_experts(experts)), runtime,
                          clock=lambda: T / 1000)
     worker.core.apply(worked_example())
-    assert {r.window_days: r.experts for r in worker.take_snapshot()} == {7: 1, 28: 1}
+    # (one expert, under the privacy threshold of 5: no counts)
+    assert {r.window_days: r.experts for r in worker.take_snapshot()} == {7: None, 28: None}
     assert [g.goal_id for g in worker.goal_rows] == ["answer-all"]
     assert worker.read_changed_steering_files() == {}  # nothing changed: nothing read
 
@@ -245,29 +245,41 @@ def test_the_worker_reloads_changed_goals_and_experts_files(
     worker.take_snapshot()  # the next snapshot)
     assert [g.goal_id for g in worker.goal_rows] == ["answer-3"]
     assert invalid.labels("goals")._value.get() == 0
-    # A roster under the privacy threshold (min_members_exported, 5) is refused like an
-    # invalid file: one expert's counts are that person's own replies.
+    # A roster under the privacy threshold (min_members_exported, 5): its community's
+    # expert columns go empty, one log line names the community (one expert's counts
+    # would be that person's own replies).
     experts.write_text(json.dumps({"experts": {"it-support": ["erik", "fatima"]}}))
-    assert worker.read_changed_steering_files() == {}
-    assert invalid.labels("experts")._value.get() == 1
-    assert worker.take_snapshot()[0].experts == 2  # the 5-expert roster stays
-    assert "lists 2 expert(s), fewer than min_members_exported (5)" in caplog.records[
-        -1].getMessage()
+    worker.use_steering_files(worker.read_changed_steering_files())
+    assert invalid.labels("experts")._value.get() == 0
+    row = worker.take_snapshot()[0]
+    assert (row.experts, row.experts_replying, row.expert_replies, row.expert_needed) == (
+        None, None, None, None)
+    message = caplog.records[-1].getMessage()
+    assert "fewer than 5 experts" in message and "it-support" in message
+    assert "erik" not in message
 
 
 @pytest.mark.parametrize("size", [1, 2, 4])
-def test_rosters_under_the_privacy_threshold_are_refused_at_start(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+def test_rosters_under_the_privacy_threshold_export_no_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        size: int) -> None:
+    # The threshold is per community: a roster of 1 to k-1 experts (k = 5) leaves its own
+    # community's expert columns empty; the others keep theirs.
     from streams import config as config_module
-    from streams.config import ConfigError
 
     roster = tmp_path / "experts.yml"
     names = ["erik", "fatima", "gert", "hugo", "ines"]
     roster.write_text(json.dumps({"experts": {"it-support": names, "hr": names[:size],
                                               "empty": []}}))
     monkeypatch.setenv("PULSE_EXPERTS_FILE", str(roster))
-    with pytest.raises(ConfigError, match=rf"community 'hr' lists {size} expert") as refused:
-        config_module.load()
-    assert not any(name in str(refused.value) for name in names)
-    roster.write_text(json.dumps({"experts": {"it-support": names, "empty": []}}))
-    assert set(config_module.load()[0].experts or {}) == {"it-support", "empty"}
+    metrics, _ = config_module.load()
+    assert "hr" in caplog.text and not any(name in caplog.text for name in names)
+    core = PulseCore(metrics)
+    events = worked_example()
+    core.apply(events + [msgspec.structs.replace(e, community_id=c, event_id=f"{c}-{e.event_id}")
+                         for c in ("hr", "empty") for e in events])
+    rows = {(r.community_id, r.window_days): r for r in core.snapshot(T)}
+    for window in (7, 28):
+        assert rows["hr", window].experts is rows["hr", window].expert_needed is None
+        assert rows["it-support", window].experts is not None
+        assert rows["empty", window].experts == 0 and rows["empty", window].expert_needed

@@ -11,23 +11,23 @@ For a community with a roster of content experts, at `t` and per window `W`:
 
 Fed by the core's per-user logs (what `CommunityState` keeps anyway): the roster picks
 at most a handful of logs, so a snapshot costs O(roster) more. Only these counts leave
-the product, never the roster's ids. A community's roster must name no experts or at
-least the privacy threshold (`check_roster_sizes`): the counts of a roster of one are
-that person's own replies. Pure: no I/O; rosters are read by `streams.steering.files`.
+the product, never the roster's ids. A community whose roster names fewer experts than
+the privacy threshold gets empty expert columns (`small_rosters`): the counts of a
+roster of one are that person's own replies. No file I/O: rosters are read by
+`streams.steering.files`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from streams.config import ConfigError
+from streams.config import MetricConfig
 from streams.steering.disclosure import small
 
-
-class RosterTooSmallError(ConfigError):
-    """A roster whose counts would describe fewer people than the privacy threshold."""
+log = logging.getLogger(__name__)
 
 
 class ExpertLog(Protocol):
@@ -67,17 +67,23 @@ def expert_counts(logs: Iterable[ExpertLog], t: int, horizon_ms: int,
     return counts
 
 
-def check_roster_sizes(rosters: Mapping[str, frozenset[str]], min_experts: int, source: str
-                       ) -> Mapping[str, frozenset[str]]:
-    """The rosters, if each names no experts or at least `min_experts` (the privacy
-    threshold, min_members_exported); else one line naming the first community (never
-    a user id)."""
+def with_rosters(config: MetricConfig, rosters: Mapping[str, frozenset[str]],
+                 min_experts: int, source: str) -> MetricConfig:
+    """The config with these rosters and the privacy threshold they are held to; logs
+    which communities' rosters are too small to export counts (`small_rosters`)."""
+    small_rosters(rosters, min_experts, source)
+    return replace(config, experts=rosters, experts_min_roster=min_experts)
+
+
+def small_rosters(rosters: Mapping[str, frozenset[str]], min_experts: int, source: str
+                  ) -> list[str]:
+    """The communities whose roster names 1 to `min_experts` - 1 experts (the privacy
+    threshold, min_members_exported): their expert columns stay empty, since the counts
+    would be those few people's own replies. One log line names them (never a user id)."""
     too_small = sorted(c for c, experts in rosters.items() if small(len(experts), min_experts))
     if too_small:
-        first, more = too_small[0], len(too_small) - 1
-        raise RosterTooSmallError(
-            f"{source}: community {first!r} lists {len(rosters[first])} expert(s), fewer "
-            f"than min_members_exported ({min_experts}): their counts would be those "
-            f"people's own replies; list at least {min_experts} or none"
-            + (f" ({more} more communities like it)" if more else ""))
-    return rosters
+        log.warning("%s: %d communit%s list fewer than %d experts (min_members_exported), so "
+                    "their expert columns stay empty: %s", source, len(too_small),
+                    "y" if len(too_small) == 1 else "ies", min_experts,
+                    ", ".join(too_small[:10]) + (" ..." if len(too_small) > 10 else ""))
+    return too_small
