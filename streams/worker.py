@@ -720,9 +720,13 @@ class PulseWorker:
                 read[name] = (read_goals(watched.path, self.config.windows_days)
                               if name == "goals" else
                               read_experts(watched.path, self.pseudonymise))
-            except ConfigError as exc:
+            except Exception as exc:  # whatever it is, the running worker keeps going
                 self.metrics.steering_file_invalid.labels(name).set(1)
-                log.warning("%s file not reloaded, the one read before stays: %s", name, exc)
+                # (a ConfigError's line names the file, entry and field, never a user id;
+                # another exception is a gap in the checks: its type only, it may quote one)
+                why = exc if isinstance(exc, ConfigError) else f"{watched.path}: unexpected " \
+                    f"{type(exc).__name__} (a bug: please report it)"
+                log.warning("%s file not reloaded, the one read before stays: %s", name, why)
                 continue
             self.metrics.steering_file_invalid.labels(name).set(0)
         return read
