@@ -108,9 +108,12 @@ class PulseWorker:
                                      runtime.liveness_timeout_s)
         self.sink = SinkQueue(self._write_parquet,
                               on_error=self.metrics.sink_errors.labels("parquet").inc,
-                              on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc)
+                              on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc,
+                              max_bytes=runtime.sink_max_pending_mib << 20)
         self.metrics.sink_pending_rows.labels("parquet").set_function(
             lambda: self.sink.pending_rows)
+        self.metrics.sink_pending_bytes.labels("parquet").set_function(
+            lambda: self.sink.pending_bytes)
         self.deltas: DeltaLog | None = None
         self.dead_letter: Any = None  # faust Topic, bound in build_app
         self.dead_letter_topic: str | None = None  # its name

@@ -4,6 +4,7 @@ and neither torn files nor compaction can hide or break a snapshot."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from dataclasses import replace
@@ -100,13 +101,17 @@ def test_torn_and_empty_files_never_break_the_snapshots_view(tmp_path: Path) -> 
     (good,) = tmp_path.glob("snapshots/*/*.parquet")
     (good.parent / "20261118T000000000Z-empty.parquet").write_bytes(b"")
     (good.parent / "20261118T000000000Z-torn.parquet").write_bytes(good.read_bytes()[:100])
-    (good.parent / ".20261118T000000000Z-x.parquet.tmp").write_bytes(b"PAR1")
+    stale = good.parent / ".20261118T000000000Z-x.parquet.tmp"
+    stale.write_bytes(b"PAR1")
+    os.utime(stale, (time.time() - 7200,) * 2)  # a crashed write's, two hours ago
+    (good.parent / ".20261118T000000000Z-y.parquet.tmp").write_bytes(b"PAR1")  # under way
     ensure_catalogue(tmp_path)
     assert view_rows(tmp_path) == [("c", 7, T, 3), ("c", 28, T, 3)]
     assert sorted(p.name for p in (tmp_path / "quarantine").rglob("*")
                   if p.is_file()) == [".20261118T000000000Z-x.parquet.tmp",
                                       "20261118T000000000Z-empty.parquet",
                                       "20261118T000000000Z-torn.parquet"]
+    assert (good.parent / ".20261118T000000000Z-y.parquet.tmp").exists()
 
 
 def test_a_snapshot_rewritten_after_compaction_wins_over_the_compacted_copy(
