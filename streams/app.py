@@ -479,6 +479,10 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
     access = MetricsAccess.from_runtime(runtime)
+    offset = runtime.clock_offset_s
+    # (first: a bad goals or managers file is named at once, with or without a broker)
+    worker = PulseWorker(metric_config, runtime,
+                         clock=(lambda: time.time() + offset) if offset else time.time)
     check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
@@ -487,9 +491,6 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     if sketches_hash_raw_ids_with_public_key(runtime):
         log.warning("sketch_key is the public default: the member sketches hash raw user ids "
                     "with a known key; set PULSE_SKETCH_KEY (docs/steering.md)")
-    offset = runtime.clock_offset_s
-    worker = PulseWorker(metric_config, runtime,
-                         clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,

@@ -154,7 +154,8 @@ class MetricConfig:
         if not self.tier_medium_share <= self.tier_high_share:
             raise ConfigError("need 0 < tier_medium_share <= tier_high_share <= 1")
         if self.membership_horizon_days < max(self.windows_days):
-            raise ConfigError("membership_horizon_days must be at least the longest window")
+            raise ConfigError(f"membership_horizon_days ({self.membership_horizon_days}) must "
+                              f"be at least the longest of windows_days ({max(self.windows_days)})")
         if not any(getattr(self, f"weight_{c}") for c in WEIGHTED):
             raise ConfigError(f"at least one of weight_{', weight_'.join(WEIGHTED)} must be "
                               "above 0")
@@ -291,9 +292,10 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
             raise SettingError(name, f"expected a table of community = hours, not {shown(raw)}")
         return {str(k): _number(v, name, f"community {shown(str(k))}: ") for k, v in raw.items()}
     if isinstance(current, bool):  # bool("false") would be True
-        text = str(raw).strip().lower() if isinstance(raw, str) else raw
-        if isinstance(raw, bool) or text in _BOOLEANS:
-            return raw if isinstance(raw, bool) else _BOOLEANS[text]
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[raw.strip().lower()]
         raise SettingError(name, f"expected true or false, not {shown(raw)}")
     if isinstance(current, int):
         return _whole(raw, name)
