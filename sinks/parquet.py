@@ -519,11 +519,12 @@ def _latest_rows(data_dir: str | Path, community_ids: Sequence[str]) -> list[dic
         return [dict(zip(names, values, strict=True)) for values in rel.fetchall()]
 
 
-# What a queued SnapshotRow holds in memory: the object (37 slots) with its floats and
-# large ints (community ids and tiers are shared with the state), and its list slot.
-# Measured with tracemalloc on live rows: ~610 bytes (tests/test_sinks_fail_safe.py holds
-# the estimate above the measure).
-ROW_BYTES = 700
+# The most a queued SnapshotRow holds in memory of its own: the object (37 slots, 336
+# bytes as allocated), its 10 floats and 23 ints (32 bytes each as allocated; ints only
+# past the small ones CPython shares, and bools, None and its strings are shared) and a
+# list slot: 1,400 bytes, so the bound is never exceeded. Rows of typical communities
+# hold about 500 (tracemalloc; tests/test_sinks_fail_safe.py measures both).
+ROW_BYTES = 1_408
 
 
 class SinkQueue:
