@@ -196,11 +196,12 @@ def test_a_failing_sink_keeps_the_newest_rows_within_the_byte_bound(
     queue = SinkQueue(disk_full, on_error=lambda: failures.append(1), on_drop=dropped.append,
                       max_bytes=bound_rows * parquet.ROW_BYTES, first_backoff_s=0)
     batches = [[object()] * size for size in sizes]  # (rows by identity: only counted)
+    newest = 0
     for batch in batches:
         attempt = queue.submit(batch)  # type: ignore[arg-type]
         if attempt is not None:
             attempt.result()  # failed: kept
-        newest = len(batch) if batch else 0
+        newest = len(batch) or newest
         assert queue.pending_bytes <= max(bound_rows, newest) * parquet.ROW_BYTES
         assert queue.pending_bytes == queue.pending_rows * parquet.ROW_BYTES
     assert sum(dropped) + queue.pending_rows == sum(sizes)
