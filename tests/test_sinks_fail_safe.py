@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -169,13 +170,15 @@ def test_the_row_estimate_covers_what_queued_rows_hold() -> None:
     core = active_core(300)  # (built before tracing: the state is not the queue's)
     core.snapshot(T)
     typical = held_per_row(lambda: [core.snapshot(T + i * 10_000) for i in range(5)])
-    values = [{f.name: ("c" if f.name == "community_id" else "high" if f.name == "tier"
-                        else True if "bool" in str(f.type)
-                        else 1e6 + i + k if "float" in str(f.type) else 2**40 + i + k)
-               for k, f in enumerate(fields(SnapshotRow))} for i in range(3000)]
-    largest = held_per_row(lambda: [[SnapshotRow(**{
-        k: v if isinstance(v, str | bool) else v + 1 for k, v in row.items()})
-        for row in values]])
+    values: list[dict[str, Any]] = [
+        {f.name: ("c" if f.name == "community_id" else "high" if f.name == "tier"
+                  else True if "bool" in str(f.type)
+                  else 1e6 + i + k if "float" in str(f.type) else 2**40 + i + k)
+         for k, f in enumerate(fields(SnapshotRow))} for i in range(3000)]
+    def fresh(row: dict[str, Any]) -> dict[str, Any]:  # every number a new object
+        return {k: v if isinstance(v, str | bool) else v + 1 for k, v in row.items()}
+
+    largest = held_per_row(lambda: [[SnapshotRow(**fresh(row)) for row in values]])
     assert typical < largest <= parquet.ROW_BYTES <= 1.02 * largest, (typical, largest)
 
 
