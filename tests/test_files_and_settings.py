@@ -468,3 +468,12 @@ def test_any_settings_are_used_or_refused_naming_the_setting(
             assert [name for name in values if name in message], message
             return
     works(metrics, runtime)
+
+
+def test_the_docs_give_every_range() -> None:
+    """docs/metrics.md#checks lists each setting with its range as RANGES has it."""
+    text = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    table = text.split("| settings | allowed |", 1)[1].split("\n\n", 1)[0]
+    for name in RANGES:
+        documented = f"`{name}`" in table or ("`weight_*`" in table and name.startswith("weight_"))
+        assert documented, name
