@@ -5,9 +5,11 @@ Layout: DATA_DIR/snapshots/date=YYYY-MM-DD/<as_of>-<digest>.parquet (closing row
 under a hidden temporary name and renamed into place, so readers never see half a file;
 on a local disk the file and its folder are fsynced first, so a power cut cannot leave
 an empty file behind a rename, and a temporary file is removed when a write fails.
-Files that are not whole Parquet files (left by a crash on a disk that lies about
-fsync, or copied in by hand) are moved to DATA_DIR/quarantine when the catalogue is
-set up, so the `snapshots` view never fails on them.
+Files that are not whole Parquet files (a copy or upload cut short, a disk that lies
+about fsync, garbage) are moved to DATA_DIR/quarantine by whoever reads them first, so
+neither the views nor the worker's recovery fail on them: `read_checked` (whole reads:
+closing files, compact, the steering reader), `quarantine_broken_files` (a quick check
+of every file when the catalogue is set up), `read_history` (a query that failed).
 The name is derived from the content's key (as_of + communities + windows), so writing
 the same snapshot again replaces the file instead of adding rows. DATA_DIR may be a
 local folder or any URI pyarrow.fs understands (s3://, gs://, ...).
@@ -364,7 +366,7 @@ def quarantine_broken_files(data_dir: str | Path) -> list[str]:
             with contextlib.suppress(FileNotFoundError):  # (renamed into place meanwhile)
                 if time.time() - path.stat().st_mtime > STALE_TEMPORARY_S:
                     moved.append(quarantine(fs, str(root), str(path), "a stale temporary"))
-        elif path.suffix == ".parquet" and (reason := torn(path)):
+        elif path.suffix == ".parquet" and path.is_file() and (reason := torn(path)):
             moved.append(quarantine(fs, str(root), str(path), reason))
     return moved
 
@@ -461,14 +463,19 @@ def steering_views(data_dir: str | Path) -> list[str]:
 
 
 def ensure_catalogue(data_dir: str | Path) -> bool:
-    """(Re)create the views in DATA_DIR/pulse.duckdb; False when another process holds it.
+    """(Re)create the views in DATA_DIR/pulse.duckdb, broken files moved aside first;
+    False when another process holds it.
 
     Only local data dirs get a DuckDB file; the worker opens it once and closes it at
     once, so analysts can keep it open read-only while the worker runs.
     """
     if "://" in str(data_dir):
         return True
-    quarantine_broken_files(data_dir)
+    try:
+        quarantine_broken_files(data_dir)
+    except OSError as exc:  # (e.g. not allowed to move one): the write stands, retried later
+        log.warning("could not move the broken files of %s aside: %s", data_dir, exc)
+        return False
     path = Path(data_dir) / "pulse.duckdb"
     try:
         with duckdb.connect(str(path)) as con:
