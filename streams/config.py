@@ -102,6 +102,8 @@ RANGES: dict[str, Range] = {
     "closing_backfill_days": Range(0, YEAR_DAYS),
     "clock_offset_s": Range(-YEAR_DAYS * 86_400, YEAR_DAYS * 86_400),
 }
+
+
 def check_range(setting: str, value: Any, allowed: Range, what: str = "") -> None:
     """SettingError unless `value` is a number (not a bool) within `allowed`."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -146,8 +148,9 @@ class MetricConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if not self.windows_days:
-            raise SettingError("windows_days", "expected at least one window")
+        if not self.windows_days or len(set(self.windows_days)) < len(self.windows_days):
+            raise SettingError("windows_days", "expected one or more windows, each once, not "
+                                               f"{shown(list(self.windows_days))}")
         for community, hours in self.sla_hours_by_community.items():
             check_range("sla_hours_by_community", hours, RANGES["sla_hours"],
                         f"community {shown(community)}: ")
@@ -302,7 +305,8 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
     if isinstance(current, float):
         return _number(raw, name)
     if not isinstance(raw, str):  # (its value unshown: sketch_key is a secret)
-        raise SettingError(name, f"expected text, not {_TOML_TYPES.get(type(raw), 'that')}")
+        kind = _TOML_TYPES.get(type(raw), f"a {type(raw).__name__}")  # (or a TOML date)
+        raise SettingError(name, f"expected text, not {kind}")
     return raw
 
 

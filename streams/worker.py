@@ -727,8 +727,8 @@ class PulseWorker:
                 self.metrics.steering_file_invalid.labels(name).set(1)
                 # (a ConfigError's line names the file, entry and field, never a user id;
                 # another exception is a gap in the checks: its type only, it may quote one)
-                why = exc if isinstance(exc, ConfigError) else f"{watched.path}: unexpected " \
-                    f"{type(exc).__name__} (a bug: please report it)"
+                why = str(exc) if isinstance(exc, ConfigError) else (
+                    f"{watched.path}: unexpected {type(exc).__name__} (a bug: please report it)")
                 log.warning("%s file not reloaded, the one read before stays: %s", name, why)
                 continue
             self.metrics.steering_file_invalid.labels(name).set(0)

@@ -328,6 +328,9 @@ def test_any_reload_keeps_the_worker_going(tmp_path_factory: pytest.TempPathFact
     ("[metrics]\n" + "".join(f"weight_{c} = 0\n" for c in config.WEIGHTED), {},
      "at least one of weight_retention"),
     ("[metrics]\nwindows_days = [7, true]\n", {}, "windows_days: expected a whole number"),
+    ("", {"PULSE_WINDOWS_DAYS": "7,7"}, "(windows_days): expected one or more windows, each "
+                                        "once, not [7, 7]"),
+    ("[runtime]\napp_id = 2027-01-01\n", {}, "[runtime] app_id: expected text, not a date"),
     ("[metrics]\ntier_medium_share = 0.5\ntier_high_share = 0.4\n", {},
      "need 0 < tier_medium_share <= tier_high_share <= 1"),
     ("[runtime]\nbroker = 5\n", {}, "[runtime] broker: expected text, not a whole number"),
