@@ -167,14 +167,14 @@ def test_the_row_estimate_covers_what_queued_rows_hold() -> None:
     """ROW_BYTES is an upper bound of a queued row's memory (measured, not assumed): of
     rows from the core, and of the largest row there can be (every number its own
     object), which it does not overstate, so the bound in MiB means what it says."""
-    core = active_core(300)  # (built before tracing: the state is not the queue's)
+    core = active_core(100)  # (built before tracing: the state is not the queue's)
     core.snapshot(T)
     typical = held_per_row(lambda: [core.snapshot(T + i * 10_000) for i in range(5)])
     values: list[dict[str, Any]] = [
         {f.name: ("c" if f.name == "community_id" else "high" if f.name == "tier"
                   else True if "bool" in str(f.type)
                   else 1e6 + i + k if "float" in str(f.type) else 2**40 + i + k)
-         for k, f in enumerate(fields(SnapshotRow))} for i in range(3000)]
+         for k, f in enumerate(fields(SnapshotRow))} for i in range(1000)]
     def fresh(row: dict[str, Any]) -> dict[str, Any]:  # every number a new object
         return {k: v if isinstance(v, str | bool) else v + 1 for k, v in row.items()}
 
