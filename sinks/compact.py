@@ -6,20 +6,32 @@ Order of operations keeps every moment safe: the merged file is written atomical
 first (deduplicated on community, window and as_of), and only then are the files it
 was built from deleted. A crash in between leaves duplicate rows on disk, which the
 `snapshots` view already deduplicates and the next compaction removes.
+
+Broken files (zero-length, torn, not Parquet) are skipped and moved to DATA_DIR/quarantine
+(`sinks.parquet.read_checked`); closing files are read whole too, so that compaction also
+finds those that are damaged inside, which the cheap check of both ends cannot.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from sinks.parquet import SNAPSHOT_SCHEMA, SnapshotWriter, is_closing_file, write_atomically
+from sinks.parquet import (
+    QUARANTINE,
+    SNAPSHOT_SCHEMA,
+    SnapshotWriter,
+    is_closing_file,
+    quarantine_broken_files,
+    read_checked,
+    write_atomically,
+)
 
 COMPACTED_PREFIX = "0-compacted-"
 
@@ -30,33 +42,45 @@ class CompactionReport:
     files_before: int = 0
     files_after: int = 0
     rows: int = 0
+    quarantined: list[str] = dataclass_field(default_factory=list)  # broken files moved aside
 
     def __str__(self) -> str:
-        return (f"compacted {self.partitions} date partition(s): {self.files_before} files -> "
+        text = (f"compacted {self.partitions} date partition(s): {self.files_before} files -> "
                 f"{self.files_after}, {self.rows:,} rows kept")
+        if self.quarantined:  # (each is logged with its new place)
+            text += (f"; {len(self.quarantined)} broken file(s) skipped and moved to "
+                     f"DATA_DIR/{QUARANTINE}/")
+        return text
 
 
 def compact(data_dir: str | Path) -> CompactionReport:
     writer = SnapshotWriter(data_dir)
-    fs = writer.fs
+    fs, root = writer.fs, writer.tables.root
     report = CompactionReport()
     try:
         folders = fs.get_file_info(pafs.FileSelector(writer.snapshots_dir))
     except FileNotFoundError:
         raise ValueError(f"{data_dir}: no snapshots folder") from None
+    if "://" not in str(data_dir):
+        report.quarantined += quarantine_broken_files(data_dir)
     for folder in sorted(f.path for f in folders if f.type == pafs.FileType.Directory):
+        names = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(folder))
+                       if info.is_file and info.base_name.endswith(".parquet"))
         # Closing files stay as they are: one per partition and midnight, the worker
         # rewrites them within the grace period and reads them back after a restart.
-        files = sorted(
-            info.path for info in fs.get_file_info(pafs.FileSelector(folder))
-            if info.is_file and info.base_name.endswith(".parquet")
-            and not is_closing_file(info.base_name)
-        )
+        tables = {}
+        for path in names:
+            found = read_checked(fs, root, path)
+            if found is None:
+                report.quarantined.append(path)
+            elif not is_closing_file(path):
+                tables[path] = found[1]
+        files = sorted(tables)
         report.files_before += len(files)
         if len(files) < 2:
             report.files_after += len(files)
             continue
-        table = _merged(fs, files)
+        table = _merged([tables[path] for path in files])
         digest = hashlib.blake2b("\n".join(files).encode(), digest_size=8).hexdigest()
         # Sorts before every snapshot name (they start with the year): a snapshot the
         # worker rewrites after (or while) we compact wins in the `snapshots` view.
@@ -69,12 +93,11 @@ def compact(data_dir: str | Path) -> CompactionReport:
     return report
 
 
-def _merged(fs: pafs.FileSystem, files: list[str]) -> pa.Table:
-    """All rows of `files`, one per (community, window, as_of), newest file winning."""
+def _merged(files: list[pa.Table]) -> pa.Table:
+    """All rows of the files' tables, one per (community, window, as_of), the later file
+    winning."""
     tables = []
-    for index, path in enumerate(files):
-        with fs.open_input_file(path) as source:
-            table = pq.read_table(source)  # (older files lack newer columns: NULL below)
+    for index, table in enumerate(files):  # (older files lack newer columns: NULL below)
         if "closing" not in table.column_names:  # schema 1: live rows only
             table = table.append_column("closing", pa.array([False] * table.num_rows))
         table = table.select([n for n in SNAPSHOT_SCHEMA.names if n in table.column_names])

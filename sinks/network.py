@@ -26,9 +26,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from sinks.parquet import SNAPSHOT_SCHEMA, STEERING_TABLES, TableWriter
+from sinks.parquet import SNAPSHOT_SCHEMA, STEERING_TABLES, TableWriter, read_checked
 from streams.config import MetricConfig
 from streams.steering.focus import Manager
 from streams.steering.network import SCHEMAS, SteeringSettings, network_tables
@@ -106,7 +105,11 @@ class SteeringSink:
             day += timedelta(days=1)
         if not paths:
             return schema.empty_table()
-        tables = [pq.read_table(path, filesystem=fs) for path in sorted(paths)]
+        # (a broken file is moved to quarantine and left out: read_checked)
+        found = [read_checked(fs, self.writer.root, path) for path in sorted(paths)]
+        tables = [table for _, table in filter(None, found)]
+        if not tables:
+            return schema.empty_table()
         combined = pa.concat_tables(tables, promote_options="default")
         key = ", ".join(_KEYS[name])
         with duckdb.connect() as con:

@@ -5,9 +5,11 @@ Layout: DATA_DIR/snapshots/date=YYYY-MM-DD/<as_of>-<digest>.parquet (closing row
 under a hidden temporary name and renamed into place, so readers never see half a file;
 on a local disk the file and its folder are fsynced first, so a power cut cannot leave
 an empty file behind a rename, and a temporary file is removed when a write fails.
-Files that are not whole Parquet files (left by a crash on a disk that lies about
-fsync, or copied in by hand) are moved to DATA_DIR/quarantine when the catalogue is
-set up, so the `snapshots` view never fails on them.
+Files that are not whole Parquet files (a copy or upload cut short, a disk that lies
+about fsync, garbage) are moved to DATA_DIR/quarantine by whoever reads them first, so
+neither the views nor the worker's recovery fail on them: `read_checked` (whole reads:
+closing files, compact, the steering reader), `quarantine_broken_files` (a quick check
+of every file when the catalogue is set up), `read_history` (a query that failed).
 The name is derived from the content's key (as_of + communities + windows), so writing
 the same snapshot again replaces the file instead of adding rows. DATA_DIR may be a
 local folder or any URI pyarrow.fs understands (s3://, gs://, ...).
@@ -19,11 +21,13 @@ a view of the same name.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -32,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -43,6 +47,7 @@ import pyarrow.parquet as pq
 from streams.core import SnapshotRow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = "2"  # 2: `closing` and the steering columns (docs/querying.md)
 FINAL_KEY = b"community_pulse.final"  # closing files: "true" once past the grace period
@@ -230,18 +235,21 @@ class SnapshotWriter:
                      ) -> tuple[bool, pa.Table | None] | None:
         """A partition's closing file at a midnight: None when there is none, else
         whether it is final (FINAL_KEY) and its rows: all of an open file, of a final
-        one the `columns` asked for (None: none)."""
+        one the `columns` asked for (None: none). A file that does not read (torn,
+        zero-length, not of SNAPSHOT_SCHEMA) is moved to quarantine and counts as none:
+        its rows are written anew (`read_checked`)."""
         folder = self.tables.folder("snapshots", as_of_ms)
         path = f"{folder}/{closing_file_name(as_of_ms, partition)}"
         try:
-            with self.fs.open_input_file(path) as source:
-                parquet = pq.ParquetFile(source)
-                final = (parquet.schema_arrow.metadata or {}).get(FINAL_KEY) == b"true"
-                if not final:
-                    return False, parquet.read()
-                return True, parquet.read(columns=columns) if columns else None
+            found = read_checked(self.fs, self.tables.root, path, None, SNAPSHOT_SCHEMA)
         except FileNotFoundError:
             return None
+        if found is None:
+            return None
+        parquet, table = found
+        if (parquet.schema_arrow.metadata or {}).get(FINAL_KEY) != b"true":
+            return False, table
+        return True, table.select(columns) if columns else None
 
 
 def write_atomically(fs: pafs.FileSystem, final: str, table: pa.Table) -> None:
@@ -278,38 +286,115 @@ def _fsync_dir(folder: str) -> None:
         os.close(descriptor)
 
 
-def quarantine_broken_files(data_dir: str | Path) -> list[Path]:
-    """Move snapshot files that are not whole Parquet files (zero-length, torn: no
-    PAR1 at both ends) and stale temporaries out of the way, into DATA_DIR/quarantine.
-    Local data dirs only: object stores never show a partial object."""
-    root = Path(data_dir)
-    moved = []
+QUARANTINE = "quarantine"  # DATA_DIR/quarantine/<table>/date=.../<file>: broken files
+STALE_TEMPORARY_S = 3600  # a hidden .tmp this old is a crashed write's, not one under way
+# Files this process moved to quarantine, per table (community_pulse_quarantined_files_total).
+QUARANTINED: collections.Counter[str] = collections.Counter()
+# What pyarrow raises on bytes that are not a whole Parquet file of the expected columns
+# (parsed from memory, so an OSError here is content, never I/O).
+BROKEN_CONTENT = (pa.ArrowException, OSError, ValueError, KeyError, IndexError)
+
+
+def quarantine(fs: pafs.FileSystem, root: str, path: str, reason: str) -> str:
+    """Move a broken file of a table (`root`/<table>/date=.../<name>) to
+    `root`/quarantine/<table>/date=.../<name> (".1", ".2", ... when that name is taken),
+    out of every view's glob; count and log it (paths name no community or user)."""
+    relative = path[len(root):].lstrip("/")
+    target = base = f"{root}/{QUARANTINE}/{relative}"
+    copies = 0
+    while fs.get_file_info(target).type != pafs.FileType.NotFound:
+        copies += 1
+        target = f"{base}.{copies}"
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    fs.move(path, target)
+    QUARANTINED[relative.split("/", 1)[0]] += 1
+    log.warning("moved %s to %s: %s", path, target, reason)
+    return target
+
+
+def read_checked(fs: pafs.FileSystem, root: str, path: str, columns: Sequence[str] | None = None,
+                 schema: pa.Schema | None = None) -> tuple[pq.ParquetFile, pa.Table] | None:
+    """A Parquet file of a table under `root` and its `columns` (None: all; [] none), of
+    their types in `schema` if given, or None after moving it to quarantine when its bytes
+    are not a whole Parquet file with those columns. The bytes are read whole first: an
+    I/O error (FileNotFoundError, a disk or store that fails) raises and moves nothing."""
+    with fs.open_input_file(path) as source:
+        data = source.read_buffer()
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        table = parquet.read(columns=columns)
+        if schema is not None:
+            names = schema.names if columns is None else list(columns)
+            table = table.select(names).cast(pa.schema([schema.field(n) for n in names]))
+        return parquet, table
+    except BROKEN_CONTENT as exc:
+        quarantine(fs, root, path, f"not a whole Parquet file ({type(exc).__name__})")
+        return None
+
+
+def torn(path: Path) -> str | None:
+    """Why a local file cannot be a whole Parquet file, from its size and both ends (no
+    read of its content: a cheap check for every file); None when it may be one."""
+    try:
+        with path.open("rb") as source:
+            size = source.seek(0, os.SEEK_END)
+            if size < 12:  # PAR1, a footer length, PAR1
+                return f"{size} bytes"
+            source.seek(0)
+            head = source.read(4)
+            source.seek(size - 8)
+            tail = source.read(8)
+    except FileNotFoundError:  # compacted or rewritten meanwhile
+        return None
+    if head != b"PAR1" or tail[4:] != b"PAR1":
+        return "torn: no PAR1 at both ends"
+    if int.from_bytes(tail[:4], "little") + 12 > size:
+        return "torn: its footer would start before the file"
+    return None
+
+
+def quarantine_broken_files(data_dir: str | Path) -> list[str]:
+    """Move the table files of a local DATA_DIR that cannot be whole Parquet files
+    (zero-length, torn, garbage: `torn`) and stale temporaries to DATA_DIR/quarantine;
+    return where they went. Object stores never show a partial object of ours (readers
+    that read a file whole quarantine the others: `read_checked`)."""
+    root = Path(data_dir).resolve()
+    fs, moved = pafs.LocalFileSystem(), []
     for path in sorted(p for table in ("snapshots", *STEERING_TABLES)
                        for p in (root / table).glob("*/*")):
-        if path.name.endswith(".tmp") and path.name.startswith("."):
-            broken = True
-        elif path.suffix == ".parquet":
-            broken = not _whole_parquet(path)
-        else:
-            continue
-        if broken:
-            target = root / "quarantine" / path.parent.parent.name / path.parent.name / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-            log.warning("moved broken snapshot file %s to %s", path, target)
-            moved.append(target)
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):  # (renamed into place meanwhile)
+                if time.time() - path.stat().st_mtime > STALE_TEMPORARY_S:
+                    moved.append(quarantine(fs, str(root), str(path), "a stale temporary"))
+        elif path.suffix == ".parquet" and path.is_file() and (reason := torn(path)):
+            moved.append(quarantine(fs, str(root), str(path), reason))
     return moved
 
 
-def _whole_parquet(path: Path) -> bool:
-    try:
-        with path.open("rb") as source:
-            if source.read(4) != b"PAR1":
-                return False
-            source.seek(-4, os.SEEK_END)
-            return source.read(4) == b"PAR1"
-    except OSError:  # shorter than 4 bytes, or unreadable
-        return False
+def quarantine_after(data_dir: str | Path, error: BaseException) -> list[str]:
+    """After a read of the history failed with `error`: the broken files moved aside
+    (`quarantine_broken_files`, and a file the error names if it does not read whole);
+    [] when none were found, so the error is not theirs. Local data dirs only."""
+    if "://" in str(data_dir):
+        return []
+    moved = quarantine_broken_files(data_dir)
+    root, fs = str(Path(data_dir).resolve()), pafs.LocalFileSystem()
+    for named in re.findall(r"'([^']+\.parquet)'", str(error)):  # (DuckDB quotes it)
+        if str(Path(named).parent.parent.parent) == root and Path(named).is_file() \
+                and read_checked(fs, root, named) is None:
+            moved.append(named)
+    return moved
+
+
+def read_history(data_dir: str | Path, read: Callable[[], T]) -> T:
+    """`read()` over the history's files; when it fails on broken ones (DuckDB names
+    only some of them), they go to quarantine and it is tried again."""
+    while True:
+        try:
+            return read()
+        except (duckdb.Error, *BROKEN_CONTENT) as exc:
+            if not quarantine_after(data_dir, exc):
+                raise
 
 
 def _as_uri(data_dir: str | Path) -> str:
@@ -378,14 +463,19 @@ def steering_views(data_dir: str | Path) -> list[str]:
 
 
 def ensure_catalogue(data_dir: str | Path) -> bool:
-    """(Re)create the views in DATA_DIR/pulse.duckdb; False when another process holds it.
+    """(Re)create the views in DATA_DIR/pulse.duckdb, broken files moved aside first;
+    False when another process holds it.
 
     Only local data dirs get a DuckDB file; the worker opens it once and closes it at
     once, so analysts can keep it open read-only while the worker runs.
     """
     if "://" in str(data_dir):
         return True
-    quarantine_broken_files(data_dir)
+    try:
+        quarantine_broken_files(data_dir)
+    except OSError as exc:  # (e.g. not allowed to move one): the write stands, retried later
+        log.warning("could not move the broken files of %s aside: %s", data_dir, exc)
+        return False
     path = Path(data_dir) / "pulse.duckdb"
     try:
         with duckdb.connect(str(path)) as con:
@@ -398,7 +488,12 @@ def ensure_catalogue(data_dir: str | Path) -> bool:
 
 
 def read_rows(data_dir: str | Path) -> list[SnapshotRow]:
-    """Every stored snapshot row (deduplicated), oldest first, back as SnapshotRow."""
+    """Every stored snapshot row (deduplicated), oldest first, back as SnapshotRow (broken
+    files moved to quarantine: `read_history`)."""
+    return read_history(data_dir, lambda: _read_rows(data_dir))
+
+
+def _read_rows(data_dir: str | Path) -> list[SnapshotRow]:
     con = duckdb.connect()
     for statement in catalogue_sql(data_dir)[:1]:
         con.execute(statement)
@@ -411,7 +506,12 @@ def read_rows(data_dir: str | Path) -> list[SnapshotRow]:
 
 def latest_rows(data_dir: str | Path, community_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The newest stored snapshot row of each (community, window) of these communities,
-    as column -> value (`as_of` as epoch ms); [] when there are no snapshots yet."""
+    as column -> value (`as_of` as epoch ms); [] when there are no snapshots yet (broken
+    files moved to quarantine: `read_history`)."""
+    return read_history(data_dir, lambda: _latest_rows(data_dir, community_ids))
+
+
+def _latest_rows(data_dir: str | Path, community_ids: Sequence[str]) -> list[dict[str, Any]]:
     if not _has_files(data_dir, "snapshots"):
         return []
     with duckdb.connect() as con:
@@ -426,47 +526,74 @@ def latest_rows(data_dir: str | Path, community_ids: Sequence[str]) -> list[dict
         return [dict(zip(names, values, strict=True)) for values in rel.fetchall()]
 
 
+# The most a queued SnapshotRow holds in memory of its own: the object (37 slots, 336
+# bytes as allocated), its 10 floats and 23 ints (32 bytes each as allocated; ints only
+# past the small ones CPython shares, and bools, None and its strings are shared) and a
+# list slot: 1,400 bytes, so the bound is never exceeded. Rows of typical communities
+# hold about 500 (tracemalloc; tests/test_sinks_fail_safe.py measures both).
+ROW_BYTES = 1_408
+
+
 class SinkQueue:
     """Writes batches of snapshot rows in order from one background thread, keeping
     them and retrying with backoff while the sink fails (disk full, DATA_DIR gone or
     read-only): a failed write is retried, never dropped. A write that hangs holds up
     only this thread, never the event loop (expiry, consumption, /metrics).
 
-    At most `max_batches` batches wait; beyond that the oldest goes and is counted
-    (`on_drop`): live rows are for freshness, and memory must stay bounded."""
+    The rows waiting may take at most `max_bytes` (ROW_BYTES a row): beyond that the
+    oldest batches go and are counted (`on_drop`), live rows being for freshness, while
+    memory must stay bounded. The batch being written and the newest are never dropped,
+    so a snapshot larger than the bound is still written. (Closing rows never come here:
+    the closing pass keeps and rewrites them, streams.closing.)"""
 
     def __init__(self, write: Callable[[Sequence[SnapshotRow]], object],
                  on_error: Callable[[], None] = lambda: None,
                  on_drop: Callable[[int], None] = lambda rows: None,
                  first_backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 max_batches: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_bytes: int = 256 << 20, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self._write, self._on_error, self._on_drop = write, on_error, on_drop
         self._first_backoff, self._max_backoff = first_backoff_s, max_backoff_s
-        self._max_batches = max_batches
+        self._max_bytes = max_bytes
         self._clock = clock
         self._pending: deque[Sequence[SnapshotRow]] = deque()
+        self._pending_rows = 0
         self._lock = threading.Lock()
         self._busy = False
+        self._writing: Sequence[SnapshotRow] | None = None
         self._retry_at = 0.0
         self._backoff = first_backoff_s
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="parquet-sink")
 
     @property
     def pending_rows(self) -> int:
-        with self._lock:
-            return sum(map(len, self._pending))
+        return self._pending_rows
+
+    @property
+    def pending_bytes(self) -> int:
+        """The estimated memory of the rows waiting (and being written)."""
+        return self._pending_rows * ROW_BYTES
 
     def submit(self, rows: Sequence[SnapshotRow]) -> Future[None] | None:
         """Queue the rows; start writing unless a write runs or a retry is not due yet."""
         with self._lock:
             if rows:
                 self._pending.append(rows)
-            while len(self._pending) > self._max_batches:
-                self._on_drop(len(self._pending.popleft()))
+                self._pending_rows += len(rows)
+            self._drop_oldest()
             if self._busy or not self._pending or self._clock() < self._retry_at:
                 return None
             self._busy = True
         return self._executor.submit(self._drain)
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest batches until the rest fit in max_bytes (holding the lock)."""
+        index = 1 if self._pending and self._pending[0] is self._writing else 0
+        while self.pending_bytes > self._max_bytes and index < len(self._pending) - 1:
+            dropped = self._pending[index]
+            del self._pending[index]
+            self._pending_rows -= len(dropped)
+            self._on_drop(len(dropped))
 
     def _drain(self) -> None:
         try:
@@ -474,7 +601,7 @@ class SinkQueue:
                 with self._lock:
                     if not self._pending:
                         return
-                    rows = self._pending[0]
+                    rows = self._writing = self._pending[0]
                 try:
                     self._write(rows)
                 except Exception:
@@ -487,9 +614,10 @@ class SinkQueue:
                         self._backoff = min(self._backoff * 2, self._max_backoff)
                     return
                 with self._lock:
-                    if self._pending and self._pending[0] is rows:
-                        self._pending.popleft()
+                    self._pending.popleft()  # (never dropped while written: _writing)
+                    self._pending_rows -= len(rows)
                     self._backoff = self._first_backoff
         finally:
             with self._lock:
                 self._busy = False
+                self._writing = None

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from schemas.events import Reason
+from sinks.parquet import QUARANTINED, STEERING_TABLES
 from streams.config import ConfigError, RuntimeConfig, read_secret
 from streams.core import SnapshotRow
 from streams.pipeline import TopicStats
@@ -359,6 +360,22 @@ class PipelineCollector(Collector):
         yield from (consumed, processed, duplicates, dead, lag)
 
 
+class QuarantineCollector(Collector):
+    """Files of the history this process moved to DATA_DIR/quarantine, per table."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        moved = CounterMetricFamily(
+            f"{NS}_quarantined_files", "Parquet files of the history that were not whole "
+            "(zero-length, torn, not Parquet), moved to DATA_DIR/quarantine by this "
+            "process; their rows are written anew where the worker can.", labels=["table"])
+        for table in ("snapshots", *STEERING_TABLES):
+            moved.add_metric([table], QUARANTINED[table])
+        yield moved
+
+
 class WorkerMetrics:
     """What a worker serves on /metrics: cached community series + live pipeline metrics."""
 
@@ -383,9 +400,14 @@ class WorkerMetrics:
             f"{NS}_sink_pending_rows", "Snapshot rows waiting for the sink (kept and "
             "retried with backoff while it fails).", ["sink"], registry=reg)
         self.sink_dropped_rows = Counter(
-            f"{NS}_sink_dropped_rows", "Snapshot rows given up on: the oldest, when too "
-            "many waited for a failing sink.", ["sink"], registry=reg)
+            f"{NS}_sink_dropped_rows", "Snapshot rows given up on: the oldest live rows, "
+            "when more than sink_max_pending_mib waited for a failing sink.", ["sink"],
+            registry=reg)
         self.sink_dropped_rows.labels("parquet")
+        self.sink_pending_bytes = Gauge(
+            f"{NS}_sink_pending_bytes", "Estimated memory of the snapshot rows waiting for "
+            "the sink (bounded by sink_max_pending_mib).", ["sink"], registry=reg)
+        self.registry.register(QuarantineCollector())
         self.steering_file_invalid = Gauge(
             f"{NS}_steering_file_invalid", "1 while the goals or experts file on disk does "
             "not read: the worker keeps the version read before (its log says why).",

@@ -482,15 +482,16 @@ def run(metric_config: MetricConfig, runtime: RuntimeConfig, loglevel: str = "wa
     install_log_filters()
     security = KafkaSecurity.from_runtime(runtime)
     access = MetricsAccess.from_runtime(runtime)
+    offset = runtime.clock_offset_s
+    # (first: a bad goals or managers file is named at once, with or without a broker)
+    worker = PulseWorker(metric_config, runtime,
+                         clock=(lambda: time.time() + offset) if offset else time.time)
     check_broker(runtime, security)
     ignored = ignored_faust_environment()
     if ignored:
         start_log.warning("ignoring Faust's environment variable(s) %s: community-pulse "
                           "reads its settings from the config file and PULSE_* only",
                           ", ".join(ignored))
-    offset = runtime.clock_offset_s
-    worker = PulseWorker(metric_config, runtime,
-                         clock=(lambda: time.time() + offset) if offset else time.time)
     app = build_app(worker, security)
     serve_metrics(worker, runtime.metrics_port, runtime.metrics_host, access)
     start_log.warning("metrics on %s://%s:%d/metrics%s, snapshots in %s", access.scheme,

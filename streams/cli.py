@@ -286,18 +286,24 @@ def _demo(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfi
 def _sql(args: argparse.Namespace, metrics: MetricConfig, runtime: RuntimeConfig) -> int:
     import duckdb
 
+    from sinks.parquet import read_history
+
     catalogue = Path(args.data_dir or runtime.data_dir) / "pulse.duckdb"
     if not catalogue.is_file():
         raise UsageError(f"no {catalogue}: run the demo, the worker or replay first, or pass "
                          "--data-dir")
     query = args.query if args.query is not None else sys.stdin.read()
-    try:
+
+    def run() -> None:
         with duckdb.connect(str(catalogue), read_only=True) as con:
             result = con.sql(query)
             if result is not None:
                 table = result.to_arrow_table()
                 con.from_arrow(table).show(max_rows=args.max_rows)
                 print(f"{table.num_rows:,} row(s)")
+
+    try:  # (a torn file that breaks the views goes to quarantine and the query runs again)
+        read_history(catalogue.parent, run)
     except duckdb.Error as exc:
         raise UsageError(f"SQL: {' '.join(str(exc).split())}") from None
     return 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 import gc
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T", "MetricConfig", "RuntimeConfig")
 DAY_MS = 86_400_000
@@ -27,6 +27,99 @@ GC_THRESHOLDS = (100_000, 50, 10)
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message is one line."""
+
+
+def shown(value: Any, quote: bool = True, limit: int = 40) -> str:
+    """A value as an error message shows it: its repr (its str unless `quote`) on one
+    line, cut to about `limit` characters (a 5,000-digit number or a whole list pasted
+    into a file still gives a readable line)."""
+    try:
+        text = repr(value) if quote else " ".join(str(value).split())
+    except ValueError:  # an integer too long to convert to text
+        return f"a {type(value).__name__} too long to show"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 12]}...{text[-6:]} ({len(text):,} characters)"
+
+
+class SettingError(ConfigError):
+    """A setting's value out of its range or of the wrong type; `load` says where it
+    was set (the file's table, or the environment variable)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting, self.problem = setting, problem
+
+
+class Range(NamedTuple):
+    low: float
+    high: float
+    above: bool = False  # low itself is not allowed
+
+    def __str__(self) -> str:
+        def text(x: float) -> str:
+            return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+        if self.above:
+            return f"above {text(self.low)} and at most {text(self.high)}"
+        return f"from {text(self.low)} to {text(self.high)}"
+
+
+WEIGHTED = ("retention", "continuity", "responsiveness", "participation", "reciprocity")
+YEAR_DAYS = 3660  # ten years: the longest window, horizon or backfill of any use
+# Every numeric setting's range (both ends allowed unless `above`); floats must be finite.
+# What lies outside either breaks the pipeline (a NaN SLA crashed the snapshot timer, an
+# infinite partition count the start) or asks for unbounded state or memory.
+RANGES: dict[str, Range] = {
+    "windows_days": Range(1, YEAR_DAYS),  # each window
+    "sla_hours": Range(0, 8784, above=True),  # (a year), also each sla_hours_by_community
+    "membership_horizon_days": Range(1, YEAR_DAYS),
+    "tier_medium_share": Range(0, 1, above=True),
+    "tier_high_share": Range(0, 1, above=True),
+    "stagnation_quiet_days": Range(1, YEAR_DAYS),
+    "stagnation_compare_days": Range(1, YEAR_DAYS),
+    "stagnation_drop_ratio": Range(0, 10),
+    **{f"weight_{c}": Range(0, 1e6) for c in WEIGHTED},
+    "partitions": Range(1, 10_000),
+    "metrics_port": Range(0, 65_535),
+    "snapshot_interval_s": Range(0.1, 86_400),
+    "min_members_exported": Range(0, 1e9),
+    "fetch_max_wait_ms": Range(0, 60_000),
+    "liveness_timeout_s": Range(1, 86_400),
+    "session_timeout_s": Range(1, 3_600),
+    "topic_replication_factor": Range(1, 32_767),
+    "topic_min_insync_replicas": Range(1, 32_767),
+    "steering_window_days": Range(1, YEAR_DAYS),
+    "merge_min_overlap": Range(0, 1, above=True),
+    "merge_top": Range(1, 1_000),
+    "focus_min_members": Range(0, 1e9),
+    "max_open_followups": Range(0, 1e9),
+    "steering_interval_s": Range(1, 7 * 86_400),
+    "sketch_size": Range(1, 1 << 20),
+    "sketch_retention_days": Range(0, YEAR_DAYS),
+    "sink_max_pending_mib": Range(1, 1 << 20),
+    "closing_grace_hours": Range(0, 720),
+    "closing_backfill_days": Range(0, YEAR_DAYS),
+    "clock_offset_s": Range(-YEAR_DAYS * 86_400, YEAR_DAYS * 86_400),
+}
+
+
+def check_range(setting: str, value: Any, allowed: Range, what: str = "") -> None:
+    """SettingError unless `value` is a number (not a bool) within `allowed`."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (allowed.low < value if allowed.above else allowed.low <= value) \
+            or not value <= allowed.high:  # (NaN fails every comparison)
+        raise SettingError(setting, f"{what}expected a number {allowed}, not {shown(value)}")
+
+
+def check_ranges(config: Any) -> None:
+    for item in fields(config):
+        allowed = RANGES.get(item.name)
+        if allowed is None:
+            continue
+        value = getattr(config, item.name)
+        for one in value if isinstance(value, tuple) else (value,):
+            check_range(item.name, one, allowed)
 
 
 @dataclass(frozen=True)
@@ -57,14 +150,21 @@ class MetricConfig:
     experts_min_roster: int = field(default=1, metadata={"setting": False})
 
     def __post_init__(self) -> None:
-        if not self.windows_days or any(w <= 0 for w in self.windows_days):
-            raise ConfigError("windows_days must be positive whole days")
-        if not 0 < self.tier_medium_share <= self.tier_high_share <= 1:
+        check_ranges(self)
+        if not self.windows_days or len(set(self.windows_days)) < len(self.windows_days):
+            raise SettingError("windows_days", "expected one or more windows, each once, not "
+                                               f"{shown(list(self.windows_days))}")
+        for community, hours in self.sla_hours_by_community.items():
+            check_range("sla_hours_by_community", hours, RANGES["sla_hours"],
+                        f"community {shown(community)}: ")
+        if not self.tier_medium_share <= self.tier_high_share:
             raise ConfigError("need 0 < tier_medium_share <= tier_high_share <= 1")
         if self.membership_horizon_days < max(self.windows_days):
-            raise ConfigError("membership_horizon_days must be at least the longest window")
-        if self.sla_hours <= 0 or any(v <= 0 for v in self.sla_hours_by_community.values()):
-            raise ConfigError("sla_hours must be positive")
+            raise ConfigError(f"membership_horizon_days ({self.membership_horizon_days}) must "
+                              f"be at least the longest of windows_days ({max(self.windows_days)})")
+        if not any(getattr(self, f"weight_{c}") for c in WEIGHTED):
+            raise ConfigError(f"at least one of weight_{', weight_'.join(WEIGHTED)} must be "
+                              "above 0")
 
     def sla_ms(self, community_id: str) -> int:
         hours = self.sla_hours_by_community.get(community_id, self.sla_hours)
@@ -149,16 +249,18 @@ class RuntimeConfig:
     # the closing rows it missed (down, behind, or started on topics with history).
     closing_grace_hours: float = 24.0
     closing_backfill_days: int = 35
+    # Memory for snapshot rows waiting while the Parquet sink fails (sinks.parquet.SinkQueue):
+    # past it the oldest live rows go, counted (docs/reliability.md).
+    sink_max_pending_mib: int = 256
     # For drills and tests only: the worker's clock runs this many seconds off the
     # system's (e.g. -172800: as if two days earlier), to rehearse downtime.
     clock_offset_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.closing_grace_hours < 0 or self.closing_backfill_days < 0:
-            raise ConfigError("closing_grace_hours and closing_backfill_days must not be "
-                              "negative")
-        if self.sketch_retention_days < 0:
-            raise ConfigError("sketch_retention_days must not be negative (0 keeps all)")
+        check_ranges(self)
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ConfigError("topic_min_insync_replicas must not exceed "
+                              "topic_replication_factor (no write would be acknowledged)")
 
     @property
     def closing_grace_ms(self) -> int:
@@ -170,32 +272,46 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+_TOML_TYPES = {int: "a whole number", float: "a number", bool: "true or false", list: "a list",
+               dict: "a table"}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
              "false": False, "0": False, "no": False, "off": False}
 
 
 def _coerce(current: Any, raw: Any, name: str) -> Any:
-    try:
-        if isinstance(current, tuple):
-            items = raw.split(",") if isinstance(raw, str) else raw
-            return tuple(int(x) for x in items)
-        if isinstance(current, dict):
-            if isinstance(raw, str):
-                pairs = (item.split("=", 1) for item in raw.split(",") if item)
-                return {k: float(v) for k, v in pairs}
-            return {str(k): float(v) for k, v in raw.items()}
-        if isinstance(current, bool):  # bool("false") would be True
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text not in _BOOLEANS:
-                raise ValueError(raw)
-            return _BOOLEANS[text]
-        if isinstance(current, Path) or name.endswith("_file"):
-            return Path(raw) if raw != "" else None
-        return type(current)(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad value for {name}: {raw!r}") from exc
+    """A setting's value, of its default's type, from TOML (typed) or PULSE_* (text)."""
+    if name.endswith("_file") or isinstance(current, Path):
+        if not isinstance(raw, str | Path) or (raw == "" and not name.endswith("_file")):
+            raise SettingError(name, "expected a file or folder name")
+        return Path(raw) if raw != "" else None  # "": no file
+    if isinstance(current, tuple):
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple):
+            raise SettingError(name, f"expected a list of whole numbers, not {shown(raw)}")
+        return tuple(_whole(item, name) for item in items)
+    if isinstance(current, dict):
+        if isinstance(raw, str):
+            pairs = [item.split("=", 1) for item in raw.split(",") if item]
+            if any(len(pair) != 2 for pair in pairs):
+                raise SettingError(name, "expected community=hours,... pairs")
+            raw = dict(pairs)
+        if not isinstance(raw, dict):
+            raise SettingError(name, f"expected a table of community = hours, not {shown(raw)}")
+        return {str(k): _number(v, name, f"community {shown(str(k))}: ") for k, v in raw.items()}
+    if isinstance(current, bool):  # bool("false") would be True
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[raw.strip().lower()]
+        raise SettingError(name, f"expected true or false, not {shown(raw)}")
+    if isinstance(current, int):
+        return _whole(raw, name)
+    if isinstance(current, float):
+        return _number(raw, name)
+    if not isinstance(raw, str):  # (its value unshown: sketch_key is a secret)
+        kind = _TOML_TYPES.get(type(raw), f"a {type(raw).__name__}")  # (or a TOML date)
+        raise SettingError(name, f"expected text, not {kind}")
+    return raw
 
 
 # Former settings that are secrets: read from a file or the environment (read_secret).
@@ -203,15 +319,45 @@ _SECRETS_NOW = {"sketch_key": "put the secret in PULSE_SKETCH_KEY or in the file
                               "sketch_key_file names (docs/security.md)"}
 
 
-def _apply(obj: Any, values: dict[str, Any], origin: str) -> Any:
+def _whole(raw: Any, name: str) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:  # (also more than 4,300 digits)
+            pass
+    raise SettingError(name, f"expected a whole number, not {shown(raw)}")
+
+
+def _number(raw: Any, name: str, what: str = "") -> float:
+    if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+        try:
+            return float(raw)  # (NaN and infinity too: the range check refuses them)
+        except (ValueError, OverflowError):
+            pass
+    raise SettingError(name, f"{what}expected a number, not {shown(raw)}")
+
+
+def _apply(obj: T, values: Any, origin: str, where: Callable[[str], str]) -> T:
+    """`obj` with the settings of one origin (the file's table, the environment); an
+    error names the origin and the setting (`where` of its name)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: expected a table, not {shown(values)}")
     known = {f.name for f in fields(obj) if f.metadata.get("setting", True)}
     unknown = set(values) - known
     for name in sorted(unknown & set(_SECRETS_NOW)):
-        raise ConfigError(f"{name} in {origin} is no longer a setting: {_SECRETS_NOW[name]}")
+        raise ConfigError(f"{where(name)}: no longer a setting: {_SECRETS_NOW[name]}")
     if unknown:
         raise ConfigError(f"unknown setting(s) in {origin}: {', '.join(sorted(unknown))}")
-    changes = {k: _coerce(getattr(obj, k), v, k) for k, v in values.items()}
-    return replace(obj, **changes)
+    try:
+        return replace(obj, **{k: _coerce(getattr(obj, k), v, k) for k, v in values.items()})
+    except SettingError as exc:
+        raise ConfigError(f"{where(exc.setting)}: {exc.problem}") from None
+    except ConfigError as exc:  # between settings (e.g. the tier shares)
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
@@ -223,10 +369,18 @@ def load(path: str | Path | None = None) -> tuple[MetricConfig, RuntimeConfig]:
             doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config {path} is not UTF-8 text") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
-        metrics = _apply(metrics, doc.get("metrics", {}), str(path))
-        runtime = _apply(runtime, doc.get("runtime", {}), str(path))
+        unknown = sorted(set(doc) - {"metrics", "runtime"})
+        if unknown:
+            raise ConfigError(f"config {path}: unknown table [{shown(unknown[0], quote=False)}]"
+                              " (the tables are [metrics] and [runtime])")
+        metrics = _apply(metrics, doc.get("metrics", {}), f"config {path}: [metrics]",
+                         lambda name: f"config {path}: [metrics] {name}")
+        runtime = _apply(runtime, doc.get("runtime", {}), f"config {path}: [runtime]",
+                         lambda name: f"config {path}: [runtime] {name}")
     metrics, runtime = _with_env(metrics), _with_env(runtime)
     if runtime.experts_file is not None:
         from streams.privacy import Pseudonymiser  # (these build on this module)
@@ -246,7 +400,9 @@ def _with_env(obj: T) -> T:
         for f in fields(obj)
         if f"PULSE_{f.name.upper()}" in os.environ and f.metadata.get("setting", True)
     }
-    return _apply(obj, env, "environment") if env else obj
+    if not env:
+        return obj
+    return _apply(obj, env, "environment", lambda name: f"PULSE_{name.upper()} ({name})")
 
 
 def read_secret(file_setting: str, path: Path | None, env_name: str) -> str:

@@ -124,9 +124,12 @@ class PulseWorker:
                                      runtime.liveness_timeout_s)
         self.sink = SinkQueue(self._write_parquet,
                               on_error=self.metrics.sink_errors.labels("parquet").inc,
-                              on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc)
+                              on_drop=self.metrics.sink_dropped_rows.labels("parquet").inc,
+                              max_bytes=runtime.sink_max_pending_mib << 20)
         self.metrics.sink_pending_rows.labels("parquet").set_function(
             lambda: self.sink.pending_rows)
+        self.metrics.sink_pending_bytes.labels("parquet").set_function(
+            lambda: self.sink.pending_bytes)
         self.deltas: DeltaLog | None = None
         self.dead_letter: Any = None  # faust Topic, bound in build_app
         self.dead_letter_topic: str | None = None  # its name
@@ -810,11 +813,15 @@ class PulseWorker:
                 continue
             try:
                 read[name] = (read_goals(watched.path, self.config.windows_days)
-                              if name == "goals" else read_experts(watched.path,
-                                                                   self.pseudonymise))
-            except ConfigError as exc:
+                              if name == "goals" else
+                              read_experts(watched.path, self.pseudonymise))
+            except Exception as exc:  # whatever it is, the running worker keeps going
                 self.metrics.steering_file_invalid.labels(name).set(1)
-                log.warning("%s file not reloaded, the one read before stays: %s", name, exc)
+                # (a ConfigError's line names the file, entry and field, never a user id;
+                # another exception is a gap in the checks: its type only, it may quote one)
+                why = str(exc) if isinstance(exc, ConfigError) else (
+                    f"{watched.path}: unexpected {type(exc).__name__} (a bug: please report it)")
+                log.warning("%s file not reloaded, the one read before stays: %s", name, why)
                 continue
             self.metrics.steering_file_invalid.labels(name).set(0)
         return read

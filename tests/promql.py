@@ -44,6 +44,7 @@ EXPORTED_METRICS = frozenset({
     "community_pulse_consumer_lag_seconds", "community_pulse_consumer_lag_messages",
     "community_pulse_assigned_partitions", "community_pulse_kafka_send_retries_total",
     "community_pulse_sink_pending_rows", "community_pulse_sink_dropped_rows_total",
+    "community_pulse_sink_pending_bytes", "community_pulse_quarantined_files_total",
     "community_pulse_catching_up", "community_pulse_steering_file_invalid",
     "community_pulse_closing_sustainability_score", "community_pulse_closing_tier",
     "community_pulse_closing_timestamp_seconds", "community_pulse_closing_late_events_total",

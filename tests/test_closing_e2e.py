@@ -21,7 +21,7 @@ import yaml
 from devkit import generate as gen
 from devkit.devkafka import LocalKafka
 from schemas.events import DEAD_LETTER_TOPIC, DEFAULT_TOPICS
-from sinks.parquet import closing_file_name
+from sinks.parquet import SnapshotWriter, closing_file_name
 from streams.closing import midnight_at_or_before
 from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.replay import replay
@@ -118,6 +118,15 @@ def test_closing_rows_equal_replay_on_the_real_broker(kafka: LocalKafka, tmp_pat
                      gen.history(c, now, 3, random.Random(16)) if e["ts"] > then], "later-")
     after_grace = [post(20 + i, d1 - (i + 1) * HOUR) for i in range(3)]
     produce(kafka, prefix, later + after_grace)
+    # Two final closing files broken meanwhile (a copy cut short, an empty file): the
+    # restart moves them to quarantine and writes their rows anew (issue 21).
+    broken_day = d1 - 5 * DAY_MS
+    folder = Path(SnapshotWriter(data).tables.folder("snapshots", broken_day))
+    broken = sorted(folder.glob("*-closing-p*.parquet"))[:2]
+    assert len(broken) == 2
+    broken[0].write_bytes(b"")
+    broken[1].write_bytes(broken[1].read_bytes()[:random.Random(21).randrange(
+        broken[1].stat().st_size)])
     restarted = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0)
     try:
         wait_for(lambda: settled(restarted, len(later) + len(after_grace), d0), 180,
@@ -125,6 +134,10 @@ def test_closing_rows_equal_replay_on_the_real_broker(kafka: LocalKafka, tmp_pat
         samples = restarted.scrape()
         assert restarted.value(samples, "community_pulse_closing_late_events_total") == len(
             after_grace)
+        assert restarted.value(samples, "community_pulse_quarantined_files_total",
+                               table="snapshots") == 2
+        assert sorted(p.name for p in (data / "quarantine").rglob("*.parquet")) == [
+            p.name for p in broken] and all(p.stat().st_size > 0 for p in broken)
         got = daily_rows(data)
         assert {k[2] for k in got} == set(range(backfill_from, d0 + 1, DAY_MS))
         events = history + within + beyond + later + after_grace

@@ -4,19 +4,25 @@ and neither torn files nor compaction can hide or break a snapshot."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
-from dataclasses import replace
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import Event
 from sinks import parquet
 from sinks.compact import compact
 from sinks.parquet import SinkQueue, SnapshotWriter, ensure_catalogue, read_rows
-from streams.config import MetricConfig
+from streams.config import DAY_MS, MetricConfig
 from streams.core import PulseCore, SnapshotRow
 from tests.workers import wait_for
 
@@ -100,13 +106,17 @@ def test_torn_and_empty_files_never_break_the_snapshots_view(tmp_path: Path) -> 
     (good,) = tmp_path.glob("snapshots/*/*.parquet")
     (good.parent / "20261118T000000000Z-empty.parquet").write_bytes(b"")
     (good.parent / "20261118T000000000Z-torn.parquet").write_bytes(good.read_bytes()[:100])
-    (good.parent / ".20261118T000000000Z-x.parquet.tmp").write_bytes(b"PAR1")
+    stale = good.parent / ".20261118T000000000Z-x.parquet.tmp"
+    stale.write_bytes(b"PAR1")
+    os.utime(stale, (time.time() - 7200,) * 2)  # a crashed write's, two hours ago
+    (good.parent / ".20261118T000000000Z-y.parquet.tmp").write_bytes(b"PAR1")  # under way
     ensure_catalogue(tmp_path)
     assert view_rows(tmp_path) == [("c", 7, T, 3), ("c", 28, T, 3)]
     assert sorted(p.name for p in (tmp_path / "quarantine").rglob("*")
                   if p.is_file()) == [".20261118T000000000Z-x.parquet.tmp",
                                       "20261118T000000000Z-empty.parquet",
                                       "20261118T000000000Z-torn.parquet"]
+    assert (good.parent / ".20261118T000000000Z-y.parquet.tmp").exists()
 
 
 def test_a_snapshot_rewritten_after_compaction_wins_over_the_compacted_copy(
@@ -123,3 +133,104 @@ def test_a_snapshot_rewritten_after_compaction_wins_over_the_compacted_copy(
     compact(tmp_path)  # and the next compaction keeps the rewrite too
     assert view_rows(tmp_path) == [("c", 7, T, 9), ("c", 7, T + 60_000, 3),
                                    ("c", 28, T, 9), ("c", 28, T + 60_000, 3)]
+
+
+# ---- the queue's memory bound (issue 21) ---------------------------------------------
+
+
+def active_core(communities: int, as_of: int = T) -> PulseCore:
+    """A core with a community each of members, posts and replies."""
+    core = PulseCore(MetricConfig())
+    core.apply([event for c in range(communities) for i in range(4) for event in (
+        Event(f"j{c}-{i}", "join", f"community-{c:05d}", f"u{i}", as_of - DAY_MS * (i + 1)),
+        Event(f"p{c}-{i}", "post", f"community-{c:05d}", f"u{i}", as_of - 3_600_000 * (i + 1),
+              post_id=f"p{c}-{i}"),
+        Event(f"r{c}-{i}", "reply", f"community-{c:05d}", f"u{i + 1}",
+              as_of - 1_800_000 * (i + 1), post_id=f"p{c}-{i}", reply_id=f"r{c}-{i}",
+              parent_id=f"p{c}-{i}", parent_type="post"))])
+    return core
+
+
+def held_per_row(make: Callable[[], list[list[SnapshotRow]]]) -> float:
+    """Memory the rows `make` returns hold, per row (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        batches = make()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return held / sum(map(len, batches))
+
+
+def test_the_row_estimate_covers_what_queued_rows_hold() -> None:
+    """ROW_BYTES is an upper bound of a queued row's memory (measured, not assumed): of
+    rows from the core, and of the largest row there can be (every number its own
+    object), which it does not overstate, so the bound in MiB means what it says."""
+    core = active_core(100)  # (built before tracing: the state is not the queue's)
+    core.snapshot(T)
+    typical = held_per_row(lambda: [core.snapshot(T + i * 10_000) for i in range(5)])
+    values: list[dict[str, Any]] = [
+        {f.name: ("c" if f.name == "community_id" else "high" if f.name == "tier"
+                  else True if "bool" in str(f.type)
+                  else 1e6 + i + k if "float" in str(f.type) else 2**40 + i + k)
+         for k, f in enumerate(fields(SnapshotRow))} for i in range(1000)]
+    def fresh(row: dict[str, Any]) -> dict[str, Any]:  # every number a new object
+        return {k: v if isinstance(v, str | bool) else v + 1 for k, v in row.items()}
+
+    largest = held_per_row(lambda: [[SnapshotRow(**fresh(row)) for row in values]])
+    assert typical < largest <= parquet.ROW_BYTES <= 1.02 * largest, (typical, largest)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 400), min_size=1, max_size=40),
+       bound_rows=st.integers(1, 2000))
+def test_a_failing_sink_keeps_the_newest_rows_within_the_byte_bound(
+        sizes: list[int], bound_rows: int) -> None:
+    """Rows pile up while the disk fails: the estimate never exceeds the bound (but for
+    the newest batch alone, which is always kept); the oldest batches go first, each
+    counted in the dropped rows; the order of what is kept is the order of arrival."""
+    dropped: list[int] = []
+    failures: list[int] = []
+
+    def disk_full(rows: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    queue = SinkQueue(disk_full, on_error=lambda: failures.append(1), on_drop=dropped.append,
+                      max_bytes=bound_rows * parquet.ROW_BYTES, first_backoff_s=0)
+    batches = [[object()] * size for size in sizes]  # (rows by identity: only counted)
+    newest = 0
+    for batch in batches:
+        attempt = queue.submit(batch)  # type: ignore[arg-type]
+        if attempt is not None:
+            attempt.result()  # failed: kept
+        newest = len(batch) or newest
+        assert queue.pending_bytes <= max(bound_rows, newest) * parquet.ROW_BYTES
+        assert queue.pending_bytes == queue.pending_rows * parquet.ROW_BYTES
+    assert sum(dropped) + queue.pending_rows == sum(sizes)
+    kept = list(queue._pending)
+    non_empty = [b for b in batches if b]
+    assert kept == non_empty[len(non_empty) - len(kept):]  # the newest, in order
+    assert failures or not any(sizes)
+
+
+def test_the_batch_being_written_is_never_dropped(tmp_path: Path) -> None:
+    """While a write hangs, later batches are dropped past the bound, never the one being
+    written (it is in the write's hands: dropping it would free nothing and miscount)."""
+    release, written = threading.Event(), []
+
+    def hanging(rows):  # type: ignore[no-untyped-def]
+        release.wait()
+        written.append(rows)
+
+    first = snapshot_rows(T)
+    queue = SinkQueue(hanging, max_bytes=3 * parquet.ROW_BYTES)
+    queue.submit(first)
+    wait_for(lambda: queue._writing is first, 30, "the write to start")
+    later = [snapshot_rows(T + i) for i in range(1, 4)]
+    for batch in later:
+        queue.submit(batch)
+    assert list(queue._pending) == [first, later[-1]]
+    release.set()
+    wait_for(lambda: len(written) == 2, 30, "both batches written")
+    assert written == [first, later[-1]] and queue.pending_rows == 0

@@ -171,8 +171,8 @@ def test_the_sketch_key_is_a_secret_not_a_setting(tmp_path: Path,
     with pytest.raises(ConfigError) as refused:
         config_module.load(toml)
     assert str(refused.value) == (
-        f"sketch_key in {toml} is no longer a setting: put the secret in PULSE_SKETCH_KEY or "
-        "in the file that sketch_key_file names (docs/security.md)")
+        f"config {toml}: [runtime] sketch_key: no longer a setting: put the secret in "
+        "PULSE_SKETCH_KEY or in the file that sketch_key_file names (docs/security.md)")
     assert SECRET not in repr(SteeringSettings(sketch_key=SECRET.encode()))
 
 

@@ -21,16 +21,59 @@ from typing import Any
 
 import yaml
 
-from streams.config import ConfigError
+from streams.config import ConfigError, shown
 from streams.privacy import Pseudonymiser
 from streams.steering.focus import Manager, parse_managers
 from streams.steering.goals import Goal, parse_goals
 
-MAX_ID_CHARS = 256  # as event user ids (schemas.events)
+MAX_ID_CHARS = 256  # as event user and community ids (schemas.events)
+MAX_DEPTH = 64  # nesting of a steering file; theirs is 3 to 4 levels
+MAX_INT_BITS = 1024  # longer integers stay text (no field takes one; float's range)
 
 
 class RosterError(ConfigError):
     """An invalid roster file; the message names the community, never a user id."""
+
+
+class _TooDeep(yaml.composer.ComposerError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as `yaml.safe_load` reads it, but bounded, so that every file either reads
+    or is refused in one line: nesting deeper than MAX_DEPTH is a YAML error (the
+    composer recurses: 3,000 levels overflowed Python's stack), and a date that does not
+    exist (2027-02-30) or an integer too long for a number stays text, which the field's
+    check then refuses by goal and field (PyYAML raised a bare ValueError)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.depth >= MAX_DEPTH:
+            raise _TooDeep(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                           self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_yaml_timestamp(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:  # e.g. day is out of range for month
+            return self.construct_scalar(node)
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            value = super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (4,300)
+            return self.construct_scalar(node)
+        return value if value.bit_length() <= MAX_INT_BITS else self.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def _load_yaml(path: Path | str, what: str) -> Any:
@@ -40,12 +83,18 @@ def _load_yaml(path: Path | str, what: str) -> Any:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    except ValueError:  # a NUL in the name (a TOML string may hold one)
+        raise ConfigError(f"cannot read {what} {shown(str(path))}: not a file name") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # (a SafeLoader: plain data only)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{what} {path} is not valid YAML{where}") from None
+        # (PyYAML's other problems may quote the file: a roster's user ids)
+        why = f": {exc.problem}" if isinstance(exc, _TooDeep) else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{where}{why}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # not a YAMLError: a gap above
+        raise ConfigError(f"{what} {path} is not valid YAML ({type(exc).__name__})") from None
 
 
 def read_goals(path: Path | str, windows_days: Sequence[int] | None = None) -> list[Goal]:
@@ -68,8 +117,9 @@ def read_experts(path: Path | str, pseudonymise: Pseudonymiser | None = None
         raise RosterError(f"{path}: experts: expected a mapping of community id to user ids")
     roster = {}
     for community, users in experts.items():
-        if not isinstance(community, str) or not community:
-            raise RosterError(f"{path}: experts: community ids must be text")
+        if not isinstance(community, str) or not 0 < len(community) <= MAX_ID_CHARS:
+            raise RosterError(f"{path}: experts: community {shown(community)}: expected a "
+                              f"community id (text of 1-{MAX_ID_CHARS} characters)")
         if users is None:
             users = []
         if not isinstance(users, list):

@@ -23,13 +23,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
-from streams.config import DAY_MS, ConfigError
+from streams.config import DAY_MS, ConfigError, shown
 from streams.core import MAX_MANAGERS, WHO_BITS, CommunityState, PulseCore
 
 DEFAULT_MIN_MEMBERS = 20
 DEFAULT_MAX_OPEN_FOLLOWUPS = 5
+MAX_TEXT_CHARS = 256  # a name, user id or community id, as event ids (schemas.events)
 _WHO_MASK = (1 << WHO_BITS) - 1
 
 
@@ -57,19 +58,21 @@ def parse_managers(doc: Any, source: str) -> list[Manager]:
         if not isinstance(item, dict):
             raise ManagersFileError(f"{source}: {label} is not a mapping")
         name = item.get("name")
-        if isinstance(name, str) and name:
+        if _is_text(name):
             label = f"manager {name!r}"
         else:
-            raise ManagersFileError(f"{source}: {label}: 'name' must be a non-empty string")
+            raise ManagersFileError(f"{source}: {label}: 'name' must be a string of 1-"
+                                    f"{MAX_TEXT_CHARS} characters")
         unknown = set(item) - {"name", "user_id", "follows"}
         if unknown:
             raise ManagersFileError(f"{source}: {label}: unknown field(s) "
-                                    f"{', '.join(sorted(map(str, unknown)))}")
+                                    f"{', '.join(sorted(shown(k, quote=False) for k in unknown))}")
         user_id = item.get("user_id")
-        if not isinstance(user_id, str) or not user_id:
-            raise ManagersFileError(f"{source}: {label}: 'user_id' must be a non-empty string")
+        if not _is_text(user_id):  # (never shown: a user id)
+            raise ManagersFileError(f"{source}: {label}: 'user_id' must be a string of 1-"
+                                    f"{MAX_TEXT_CHARS} characters")
         follows = item.get("follows", [])
-        if not isinstance(follows, list) or not all(isinstance(c, str) and c for c in follows):
+        if not isinstance(follows, list) or not all(map(_is_text, follows)):
             raise ManagersFileError(
                 f"{source}: {label}: 'follows' must be a list of community ids")
         if any(m.name == name for m in managers):
@@ -82,6 +85,10 @@ def parse_managers(doc: Any, source: str) -> list[Manager]:
         raise ManagersFileError(f"{source}: community {crowded[0]!r}: 'follows': more than "
                                 f"{MAX_MANAGERS} managers")
     return managers
+
+
+def _is_text(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT_CHARS
 
 
 def managers_of(managers: Iterable[Manager]) -> dict[str, list[str]]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from streams.config import DAY_MS, ConfigError
+from streams.config import DAY_MS, ConfigError, shown
 from streams.core import SnapshotRow
 
 STATUSES: Final = ("not_started", "on_track", "behind", "met", "missed", "ended", "no_data")
@@ -44,6 +44,7 @@ _REQUIRED: Final = ("id", "community", "metric", "baseline", "target", "start", 
                     "sustain_until")
 DEFAULT_WINDOW_DAYS: Final = 28
 TOLERANCE: Final = 1e-9  # of |target - baseline|: how close to a mark counts as at it
+MAX_ID_CHARS: Final = 256  # a goal id and a community id, as event ids (schemas.events)
 
 
 class GoalsError(ConfigError):
@@ -162,7 +163,7 @@ def _parse_goal(item: Any, where: str, windows_days: Sequence[int] | None) -> Go
     if not isinstance(item, Mapping):
         raise GoalsError(f"{where}: expected a mapping of {', '.join(_FIELDS)}")
     raw_id = item.get("id")
-    if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
+    if _is_id(raw_id):
         where = f"{where.rsplit(': goal #', 1)[0]}: goal {str(raw_id)!r}"
 
     def fail(field: str, problem: str) -> GoalsError:
@@ -171,22 +172,23 @@ def _parse_goal(item: Any, where: str, windows_days: Sequence[int] | None) -> Go
     for field in _REQUIRED:
         if item.get(field) is None:
             raise fail(field, "missing")
-    unknown = sorted(str(k) for k in item if k not in _FIELDS)
+    unknown = sorted(shown(k, quote=False) for k in item if k not in _FIELDS)
     if unknown:
         raise fail(unknown[0], f"unknown field (fields: {', '.join(_FIELDS)})")
-    if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
-        raise fail("id", "expected a non-empty text")
+    if not _is_id(raw_id):
+        raise fail("id", f"expected a text of 1-{MAX_ID_CHARS} characters, not {shown(raw_id)}")
     community = item["community"]
-    if not isinstance(community, str) or not community:
-        raise fail("community", "expected a community id (text)")
+    if not isinstance(community, str) or not 0 < len(community) <= MAX_ID_CHARS:
+        raise fail("community", f"expected a community id (text of 1-{MAX_ID_CHARS} "
+                                f"characters), not {shown(community)}")
     metric = item["metric"]
-    if metric not in METRICS:
-        raise fail("metric", f"unknown metric {metric!r} (numeric snapshot columns: "
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise fail("metric", f"unknown metric {shown(metric)} (numeric snapshot columns: "
                              f"{', '.join(METRICS)})")
     window_days = item.get("window_days", DEFAULT_WINDOW_DAYS)
     if not isinstance(window_days, int) or isinstance(window_days, bool) or window_days <= 0:
         raise fail("window_days", f"expected a positive whole number of days, not "
-                                  f"{window_days!r}")
+                                  f"{shown(window_days)}")
     if windows_days is not None and window_days not in windows_days:
         raise fail("window_days", f"{window_days} is not a configured window "
                                   f"({', '.join(map(str, windows_days))})")
@@ -201,15 +203,27 @@ def _parse_goal(item: Any, where: str, windows_days: Sequence[int] | None) -> Go
         raise fail("sustain_until", "must not be before the deadline")
     description = item.get("description") or ""
     if not isinstance(description, str):
-        raise fail("description", "expected text")
+        raise fail("description", f"expected text, not {shown(description)}")
     return Goal(str(raw_id), community, metric, window_days, baseline, target, start,
                 deadline, sustain_until, description)
 
 
+def _is_id(value: Any) -> bool:
+    """A goal id: text, or a whole number (YAML reads `id: 7` as one), of 1-MAX_ID_CHARS."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or (
+            isinstance(value, int) and value.bit_length() > 1024):  # (str() would refuse)
+        return False
+    text = str(value)
+    return bool(text.strip()) and len(text) <= MAX_ID_CHARS
+
+
 def _finite(value: Any, fail: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise fail(field, f"expected a number, not {value!r}")
-    return float(value)
+    number = float(value) if isinstance(value, float) or (
+        isinstance(value, int) and not isinstance(value, bool)
+        and value.bit_length() <= 1023) else math.nan  # (float() of a larger int overflows)
+    if not math.isfinite(number):
+        raise fail(field, f"expected a finite number, not {shown(value)}")
+    return number
 
 
 def _time(value: Any, fail: Any, field: str) -> int:
@@ -219,7 +233,7 @@ def _time(value: Any, fail: Any, field: str) -> int:
             value = (datetime.fromisoformat(value) if "T" in value.upper() or " " in value
                      else date.fromisoformat(value))
         except ValueError:
-            raise fail(field, f"bad time {value!r}: use RFC 3339 "
+            raise fail(field, f"bad time {shown(value)}: use RFC 3339 "
                               "(2027-03-01T00:00:00Z) or a date (2027-03-01)") from None
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -227,7 +241,7 @@ def _time(value: Any, fail: Any, field: str) -> int:
         return int(value.timestamp() * 1000)
     if isinstance(value, date):
         return (value - date(1970, 1, 1)).days * DAY_MS
-    raise fail(field, f"expected a time or a date, not {value!r}")
+    raise fail(field, f"expected a time or a date, not {shown(value)}")
 
 
 def to_utc(ms: int) -> str:
