@@ -281,16 +281,18 @@ class ClosingBook(Generic[R]):
             book.late.pop(midnight, None)
 
     def _prune(self, book: _Partition[R]) -> None:
-        """Forget what is below the range for good: final files, rows frozen for
-        midnights that will not be written (open ones stay until they are final)."""
+        """Forget what is below the range for good: rows frozen for midnights that will
+        not be written (open ones stay until they are final); files older than the
+        backfill range (final ones within it still count late events)."""
         assert book.mark is not None
         floor = self._floor(book, book.mark)
-        for midnight in [d for d in book.written if d < floor and d not in book.open]:
-            del book.written[midnight]
-        del book.finals[:bisect_left(book.finals, floor)]
         for pending in (book.frozen, book.dirty, book.late):
             for midnight in [d for d in pending if d < floor and d not in book.open]:
                 del pending[midnight]
+        oldest = midnight_at_or_before(book.mark) - self.backfill_days * DAY_MS
+        for midnight in [d for d in book.written if d < oldest and d not in book.open]:
+            del book.written[midnight]
+        del book.finals[:bisect_left(book.finals, oldest)]
 
     # ---- ranges ----------------------------------------------------------------------
 
