@@ -71,8 +71,8 @@ class Schedule:
         def at(t: int) -> str:
             return f"T0{(t - T0) / HOUR:+.0f}h"
         lines = [f"grace {self.grace // HOUR} h, backfill {self.backfill} days"]
-        lines += [f"  {e.event_id} {e.kind} {e.community}/p{e.partition} ts {at(e.ts)} "
-                  f"arrives {at(e.arrival)}" for e in self.events]
+        lines += [f"  {e.event_id} {e.kind} {e.community}/p{e.partition} u{e.user} ref {e.ref} "
+                  f"ts {at(e.ts)} arrives {at(e.arrival)}" for e in self.events]
         lines.append("  passes: " + ", ".join(at(t) + (" (restart)" if r else "")
                                               for t, r in self.steps))
         return "\n".join(lines)
