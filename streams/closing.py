@@ -23,7 +23,8 @@ read everything that arrived (it only plans while caught up):
   since that grace ended), the community's row there is frozen before the event is
   applied (`arrived` says which; the worker computes the rows and hands them to `freeze`)
   and written as frozen. The late counter counts an event once per midnight it is too
-  late for: the final ones at or after its `ts` that the book knows, and those frozen;
+  late for and that is written final without it: at once for the final ones at or after
+  its `ts` that the book knows, at their last write for the others;
 - a midnight whose grace ended before this worker took the partition over (`since`) and
   that nobody wrote (the worker was down, or the topics held history before its first
   start) is missed: it is written once from the event-time state, when the worker has
@@ -116,7 +117,8 @@ class _Partition(Generic[R]):
 
 class ClosingBook(Generic[R]):
     """What is written, open and final per partition; what to write next. `R`: the rows
-    of one community at one midnight, as the worker keeps them (opaque here)."""
+    of one community at one midnight, as the worker keeps them (opaque here). `since`:
+    see `take_over` (None: only the midnights written open are followed)."""
 
     def __init__(self, grace_ms: int, backfill_days: int, since: int | None = None) -> None:
         if grace_ms < 0 or backfill_days < 0:

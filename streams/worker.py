@@ -221,8 +221,9 @@ class PulseWorker:
 
     def apply(self, prepared: PreparedBatch) -> None:
         """Count and apply a prepared batch (once its records are on the broker): one
-        core call per topic. Counters, gauges and snapshots only ever show what a
-        restart would find again."""
+        core call per topic (and before a message too late for a closing midnight not
+        final yet, one for what came before it: the rows there are frozen in between).
+        Counters, gauges and snapshots only ever show what a restart would find again."""
         by_topic: dict[str, list[Event]] = {}
         for topic, partition, offset, arrival_ms, (events, rejections) in prepared.parsed:
             self.processed_next[(topic, partition)] = offset + 1
