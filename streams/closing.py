@@ -39,7 +39,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from streams.config import DAY_MS
 
@@ -83,8 +83,7 @@ class Task:
     final: bool
 
 
-@dataclass(frozen=True)
-class Arrival:
+class Arrival(NamedTuple):
     """What an arrival means for the closing rows: `late`, the (event, midnight) pairs
     it brings too late for final midnights (those for midnights not final yet count when
     they are written final: `done`); `freeze`, the midnights whose row of the community
@@ -166,8 +165,11 @@ class ClosingBook(Generic[R]):
         if finals and oldest <= finals[-1]:  # (rare: older than the newest final midnight)
             late = sum(len(finals) - bisect_left(finals, ts) for ts in timestamps)
         midnights = book.open | book.pending if book.pending else book.open
-        if arrival is not None and oldest <= arrival - self.grace_ms:
+        if arrival is not None and book.since is not None and (
+                oldest <= arrival - self.grace_ms > book.since - self.grace_ms):  # (rare)
             midnights = midnights | self._unwritten_past_grace(book, oldest, arrival)
+        if not midnights:
+            return Arrival(late, [])
         freeze = []
         for midnight in midnights:
             if midnight < oldest:
@@ -187,8 +189,7 @@ class ClosingBook(Generic[R]):
                               ) -> set[int]:
         """The midnights this book follows that are not written (or not known to be), may
         still be, and whose grace ended before `arrival`, from `oldest` on."""
-        if book.since is None:
-            return set()
+        assert book.since is not None
         low = max(midnight_at_or_after(oldest),
                   midnight_at_or_after(book.since - self.grace_ms + 1),
                   self._floor(book, arrival if book.mark is None else book.mark))
