@@ -91,7 +91,10 @@ class Arrival(NamedTuple):
     hands them to `freeze`)."""
 
     late: int
-    freeze: list[int]
+    freeze: tuple[int, ...]
+
+
+_NOTHING = Arrival(0, ())  # (the usual answer: a recent event, no midnight open)
 
 
 @dataclass
@@ -157,7 +160,7 @@ class ClosingBook(Generic[R]):
         after an event's ts is one it belongs to: the open ones it reaches in time are
         marked for a rewrite of this community's row; where it is too late, the row is
         frozen as it is before the events (see `Arrival`)."""
-        book = self._part(partition)
+        book = self.partitions.get(partition) or self._part(partition)
         if oldest is None:
             oldest = min(timestamps)
         late = 0
@@ -169,7 +172,7 @@ class ClosingBook(Generic[R]):
                 oldest <= arrival - self.grace_ms > book.since - self.grace_ms):  # (rare)
             midnights = midnights | self._unwritten_past_grace(book, oldest, arrival)
         if not midnights:
-            return Arrival(late, [])
+            return Arrival(late, ()) if late else _NOTHING
         freeze = []
         for midnight in midnights:
             if midnight < oldest:
@@ -183,7 +186,7 @@ class ClosingBook(Generic[R]):
                     freeze.append(midnight)
             else:
                 book.dirty.setdefault(midnight, set()).add(community)
-        return Arrival(late, sorted(freeze))
+        return Arrival(late, tuple(sorted(freeze)))
 
     def _unwritten_past_grace(self, book: _Partition[R], oldest: int, arrival: int
                               ) -> set[int]:

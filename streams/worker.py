@@ -252,7 +252,8 @@ class PulseWorker:
         """`prepare` and `apply` at once, without writing to Kafka (tests, tools)."""
         self.apply(self.prepare(batch))
 
-    def _arrived(self, partition: int, events: list[Event], arrival_ms: int) -> list[int]:
+    def _arrived(self, partition: int, events: list[Event], arrival_ms: int
+                 ) -> tuple[int, ...]:
         """Tell the closing book what arrived (one community's events) and when it reached
         Kafka (its timestamp; the worker's clock if that is earlier); return the
         midnights whose row of the community is to be frozen before they are applied."""
@@ -264,7 +265,8 @@ class PulseWorker:
             self.metrics.closing_late.inc(arrival.late)
         return arrival.freeze
 
-    def _freeze(self, partition: int, community_id: str, midnights: list[int]) -> None:
+    def _freeze(self, partition: int, community_id: str, midnights: tuple[int, ...]
+                ) -> None:
         """The community's closing rows at these midnights from the state as it is."""
         state = self.core.communities.get(community_id)
         first = state.oldest_ts() if state else None

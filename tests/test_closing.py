@@ -57,14 +57,14 @@ def test_open_rewritten_for_late_events_then_final_once() -> None:
         (D - DAY_MS, None, True), (D, None, False)]
     assert run_pass(book, sink, 0, D + 2 * HOUR, first) == []  # nothing new: no write
     # A late event for yesterday (before D), within grace: D's row of that community.
-    assert book.arrived(0, "c", [D - HOUR]) == Arrival(0, [])
+    assert book.arrived(0, "c", [D - HOUR]) == Arrival(0, ())
     assert [(t.midnight, t.communities) for t in run_pass(book, sink, 0, D + 3 * HOUR, first)
             ] == [(D, frozenset({"c"}))]
     # An event after D reaches no closing row yet. Events older than the newest final
     # midnight (D - 1d) are too late for it, once each (and for no older one: those are
     # before their ts), and in time for D: D's row of their community is rewritten.
-    assert book.arrived(0, "e", [D + HOUR, D - DAY_MS - HOUR, D - DAY_MS]) == Arrival(2, [])
-    assert book.arrived(0, "f", [D - 3 * DAY_MS - HOUR]) == Arrival(3, [])  # (3 finals)
+    assert book.arrived(0, "e", [D + HOUR, D - DAY_MS - HOUR, D - DAY_MS]) == Arrival(2, ())
+    assert book.arrived(0, "f", [D - 3 * DAY_MS - HOUR]) == Arrival(3, ())  # (3 finals)
     assert [(t.midnight, t.communities) for t in run_pass(book, sink, 0, D + 4 * HOUR, first)
             ] == [(D, frozenset({"e", "f"}))]
     # The grace ends: written one last time, final; then too late as well.
@@ -72,7 +72,7 @@ def test_open_rewritten_for_late_events_then_final_once() -> None:
     tasks = run_pass(book, sink, 0, D + GRACE, first)
     assert [(t.midnight, t.communities, t.final) for t in tasks] == [
         (D, frozenset({"d"}), True), (D + DAY_MS, None, False)]
-    assert book.arrived(0, "d", [D - 2 * HOUR]) == Arrival(1, [])
+    assert book.arrived(0, "d", [D - 2 * HOUR]) == Arrival(1, ())
     assert sink[(0, D)] is Written.FINAL
 
 
@@ -92,11 +92,11 @@ def test_events_too_late_for_a_midnight_not_final_yet_freeze_its_row_before_them
     # hands it to `freeze`), and written so; they count once D is written final.
     book, sink = ClosingBook[str](GRACE, 1), Sink()
     run_pass(book, sink, 0, D + HOUR, D - DAY_MS)
-    assert book.arrived(0, "c", [D - HOUR], arrival=D + 2 * HOUR) == Arrival(0, [])
-    assert book.arrived(0, "c", [D - 2 * HOUR, D + HOUR], arrival=D + GRACE) == Arrival(0, [D])
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + 2 * HOUR) == Arrival(0, ())
+    assert book.arrived(0, "c", [D - 2 * HOUR, D + HOUR], arrival=D + GRACE) == Arrival(0, (D,))
     book.freeze(0, D, "c", "c's rows with D - 1h")
-    assert book.arrived(0, "c", [D - 3 * HOUR], arrival=D + GRACE) == Arrival(0, [])  # frozen
-    assert book.arrived(0, "d", [D - 3 * HOUR], arrival=D + GRACE + HOUR) == Arrival(0, [D])
+    assert book.arrived(0, "c", [D - 3 * HOUR], arrival=D + GRACE) == Arrival(0, ())  # frozen
+    assert book.arrived(0, "d", [D - 3 * HOUR], arrival=D + GRACE + HOUR) == Arrival(0, (D,))
     book.freeze(0, D, "d", "d's rows")
     assert book.frozen(0, D) == {"c": "c's rows with D - 1h", "d": "d's rows"}
     late: list[int] = []
@@ -108,7 +108,7 @@ def test_events_too_late_for_a_midnight_not_final_yet_freeze_its_row_before_them
     book, sink = ClosingBook[str](GRACE, 1), {(0, D): Written.OPEN}
     for midnight in book.to_check(0, D + GRACE + HOUR, D - DAY_MS):
         book.learn(0, midnight, sink.get((0, midnight), Written.ABSENT))
-    assert book.arrived(0, "c", [D - HOUR], arrival=D + GRACE) == Arrival(0, [D])
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + GRACE) == Arrival(0, (D,))
     tasks = book.plan(0, D + GRACE + HOUR, D - DAY_MS)
     assert [(t.midnight, t.communities) for t in tasks] == [(D, None), (D + DAY_MS, None)]
 
@@ -121,7 +121,7 @@ def test_midnights_not_written_yet_are_frozen_too_unless_missed() -> None:
     book, sink = ClosingBook[str](GRACE, 5, since=D - 3 * DAY_MS), Sink()
     assert run_pass(book, sink, 0, D - DAY_MS - HOUR, D - DAY_MS + HOUR) == []
     assert book.arrived(0, "c", [D - 4 * DAY_MS], arrival=D + GRACE + HOUR) == Arrival(
-        0, [D - 3 * DAY_MS, D - 2 * DAY_MS, D - DAY_MS, D])
+        0, (D - 3 * DAY_MS, D - 2 * DAY_MS, D - DAY_MS, D))
     for midnight in (D - 3 * DAY_MS, D - 2 * DAY_MS, D - DAY_MS, D):
         book.freeze(0, midnight, "c", "none")
     late: list[int] = []
@@ -214,7 +214,7 @@ def test_every_midnight_is_final_once_and_open_rows_follow_late_events(
                 else:
                     dirty.setdefault(d, set()).add(c)
             late_now = sum(1 for d in known_finals if d >= ts)  # too late for final ones
-            assert book.arrived(0, c, [ts], arrival=arrival) == Arrival(late_now, freeze)
+            assert book.arrived(0, c, [ts], arrival=arrival) == Arrival(late_now, tuple(freeze))
             for d in freeze:
                 book.freeze(0, d, c, f"{c} at {d}")
         late: list[int] = []
