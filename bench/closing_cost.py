@@ -67,7 +67,7 @@ def main(communities: int, users: int) -> None:
             worker = PulseWorker(MetricConfig(), RuntimeConfig(data_dir=Path(tmp) / str(run)),
                                  clock=lambda: NOW_MS / 1000)
             if not closing:
-                worker._arrived = lambda *_: None  # type: ignore[method-assign]
+                worker._arrived = lambda *_: ()  # type: ignore[method-assign]
             times[closing].append(ingest(worker, batch))
         without, with_closing = min(times[False]), min(times[True])
         result["ingest_cpu_s"] = {"without_closing": round(without, 3),

@@ -663,7 +663,9 @@ def pipeline() -> Json:
             f"sum by (instance) (rate(community_pulse_closing_late_events_total{{{inst}}}"
             f"{rate}))", "{{instance}}")], "eps",
             description="Events that arrived after the grace period of a midnight at or "
-                        "after their time: counted, the final closing rows stay as they were."),
+                        "after their time, once per such midnight written final without "
+                        "them (an event days late counts for each day); final closing "
+                        "rows stay as they were."),
     ]
     return dashboard("community-pulse-pipeline", "Community Pulse — pipeline health", panels,
                      [datasource_var(), instance_var], ["pipeline"],

@@ -447,7 +447,8 @@ class WorkerMetrics:
             "this worker wrote.", registry=reg)
         self.closing_late = Counter(
             f"{NS}_closing_late_events", "Events that arrived after the grace period of a "
-            "midnight at or after their time: counted, the final closing rows unchanged.",
+            "midnight at or after their time, once per such midnight written final "
+            "without them.",
             registry=reg)
         self._min_members = min_members
         # The network-wide steering view (SPEC 5), from the worker that forms it.

@@ -1,11 +1,14 @@
 """Closing rows: which UTC midnights are due, open, final or missed. Pure and clock-free.
 
 A closing row for midnight `D` (SPEC section 4) is final by event time: it holds every
-event with `ts <= D` that arrived before `D + grace`. The worker feeds this module what it
-knows (the arrival mark up to which it has read everything, which closing files exist,
-which communities got events for which midnights) and asks what to write; it does the
-snapshots and the I/O itself. Everything here is per source partition, because a
-partition's closing rows for one midnight are one file, whoever owns the partition.
+event with `ts <= D` that arrived before `D + grace`. Every such event belongs to `D`,
+whatever its age: the core reads far back for a snapshot at `D` (members over the
+membership horizon, a join for ever, the previous window for retention, 28 days for
+stagnation), so "ts <= D" is the rule, not the windows. The worker feeds this module what
+it knows (the arrival mark up to which it has read everything, which closing files exist,
+which communities got events when) and asks what to write; it does the snapshots and the
+I/O itself. Everything here is per source partition, because a partition's closing rows
+for one midnight are one file, whoever owns the partition.
 
 Life of a midnight `D` of a partition, with `mark` the time up to which the worker has
 read everything that arrived (it only plans while caught up):
@@ -13,22 +16,34 @@ read everything that arrived (it only plans while caught up):
 - due when `mark >= D`; open while `mark < D + grace`: written, and rewritten whenever
   events with `ts <= D` arrive for some of its communities (the same file is replaced);
 - at `mark >= D + grace` it is written one last time and becomes final: later events
-  with `ts <= D` are counted as too late and leave it unchanged. Events that reach Kafka
-  after `D + grace` while the worker is still behind (so `D` is not final yet) are too
-  late as well: the rows of their communities stay as last written;
-- a midnight whose grace ran out while nobody wrote it (the worker was down or behind,
-  or the topics held history before the worker's first start) is missed: it is written
-  once from the event-time state, when the worker has caught up, and is final at once;
-- a midnight older than what the retained state can compute exactly is left alone.
+  with `ts <= D` are too late for it and leave it unchanged;
+- "too late" is per midnight: an event that arrives at or after `D + grace` is too late
+  for `D` and in time for every later midnight whose grace has not ended. When it is too
+  late for a midnight that is not final yet (the worker was behind, or has not planned
+  since that grace ended), the community's row there is frozen before the event is
+  applied (`arrived` says which; the worker computes the rows and hands them to `freeze`)
+  and written as frozen. The late counter counts an event once per midnight it is too
+  late for and that is written final without it: at once for the final ones at or after
+  its `ts` that the book knows, at their last write for the others;
+- a midnight whose grace ended before this worker took the partition over (`since`) and
+  that nobody wrote (the worker was down, or the topics held history before its first
+  start) is missed: it is written once from the event-time state, when the worker has
+  caught up, and is final at once;
+- a midnight older than the backfill range or than what the retained state can compute
+  exactly is left alone.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic, NamedTuple, TypeVar
 
 from streams.config import DAY_MS
+
+R = TypeVar("R")
 
 
 def midnight_at_or_before(t: int) -> int:
@@ -58,50 +73,75 @@ class Task:
     """Write the closing rows of `partition` at `midnight`.
 
     `communities` None: compute every community of the partition; otherwise recompute
-    only these and keep the other rows as last written. `keep`: communities whose rows
-    stay as last written in any case (events after the grace reached them). `final`:
-    the file is final.
+    only these and keep the other rows as last written. Either way the rows frozen for
+    the midnight (`ClosingBook.frozen`) are taken as they are. `final`: the file is final.
     """
 
     partition: int
     midnight: int
     communities: frozenset[str] | None
     final: bool
-    keep: frozenset[str] = frozenset()
+
+
+class Arrival(NamedTuple):
+    """What an arrival means for the closing rows: `late`, the (event, midnight) pairs
+    it brings too late for final midnights (those for midnights not final yet count when
+    they are written final: `done`); `freeze`, the midnights whose row of the community
+    must be frozen now, before the events are applied (the worker computes the rows and
+    hands them to `freeze`)."""
+
+    late: int
+    freeze: tuple[int, ...]
+
+
+_NOTHING = Arrival(0, ())  # (the usual answer: a recent event, no midnight open)
 
 
 @dataclass
-class _Partition:
+class _Partition(Generic[R]):
+    # Midnights whose grace ends after this were this book's to follow: a too-late event
+    # freezes their rows. (Older unwritten ones are missed: written from the state.)
+    since: int | None
     # Midnights at or after this one can be computed exactly from the retained state.
     exact_from: int | None = None
+    mark: int | None = None  # of the last check or plan
     written: dict[int, Written] = field(default_factory=dict)
+    finals: list[int] = field(default_factory=list)  # the FINAL ones in `written`, sorted
     open: set[int] = field(default_factory=set)  # the midnights written OPEN
     pending: set[int] = field(default_factory=set)  # planned, not yet written
     written_here: set[int] = field(default_factory=set)  # by this process: rows cached
     dirty: dict[int, set[str]] = field(default_factory=dict)
-    # Open midnights whose grace ended before some of their events arrived (the worker
-    # was behind or down then): those communities' rows stay as they were written.
-    too_late: dict[int, set[str]] = field(default_factory=dict)
-    newest_final: int | None = None
+    # midnight -> community -> its rows there from before events too late for it came
+    # (None until the worker has computed them).
+    frozen: dict[int, dict[str, R | None]] = field(default_factory=dict)
+    late: dict[int, int] = field(default_factory=dict)  # midnight -> events too late for it
 
 
-class ClosingBook:
-    """What is written, open and final per partition; what to write next."""
+class ClosingBook(Generic[R]):
+    """What is written, open and final per partition; what to write next. `R`: the rows
+    of one community at one midnight, as the worker keeps them (opaque here). `since`:
+    see `take_over` (None: only the midnights written open are followed)."""
 
-    def __init__(self, grace_ms: int, backfill_days: int) -> None:
+    def __init__(self, grace_ms: int, backfill_days: int, since: int | None = None) -> None:
         if grace_ms < 0 or backfill_days < 0:
             raise ValueError("grace and backfill must not be negative")
         self.grace_ms = grace_ms
         self.backfill_days = backfill_days
-        self.partitions: dict[int, _Partition] = {}
+        self.since = since
+        self.partitions: dict[int, _Partition[R]] = {}
 
-    def _part(self, partition: int) -> _Partition:
+    def _part(self, partition: int) -> _Partition[R]:
         book = self.partitions.get(partition)
         if book is None:
-            book = self.partitions[partition] = _Partition()
+            book = self.partitions[partition] = _Partition(self.since)
         return book
 
     # ---- what the worker tells -------------------------------------------------------
+
+    def take_over(self, t: int) -> None:
+        """Partitions this book starts to follow from now on (new ones, after a
+        rebalance) are followed from `t`: the midnights whose grace ends later."""
+        self.since = t
 
     def exact_from(self, partition: int, t: int | None) -> None:
         """The partition's state is exact for snapshots at `t` or later (None: always,
@@ -114,40 +154,68 @@ class ClosingBook:
             self.partitions.pop(partition, None)
 
     def arrived(self, partition: int, community: str, timestamps: list[int],
-                oldest: int | None = None, arrival: int | None = None) -> int:
+                oldest: int | None = None, arrival: int | None = None) -> Arrival:
         """Events of one community arrived (`oldest`: the oldest of their times, when
-        known; `arrival`: when they reached Kafka, when known); return how many came too
-        late (after the grace of a midnight at or after their ts). The open midnights
-        they reach in time are marked for a rewrite of this community's row; those they
-        reach too late (an open midnight's grace ended while the worker was behind) keep
-        its row as written."""
+        known; `arrival`: when they reached Kafka, when known). Every midnight at or
+        after an event's ts is one it belongs to: the open ones it reaches in time are
+        marked for a rewrite of this community's row; where it is too late, the row is
+        frozen as it is before the events (see `Arrival`)."""
         book = self.partitions.get(partition) or self._part(partition)
         if oldest is None:
             oldest = min(timestamps)
-        late, newest_final, in_time = 0, book.newest_final, timestamps
-        if newest_final is not None and oldest <= newest_final:  # (rare: a loop only then)
-            in_time = [ts for ts in timestamps if ts > newest_final]
-            late = len(timestamps) - len(in_time)
-            if not in_time:
-                return late
-            oldest = min(in_time)
-        too_late_for = None
-        # (Midnights being written count too: their rows may be computed already.)
-        for midnight in book.open | book.pending if book.pending else book.open:
+        late = 0
+        finals = book.finals
+        if finals and oldest <= finals[-1]:  # (rare: older than the newest final midnight)
+            late = sum(len(finals) - bisect_left(finals, ts) for ts in timestamps)
+        midnights = book.open | book.pending if book.pending else book.open
+        if arrival is not None and book.since is not None and (
+                oldest <= arrival - self.grace_ms > book.since - self.grace_ms):  # (rare)
+            midnights = midnights | self._unwritten_past_grace(book, oldest, arrival)
+        if not midnights:
+            return Arrival(late, ()) if late else _NOTHING
+        freeze = []
+        for midnight in midnights:
             if midnight < oldest:
                 continue
             if arrival is not None and arrival >= midnight + self.grace_ms:
-                book.too_late.setdefault(midnight, set()).add(community)
-                too_late_for = max(midnight, too_late_for or midnight)
+                book.late[midnight] = book.late.get(midnight, 0) + sum(
+                    1 for ts in timestamps if ts <= midnight)
+                frozen = book.frozen.setdefault(midnight, {})
+                if community not in frozen:
+                    frozen[community] = None
+                    freeze.append(midnight)
             else:
                 book.dirty.setdefault(midnight, set()).add(community)
-        if too_late_for is not None:
-            late += sum(1 for ts in in_time if ts <= too_late_for)
-        return late
+        return Arrival(late, tuple(sorted(freeze)))
+
+    def _unwritten_past_grace(self, book: _Partition[R], oldest: int, arrival: int
+                              ) -> set[int]:
+        """The midnights this book follows that are not written (or not known to be), may
+        still be, and whose grace ended before `arrival`, from `oldest` on."""
+        assert book.since is not None
+        low = max(midnight_at_or_after(oldest),
+                  midnight_at_or_after(book.since - self.grace_ms + 1),
+                  self._floor(book, arrival if book.mark is None else book.mark))
+        high = midnight_at_or_before(arrival - self.grace_ms)
+        return {d for d in range(low, high + 1, DAY_MS) if book.written.get(d) in (
+            None, Written.ABSENT)}
+
+    def freeze(self, partition: int, midnight: int, community: str, rows: R) -> None:
+        """The community's rows at the midnight as `arrived` asked for them: written as
+        they are from now on."""
+        frozen = self.partitions[partition].frozen.get(midnight)
+        if frozen is not None and community in frozen:  # (not final or forgotten since)
+            frozen[community] = rows
+
+    def frozen(self, partition: int, midnight: int) -> dict[str, R]:
+        """The frozen rows of the partition at the midnight, by community."""
+        found = self._part(partition).frozen.get(midnight, {})
+        return {c: rows for c, rows in found.items() if rows is not None}
 
     def to_check(self, partition: int, mark: int, first_event: int | None) -> list[int]:
         """Midnights in range whose file state is not known yet (ask the sink)."""
         book = self._part(partition)
+        book.mark = max(mark, book.mark or mark)
         return [d for d in self._in_range(partition, mark, first_event)
                 if d not in book.written]
 
@@ -163,20 +231,21 @@ class ClosingBook:
         task is pending until `done` or `retry`: arrivals meanwhile mark its midnight
         dirty again."""
         book = self._part(partition)
+        book.mark = max(mark, book.mark or mark)
+        self._prune(book)
         tasks = []
         for midnight in self._in_range(partition, mark, first_event):
             written = book.written.get(midnight)
             if written is None or written is Written.FINAL:
                 continue  # (unknown: not checked yet)
             final = mark >= midnight + self.grace_ms
-            keep = frozenset(book.too_late.get(midnight, ()))
-            dirty = book.dirty.get(midnight, set()) - keep
+            dirty = book.dirty.get(midnight, set())
             if written is Written.ABSENT or midnight not in book.written_here:
                 # Missed, or written by an earlier process (whose state we no longer
-                # know): all rows, but those that later arrivals reached stay.
-                tasks.append(Task(partition, midnight, None, final, keep))
+                # know): all rows.
+                tasks.append(Task(partition, midnight, None, final))
             elif dirty or final:
-                tasks.append(Task(partition, midnight, frozenset(dirty), final, keep))
+                tasks.append(Task(partition, midnight, frozenset(dirty), final))
             else:
                 continue
             book.dirty.pop(midnight, None)
@@ -193,44 +262,67 @@ class ClosingBook:
         if task.communities:
             book.dirty.setdefault(task.midnight, set()).update(task.communities)
 
-    def done(self, task: Task) -> None:
-        """The task's rows are written."""
+    def done(self, task: Task) -> int:
+        """The task's rows are written; return how many events too late for its midnight
+        they were written without, once it is final (so each counts once per midnight)."""
         book = self._part(task.partition)
         book.written_here.add(task.midnight)
         book.pending.discard(task.midnight)  # (its dirty set: arrivals since the plan)
+        late = book.late.pop(task.midnight, 0) if task.final else 0
         self._set(book, task.midnight, Written.FINAL if task.final else Written.OPEN)
+        return late
 
-    def _set(self, book: _Partition, midnight: int, written: Written) -> None:
+    def _set(self, book: _Partition[R], midnight: int, written: Written) -> None:
+        if book.written.get(midnight) is Written.FINAL:
+            book.finals.remove(midnight)
         book.written[midnight] = written
         if written is Written.OPEN:
             book.open.add(midnight)
             return
         book.open.discard(midnight)
         if written is Written.FINAL:
+            insort(book.finals, midnight)
             book.dirty.pop(midnight, None)
-            book.too_late.pop(midnight, None)
-            if book.newest_final is None or midnight > book.newest_final:
-                book.newest_final = midnight
+            book.frozen.pop(midnight, None)
+            book.late.pop(midnight, None)
+
+    def _prune(self, book: _Partition[R]) -> None:
+        """Forget what is below the range for good: rows frozen for midnights that will
+        not be written (open ones stay until they are final); files older than the
+        backfill range (final ones within it still count late events)."""
+        assert book.mark is not None
+        floor = self._floor(book, book.mark)
+        for pending in (book.frozen, book.dirty, book.late):
+            for midnight in [d for d in pending if d < floor and d not in book.open]:
+                del pending[midnight]
+        oldest = midnight_at_or_before(book.mark) - self.backfill_days * DAY_MS
+        for midnight in [d for d in book.written if d < oldest and d not in book.open]:
+            del book.written[midnight]
+        del book.finals[:bisect_left(book.finals, oldest)]
 
     # ---- ranges ----------------------------------------------------------------------
 
-    def _in_range(self, partition: int, mark: int, first_event: int | None) -> range:
-        """The midnights this partition writes: from the first at or after its first
-        event, not before its exact state, at most `backfill_days` back; up to `mark`."""
-        newest = midnight_at_or_before(mark)
+    def _floor(self, book: _Partition[R], mark: int) -> int:
+        """The oldest midnight that may still be written at `mark` or later (but for
+        open ones)."""
+        floor = midnight_at_or_before(mark) - self.backfill_days * DAY_MS
+        if book.exact_from is not None:
+            floor = max(floor, midnight_at_or_after(book.exact_from))
+        return floor
+
+    def _in_range(self, partition: int, mark: int, first_event: int | None) -> list[int]:
+        """The midnights this partition writes, oldest first: from the first at or after
+        its first event, not before its exact state, at most `backfill_days` back; up to
+        `mark`; and the open ones until they are final."""
         if first_event is None or first_event > mark:
-            return range(0)
-        start = max(newest - self.backfill_days * DAY_MS, midnight_at_or_after(first_event))
-        exact_from = self._part(partition).exact_from
-        if exact_from is not None:
-            start = max(start, midnight_at_or_after(exact_from))
-        return range(start, newest + 1, DAY_MS)
+            return []
+        book = self._part(partition)
+        start = max(self._floor(book, mark), midnight_at_or_after(first_event))
+        return [*sorted(d for d in book.open if d < start),
+                *range(start, midnight_at_or_before(mark) + 1, DAY_MS)]
 
     def oldest_needed(self, partition: int, mark: int, first_event: int | None) -> int:
         """The oldest midnight that may still be written: state for it must be kept."""
         written = self._part(partition).written
         return next((d for d in self._in_range(partition, mark, first_event)
                      if written.get(d) is not Written.FINAL), midnight_at_or_before(mark))
-
-    def newest_final(self, partition: int) -> int | None:
-        return self._part(partition).newest_final

@@ -35,14 +35,13 @@ from sinks.parquet import (
     SnapshotWriter,
     closing_file_name,
     rows_to_table,
-    table_rows,
 )
 from sinks.prometheus import ClosingValue, WorkerMetrics
 from sinks.steering import goals_table
 from streams.changelog import DeltaLog
 from streams.closing import ClosingBook, Task, Written, midnight_at_or_before
 from streams.config import DAY_MS, ConfigError, MetricConfig, RuntimeConfig
-from streams.core import TIERS, PulseCore, SnapshotRow
+from streams.core import TIERS, CommunityState, PulseCore, SnapshotRow
 from streams.delivery import Record, dead_letter
 from streams.pipeline import Ingested, Ingestor, internal_rejection
 from streams.privacy import Pseudonymiser
@@ -155,7 +154,9 @@ class PulseWorker:
         self.mark: int | None = None
         self.newest_closing = 0  # the newest midnight whose closing rows were written
         self._exported_at: int | None = None  # the newest midnight of the trend series
-        self.closing = ClosingBook(runtime.closing_grace_ms, runtime.closing_backfill_days)
+        # (rows of one community at one midnight; followed from now on: see take_over)
+        self.closing = ClosingBook[list[SnapshotRow]](
+            runtime.closing_grace_ms, runtime.closing_backfill_days, int(clock() * 1000))
         self.first_event: dict[int, int] = {}  # partition -> oldest event time applied
         self.processed_next: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
         # The end offsets of the last checks, with their times, newest last.
@@ -225,30 +226,48 @@ class PulseWorker:
                              records, lag, duplicates)
 
     def _update_core(self, parsed: list[_Parsed], messages: Sequence[Any]) -> dict[str, int]:
-        """Apply the accepted events to the core, one call per topic; return the
-        duplicates per topic. A call that raises cannot be bad input (the decoder
-        rejected that) but a bug: the communities it touched are rebuilt from the
-        changelog and this batch's messages applied so far, then its messages are applied
-        one by one, and a message that raises again is replaced by a rejection (reason
-        internal): its partition goes on."""
-        by_topic: dict[str, list[int]] = {}
-        for index, item in enumerate(parsed):
-            if item.result.events:
-                community_id = item.result.events[0].community_id  # (one per message: key)
-                self.partition_of[community_id] = item.partition
-                by_topic.setdefault(item.topic, []).append(index)
+        """Tell the closing book what arrived and apply the accepted events to the core,
+        one call per topic; return the duplicates per topic.
+
+        Before a message too late for a closing midnight that is not final yet, what came
+        before it is applied and the community's rows there are frozen as they are then
+        (streams.closing), so the core is called more than once per topic in that batch.
+
+        A core call that raises cannot be bad input (the decoder rejected that) but a bug:
+        the communities it touched are rebuilt from the changelog and this batch's
+        messages applied so far, then its messages are applied one by one, and a message
+        that raises again is replaced by a rejection (reason internal): its partition
+        goes on."""
+        pending: dict[str, list[int]] = {}  # topic -> messages not applied yet
         duplicates: dict[str, int] = {}
         applied: list[int] = []  # messages whose events are in the core
-        for topic, indexes in by_topic.items():
+        for index, item in enumerate(parsed):
+            events = item.result.events
+            if not events:
+                continue
+            community_id = events[0].community_id  # (one per message: its key)
+            self.partition_of[community_id] = item.partition
+            freeze = self._arrived(item.partition, events, item.arrival_ms)
+            if freeze:  # too late for these midnights: their rows as they are before it
+                self._apply_pending(pending, parsed, messages, applied, duplicates)
+                self._freeze(item.partition, community_id, freeze)
+            pending.setdefault(item.topic, []).append(index)
+        self._apply_pending(pending, parsed, messages, applied, duplicates)
+        return duplicates
+
+    def _apply_pending(self, pending: dict[str, list[int]], parsed: list[_Parsed],
+                       messages: Sequence[Any], applied: list[int],
+                       duplicates: dict[str, int]) -> None:
+        for topic, indexes in pending.items():
             try:
-                duplicates[topic] = self.core.apply(
+                found = self.core.apply(
                     [event for index in indexes for event in parsed[index].result.events])
             except Exception as exc:
-                duplicates[topic] = self._update_one_by_one(parsed, messages, indexes,
-                                                            applied, exc)
+                found = self._update_one_by_one(parsed, messages, indexes, applied, exc)
             else:
                 applied.extend(indexes)
-        return duplicates
+            duplicates[topic] = duplicates.get(topic, 0) + found
+        pending.clear()
 
     def _update_one_by_one(self, parsed: list[_Parsed], messages: Sequence[Any],
                            indexes: list[int], applied: list[int], exc: Exception) -> int:
@@ -316,16 +335,15 @@ class PulseWorker:
         return Ingested([], [Rejection(msg.value or b"", Reason.WRONG_PARTITION, detail)])
 
     def apply(self, prepared: PreparedBatch) -> None:
-        """Count a prepared batch (once its records are on the broker) and tell the
-        closing book and the gauges what arrived. Counters only ever show what a restart
-        would find again."""
+        """Count a prepared batch (once its records are on the broker) and mark its
+        communities for the gauges. Counters only ever show what a restart would find
+        again."""
         by_topic: dict[str, list[Event]] = {}
-        for topic, partition, offset, arrival_ms, (events, rejections) in prepared.parsed:
+        for topic, partition, offset, _, (events, rejections) in prepared.parsed:
             self.processed_next[(topic, partition)] = offset + 1
             self.ingestor.counted(topic, events, rejections)
             if not events:
                 continue
-            self._arrived(partition, events, arrival_ms)
             self.dirty[events[0].community_id] = None  # (one community per message: key)
             by_topic.setdefault(topic, []).extend(events)
         if prepared.lag_s is not None:
@@ -338,15 +356,27 @@ class PulseWorker:
         """`prepare` and `apply` at once, without writing to Kafka (tests, tools)."""
         self.apply(self.prepare(batch))
 
-    def _arrived(self, partition: int, events: list[Event], arrival_ms: int) -> None:
+    def _arrived(self, partition: int, events: list[Event], arrival_ms: int
+                 ) -> tuple[int, ...]:
         """Tell the closing book what arrived (one community's events) and when it reached
-        Kafka (its timestamp; the worker's clock if that is earlier)."""
+        Kafka (its timestamp; the worker's clock if that is earlier); return the
+        midnights whose row of the community is to be frozen before they are applied."""
         timestamps: list[int] = [event.ts for event in events]  # type: ignore[misc]
         oldest = self._oldest_in(partition, timestamps)
-        late = self.closing.arrived(partition, events[0].community_id, timestamps, oldest,
-                                    arrival_ms)
-        if late:
-            self.metrics.closing_late.inc(late)
+        arrival = self.closing.arrived(partition, events[0].community_id, timestamps, oldest,
+                                       arrival_ms)
+        if arrival.late:
+            self.metrics.closing_late.inc(arrival.late)
+        return arrival.freeze
+
+    def _freeze(self, partition: int, community_id: str, midnights: tuple[int, ...]
+                ) -> None:
+        """The community's closing rows at these midnights from the state as it is."""
+        state = self.core.communities.get(community_id)
+        first = state.oldest_ts() if state else None
+        for midnight in midnights:
+            self.closing.freeze(partition, midnight, community_id,
+                                _closing_rows_of(state, first, midnight))
 
     def _oldest_in(self, partition: int, timestamps: list[int]) -> int:
         """Note the oldest event time of the partition; return the oldest of these."""
@@ -376,6 +406,7 @@ class PulseWorker:
                 self._oldest_in(partition, [event.ts for event in events])  # type: ignore[misc]
             self.core.apply(events)
         self.closing.forget(set(self.closing.partitions) - partitions)
+        self.closing.take_over(int(self.clock() * 1000))  # (for the partitions new to us)
         for partition in partitions:  # the changelog keeps what its last cut left
             cut = self.deltas.cuts.get(partition)
             self.closing.exact_from(
@@ -572,7 +603,9 @@ class PulseWorker:
         return min([as_of, *needed]) - self.config.retention_ms
 
     def _partitions(self) -> set[int]:
-        return set(self.partition_of.values())
+        """The partitions with communities, and those the closing book follows (all
+        their communities may have expired while a midnight is still open there)."""
+        return set(self.partition_of.values()) | set(self.closing.partitions)
 
     def _expire(self, cut_ms: int) -> None:
         for partition in self._partitions():
@@ -641,11 +674,6 @@ class PulseWorker:
                 continue
             final, table = file
             self.closing.learn(partition, midnight, Written.FINAL if final else Written.OPEN)
-            if table is not None and not final:  # an open file: its rows as written
-                rows: dict[str, list[SnapshotRow]] = {}
-                for row in table_rows(table):
-                    rows.setdefault(row.community_id, []).append(row)
-                self._closing_rows[(partition, midnight)] = rows
             if table is not None:
                 read: dict[str, list[ClosingValue]] = {}
                 for row in table.to_pylist():
@@ -667,27 +695,30 @@ class PulseWorker:
                 midnight = task.midnight
                 rows = self._closing_rows.setdefault((partition, midnight), {})
                 values = self._closing_values.setdefault(midnight, {})
+                # Rows frozen before events too late for the midnight: taken as they are.
+                frozen = self.closing.frozen(partition, midnight)
                 if task.communities is None:
-                    names = sorted(c for c, p in self.partition_of.items() if p == partition)
+                    names = sorted({c for c, p in self.partition_of.items() if p == partition}
+                                   | frozen.keys())
                     for community_id in [c for c in rows if c not in names]:
                         del rows[community_id]
                 else:
-                    names = sorted(task.communities)
+                    names = sorted(task.communities | frozen.keys())
                 for community_id in names:
-                    if community_id in task.keep and community_id in rows:
-                        continue  # reached by events after the grace: stays as written
-                    state = self.core.communities.get(community_id)
-                    if community_id not in oldest:
-                        oldest[community_id] = state.oldest_ts() if state else None
-                    first = oldest[community_id]
-                    if state is None or first is None or first > midnight:
-                        rows.pop(community_id, None)  # no event at or before the midnight
-                        values.pop(community_id, None)
-                    else:
-                        rows[community_id] = state.snapshot(midnight)
+                    found = frozen.get(community_id)
+                    if found is None:
+                        state = self.core.communities.get(community_id)
+                        if community_id not in oldest:
+                            oldest[community_id] = state.oldest_ts() if state else None
+                        found = _closing_rows_of(state, oldest[community_id], midnight)
+                    if found:
+                        rows[community_id] = found
                         values[community_id] = [ClosingValue(
                             r.window_days, r.members, r.sustainability, r.tier_level)
-                            for r in rows[community_id]]
+                            for r in found]
+                    else:  # no event at or before the midnight
+                        rows.pop(community_id, None)
+                        values.pop(community_id, None)
                     if time.perf_counter() - slice_start > SLICE_S:
                         yield
                         slice_start = time.perf_counter()
@@ -730,7 +761,9 @@ class PulseWorker:
         for task in tasks:
             if task.partition not in owned:
                 continue  # revoked meanwhile: the new owner reads the file
-            self.closing.done(task)
+            late = self.closing.done(task)
+            if late:
+                self.metrics.closing_late.inc(late)
             if task.final:
                 self._closing_rows.pop((task.partition, task.midnight), None)
             if task.midnight > self.newest_closing:
@@ -874,3 +907,12 @@ class PulseWorker:
         except Exception:  # a sink outage must not stop the stream; it is counted
             self.metrics.sink_errors.labels("steering").inc()
             log.exception("writing the steering tables failed")
+
+
+def _closing_rows_of(state: CommunityState | None, first: int | None, midnight: int
+                     ) -> list[SnapshotRow]:
+    """A community's closing rows at a midnight (`first`: its oldest event time); none
+    before its first event, as in replay."""
+    if state is None or first is None or first > midnight:
+        return []
+    return state.snapshot(midnight)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.closing import (
+    Arrival,
     ClosingBook,
     Task,
     Written,
@@ -25,15 +26,18 @@ Sink = dict[tuple[int, int], Written]  # what a sink holds per (partition, midni
 
 
 def run_pass(book: ClosingBook, sink: Sink, partition: int,
-             mark: int, first_event: int | None) -> list[Task]:
-    """What the worker does with the book: ask the sink, plan, write, report done."""
+             mark: int, first_event: int | None, late: list[int] | None = None) -> list[Task]:
+    """What the worker does with the book: ask the sink, plan, write, report done (and
+    count in `late` the events too late for the midnights written final)."""
     for midnight in book.to_check(partition, mark, first_event):
         book.learn(partition, midnight, sink.get((partition, midnight), Written.ABSENT))
     tasks = book.plan(partition, mark, first_event)
     for task in tasks:
         assert sink.get((partition, task.midnight)) is not Written.FINAL, task
         sink[(partition, task.midnight)] = Written.FINAL if task.final else Written.OPEN
-        book.done(task)
+        counted = book.done(task)
+        if late is not None:
+            late.append(counted)
     return tasks
 
 
@@ -44,7 +48,7 @@ def test_midnights() -> None:
 
 
 def test_open_rewritten_for_late_events_then_final_once() -> None:
-    book, sink = ClosingBook(GRACE, 3), Sink()
+    book, sink = ClosingBook[str](GRACE, 3), Sink()
     first = D - 10 * DAY_MS
     tasks = run_pass(book, sink, 0, D + HOUR, first)
     # Backfill: three days back, the older ones final at once, today's open.
@@ -53,53 +57,84 @@ def test_open_rewritten_for_late_events_then_final_once() -> None:
         (D - DAY_MS, None, True), (D, None, False)]
     assert run_pass(book, sink, 0, D + 2 * HOUR, first) == []  # nothing new: no write
     # A late event for yesterday (before D), within grace: D's row of that community.
-    assert book.arrived(0, "c", [D - HOUR]) == 0
+    assert book.arrived(0, "c", [D - HOUR]) == Arrival(0, ())
     assert [(t.midnight, t.communities) for t in run_pass(book, sink, 0, D + 3 * HOUR, first)
             ] == [(D, frozenset({"c"}))]
-    # An event after D reaches no closing row yet; one before D - 1d is too late.
-    assert book.arrived(0, "c", [D + HOUR, D - DAY_MS - HOUR, D - DAY_MS]) == 2
-    assert run_pass(book, sink, 0, D + 4 * HOUR, first) == []
+    # An event after D reaches no closing row yet. Events older than the newest final
+    # midnight (D - 1d) are too late for it, once each (and for no older one: those are
+    # before their ts), and in time for D: D's row of their community is rewritten.
+    assert book.arrived(0, "e", [D + HOUR, D - DAY_MS - HOUR, D - DAY_MS]) == Arrival(2, ())
+    assert book.arrived(0, "f", [D - 3 * DAY_MS - HOUR]) == Arrival(3, ())  # (3 finals)
+    assert [(t.midnight, t.communities) for t in run_pass(book, sink, 0, D + 4 * HOUR, first)
+            ] == [(D, frozenset({"e", "f"}))]
     # The grace ends: written one last time, final; then too late as well.
     book.arrived(0, "d", [D - 2 * HOUR])
     tasks = run_pass(book, sink, 0, D + GRACE, first)
     assert [(t.midnight, t.communities, t.final) for t in tasks] == [
         (D, frozenset({"d"}), True), (D + DAY_MS, None, False)]
-    assert book.arrived(0, "d", [D - 2 * HOUR]) == 1
+    assert book.arrived(0, "d", [D - 2 * HOUR]) == Arrival(1, ())
     assert sink[(0, D)] is Written.FINAL
 
 
 def test_a_restarted_book_rewrites_open_files_whole_and_leaves_final_ones() -> None:
     sink = {(0, D - DAY_MS): Written.FINAL, (0, D): Written.OPEN}
-    book = ClosingBook(GRACE, 5)
+    book = ClosingBook[str](GRACE, 5)
     tasks = run_pass(book, sink, 0, D + 3 * HOUR, D - 2 * DAY_MS)
     # D - 2d was never written (missed), D - 1d is final, D is open from before: whole.
     assert [(t.midnight, t.communities, t.final) for t in tasks] == [
         (D - 2 * DAY_MS, None, True), (D, None, False)]
 
 
-def test_events_that_reach_kafka_after_an_open_midnights_grace_leave_its_rows() -> None:
+def test_events_too_late_for_a_midnight_not_final_yet_freeze_its_row_before_them() -> None:
     # The worker wrote D while open, then fell behind (or was down): events arriving
-    # (Kafka time) after D + grace while D is not final yet are too late for D.
-    book, sink = ClosingBook(GRACE, 1), Sink()
+    # (Kafka time) at or after D + grace while D is not final yet are too late for D. The
+    # community's row at D is frozen as it is before them (the worker computes it and
+    # hands it to `freeze`), and written so; they count once D is written final.
+    book, sink = ClosingBook[str](GRACE, 1), Sink()
     run_pass(book, sink, 0, D + HOUR, D - DAY_MS)
-    assert book.arrived(0, "c", [D - HOUR], arrival=D + 2 * HOUR) == 0  # in time: dirty
-    assert book.arrived(0, "c", [D - 2 * HOUR, D + HOUR], arrival=D + GRACE) == 1
-    assert book.arrived(0, "d", [D - 3 * HOUR], arrival=D + GRACE + HOUR) == 1
-    tasks = run_pass(book, sink, 0, D + GRACE + 2 * HOUR, D - DAY_MS)
-    assert [(t.midnight, t.communities, t.final, t.keep) for t in tasks] == [
-        (D, frozenset(), True, frozenset({"c", "d"})), (D + DAY_MS, None, False, frozenset())]
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + 2 * HOUR) == Arrival(0, ())
+    assert book.arrived(0, "c", [D - 2 * HOUR, D + HOUR], arrival=D + GRACE) == Arrival(0, (D,))
+    book.freeze(0, D, "c", "c's rows with D - 1h")
+    assert book.arrived(0, "c", [D - 3 * HOUR], arrival=D + GRACE) == Arrival(0, ())  # frozen
+    assert book.arrived(0, "d", [D - 3 * HOUR], arrival=D + GRACE + HOUR) == Arrival(0, (D,))
+    book.freeze(0, D, "d", "d's rows")
+    assert book.frozen(0, D) == {"c": "c's rows with D - 1h", "d": "d's rows"}
+    late: list[int] = []
+    tasks = run_pass(book, sink, 0, D + GRACE + 2 * HOUR, D - DAY_MS, late)
+    assert [(t.midnight, t.communities, t.final) for t in tasks] == [
+        (D, frozenset({"c"}), True), (D + DAY_MS, None, False)]
+    assert late == [3, 0] and book.frozen(0, D) == {}  # (final: forgotten)
     # A restarted worker learns the open file first, then reads the backlog.
-    book, sink = ClosingBook(GRACE, 1), {(0, D): Written.OPEN}
+    book, sink = ClosingBook[str](GRACE, 1), {(0, D): Written.OPEN}
     for midnight in book.to_check(0, D + GRACE + HOUR, D - DAY_MS):
         book.learn(0, midnight, sink.get((0, midnight), Written.ABSENT))
-    assert book.arrived(0, "c", [D - HOUR], arrival=D + GRACE) == 1
+    assert book.arrived(0, "c", [D - HOUR], arrival=D + GRACE) == Arrival(0, (D,))
     tasks = book.plan(0, D + GRACE + HOUR, D - DAY_MS)
-    assert [(t.midnight, t.communities, t.keep) for t in tasks] == [
-        (D, None, frozenset({"c"})), (D + DAY_MS, None, frozenset())]
+    assert [(t.midnight, t.communities) for t in tasks] == [(D, None), (D + DAY_MS, None)]
+
+
+def test_midnights_not_written_yet_are_frozen_too_unless_missed() -> None:
+    # A worker that follows the partition since `since` and has not planned since D's
+    # grace ended: an event too late for D freezes its row before the event, whether D
+    # was written or not (here the partition had no event before D yet). A midnight whose
+    # grace ended at or before `since` is missed: written from the state, no freeze.
+    book, sink = ClosingBook[str](GRACE, 5, since=D - 3 * DAY_MS), Sink()
+    assert run_pass(book, sink, 0, D - DAY_MS - HOUR, D - DAY_MS + HOUR) == []
+    assert book.arrived(0, "c", [D - 4 * DAY_MS], arrival=D + GRACE + HOUR) == Arrival(
+        0, (D - 3 * DAY_MS, D - 2 * DAY_MS, D - DAY_MS, D))
+    for midnight in (D - 3 * DAY_MS, D - 2 * DAY_MS, D - DAY_MS, D):
+        book.freeze(0, midnight, "c", "none")
+    late: list[int] = []
+    tasks = run_pass(book, sink, 0, D + GRACE + 2 * HOUR, D - 4 * DAY_MS, late)
+    assert [(t.midnight, t.final) for t in tasks] == [
+        (D - 4 * DAY_MS, True), (D - 3 * DAY_MS, True), (D - 2 * DAY_MS, True),
+        (D - DAY_MS, True), (D, True), (D + DAY_MS, False)]
+    assert late == [0, 1, 1, 1, 1, 0]
+    assert book.frozen(0, D - 4 * DAY_MS) == {}
 
 
 def test_arrivals_while_a_midnight_is_being_written_and_failed_writes_are_not_lost() -> None:
-    book, sink = ClosingBook(GRACE, 0), Sink()
+    book, sink = ClosingBook[str](GRACE, 0), Sink()
     for midnight in book.to_check(0, D + HOUR, D - DAY_MS):
         book.learn(0, midnight, Written.ABSENT)
     (task,) = book.plan(0, D + HOUR, D - DAY_MS)  # written whole, rows computed ...
@@ -116,7 +151,7 @@ def test_arrivals_while_a_midnight_is_being_written_and_failed_writes_are_not_lo
 
 
 def test_nothing_before_the_first_event_or_the_exact_state() -> None:
-    book, sink = ClosingBook(GRACE, 30), Sink()
+    book, sink = ClosingBook[str](GRACE, 30), Sink()
     assert run_pass(book, sink, 0, D + HOUR, None) == []  # no events at all
     # An event exactly at a midnight counts for that midnight (ts <= as_of).
     assert run_pass(book, sink, 1, D + HOUR, D)[0].midnight == D
@@ -126,7 +161,7 @@ def test_nothing_before_the_first_event_or_the_exact_state() -> None:
 
 
 def test_forgotten_partitions_start_over() -> None:
-    book, sink = ClosingBook(GRACE, 1), Sink()
+    book, sink = ClosingBook[str](GRACE, 1), Sink()
     run_pass(book, sink, 0, D + HOUR, D - DAY_MS)
     book.forget([0])
     assert book.partitions == {}
@@ -152,38 +187,47 @@ steps = st.lists(st.tuples(
 def test_every_midnight_is_final_once_and_open_rows_follow_late_events(
         history: list, backfill: int, grace_hours: int) -> None:
     grace = grace_hours * HOUR
-    book, sink = ClosingBook(grace, backfill), Sink()
+    book, sink = ClosingBook[str](grace, backfill), Sink()
     mark, first = D, D - 3 * DAY_MS
     finals: dict[int, int] = {}  # midnight -> times written final
-    too_late: dict[int, set[str]] = {}  # the model of communities whose rows stay
+    frozen: dict[int, set[str]] = {}  # the model of communities whose rows are frozen
+    pending_late: dict[int, int] = {}  # midnight -> events too late for it, not counted yet
     for advance, arrivals, restart in history:
         if restart:
-            book, too_late = ClosingBook(grace, backfill), {}
+            book, frozen, pending_late = ClosingBook(grace, backfill), {}, {}
         mark += advance
-        newest = book.newest_final(0)
-        open_now = set(book.partitions[0].open) if 0 in book.partitions else set()
+        part = book.partitions.get(0)
+        open_now = set(part.open) if part else set()
+        known_finals = list(part.finals) if part else []
         dirty: dict[int, set[str]] = {}
-        late_expected = 0
         for c, offset, delay in arrivals:
             ts, arrival = mark + offset, mark + delay
-            if newest is not None and ts <= newest:
-                late_expected += 1
-                continue
-            reached = [d for d in open_now if ts <= d]
-            for d in reached:
-                (too_late if arrival >= d + grace else dirty).setdefault(d, set()).add(c)
-            late_expected += any(arrival >= d + grace for d in reached)
-        late = sum(book.arrived(0, c, [mark + offset], arrival=mark + delay)
-                   for c, offset, delay in arrivals)
-        assert late == late_expected
-        for task in run_pass(book, sink, 0, mark, first):
-            keep = too_late.get(task.midnight, set()) if task.midnight in open_now else set()
-            assert task.keep == keep
+            freeze = []
+            for d in sorted(open_now):
+                if ts > d:
+                    continue
+                if arrival >= d + grace:  # too late for d: frozen, counted once final
+                    pending_late[d] = pending_late.get(d, 0) + 1
+                    if c not in frozen.setdefault(d, set()):
+                        frozen[d].add(c)
+                        freeze.append(d)
+                else:
+                    dirty.setdefault(d, set()).add(c)
+            late_now = sum(1 for d in known_finals if d >= ts)  # too late for final ones
+            assert book.arrived(0, c, [ts], arrival=arrival) == Arrival(late_now, tuple(freeze))
+            for d in freeze:
+                book.freeze(0, d, c, f"{c} at {d}")
+        late: list[int] = []
+        for task, counted in zip(run_pass(book, sink, 0, mark, first, late), late,
+                                 strict=True):
+            assert set(book.frozen(0, task.midnight)) == (
+                set() if task.final else frozen.get(task.midnight, set()))
             if task.final:
                 finals[task.midnight] = finals.get(task.midnight, 0) + 1
-                too_late.pop(task.midnight, None)
-            if task.communities is not None:  # exactly the in-time arrivals, minus keep
-                assert task.communities == dirty.get(task.midnight, set()) - keep
+                frozen.pop(task.midnight, None)
+                assert counted == pending_late.pop(task.midnight, 0)
+            if task.communities is not None:  # exactly the in-time arrivals
+                assert task.communities == dirty.get(task.midnight, set())
         lowest = max(midnight_at_or_after(first), midnight_at_or_before(mark) - backfill * DAY_MS)
         for midnight in range(lowest, midnight_at_or_before(mark) + 1, DAY_MS):
             want = Written.FINAL if mark >= midnight + grace else Written.OPEN
@@ -191,6 +235,10 @@ def test_every_midnight_is_final_once_and_open_rows_follow_late_events(
             if want is Written.OPEN:  # open ones stay open until their grace ends
                 assert sink[(0, midnight)] is Written.OPEN
         assert all(n == 1 for n in finals.values()), finals
+        # (an open file below the backfill range stays in range until final)
+        in_range = set(range(lowest, midnight_at_or_before(mark) + 1, DAY_MS)) | {
+            d for d in book.partitions[0].open if d < lowest}
+        assert all(mark < d + grace for d in in_range if sink[(0, d)] is Written.OPEN)
         assert book.oldest_needed(0, mark, first) == next(
-            (d for d in range(lowest, midnight_at_or_before(mark) + 1, DAY_MS)
-             if sink.get((0, d)) is not Written.FINAL), midnight_at_or_before(mark))
+            (d for d in sorted(in_range) if sink.get((0, d)) is not Written.FINAL),
+            midnight_at_or_before(mark))

@@ -156,6 +156,65 @@ def test_closing_rows_equal_replay_on_the_real_broker(kafka: LocalKafka, tmp_pat
         restarted.stop()
 
 
+def test_late_events_older_than_the_newest_final_midnight_rewrite_the_open_one(
+        kafka: LocalKafka, tmp_path: Path) -> None:
+    # Issue 22 on the real broker: every fifth event dated 1 to 27 days before the open
+    # midnight d is held back and sent once d's first closing rows are written (well
+    # within the grace). Each belongs to d (ts <= d, arrived before d + grace): d's rows
+    # are rewritten to equal `replay --as-of d` value by value, one row per key, and so
+    # are the consumers of closing rows: the goals table at d and the trend series
+    # (ago="0d"). The final midnights stay as they were, and the late counter counts
+    # each held event once per final midnight at or after its ts.
+    prefix, app_id = f"l{uuid.uuid4().hex[:8]}.", f"pulse-{uuid.uuid4().hex[:8]}"
+    kafka.create_topics([prefix + t for t in [*DEFAULT_TOPICS, DEAD_LETTER_TOPIC]])
+    now = int(time.time() * 1000)
+    then = midnight_at_or_before(now - 12 * HOUR) + 12 * HOUR  # the worker's clock: noon
+    d = midnight_at_or_before(then)
+    rng = random.Random(22)
+    plan = gen.plan(6, 200, rng)
+    history = [e for c in plan for e in gen.history(c, then, 30, rng)]
+    rng.shuffle(history)
+    held = [e for e in history if d - 27 * DAY_MS <= e["ts"] <= d - DAY_MS][::5]
+    held_ids = {e["event_id"] + e["community_id"] for e in held}
+    first = [e for e in history if e["event_id"] + e["community_id"] not in held_ids]
+    produce(kafka, prefix, first)
+    data = tmp_path / "data"
+    goals = goals_file(tmp_path, [c.community_id for c in plan], then)
+    worker = WorkerProcess(kafka.bootstrap, data, prefix, app_id, 1.0,
+                           {"PULSE_CLOCK_OFFSET_S": str((then - now) / 1000),
+                            "PULSE_GOALS_FILE": str(goals)})
+    try:
+        wait_for(lambda: settled(worker, len(first), d), 180, "the first closing rows of d")
+        before = daily_rows(data)
+        assert not differences(in_range(before, d, d), replayed_daily(
+            first, tmp_path / "replay-first", as_of_ms=d, every_day=False))
+        goals_before = {k: v for k, v in goal_rows(data).items() if k[1] == d}
+        produce(kafka, prefix, held)
+        want = replayed_daily(first + held, tmp_path / "replay-all", as_of_ms=d,
+                              every_day=False)
+        assert differences(in_range(before, d, d), want)  # (the held events change d)
+        wait_for(lambda: not differences(in_range(daily_rows(data), d, d), want), 120,
+                 "d's closing rows with the held-back events")
+        got = daily_rows(data)
+        assert not differences(in_range(got, 0, d - 1), in_range(before, 0, d - 1))
+        finals = {k[2] for k in got if k[2] < d}
+        late = sum(1 for e in held for midnight in finals if e["ts"] <= midnight)
+        assert late > len(held)  # (most are older than more than one final midnight)
+        wait_for(lambda: settled(worker, len(first) + len(held), d), 30, "every event read")
+        samples = worker.scrape()
+        assert worker.value(samples, "community_pulse_closing_late_events_total") == late
+        trend = {(labels["community"], int(labels["window"][:-1])): value
+                 for labels, value in samples["community_pulse_closing_sustainability_score"]
+                 if labels["ago"] == "0d"}
+        assert trend and all(score == got[(c, w, d)]["sustainability"]
+                             for (c, w), score in trend.items())
+        at_d = {k: v for k, v in goal_rows(data).items() if k[1] == d}
+        assert at_d and at_d == {k: v for k, v in replayed_goals(
+            first + held, goals, tmp_path).items() if k[1] == d} != goals_before
+    finally:
+        worker.stop()
+
+
 def closing_files(data: Path) -> dict[str, tuple[int, bytes]]:
     """Every closing file: name -> (modification time ns, content)."""
     return {f.name: (f.stat().st_mtime_ns, f.read_bytes())
