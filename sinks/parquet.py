@@ -386,15 +386,28 @@ def quarantine_after(data_dir: str | Path, error: BaseException) -> list[str]:
     return moved
 
 
+# A query that reads a file while the worker replaces it (a closing file rewritten within
+# its grace) can fail: DuckDB reads a file more than once per query (footer, then pages)
+# and takes the new file's pages for the old one's ("TProtocolException: Invalid data"
+# and the like). The files are whole; the query is asked again.
+REPLACED_WHILE_READ_RETRIES = 5
+
+
 def read_history(data_dir: str | Path, read: Callable[[], T]) -> T:
     """`read()` over the history's files; when it fails on broken ones (DuckDB names
-    only some of them), they go to quarantine and it is tried again."""
+    only some of them), they go to quarantine and it is tried again; when it fails on
+    whole ones (a file replaced while read), it is tried again a few times."""
+    retries = REPLACED_WHILE_READ_RETRIES
     while True:
         try:
             return read()
         except (duckdb.Error, *BROKEN_CONTENT) as exc:
-            if not quarantine_after(data_dir, exc):
+            if quarantine_after(data_dir, exc):
+                continue
+            if retries == 0 or not isinstance(exc, duckdb.Error):
                 raise
+            retries -= 1
+            time.sleep(0.05)
 
 
 def _as_uri(data_dir: str | Path) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import msgspec
 
-from sinks.parquet import catalogue_sql, snapshots_glob
+from sinks.parquet import catalogue_sql, read_history, snapshots_glob
 from streams.config import MetricConfig
 from streams.replay import replay
 
@@ -17,7 +17,13 @@ Key = tuple[str, int, int]  # (community_id, window_days, as_of ms)
 
 
 def daily_rows(data_dir: Path) -> dict[Key, dict[str, Any]]:
-    """The `daily` view of a data dir, by key; fails on a second row for a key."""
+    """The `daily` view of a data dir, by key; fails on a second row for a key. Read as
+    `community-pulse sql` reads (read_history: asked again if a file was replaced while
+    read, which DuckDB does not expect)."""
+    return read_history(data_dir, lambda: _daily_rows(data_dir))
+
+
+def _daily_rows(data_dir: Path) -> dict[Key, dict[str, Any]]:
     con = duckdb.connect()
     for statement in catalogue_sql(data_dir):
         con.execute(statement)

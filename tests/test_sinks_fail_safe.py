@@ -234,3 +234,28 @@ def test_the_batch_being_written_is_never_dropped(tmp_path: Path) -> None:
     release.set()
     wait_for(lambda: len(written) == 2, 30, "both batches written")
     assert written == [first, later[-1]] and queue.pending_rows == 0
+
+
+def test_a_query_that_meets_a_file_replaced_while_read_is_asked_again(tmp_path: Path) -> None:
+    # DuckDB reads a Parquet file more than once per query; a closing file the worker
+    # replaces in between fails the query with "TProtocolException: Invalid data"
+    # (reproduced with bench-like closing files replaced in a loop: about half of the
+    # queries failed). The files are whole, so read_history asks again, a few times.
+    SnapshotWriter(tmp_path).write(snapshot_rows())
+    calls = 0
+
+    def flaky() -> int:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise duckdb.InvalidInputException("TProtocolException: Invalid data")
+        return 7
+
+    assert parquet.read_history(tmp_path, flaky) == 7 and calls == 3
+    assert not (tmp_path / "quarantine").exists()  # (whole files stay where they are)
+
+    def always() -> int:
+        raise duckdb.InvalidInputException("TProtocolException: Invalid data")
+
+    with pytest.raises(duckdb.InvalidInputException):
+        parquet.read_history(tmp_path, always)
