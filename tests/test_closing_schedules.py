@@ -38,6 +38,7 @@ from streams.config import DAY_MS, MetricConfig, RuntimeConfig
 from streams.core import PulseCore, SnapshotRow
 from streams.replay import parse_time
 from streams.worker import PulseWorker
+from tests.test_closing_worker import Clock
 
 HOUR = 3_600_000
 T0 = parse_time("2026-10-01T00:00:00Z")
@@ -296,14 +297,6 @@ def event_dict(e: Arrival) -> dict[str, Any]:
     elif e.kind == "like":
         out |= {"target_id": post, "target_type": "post"}
     return out
-
-
-class Clock:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
 
 
 class ChangelogTable:
