@@ -75,20 +75,21 @@ TREND_DAYS = 7  # the closing series compare the newest midnight with this many 
 _VALUE_COLUMNS = ["community_id", "window_days", "members", "sustainability", "tier"]
 
 
-class PreparedBatch(NamedTuple):
-    # (topic, partition, offset, arrival ms, result) per message
-    parsed: list[tuple[str, int, int, int, Ingested]]
-    records: list[Record]  # to be on the broker before the batch counts
-    lag_s: float | None  # now minus the newest message's Kafka timestamp
-    duplicates: dict[str, int]  # per topic: accepted events that changed nothing
+class Parsed(NamedTuple):
+    """One message of a batch, decoded."""
 
-
-class _Parsed(NamedTuple):
     topic: str
     partition: int
     offset: int
-    arrival_ms: int
+    arrival_ms: int  # its Kafka timestamp (the worker's clock if that is earlier)
     result: Ingested
+
+
+class PreparedBatch(NamedTuple):
+    parsed: list[Parsed]  # per message
+    records: list[Record]  # to be on the broker before the batch counts
+    lag_s: float | None  # now minus the newest message's Kafka timestamp
+    duplicates: dict[str, int]  # per topic: accepted events that changed nothing
 
 
 class PulseWorker:
@@ -193,7 +194,7 @@ class PulseWorker:
         instead; if the records never get written the worker exits (exit_unclean) and a
         restart reads the batch again."""
         now_ms = int(self.clock() * 1000)
-        parsed: list[_Parsed] = []
+        parsed: list[Parsed] = []
         for message_event in batch:
             msg = message_event.message
             misplaced = self._misplaced(msg)
@@ -201,7 +202,7 @@ class PulseWorker:
             result = misplaced or self.ingestor.parse(msg.topic, msg.value, msg.key or b"",
                                                       now_ms)
             arrival_ms = min(int(msg.timestamp * 1000), now_ms)  # a producer may run ahead
-            parsed.append(_Parsed(msg.topic, msg.partition, msg.offset, arrival_ms, result))
+            parsed.append(Parsed(msg.topic, msg.partition, msg.offset, arrival_ms, result))
         duplicates = self._update_core(parsed, [m.message for m in batch])
         records: list[Record] = []
         by_partition: dict[int, list[Event]] = {}
@@ -222,10 +223,9 @@ class PulseWorker:
                 records.extend(self.deltas.append(partition, tags[partition], events))
         # Kafka timestamp of the newest message: how far behind the producers we are.
         lag = max(0.0, now_ms / 1000 - batch[-1].message.timestamp) if batch else None
-        return PreparedBatch([tuple(item) for item in parsed],  # type: ignore[misc]
-                             records, lag, duplicates)
+        return PreparedBatch(parsed, records, lag, duplicates)
 
-    def _update_core(self, parsed: list[_Parsed], messages: Sequence[Any]) -> dict[str, int]:
+    def _update_core(self, parsed: list[Parsed], messages: Sequence[Any]) -> dict[str, int]:
         """Tell the closing book what arrived and apply the accepted events to the core,
         one call per topic; return the duplicates per topic.
 
@@ -255,7 +255,7 @@ class PulseWorker:
         self._apply_pending(pending, parsed, messages, applied, duplicates)
         return duplicates
 
-    def _apply_pending(self, pending: dict[str, list[int]], parsed: list[_Parsed],
+    def _apply_pending(self, pending: dict[str, list[int]], parsed: list[Parsed],
                        messages: Sequence[Any], applied: list[int],
                        duplicates: dict[str, int]) -> None:
         for topic, indexes in pending.items():
@@ -269,7 +269,7 @@ class PulseWorker:
             duplicates[topic] = duplicates.get(topic, 0) + found
         pending.clear()
 
-    def _update_one_by_one(self, parsed: list[_Parsed], messages: Sequence[Any],
+    def _update_one_by_one(self, parsed: list[Parsed], messages: Sequence[Any],
                            indexes: list[int], applied: list[int], exc: Exception) -> int:
         if self.deltas is None:
             raise exc  # nothing to rebuild the communities from (tests without a table)
@@ -293,7 +293,7 @@ class PulseWorker:
                 applied.append(index)
         return duplicates
 
-    def _rebuild(self, communities: set[str], parsed: list[_Parsed], applied: list[int]
+    def _rebuild(self, communities: set[str], parsed: list[Parsed], applied: list[int]
                  ) -> None:
         """The communities' state as the changelog has it plus this batch's messages
         applied so far: what a restart would find, with those messages."""
