@@ -166,7 +166,11 @@ class ClosingBook(Generic[R]):
         late = 0
         finals = book.finals
         if finals and oldest <= finals[-1]:  # (rare: older than the newest final midnight)
-            late = sum(len(finals) - bisect_left(finals, ts) for ts in timestamps)
+            # Final midnights in the backfill range count (one written final in this pass
+            # below it stays in `finals` until the next pass prunes it).
+            kept = finals[0] if book.mark is None else (
+                midnight_at_or_before(book.mark) - self.backfill_days * DAY_MS)
+            late = sum(len(finals) - bisect_left(finals, max(ts, kept)) for ts in timestamps)
         midnights = book.open | book.pending if book.pending else book.open
         if arrival is not None and book.since is not None and (
                 oldest <= arrival - self.grace_ms > book.since - self.grace_ms):  # (rare)
