@@ -64,6 +64,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(folder=folder, events=events, source=source, managers=managers)
 
 
+def live_pass(worker: PulseWorker, as_of: int) -> None:
+    """A snapshot with its live rows, then a steering pass with its tables, as the
+    worker's timers run them."""
+    worker.write_rows(worker.take_snapshot())
+    inputs: list[Any] = []
+    for _ in worker.steering_steps(as_of, inputs):
+        pass
+    worker.publish_steering(as_of, inputs)
+
+
 def batch_of(events: list[dict], partition: int) -> list[Any]:
     return [SimpleNamespace(message=SimpleNamespace(
         topic=TOPIC_OF[e["type"]], value=msgspec.json.encode(e), key=e["community_id"].encode(),
@@ -95,11 +105,7 @@ def test_two_workers_form_the_network_view_replay_writes_it_too_and_both_are_exa
         worker.partitions = {partition}
     assert all(w.core.communities for w in workers)
     for worker in reversed(workers):  # the follower first, then the owner of partition 0
-        worker.write_rows(worker.take_snapshot())
-        inputs: list[Any] = []
-        for _ in worker.steering_steps(T, inputs):
-            pass
-        worker.publish_steering(T, inputs)
+        live_pass(worker, T)
     live = tables(tmp_path / "live")
 
     replay([setup.source], tmp_path / "replay", MetricConfig(), T, jobs=2,
@@ -161,11 +167,7 @@ def test_without_a_sketch_key_no_sketch_and_no_merge_is_written(
     worker = PulseWorker(MetricConfig(), runtime, clock=lambda: T / 1000)
     worker.handle_batch(batch_of(setup.events, 0))
     worker.partitions = {0}
-    worker.write_rows(worker.take_snapshot())
-    inputs: list[Any] = []
-    for _ in worker.steering_steps(T, inputs):
-        pass
-    worker.publish_steering(T, inputs)
+    live_pass(worker, T)
     written = {p.name for p in (tmp_path / "live").iterdir()}
     assert {"focus", "manager_followups", "followup_counts"} <= written
     assert not {"member_sketches", "merge_suggestions"} & written

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -25,7 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.producer import TOPIC_OF
 from streams import config as config_module
 from streams.config import ConfigError, MetricConfig, RuntimeConfig
 from streams.privacy import sketch_key
@@ -41,6 +39,7 @@ from streams.steering.merges import (
 )
 from streams.steering.network import SteeringSettings
 from streams.worker import PulseWorker
+from tests.test_steering_network import batch_of, live_pass
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = "2026-11-30T00:00:00Z"
@@ -230,12 +229,6 @@ MANAGERS_YAML = f"""managers:
 """
 
 
-def batch_of(events: list[dict], partition: int) -> list[Any]:
-    return [SimpleNamespace(message=SimpleNamespace(
-        topic=TOPIC_OF[e["type"]], value=msgspec.json.encode(e), key=e["community_id"].encode(),
-        partition=partition, offset=i, timestamp=T / 1000)) for i, e in enumerate(events)]
-
-
 def tables(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
     out = {}
     with duckdb.connect(str(data_dir / "pulse.duckdb"), read_only=True) as con:
@@ -260,11 +253,7 @@ def test_no_steering_output_describes_a_small_group(
     worker = PulseWorker(MetricConfig(), runtime, clock=lambda: T / 1000)
     worker.handle_batch(batch_of(log.events, 0))
     worker.partitions = {0}
-    worker.write_rows(worker.take_snapshot())
-    inputs: list[Any] = []
-    for _ in worker.steering_steps(T, inputs):
-        pass
-    worker.publish_steering(T, inputs)
+    live_pass(worker, T)
     steering = Steering(SteeringSettings.of(runtime), worker.managers)
     replay([source], tmp_path / "replay", MetricConfig(), T, steering=steering,
            parquet_min_members=K if omit_from_parquet else 0)
